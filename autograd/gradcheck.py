@@ -1,0 +1,222 @@
+"""Finite-difference gradient checking -- a product feature, not only a test helper.
+
+``gradcheck(f, *args)`` compares the VJPs of :mod:`autograd` with central differences, in float64:
+
+* ``mode="full"``: the whole numerical Jacobian, one input coordinate at a time (small inputs only:
+  2 evaluations of ``f`` per coordinate);
+* ``mode="fast"``: random projections ``u^T J v`` for ``n_directions`` random ``u`` (output side) and
+  ``v`` (input side) -- two evaluations of ``f`` per direction, whatever the input size.
+
+``gradgradcheck`` applies the same check to the VJP itself (second order).  Both return True or raise
+:class:`GradcheckError`, whose message names the argument (its pytree path), the worst elements,
+the analytic and numeric values and the tolerances.
+
+Non-differentiable points (ReLU at 0, max ties, |x| at 0) make finite differences meaningless;
+draw inputs away from them rather than loosening tolerances.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as _np
+
+from . import backend, ops
+from .functional import tree_flatten, tree_unflatten, vjp
+from .tensor import Tensor, no_grad
+
+
+class GradcheckError(AssertionError):
+    """Analytic and numerical derivatives disagree (the message says where and by how much)."""
+
+
+def _host64(x) -> _np.ndarray:
+    return backend.to_numpy(x.data if isinstance(x, Tensor) else x).astype(_np.float64)
+
+
+def _is_float_leaf(leaf) -> bool:
+    data = leaf.data if isinstance(leaf, Tensor) else leaf
+    return hasattr(data, "dtype") and _np.dtype(data.dtype).kind == "f"
+
+
+def _setup(args, argnums):
+    """Flatten the checked arguments into float64 host leaves, remembering where they go."""
+    nums = tuple(range(len(args))) if argnums is None else ((argnums,) if isinstance(argnums, int) else tuple(argnums))
+    slots = []  # (argnum, treedef, leaves, paths, checked-flags)
+    for i in nums:
+        leaves, paths, treedef = tree_flatten(args[i])
+        checked = [_is_float_leaf(leaf) for leaf in leaves]
+        for leaf in leaves:
+            data = leaf.data if isinstance(leaf, Tensor) else leaf
+            if _is_float_leaf(leaf) and _np.dtype(data.dtype) != _np.float64:
+                raise TypeError(
+                    f"gradcheck: argument {i}{paths[leaves.index(leaf)]} has dtype {data.dtype}; "
+                    "finite differences need float64 inputs"
+                )
+        slots.append((i, treedef, leaves, [f"args[{i}]{p}" for p in paths], checked))
+    return slots
+
+
+def _rebuild(args, slots, values):
+    """Arguments with the checked leaves replaced by ``values`` (backend arrays or Tensors)."""
+    args = list(args)
+    k = 0
+    for i, treedef, leaves, _, checked in slots:
+        new = []
+        for leaf, is_checked in zip(leaves, checked):
+            if is_checked:
+                new.append(values[k])
+                k += 1
+            else:
+                new.append(leaf)
+        args[i] = tree_unflatten(treedef, new)
+    return args
+
+
+def _checked_leaves(slots):
+    out = []
+    for _, _, leaves, paths, checked in slots:
+        out += [(leaf, p) for leaf, p, c in zip(leaves, paths, checked) if c]
+    return out
+
+
+def _evaluate(f, args, slots, values):
+    with no_grad():
+        out = f(*_rebuild(args, slots, values))
+    return _host64(out)
+
+
+def _analytic(f, args, slots, cotangent_host):
+    """The VJP of f at args for one cotangent: a list of host float64 arrays, one per leaf."""
+    leaves = _checked_leaves(slots)
+    base = [backend.from_numpy(_host64(leaf)) for leaf, _ in leaves]
+
+    def wrapped(*checked_values):
+        return ops._lift(f(*_rebuild(args, slots, list(checked_values))))
+
+    out, pullback = vjp(wrapped, *base)
+    cot = backend.from_numpy(cotangent_host.reshape(_host64(out).shape))
+    grads = pullback(cot)
+    return [_host64(g) for g in grads], _host64(out)
+
+
+def _report(path, analytic, numeric, atol, rtol, what):
+    analytic = _np.asarray(analytic, dtype=_np.float64)
+    numeric = _np.asarray(numeric, dtype=_np.float64)
+    error = _np.abs(analytic - numeric)
+    allowed = atol + rtol * _np.abs(numeric)
+    bad = error > allowed
+    if not bad.any():
+        return None
+    order = _np.argsort(-(error - allowed).ravel())[:5]
+    lines = [f"gradcheck failed for {path} ({what}); tolerance |analytic - numeric| <= {atol:g} + {rtol:g} * |numeric|"]
+    lines.append(f"  {int(bad.sum())} of {bad.size} entries out of tolerance; worst:")
+    for flat in order:
+        idx = _np.unravel_index(flat, analytic.shape) if analytic.ndim else ()
+        lines.append(
+            f"    index {tuple(int(i) for i in idx)}: analytic {analytic.ravel()[flat]:.10g}, "
+            f"numeric {numeric.ravel()[flat]:.10g}, |diff| {error.ravel()[flat]:.3g}"
+        )
+    return "\n".join(lines)
+
+
+def gradcheck(f: Callable, *args, argnums=None, mode: str = "full", eps: float = 1e-6, atol: float = 1e-5,
+              rtol: float = 1e-3, n_directions: int = 3, seed: int = 0) -> bool:
+    """Check the reverse-mode derivatives of ``f`` against central differences.
+
+    Args:
+        f: a function of ``args`` returning one Tensor/array (any shape).
+        args: pytrees of float64 arrays; integer/bool leaves are passed through unchecked.
+        argnums: which arguments to check (default: all).
+        mode: "full" (every Jacobian entry) or "fast" (random projections u^T J v).
+        eps: finite-difference step.  atol, rtol: tolerance on each compared quantity.
+        n_directions: number of random (u, v) pairs in fast mode.
+        seed: seed of the random projections.
+
+    Returns True, or raises GradcheckError naming the argument path and the worst elements.
+    """
+    if mode not in ("full", "fast"):
+        raise ValueError(f"gradcheck: mode must be 'full' or 'fast', got {mode!r}")
+    slots = _setup(args, argnums)
+    leaves = _checked_leaves(slots)
+    if not leaves:
+        raise ValueError("gradcheck: no floating-point argument to check")
+    base = [_host64(leaf) for leaf, _ in leaves]
+    rng = _np.random.default_rng(seed)
+
+    def at(values_host):
+        return _evaluate(f, args, slots, [backend.from_numpy(v) for v in values_host])
+
+    out0 = at(base)
+    if mode == "full":
+        numerics = []
+        for k, value in enumerate(base):
+            numeric = _np.zeros(out0.shape + value.shape)
+            for index in _np.ndindex(value.shape):
+                plus = [v.copy() for v in base]
+                minus = [v.copy() for v in base]
+                plus[k][index] += eps
+                minus[k][index] -= eps
+                numeric[(...,) + index] = (at(plus) - at(minus)) / (2 * eps)
+            numerics.append(numeric)
+        analytics = [_np.zeros_like(n) for n in numerics]
+        for out_index in _np.ndindex(out0.shape):
+            cot = _np.zeros(out0.shape)
+            cot[out_index] = 1.0
+            grads, _ = _analytic(f, args, slots, cot)
+            for k, g in enumerate(grads):
+                analytics[k][out_index] = g
+        failures = [
+            m for m in (
+                _report(path, a, n, atol, rtol, "Jacobian, output index first")
+                for a, n, (_, path) in zip(analytics, numerics, leaves)
+            ) if m
+        ]
+        if failures:
+            raise GradcheckError("\n".join(failures))
+        return True
+
+    failures = []
+    for d in range(n_directions):
+        u = rng.standard_normal(out0.shape)
+        directions = [rng.standard_normal(v.shape) for v in base]
+        grads, _ = _analytic(f, args, slots, u)
+        for k, (value, (_, path)) in enumerate(zip(base, leaves)):
+            plus = [v.copy() for v in base]
+            minus = [v.copy() for v in base]
+            plus[k] = plus[k] + eps * directions[k]
+            minus[k] = minus[k] - eps * directions[k]
+            numeric = float(_np.sum(u * (at(plus) - at(minus))) / (2 * eps))
+            analytic = float(_np.sum(grads[k] * directions[k]))
+            scale = max(1.0, _np.sqrt(value.size))
+            message = _report(path, analytic, numeric, atol * scale, rtol, f"random direction {d}: u^T J v")
+            if message:
+                failures.append(message)
+    if failures:
+        raise GradcheckError("\n".join(failures))
+    return True
+
+
+def gradgradcheck(f: Callable, *args, argnums=None, mode: str = "fast", eps: float = 1e-6, atol: float = 1e-5,
+                  rtol: float = 1e-3, n_directions: int = 3, seed: int = 0) -> bool:
+    """Second-order check: gradcheck of ``(args, u) -> VJP_f(args)(u)`` for a fixed random cotangent ``u``.
+
+    The VJP is computed with the backward pass recorded, so this checks the derivatives of every
+    backward rule that ``f`` uses.
+    """
+    slots = _setup(args, argnums)
+    leaves = _checked_leaves(slots)
+    base_values = [backend.from_numpy(_host64(leaf)) for leaf, _ in leaves]
+    out0 = _evaluate(f, args, slots, base_values)
+    rng = _np.random.default_rng(seed + 1)
+    cot = backend.from_numpy(rng.standard_normal(out0.shape))
+
+    def first_order(*checked_values):
+        def inner(*values):
+            return ops._lift(f(*_rebuild(args, slots, list(values))))
+
+        _, pullback = vjp(inner, *checked_values)
+        grads = pullback(cot)
+        return ops.concatenate([ops.reshape(g, (-1,)) for g in grads])
+
+    return gradcheck(first_order, *base_values, mode=mode, eps=eps, atol=atol, rtol=rtol,
+                     n_directions=n_directions, seed=seed)

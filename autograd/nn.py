@@ -1,0 +1,228 @@
+"""Softmax, normalisation layers, linear, dropout and explicit-generator sampling.
+
+Masks: in :func:`softmax` / :func:`log_softmax` a boolean ``mask`` is True where a position takes
+part (the convention of ``torch.nn.functional.scaled_dot_product_attention``).  Masked positions get
+exactly zero weight; a row with no True entry gives all zeros from ``softmax`` and ``-inf`` from
+``log_softmax`` -- never NaN -- and passes zero gradient.
+"""
+from __future__ import annotations
+
+import numpy as _np
+
+from . import backend, ops
+from .backend import xp
+from .tensor import Tensor, record
+
+# ---------------------------------------------------------------------------------------------
+# softmax
+
+
+def _mask_data(mask, shape):
+    if mask is None:
+        return None
+    mask = mask.data if isinstance(mask, Tensor) else mask
+    if mask.dtype != bool:
+        raise TypeError(f"softmax: mask must be boolean (True = keep), got dtype {mask.dtype}")
+    try:
+        return xp.broadcast_to(mask, shape)
+    except ValueError:
+        raise ValueError(f"softmax: mask of shape {tuple(mask.shape)} does not broadcast to {shape}") from None
+
+
+def softmax(x, axis: int = -1, mask=None) -> Tensor:
+    """exp(x - max) / sum(exp(x - max)) along ``axis``; optional boolean keep-mask.
+
+    VJP: ``y * (g - sum(g * y))``, written with differentiable ops (so grad-of-grad works).
+    """
+    x = ops._lift(x)
+    keep = _mask_data(mask, x.shape)
+    data = x.data if keep is None else xp.where(keep, x.data, -xp.inf)
+    shift = xp.max(data, axis=axis, keepdims=True)
+    shift = xp.where(xp.isfinite(shift), shift, xp.zeros((), x.dtype))
+    e = xp.exp(data - shift)
+    total = xp.sum(e, axis=axis, keepdims=True)
+    out = e / xp.where(total > 0, total, xp.ones((), x.dtype))
+    holder = []
+
+    def vjp(g):
+        y = holder[0]
+        return ops.mul(y, ops.sub(g, ops.sum(ops.mul(g, y), axis=axis, keepdims=True)))
+
+    result = record(out, ((x, vjp),))
+    holder.append(result)
+    return result
+
+
+def log_softmax(x, axis: int = -1, mask=None) -> Tensor:
+    """x - logsumexp(x) along ``axis``; masked positions give -inf (and zero gradient)."""
+    x = ops._lift(x)
+    keep = _mask_data(mask, x.shape)
+    data = x.data if keep is None else xp.where(keep, x.data, -xp.inf)
+    shift = xp.max(data, axis=axis, keepdims=True)
+    shift = xp.where(xp.isfinite(shift), shift, xp.zeros((), x.dtype))
+    total = xp.sum(xp.exp(data - shift), axis=axis, keepdims=True)
+    with _np.errstate(divide="ignore"):
+        out = data - shift - xp.log(total)
+    if keep is not None:
+        out = xp.where(keep, out, -xp.inf)
+
+    def vjp(g):
+        if keep is not None:
+            g = ops.where(keep, g, 0.0)
+        y = softmax(x, axis=axis, mask=mask)
+        return ops.sub(g, ops.mul(y, ops.sum(g, axis=axis, keepdims=True)))
+
+    return record(out, ((x, vjp),))
+
+
+# ---------------------------------------------------------------------------------------------
+# linear, dropout
+
+
+def linear(x, weight, bias=None) -> Tensor:
+    """x @ weight.T + bias, as torch.nn.functional.linear: x (..., in), weight (out, in)."""
+    x, weight = ops._lift(x), ops._lift(weight)
+    if weight.ndim != 2:
+        raise ValueError(f"linear: weight must be 2-D (out, in), got shape {weight.shape}")
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"linear: input has {x.shape[-1]} features (shape {x.shape}) but weight {weight.shape} expects {weight.shape[1]}"
+        )
+    out = ops.matmul(x, ops.transpose(weight))
+    if bias is not None:
+        out = ops.add(out, bias)
+    return out
+
+
+def dropout(x, p: float = 0.5, training: bool = False, rng=None) -> Tensor:
+    """Inverted dropout: zero each element with probability ``p`` and scale the rest by 1/(1-p).
+
+    Identity when ``training`` is False or ``p == 0``.  The mask is drawn from ``rng`` (a
+    ``numpy.random.Generator``) on the host, so one seed gives bit-identical masks on every backend.
+    """
+    x = ops._lift(x)
+    if not 0.0 <= p < 1.0 and not (p == 1.0):
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x
+    if rng is None:
+        raise ValueError("dropout in training mode needs an explicit rng (numpy.random.Generator)")
+    if p == 1.0:
+        return ops.mul(x, 0.0)
+    keep = rng.random(x.shape) >= p
+    scale = backend.from_numpy((keep / (1.0 - p)).astype(_np.dtype(x.dtype)))
+    return ops.mul(x, Tensor(scale))
+
+
+# ---------------------------------------------------------------------------------------------
+# normalisation
+
+
+def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5, return_running: bool = False):
+    """Batch normalisation over axis 1 of (N, C, ...), as torch.nn.functional.batch_norm.
+
+    Training normalises with the batch statistics (biased variance); the running statistics are
+    updated as PyTorch does -- ``(1 - momentum) * running + momentum * batch`` with the *unbiased*
+    batch variance -- but never in place: with ``return_running=True`` the result is
+    ``(y, new_running_mean, new_running_var)`` (the inputs unchanged in eval mode).
+    Eval mode normalises with the running statistics.
+    """
+    x = ops._lift(x)
+    if x.ndim < 2:
+        raise ValueError(f"batch_norm: input must be (N, C, ...), got shape {x.shape}")
+    c = x.shape[1]
+    for name, value in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+        if value is not None and tuple(value.shape) != (c,):
+            raise ValueError(f"batch_norm: {name} must have shape ({c},), got {tuple(value.shape)}")
+    stat_shape = (1, c) + (1,) * (x.ndim - 2)
+    axes = (0,) + tuple(range(2, x.ndim))
+    new_mean, new_var = running_mean, running_var
+    if training:
+        count = x.size // c
+        if count < 2:
+            raise ValueError(f"batch_norm: training needs more than 1 value per channel, got input shape {x.shape}")
+        mean = ops.mean(x, axis=axes, keepdims=True)
+        var = ops.var(x, axis=axes, keepdims=True)
+        if running_mean is not None:
+            batch_mean = xp.reshape(mean.data, (c,))
+            new_mean = (1.0 - momentum) * _data(running_mean) + momentum * batch_mean
+        if running_var is not None:
+            unbiased = xp.reshape(var.data, (c,)) * (count / (count - 1))
+            new_var = (1.0 - momentum) * _data(running_var) + momentum * unbiased
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("batch_norm: eval mode needs running_mean and running_var")
+        mean = ops.reshape(running_mean, stat_shape)
+        var = ops.reshape(running_var, stat_shape)
+    y = ops.div(ops.sub(x, mean), ops.sqrt(ops.add(var, eps)))
+    if weight is not None:
+        y = ops.mul(y, ops.reshape(weight, stat_shape))
+    if bias is not None:
+        y = ops.add(y, ops.reshape(bias, stat_shape))
+    if return_running:
+        return y, new_mean, new_var
+    return y
+
+
+def _data(value):
+    return value.data if isinstance(value, Tensor) else value
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
+    """Normalise over the trailing ``normalized_shape`` axes (biased variance), as torch's layer_norm."""
+    x = ops._lift(x)
+    normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    k = len(normalized_shape)
+    if tuple(x.shape[-k:]) != normalized_shape:
+        raise ValueError(f"layer_norm: input shape {x.shape} does not end with normalized_shape {normalized_shape}")
+    axes = tuple(range(x.ndim - k, x.ndim))
+    mean = ops.mean(x, axis=axes, keepdims=True)
+    var = ops.var(x, axis=axes, keepdims=True)
+    y = ops.div(ops.sub(x, mean), ops.sqrt(ops.add(var, eps)))
+    if weight is not None:
+        y = ops.mul(y, weight)
+    if bias is not None:
+        y = ops.add(y, bias)
+    return y
+
+
+def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
+    """Group normalisation of (N, C, ...) with C divisible by ``num_groups``, as torch's group_norm."""
+    x = ops._lift(x)
+    n, c = x.shape[:2]
+    if c % num_groups:
+        raise ValueError(f"group_norm: {c} channels are not divisible by num_groups={num_groups}")
+    grouped = ops.reshape(x, (n, num_groups, -1))
+    mean = ops.mean(grouped, axis=2, keepdims=True)
+    var = ops.var(grouped, axis=2, keepdims=True)
+    y = ops.reshape(ops.div(ops.sub(grouped, mean), ops.sqrt(ops.add(var, eps))), x.shape)
+    affine_shape = (1, c) + (1,) * (x.ndim - 2)
+    if weight is not None:
+        y = ops.mul(y, ops.reshape(weight, affine_shape))
+    if bias is not None:
+        y = ops.add(y, ops.reshape(bias, affine_shape))
+    return y
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling with an explicit generator
+
+
+def normal(rng, shape, mean=0.0, std=1.0, dtype=_np.float64):
+    """Normal samples drawn on the host from ``rng`` (numpy.random.Generator), moved to the backend."""
+    return backend.from_numpy((rng.standard_normal(shape) * std + mean).astype(dtype))
+
+
+def uniform(rng, shape, low=0.0, high=1.0, dtype=_np.float64):
+    """Uniform samples in [low, high) from ``rng``, moved to the backend."""
+    return backend.from_numpy(rng.uniform(low, high, size=shape).astype(dtype))
+
+
+def categorical(rng, probs):
+    """One index per row of ``probs`` (..., K), sampled from ``rng`` by inverse CDF on the host."""
+    host = backend.to_numpy(probs.data if isinstance(probs, Tensor) else probs)
+    cdf = _np.cumsum(host, axis=-1)
+    u = rng.random(host.shape[:-1] + (1,)) * cdf[..., -1:]
+    index = (cdf <= u).sum(axis=-1)
+    return backend.from_numpy(_np.minimum(index, host.shape[-1] - 1))

@@ -1,0 +1,658 @@
+"""Differentiable operations on tensors: elementwise, reductions, shape, indexing, linear algebra.
+
+Each primitive computes its forward value on the backend namespace ``xp`` and records one VJP per
+operand.  Every VJP is written with the operations of this module, so it is differentiable again.
+Operands may be Tensors, backend arrays or Python scalars; the result is always a Tensor.
+"""
+from __future__ import annotations
+
+import builtins as _builtins
+import numbers
+from typing import Sequence
+
+import numpy as _np
+
+from .backend import xp
+from .tensor import Tensor, as_tensor, record
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _data(x):
+    return x.data if isinstance(x, Tensor) else x
+
+
+def _lift(x, like=None):
+    """Operand -> Tensor.  Python scalars take the dtype of ``like`` (no silent up-casting)."""
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, numbers.Number) and like is not None:
+        return Tensor(xp.asarray(x, dtype=_data(like).dtype))
+    return as_tensor(x)
+
+
+def _binary_operands(a, b):
+    if isinstance(a, numbers.Number) and not isinstance(b, numbers.Number):
+        b = _lift(b)
+        return _lift(a, b), b
+    a = _lift(a)
+    return a, _lift(b, a)
+
+
+def _normalize_axis(axis, ndim):
+    if axis is None:
+        return tuple(range(ndim))
+    if isinstance(axis, int):
+        axis = (axis,)
+    out = []
+    for ax in axis:
+        if not -ndim <= ax < _builtins.max(ndim, 1):
+            raise ValueError(f"axis {ax} is out of range for a tensor with {ndim} dimensions")
+        out.append(ax % _builtins.max(ndim, 1))
+    return tuple(sorted(set(out)))
+
+
+def sum_to(x, shape) -> Tensor:
+    """Sum ``x`` down to ``shape`` (the adjoint of broadcasting ``shape`` up to ``x.shape``)."""
+    x = _lift(x)
+    shape = tuple(shape)
+    if x.shape == shape:
+        return x
+    lead = x.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        i + lead for i, n in enumerate(shape) if n == 1 and x.shape[i + lead] != 1
+    )
+    return reshape(sum(x, axis=axes), shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# elementwise arithmetic
+
+
+def add(a, b) -> Tensor:
+    a, b = _binary_operands(a, b)
+    return record(
+        a.data + b.data, ((a, lambda g: sum_to(g, a.shape)), (b, lambda g: sum_to(g, b.shape)))
+    )
+
+
+def sub(a, b) -> Tensor:
+    a, b = _binary_operands(a, b)
+    return record(
+        a.data - b.data,
+        ((a, lambda g: sum_to(g, a.shape)), (b, lambda g: sum_to(neg(g), b.shape))),
+    )
+
+
+def mul(a, b) -> Tensor:
+    a, b = _binary_operands(a, b)
+    return record(
+        a.data * b.data,
+        ((a, lambda g: sum_to(mul(g, b), a.shape)), (b, lambda g: sum_to(mul(g, a), b.shape))),
+    )
+
+
+def div(a, b) -> Tensor:
+    a, b = _binary_operands(a, b)
+    return record(
+        a.data / b.data,
+        (
+            (a, lambda g: sum_to(div(g, b), a.shape)),
+            (b, lambda g: sum_to(neg(div(mul(g, a), mul(b, b))), b.shape)),
+        ),
+    )
+
+
+def neg(a) -> Tensor:
+    a = _lift(a)
+    return record(-a.data, ((a, lambda g: neg(g)),))
+
+
+def pow(a, b) -> Tensor:  # noqa: A001 - mirrors torch.pow
+    """``a ** b``.  For a tensor exponent the gradient w.r.t. ``b`` is ``a**b * log(a)`` (a > 0)."""
+    a, b = _binary_operands(a, b)
+    out = a.data ** b.data
+
+    def vjp_base(g):
+        return sum_to(mul(g, mul(b, pow(a, sub(b, 1)))), a.shape)
+
+    def vjp_exponent(g):
+        return sum_to(mul(g, mul(Tensor(out), log(a))), b.shape)
+
+    return record(out, ((a, vjp_base), (b, vjp_exponent)))
+
+
+def exp(a) -> Tensor:
+    a = _lift(a)
+    holder = []
+    result = record(xp.exp(a.data), ((a, lambda g: mul(g, holder[0])),))
+    holder.append(result)
+    return result
+
+
+def log(a) -> Tensor:
+    a = _lift(a)
+    return record(xp.log(a.data), ((a, lambda g: div(g, a)),))
+
+
+def sqrt(a) -> Tensor:
+    a = _lift(a)
+    out = xp.sqrt(a.data)
+    holder = []
+    result = record(out, ((a, lambda g: div(g, mul(holder[0], 2.0))),))
+    holder.append(result)
+    return result
+
+
+def abs(a) -> Tensor:  # noqa: A001
+    """|a|; the gradient at 0 is 0 (the subgradient PyTorch uses)."""
+    a = _lift(a)
+    return record(xp.abs(a.data), ((a, lambda g: mul(g, Tensor(xp.sign(a.data)))),))
+
+
+def sign(a) -> Tensor:
+    """Sign of ``a`` (no gradient: it is piecewise constant)."""
+    return Tensor(xp.sign(_data(a)))
+
+
+def tanh(a) -> Tensor:
+    a = _lift(a)
+    holder = []
+    result = record(xp.tanh(a.data), ((a, lambda g: mul(g, sub(1.0, mul(holder[0], holder[0])))),))
+    holder.append(result)
+    return result
+
+
+def sigmoid(a) -> Tensor:
+    """Logistic function 1 / (1 + exp(-a)), evaluated without overflow for large |a|."""
+    a = _lift(a)
+    x = a.data
+    # exp of a non-positive number never overflows: use the form that needs only that.
+    e = xp.exp(-xp.abs(x))
+    out = xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+    holder = []
+    result = record(out, ((a, lambda g: mul(g, mul(holder[0], sub(1.0, holder[0])))),))
+    holder.append(result)
+    return result
+
+
+def relu(a) -> Tensor:
+    """max(a, 0); the gradient at exactly 0 is 0 (as PyTorch)."""
+    a = _lift(a)
+    mask = a.data > 0
+    return record(
+        xp.where(mask, a.data, xp.zeros((), a.data.dtype)),
+        ((a, lambda g: mul(g, Tensor(mask.astype(a.data.dtype)))),),
+    )
+
+
+def leaky_relu(a, negative_slope: float = 0.01) -> Tensor:
+    a = _lift(a)
+    slope = xp.where(a.data > 0, 1.0, negative_slope).astype(a.data.dtype)
+    return record(a.data * slope, ((a, lambda g: mul(g, Tensor(slope))),))
+
+
+def softplus(a, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    """log(1 + exp(beta a)) / beta, linear above ``threshold`` (as torch.nn.functional.softplus)."""
+    a = _lift(a)
+    z = a.data * beta
+    linear = z > threshold
+    out = xp.where(linear, a.data, xp.logaddexp(0.0, z) / beta).astype(a.data.dtype, copy=False)
+
+    def vjp(g):
+        return mul(g, where(Tensor(linear), 1.0, sigmoid(mul(a, beta))))
+
+    return record(out, ((a, vjp),))
+
+
+def maximum(a, b) -> Tensor:
+    """Elementwise maximum.  On exact ties the gradient is split 0.5 / 0.5 (as torch.maximum)."""
+    a, b = _binary_operands(a, b)
+    out = xp.maximum(a.data, b.data)
+    dtype = out.dtype
+    wa = ((a.data > b.data) + 0.5 * (a.data == b.data)).astype(dtype)
+    return record(
+        out,
+        (
+            (a, lambda g: sum_to(mul(g, Tensor(wa)), a.shape)),
+            (b, lambda g: sum_to(mul(g, Tensor(1.0 - wa)), b.shape)),
+        ),
+    )
+
+
+def minimum(a, b) -> Tensor:
+    """Elementwise minimum.  On exact ties the gradient is split 0.5 / 0.5 (as torch.minimum)."""
+    return neg(maximum(neg(a), neg(b)))
+
+
+def where(condition, a, b) -> Tensor:
+    """``a`` where ``condition`` else ``b`` (condition carries no gradient)."""
+    cond = _data(condition)
+    a, b = _binary_operands(a, b)
+    out = xp.where(cond, a.data, b.data)
+    zero = Tensor(xp.zeros((), out.dtype))
+    return record(
+        out,
+        (
+            (a, lambda g: sum_to(where(cond, g, zero), a.shape)),
+            (b, lambda g: sum_to(where(cond, zero, g), b.shape)),
+        ),
+    )
+
+
+def clip(a, min=None, max=None) -> Tensor:  # noqa: A002
+    """Clamp to [min, max]; the gradient is 1 inside the closed interval, 0 outside (as torch.clamp)."""
+    a = _lift(a)
+    lo = -xp.inf if min is None else min
+    hi = xp.inf if max is None else max
+    inside = ((a.data >= lo) & (a.data <= hi)).astype(a.data.dtype)
+    return record(xp.clip(a.data, lo, hi), ((a, lambda g: mul(g, Tensor(inside))),))
+
+
+# ---------------------------------------------------------------------------------------------
+# reductions
+
+
+def sum(a, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    a = _lift(a)
+    axes = _normalize_axis(axis, a.ndim)
+    out = xp.sum(a.data, axis=axes, keepdims=keepdims)
+    kept_shape = tuple(1 if i in axes else n for i, n in enumerate(a.shape))
+
+    def vjp(g):
+        return broadcast_to(reshape(g, kept_shape), a.shape)
+
+    return record(xp.asarray(out), ((a, vjp),))
+
+
+def mean(a, axis=None, keepdims: bool = False) -> Tensor:
+    a = _lift(a)
+    axes = _normalize_axis(axis, a.ndim)
+    count = 1
+    for ax in axes:
+        count *= a.shape[ax]
+    return div(sum(a, axis=axes, keepdims=keepdims), float(count))
+
+
+def var(a, axis=None, keepdims: bool = False, unbiased: bool = False) -> Tensor:
+    """Variance; ``unbiased=False`` (default) divides by n, ``True`` by n - 1."""
+    a = _lift(a)
+    axes = _normalize_axis(axis, a.ndim)
+    count = 1
+    for ax in axes:
+        count *= a.shape[ax]
+    centered = sub(a, mean(a, axis=axes, keepdims=True))
+    return div(sum(mul(centered, centered), axis=axes, keepdims=keepdims), float(count - int(unbiased)))
+
+
+def std(a, axis=None, keepdims: bool = False, unbiased: bool = False) -> Tensor:
+    return sqrt(var(a, axis=axis, keepdims=keepdims, unbiased=unbiased))
+
+
+def max(a, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    """Maximum over ``axis``.  Ties share the gradient equally (as torch.amax)."""
+    a = _lift(a)
+    axes = _normalize_axis(axis, a.ndim)
+    out = xp.max(a.data, axis=axes, keepdims=True)
+    hit = (a.data == out).astype(a.data.dtype)
+    share = hit / xp.sum(hit, axis=axes, keepdims=True)
+    kept_shape = out.shape
+    value = out if keepdims else xp.reshape(out, tuple(n for i, n in enumerate(a.shape) if i not in axes))
+
+    def vjp(g):
+        return mul(broadcast_to(reshape(g, kept_shape), a.shape), Tensor(share))
+
+    return record(value, ((a, vjp),))
+
+
+def min(a, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    """Minimum over ``axis``.  Ties share the gradient equally (as torch.amin)."""
+    return neg(max(neg(a), axis=axis, keepdims=keepdims))
+
+
+def logsumexp(a, axis=None, keepdims: bool = False) -> Tensor:
+    """log(sum(exp(a))) over ``axis``, stable for large inputs (the max is shifted out)."""
+    a = _lift(a)
+    axes = _normalize_axis(axis, a.ndim)
+    shift = xp.max(a.data, axis=axes, keepdims=True)
+    shift = xp.where(xp.isfinite(shift), shift, xp.zeros((), shift.dtype))
+    shifted = sub(a, Tensor(shift))
+    total = log(sum(exp(shifted), axis=axes, keepdims=True))
+    out = add(total, Tensor(shift))
+    if not keepdims:
+        out = reshape(out, tuple(n for i, n in enumerate(a.shape) if i not in axes))
+    return out
+
+
+def argmax(a, axis=None):
+    """Index of the maximum (a backend integer array; no gradient)."""
+    return xp.argmax(_data(a), axis=axis)
+
+
+def argmin(a, axis=None):
+    """Index of the minimum (a backend integer array; no gradient)."""
+    return xp.argmin(_data(a), axis=axis)
+
+
+# ---------------------------------------------------------------------------------------------
+# shape
+
+
+def reshape(a, shape) -> Tensor:
+    a = _lift(a)
+    if isinstance(shape, int):
+        shape = (shape,)
+    out = xp.reshape(a.data, tuple(shape))
+    return record(out, ((a, lambda g: reshape(g, a.shape)),))
+
+
+def transpose(a, axes=None) -> Tensor:
+    """Permute axes (reverse them when ``axes`` is None), like numpy.transpose / torch.permute."""
+    a = _lift(a)
+    if axes is None:
+        axes = tuple(range(a.ndim))[::-1]
+    axes = tuple(ax % a.ndim for ax in axes)
+    inverse = tuple(_np.argsort(axes))
+    return record(xp.transpose(a.data, axes), ((a, lambda g: transpose(g, inverse)),))
+
+
+permute = transpose
+
+
+def swapaxes(a, axis1: int, axis2: int) -> Tensor:
+    a = _lift(a)
+    axes = list(range(a.ndim))
+    axes[axis1], axes[axis2] = axes[axis2], axes[axis1]
+    return transpose(a, axes)
+
+
+def broadcast_to(a, shape) -> Tensor:
+    a = _lift(a)
+    shape = tuple(shape)
+    if a.shape == shape:
+        return a
+    return record(xp.broadcast_to(a.data, shape), ((a, lambda g: sum_to(g, a.shape)),))
+
+
+def expand_dims(a, axis) -> Tensor:
+    a = _lift(a)
+    return reshape(a, xp.expand_dims(a.data, axis).shape)
+
+
+unsqueeze = expand_dims
+
+
+def squeeze(a, axis=None) -> Tensor:
+    a = _lift(a)
+    if axis is None:
+        shape = tuple(n for n in a.shape if n != 1)
+    else:
+        axes = _normalize_axis(axis, a.ndim)
+        for ax in axes:
+            if a.shape[ax] != 1:
+                raise ValueError(f"cannot squeeze axis {ax} of size {a.shape[ax]}")
+        shape = tuple(n for i, n in enumerate(a.shape) if i not in axes)
+    return reshape(a, shape)
+
+
+def flatten(a, start_axis: int = 0, end_axis: int = -1) -> Tensor:
+    """Merge axes ``start_axis..end_axis`` into one (as torch.flatten)."""
+    a = _lift(a)
+    start, end = start_axis % a.ndim, end_axis % a.ndim
+    merged = 1
+    for n in a.shape[start : end + 1]:
+        merged *= n
+    return reshape(a, a.shape[:start] + (merged,) + a.shape[end + 1 :])
+
+
+def concatenate(tensors: Sequence, axis: int = 0) -> Tensor:
+    tensors = [_lift(t) for t in tensors]
+    if not tensors:
+        raise ValueError("concatenate needs at least one tensor")
+    axis = axis % tensors[0].ndim
+    out = xp.concatenate([t.data for t in tensors], axis=axis)
+    bounds = _np.cumsum([0] + [t.shape[axis] for t in tensors])
+
+    def piece(i):
+        index = (slice(None),) * axis + (slice(int(bounds[i]), int(bounds[i + 1])),)
+        return lambda g: getitem(g, index)
+
+    return record(out, tuple((t, piece(i)) for i, t in enumerate(tensors)))
+
+
+cat = concatenate
+
+
+def stack(tensors: Sequence, axis: int = 0) -> Tensor:
+    tensors = [_lift(t) for t in tensors]
+    return concatenate([expand_dims(t, axis) for t in tensors], axis=axis)
+
+
+def split(a, indices_or_sections, axis: int = 0) -> list:
+    """Split like numpy.split: an int gives equal sections, a list gives split points."""
+    a = _lift(a)
+    axis = axis % a.ndim
+    n = a.shape[axis]
+    if isinstance(indices_or_sections, int):
+        if n % indices_or_sections:
+            raise ValueError(f"axis of size {n} cannot be split into {indices_or_sections} equal parts")
+        step = n // indices_or_sections
+        points = list(range(step, n, step))
+    else:
+        points = list(indices_or_sections)
+    edges = [0] + points + [n]
+    return [
+        getitem(a, (slice(None),) * axis + (slice(edges[i], edges[i + 1]),))
+        for i in range(len(edges) - 1)
+    ]
+
+
+def pad(a, pad_width, value: float = 0.0) -> Tensor:
+    """Constant padding; ``pad_width`` is numpy's per-axis ``((before, after), ...)``."""
+    a = _lift(a)
+    pad_width = tuple((int(lo), int(hi)) for lo, hi in pad_width)
+    if len(pad_width) != a.ndim:
+        raise ValueError(f"pad_width has {len(pad_width)} entries for a tensor with {a.ndim} axes")
+    if any(lo < 0 or hi < 0 for lo, hi in pad_width):
+        raise ValueError(f"pad widths must be non-negative, got {pad_width}")
+    out = xp.pad(a.data, pad_width, mode="constant", constant_values=value)
+    index = tuple(slice(lo, lo + n) for (lo, _), n in zip(pad_width, a.shape))
+    return record(out, ((a, lambda g: getitem(g, index)),))
+
+
+def flip(a, axis=None) -> Tensor:
+    a = _lift(a)
+    axes = _normalize_axis(axis, a.ndim)
+    return record(xp.flip(a.data, axis=axes), ((a, lambda g: flip(g, axes)),))
+
+
+def repeat(a, repeats: int, axis: int) -> Tensor:
+    """Repeat each element ``repeats`` times along ``axis`` (numpy.repeat with an int)."""
+    a = _lift(a)
+    axis = axis % a.ndim
+    out = xp.repeat(a.data, repeats, axis=axis)
+    split_shape = a.shape[: axis + 1] + (repeats,) + a.shape[axis + 1 :]
+    return record(out, ((a, lambda g: sum(reshape(g, split_shape), axis=axis + 1)),))
+
+
+def tile(a, reps) -> Tensor:
+    """Tile like numpy.tile (the adjoint sums the copies)."""
+    a = _lift(a)
+    reps = (reps,) if isinstance(reps, int) else tuple(reps)
+    reps = (1,) * (a.ndim - len(reps)) + reps
+    out = xp.tile(a.data, reps)
+    split_shape = sum_shape = ()
+    for r, n in zip(reps, a.shape):
+        split_shape += (r, n)
+    sum_shape = tuple(range(0, 2 * a.ndim, 2))
+
+    def vjp(g):
+        return sum(reshape(g, split_shape), axis=sum_shape)
+
+    return record(out, ((a, vjp),))
+
+
+# ---------------------------------------------------------------------------------------------
+# indexing
+
+
+def _index_data(index):
+    if isinstance(index, tuple):
+        return tuple(_index_data(i) for i in index)
+    if isinstance(index, Tensor):
+        return index.data
+    return index
+
+
+def getitem(a, index) -> Tensor:
+    """``a[index]`` with basic and integer/boolean-array indexing; the VJP scatter-adds."""
+    a = _lift(a)
+    index = _index_data(index)
+    out = a.data[index]
+    return record(out, ((a, lambda g: index_add(a.shape, index, g)),))
+
+
+def index_add(shape, index, values) -> Tensor:
+    """Zeros of ``shape`` with ``values`` scatter-added at ``index`` (the adjoint of getitem).
+
+    Repeated integer indices accumulate (numpy.add.at semantics).
+    """
+    values = _lift(values)
+    out = xp.zeros(tuple(shape), dtype=values.data.dtype)
+    if _is_basic_index(index):
+        out[index] += values.data  # a view: no duplicates possible
+    else:
+        xp.add.at(out, index, values.data)
+    return record(out, ((values, lambda g: getitem(g, index)),))
+
+
+def _is_basic_index(index) -> bool:
+    items = index if isinstance(index, tuple) else (index,)
+    return all(isinstance(i, (int, slice, type(None), type(Ellipsis))) for i in items)
+
+
+# ---------------------------------------------------------------------------------------------
+# linear algebra
+
+
+def matmul(a, b) -> Tensor:
+    """Batched, broadcasting matrix product (numpy.matmul semantics, 1-D operands included)."""
+    a, b = _binary_operands(a, b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError("matmul does not accept scalars; use mul")
+    out = xp.matmul(a.data, b.data)
+
+    def vjp_a(g):
+        if b.ndim == 1:
+            grad = mul(expand_dims(g, -1), b)  # (..., n) x (k,) -> (..., n, k)
+        elif a.ndim == 1:
+            grad = matmul(expand_dims(g, -2), swapaxes(b, -1, -2))
+            grad = reshape(grad, grad.shape[:-2] + grad.shape[-1:])
+        else:
+            grad = matmul(g, swapaxes(b, -1, -2))
+        return sum_to(grad, a.shape)
+
+    def vjp_b(g):
+        if a.ndim == 1:
+            grad = mul(expand_dims(a, -1), expand_dims(g, -2))
+        elif b.ndim == 1:
+            grad = matmul(swapaxes(a, -1, -2), expand_dims(g, -1))
+            grad = reshape(grad, grad.shape[:-1])
+        else:
+            grad = matmul(swapaxes(a, -1, -2), g)
+        return sum_to(grad, b.shape)
+
+    return record(out, ((a, vjp_a), (b, vjp_b)))
+
+
+def einsum(subscripts: str, *operands) -> Tensor:
+    """Einstein summation with explicit output (``'ij,jk->ik'``); each operand's VJP is an einsum.
+
+    Requires the explicit ``->`` form and no repeated index within one operand.
+    """
+    if "->" not in subscripts:
+        raise ValueError("einsum needs the explicit form 'inputs->output'")
+    if "." in subscripts:
+        raise ValueError("einsum does not support ellipses; spell out the axes")
+    inputs, output = subscripts.replace(" ", "").split("->")
+    in_specs = inputs.split(",")
+    if len(in_specs) != len(operands):
+        raise ValueError(f"einsum got {len(operands)} operands for {len(in_specs)} subscripts")
+    operands = [_lift(o) for o in operands]
+    sizes = {}
+    for spec, op in zip(in_specs, operands):
+        if len(set(spec)) != len(spec):
+            raise ValueError(f"repeated index in one operand ({spec!r}) is not supported")
+        if len(spec) != op.ndim:
+            raise ValueError(f"subscript {spec!r} does not match operand of shape {op.shape}")
+        for ch, n in zip(spec, op.shape):
+            sizes.setdefault(ch, n)
+    out = xp.einsum(subscripts, *[o.data for o in operands], optimize=True)
+
+    def vjp_for(i):
+        def vjp(g):
+            others = [operands[j] for j in range(len(operands)) if j != i]
+            other_specs = [in_specs[j] for j in range(len(operands)) if j != i]
+            target = in_specs[i]
+            missing = [ch for ch in target if ch not in output and ch not in "".join(other_specs)]
+            spec = ",".join([output] + other_specs) + "->" + "".join(ch for ch in target if ch not in missing)
+            grad = einsum(spec, g, *others)
+            if missing:  # an index summed away by this operand alone: broadcast back
+                shape = tuple(1 if ch in missing else sizes[ch] for ch in target)
+                grad = broadcast_to(reshape(grad, shape), operands[i].shape)
+            return grad
+
+        return vjp
+
+    return record(xp.asarray(out), tuple((o, vjp_for(i)) for i, o in enumerate(operands)))
+
+
+def outer(a, b) -> Tensor:
+    return mul(expand_dims(_lift(a), -1), _lift(b))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor methods and operators
+
+
+def _rev(fn):
+    return lambda self, other: fn(other, self)
+
+
+def _install_operators():
+    T = Tensor
+    T.__add__, T.__radd__ = add, _rev(add)
+    T.__sub__, T.__rsub__ = sub, _rev(sub)
+    T.__mul__, T.__rmul__ = mul, _rev(mul)
+    T.__truediv__, T.__rtruediv__ = div, _rev(div)
+    T.__pow__, T.__rpow__ = pow, _rev(pow)
+    T.__matmul__, T.__rmatmul__ = matmul, _rev(matmul)
+    T.__neg__ = neg
+    T.__pos__ = lambda self: self
+    T.__abs__ = abs
+    T.__getitem__ = getitem
+    for name, op in (("__lt__", "less"), ("__le__", "less_equal"), ("__gt__", "greater"),
+                     ("__ge__", "greater_equal")):
+        setattr(T, name, (lambda fn: lambda self, other: Tensor(fn(self.data, _data(other))))(getattr(xp, op)))
+    T.eq = lambda self, other: Tensor(self.data == _data(other))
+    T.T = property(lambda self: transpose(self))
+    T.reshape = lambda self, *shape: reshape(self, shape[0] if len(shape) == 1 else shape)
+    T.transpose = lambda self, *axes: transpose(self, (axes[0] if len(axes) == 1 else axes) or None)
+    T.sum = lambda self, axis=None, keepdims=False: sum(self, axis, keepdims)
+    T.mean = lambda self, axis=None, keepdims=False: mean(self, axis, keepdims)
+    T.max = lambda self, axis=None, keepdims=False: max(self, axis, keepdims)
+    T.min = lambda self, axis=None, keepdims=False: min(self, axis, keepdims)
+    T.exp, T.log, T.sqrt, T.tanh, T.sigmoid, T.relu = exp, log, sqrt, tanh, sigmoid, relu
+    T.astype = lambda self, dtype: astype(self, dtype)
+
+
+def astype(a, dtype) -> Tensor:
+    """Cast; the gradient is cast back to the operand's dtype."""
+    a = _lift(a)
+    if a.dtype == _np.dtype(dtype):
+        return a
+    return record(a.data.astype(dtype), ((a, lambda g: astype(g, a.dtype)),))
+
+
+_install_operators()

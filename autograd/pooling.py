@@ -1,0 +1,226 @@
+"""Pooling: average / max pooling (1-D, 2-D), adaptive pooling with PyTorch's bins, global pooling.
+
+* ``avg_pool2d`` / ``max_pool2d`` follow torch.nn.functional, ``ceil_mode`` and
+  ``count_include_pad`` included: a window that starts inside the (left-padded) input is kept in
+  ceil mode, and the average's divisor counts padding but never the ceil-mode overhang.
+* ``max_pool2d``'s gradient goes to the *first* maximum of each window in row-major order, the
+  element PyTorch's CPU kernel selects; ties are therefore not split (unlike :func:`autograd.max`).
+* Adaptive average pooling is a linear map: ``A_h @ x @ A_w^T`` with the bin matrices
+  ``A[i, j] = 1 / |bin_i|`` for ``j`` in ``[floor(i*H/o), ceil((i+1)*H/o))`` (bins may overlap).
+"""
+from __future__ import annotations
+
+
+import numpy as _np
+
+from . import backend, ops
+from .backend import xp
+from .conv import _check_ndim, _pair, unfold
+from .tensor import Tensor, record
+
+
+def _pool_geometry(size, kernel, stride, padding, dilation, ceil_mode):
+    """Output length and the extra right padding that ceil mode needs (PyTorch's rule)."""
+    span = dilation * (kernel - 1) + 1
+    numerator = size + 2 * padding - span
+    if numerator < 0:
+        raise ValueError(
+            f"pooling window {kernel} (dilation {dilation}) does not fit an input of size {size} "
+            f"with padding {padding}"
+        )
+    out = (-(-numerator // stride) if ceil_mode else numerator // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1  # the last window would start in the right padding only
+    extra = max(0, (out - 1) * stride + span - (size + 2 * padding))
+    return out, extra
+
+
+def _pool_args(x, kernel_size, stride, padding, dilation, name):
+    x = ops._lift(x)
+    _check_ndim(x, 4, name)
+    kernel = _pair(kernel_size, "kernel_size")
+    stride = kernel if stride is None or stride == () else _pair(stride, "stride")
+    padding = _pair(padding, "padding", allow_zero=True)
+    dilation = _pair(dilation, "dilation")
+    if any(p * 2 > k for p, k in zip(padding, kernel)):
+        raise ValueError(f"{name}: padding {padding} must be at most half of kernel_size {kernel}")
+    return x, kernel, stride, padding, dilation
+
+
+def _windows(x: Tensor, kernel, stride, padding, dilation, ceil_mode, fill):
+    """(N, C, H, W) -> (N, C, kh*kw, oh, ow) windows, padded with ``fill``."""
+    n, c, h, w = x.shape
+    oh, extra_h = _pool_geometry(h, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
+    ow, extra_w = _pool_geometry(w, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
+    pads = ((0, 0), (0, 0), (padding[0], padding[0] + extra_h), (padding[1], padding[1] + extra_w))
+    if any(sum(p) for p in pads):
+        x = ops.pad(x, pads, value=fill)
+    cols = unfold(x, kernel, dilation, 0, stride)
+    return ops.reshape(cols, (n, c, kernel[0] * kernel[1], oh, ow)), (oh, ow), (extra_h, extra_w)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> Tensor:
+    """Max pooling over (N, C, H, W); padding counts as -inf, as in PyTorch."""
+    x, kernel, stride, padding, dilation = _pool_args(x, kernel_size, stride, padding, dilation, "max_pool2d")
+    windows, _, _ = _windows(x, kernel, stride, padding, dilation, ceil_mode, -_np.inf)
+    return take_max(windows, axis=2)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override=None) -> Tensor:
+    """Average pooling over (N, C, H, W), as torch.nn.functional.avg_pool2d."""
+    x, kernel, stride, padding, dilation = _pool_args(x, kernel_size, stride, padding, 1, "avg_pool2d")
+    windows, (oh, ow), extra = _windows(x, kernel, stride, padding, dilation, ceil_mode, 0.0)
+    total = ops.sum(windows, axis=2)
+    if divisor_override is not None:
+        return ops.div(total, float(divisor_override))
+    divisor = _avg_divisor(x.shape[2:], kernel, stride, padding, extra, count_include_pad, x.dtype)
+    return ops.div(total, Tensor(divisor))
+
+
+def _avg_divisor(size, kernel, stride, padding, extra, count_include_pad, dtype):
+    """Per-output-position divisor (oh, ow), computed on the host once and moved to the backend."""
+    counts = []
+    for n, k, s, p, e in zip(size, kernel, stride, padding, extra):
+        positions = _np.arange(n + 2 * p + e)
+        if count_include_pad:
+            valid = positions < n + 2 * p  # padding counts, the ceil-mode overhang does not
+        else:
+            valid = (positions >= p) & (positions < n + p)
+        out = (n + 2 * p + e - k) // s + 1
+        counts.append(_np.array([valid[i * s : i * s + k].sum() for i in range(out)], dtype=_np.float64))
+    divisor = _np.outer(counts[0], counts[1]).astype(_np.dtype(dtype))
+    return backend.from_numpy(divisor)
+
+
+def take_max(a, axis: int) -> Tensor:
+    """Max over one axis, routing the gradient to the first maximal element (torch.max(dim) rule)."""
+    a = ops._lift(a)
+    index = xp.expand_dims(xp.argmax(a.data, axis=axis), axis)
+    return ops.squeeze(take_along_axis(a, index, axis), axis)
+
+
+def take_along_axis(a, indices, axis: int) -> Tensor:
+    """numpy.take_along_axis; the VJP scatters back (duplicates accumulate)."""
+    a = ops._lift(a)
+    axis = axis % a.ndim
+    out = xp.take_along_axis(a.data, indices, axis=axis)
+    return record(out, ((a, lambda g: _put_along_axis_add(a.shape, indices, g, axis)),))
+
+
+def _put_along_axis_add(shape, indices, values, axis) -> Tensor:
+    values = ops._lift(values)
+    grids = list(xp.ix_(*[xp.arange(n) for n in indices.shape]))
+    grids[axis] = indices
+    return ops.index_add(shape, tuple(grids), values)
+
+
+def max_pool1d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> Tensor:
+    """Max pooling over (N, C, L)."""
+    x = ops._lift(x)
+    _check_ndim(x, 3, "max_pool1d", layout="(N, C, L)")
+    stride = kernel_size if stride is None else stride
+    out = max_pool2d(ops.expand_dims(x, 2), (1, _int(kernel_size)), (1, _int(stride)),
+                     (0, _int(padding)), (1, _int(dilation)), ceil_mode)
+    return ops.squeeze(out, 2)
+
+
+def avg_pool1d(x, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+               count_include_pad: bool = True) -> Tensor:
+    """Average pooling over (N, C, L)."""
+    x = ops._lift(x)
+    _check_ndim(x, 3, "avg_pool1d", layout="(N, C, L)")
+    stride = kernel_size if stride is None else stride
+    out = avg_pool2d(ops.expand_dims(x, 2), (1, _int(kernel_size)), (1, _int(stride)),
+                     (0, _int(padding)), ceil_mode, count_include_pad)
+    return ops.squeeze(out, 2)
+
+
+def _int(value):
+    if isinstance(value, (tuple, list)):
+        (value,) = value
+    return int(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# adaptive pooling
+
+
+def adaptive_bins(size: int, out: int) -> list:
+    """PyTorch's adaptive-pool bins: [floor(i*size/out), ceil((i+1)*size/out)) for i < out."""
+    if out < 1:
+        raise ValueError(f"adaptive pooling output size must be >= 1, got {out}")
+    return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
+
+
+def adaptive_avg_matrix(size: int, out: int, dtype=_np.float64):
+    """The (out, size) averaging matrix of adaptive average pooling, on the backend."""
+    matrix = _np.zeros((out, size), dtype=_np.float64)
+    for i, (start, stop) in enumerate(adaptive_bins(size, out)):
+        matrix[i, start:stop] = 1.0 / (stop - start)
+    return backend.from_numpy(matrix.astype(dtype))
+
+
+def _output_pair(output_size, h, w):
+    if isinstance(output_size, int):
+        output_size = (output_size, output_size)
+    oh, ow = output_size
+    return (h if oh is None else int(oh)), (w if ow is None else int(ow))
+
+
+def adaptive_avg_pool2d(x, output_size) -> Tensor:
+    """Adaptive average pooling (N, C, H, W) -> (N, C, oh, ow) as two matrix products."""
+    x = ops._lift(x)
+    _check_ndim(x, 4, "adaptive_avg_pool2d")
+    h, w = x.shape[2:]
+    oh, ow = _output_pair(output_size, h, w)
+    if (oh, ow) == (1, 1):
+        return ops.mean(x, axis=(2, 3), keepdims=True)
+    rows = Tensor(adaptive_avg_matrix(h, oh, x.dtype))
+    cols = Tensor(adaptive_avg_matrix(w, ow, x.dtype))
+    return ops.matmul(ops.matmul(rows, x), ops.transpose(cols))
+
+
+def adaptive_max_pool2d(x, output_size) -> Tensor:
+    """Adaptive max pooling; the gradient goes to the first maximum of each bin (as PyTorch)."""
+    x = ops._lift(x)
+    _check_ndim(x, 4, "adaptive_max_pool2d")
+    n, c, h, w = x.shape
+    oh, ow = _output_pair(output_size, h, w)
+    if (oh, ow) == (1, 1):
+        return ops.reshape(take_max(ops.reshape(x, (n, c, h * w)), axis=2), (n, c, 1, 1))
+    rows = []
+    for hs, he in adaptive_bins(h, oh):
+        row = []
+        for ws, we in adaptive_bins(w, ow):
+            region = ops.reshape(x[:, :, hs:he, ws:we], (n, c, (he - hs) * (we - ws)))
+            row.append(take_max(region, axis=2))
+        rows.append(ops.stack(row, axis=-1))
+    return ops.stack(rows, axis=-2)
+
+
+def adaptive_avg_pool1d(x, output_size: int) -> Tensor:
+    x = ops._lift(x)
+    _check_ndim(x, 3, "adaptive_avg_pool1d", layout="(N, C, L)")
+    return ops.squeeze(adaptive_avg_pool2d(ops.expand_dims(x, 2), (1, _int(output_size))), 2)
+
+
+def adaptive_max_pool1d(x, output_size: int) -> Tensor:
+    x = ops._lift(x)
+    _check_ndim(x, 3, "adaptive_max_pool1d", layout="(N, C, L)")
+    return ops.squeeze(adaptive_max_pool2d(ops.expand_dims(x, 2), (1, _int(output_size))), 2)
+
+
+def global_avg_pool2d(x, keepdims: bool = True) -> Tensor:
+    """Mean over H and W: (N, C, H, W) -> (N, C, 1, 1) (or (N, C))."""
+    x = ops._lift(x)
+    _check_ndim(x, 4, "global_avg_pool2d")
+    return ops.mean(x, axis=(2, 3), keepdims=keepdims)
+
+
+def global_max_pool2d(x, keepdims: bool = True) -> Tensor:
+    """Max over H and W, gradient to the first maximum (as adaptive_max_pool2d(x, 1))."""
+    out = adaptive_max_pool2d(x, 1)
+    return out if keepdims else ops.reshape(out, out.shape[:2])
+
+
