@@ -1,0 +1,122 @@
+"""The mechanism registry: one entry per mechanism, driving the CLI, golden vectors and test matrix.
+
+Each mechanism module registers itself at import::
+
+    register(Mechanism(
+        name="se", family="channel", paper=Paper("Hu, Shen, Sun", "Squeeze-and-Excitation Networks",
+                                               "CVPR", 2018),
+        init=init, apply=se, config={"channels": 32, "reduction": 16},
+        example_input=lambda rng, dtype=np.float64: (normal(rng, (2, 32, 8, 8), dtype),),
+    ))
+
+``npattn.mechanisms()`` lists them (in the survey's family order), ``npattn.get(name)`` returns one.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+#: The survey's families, in its order (the registry lists mechanisms in this order).
+FAMILIES = ("origins", "channel", "hybrid", "self_attention", "category", "temporal", "frequency",
+            "global", "higher_order")
+
+
+@dataclass(frozen=True)
+class Paper:
+    authors: str
+    title: str
+    venue: str
+    year: int
+
+    def __str__(self) -> str:
+        return f"{self.authors}. {self.title}. {self.venue} {self.year}"
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """A registered mechanism.
+
+    Attributes:
+        name: short lowercase registry name (``"se"``, ``"scse-max"``).
+        family: one of :data:`FAMILIES`.
+        paper: the paper it implements.
+        init: ``init(rng, **config) -> dict`` of parameters (PyTorch layout, dotted names).
+        apply_fn: the pure apply function ``apply_fn(params, *inputs, train=False, **options)``.
+        config: default keyword arguments of ``init`` (small, for tests and the CLI).
+        options: keyword arguments bound to ``apply_fn`` for this entry (e.g. ``combine="max"``).
+        example_input: ``example_input(rng, dtype=np.float64) -> tuple of backend arrays`` valid for
+            ``config``.
+        differentiable_inputs: indices of the inputs that gradients are taken for (default: all
+            floating-point inputs).
+        stochastic: True when ``apply`` needs an explicit ``rng`` in training mode.
+        channel_axis: channel axis of the first input (None if it has none), for the bad-input tests.
+        min_spatial: smallest accepted spatial size of the first input under ``config``.
+
+    ``apply`` returns one Tensor (the mechanism's output); attention maps and auxiliary outputs come
+    from separate, documented functions of the mechanism's module.
+    """
+
+    name: str
+    family: str
+    paper: Paper
+    init: Callable
+    apply_fn: Callable
+    config: dict
+    example_input: Callable
+    options: dict = field(default_factory=dict)
+    differentiable_inputs: tuple | None = None
+    stochastic: bool = False
+    description: str = ""
+    #: axis of the input channels of the first input (None when it has no channel axis).
+    channel_axis: int | None = 1
+    #: smallest spatial size (min of H, W) the default config accepts; smaller must raise ValueError.
+    min_spatial: int = 1
+
+    def apply(self, params, *inputs, train: bool = False, **kwargs):
+        """Run the mechanism: ``apply_fn(params, *inputs, train=train, **options, **kwargs)``."""
+        return self.apply_fn(params, *inputs, train=train, **{**self.options, **kwargs})
+
+    @property
+    def module(self) -> str:
+        return self.apply_fn.__module__
+
+    def default_params(self, seed: int = 0, dtype=np.float64) -> dict:
+        """Parameters of the default configuration from ``numpy.random.default_rng(seed)``."""
+        return self.init(np.random.default_rng(seed), dtype=dtype, **self.config)
+
+
+_REGISTRY: dict[str, Mechanism] = {}
+
+
+def register(mechanism: Mechanism) -> Mechanism:
+    if mechanism.name in _REGISTRY:
+        raise ValueError(f"mechanism {mechanism.name!r} is registered twice")
+    if mechanism.family not in FAMILIES:
+        raise ValueError(f"mechanism {mechanism.name!r}: unknown family {mechanism.family!r}; use one of {FAMILIES}")
+    if mechanism.name != mechanism.name.lower():
+        raise ValueError(f"registry names are lowercase, got {mechanism.name!r}")
+    _REGISTRY[mechanism.name] = mechanism
+    return mechanism
+
+
+def mechanisms(family: str | None = None) -> list[Mechanism]:
+    """Every registered mechanism (optionally of one family), in the survey's family order."""
+    entries = [m for m in _REGISTRY.values() if family is None or m.family == family]
+    return sorted(entries, key=lambda m: (FAMILIES.index(m.family), m.name))
+
+
+def names() -> list[str]:
+    return [m.name for m in mechanisms()]
+
+
+def get(name: str) -> Mechanism:
+    """The mechanism registered as ``name``; an unknown name is a KeyError suggesting close names."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name.lower(), list(_REGISTRY), n=3, cutoff=0.4)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise KeyError(f"unknown mechanism {name!r}{hint} (npattn.names() lists all)") from None

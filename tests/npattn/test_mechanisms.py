@@ -1,0 +1,195 @@
+"""The per-mechanism test matrix: every registered mechanism, the same checks.
+
+Adding a mechanism to the registry adds it here: output shape/dtype, determinism, float32 vs float64,
+gradcheck (fast, float64) w.r.t. inputs and every parameter (eval and, with BatchNorm, train mode),
+BatchNorm running statistics and untouched caller arrays, and clear errors for bad input.
+"""
+import numpy as np
+import pytest
+
+import autograd as ag
+import npattn
+from tests.conftest import host
+
+MECHANISMS = npattn.mechanisms()
+IDS = [m.name for m in MECHANISMS]
+
+
+def _inputs(mech, dtype=np.float64, seed=7):
+    return mech.example_input(np.random.default_rng(seed), dtype=dtype)
+
+
+def _params(mech, dtype=np.float64, seed=0):
+    return mech.init(np.random.default_rng(seed), dtype=dtype, **mech.config)
+
+
+def _has_bn(params):
+    return any(k.endswith("running_mean") for k in params)
+
+
+def _float_keys(params):
+    return [k for k, v in params.items() if np.dtype(v.dtype).kind == "f"]
+
+
+def _diff_inputs(mech, inputs):
+    idx = mech.differentiable_inputs
+    if idx is None:
+        idx = tuple(i for i, x in enumerate(inputs) if np.dtype(x.dtype).kind == "f")
+    return idx
+
+
+def _snapshot(tree):
+    return {k: host(v).copy() for k, v in tree.items()} if isinstance(tree, dict) else [host(v).copy() for v in tree]
+
+
+def test_registry_is_populated():
+    assert len(MECHANISMS) >= 1
+    assert len(set(IDS)) == len(IDS)
+
+
+@pytest.mark.parametrize("mech", MECHANISMS, ids=IDS)
+def test_entry_contract(mech):
+    assert mech.name == mech.name.lower() and mech.family in npattn.FAMILIES
+    assert mech.paper.year > 1900 and mech.paper.authors and mech.paper.venue
+    assert npattn.get(mech.name) is mech
+    assert mech.apply_fn.__doc__ and mech.init.__doc__, "public functions need docstrings"
+    assert ".".join(mech.module.split(".")[:2]).startswith("npattn.")
+
+
+@pytest.mark.parametrize("mech", MECHANISMS, ids=IDS)
+def test_output_shape_and_dtype(mech):
+    for dtype in (np.float64, np.float32):
+        params = _params(mech, dtype)
+        for key in _float_keys(params):
+            assert params[key].dtype == dtype, f"{key} has dtype {params[key].dtype}, expected {dtype}"
+        out = mech.apply(params, *_inputs(mech, dtype))
+        assert isinstance(out, ag.Tensor)
+        assert out.dtype == dtype
+        assert np.all(np.isfinite(host(out)))
+
+
+@pytest.mark.parametrize("mech", MECHANISMS, ids=IDS)
+def test_deterministic(mech):
+    p1, p2 = _params(mech), _params(mech)
+    assert p1.keys() == p2.keys()
+    for k in p1:
+        assert np.array_equal(host(p1[k]), host(p2[k])), k
+    a = host(mech.apply(p1, *_inputs(mech)))
+    b = host(mech.apply(p2, *_inputs(mech)))
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("mech", MECHANISMS, ids=IDS)
+def test_float32_agrees_with_float64(mech):
+    out64 = host(mech.apply(_params(mech, np.float64), *_inputs(mech, np.float64)))
+    out32 = host(mech.apply(_params(mech, np.float32), *_inputs(mech, np.float32)))
+    scale = max(1.0, float(np.abs(out64).max()))
+    np.testing.assert_allclose(out32, out64, rtol=1e-4, atol=1e-4 * scale)
+
+
+def _loss_fn(mech, inputs, idx, train):
+    def f(params, *diff):
+        full = list(inputs)
+        for i, value in zip(idx, diff):
+            full[i] = value
+        return mech.apply(params, *full, train=train)
+
+    return f
+
+
+@pytest.mark.parametrize("mech", MECHANISMS, ids=IDS)
+def test_gradcheck_eval(mech):
+    params, inputs = _params(mech), _inputs(mech)
+    idx = _diff_inputs(mech, inputs)
+    assert ag.gradcheck(_loss_fn(mech, inputs, idx, False), params, *[inputs[i] for i in idx],
+                        mode="fast", n_directions=3)
+
+
+@pytest.mark.parametrize("mech", [m for m in MECHANISMS if _has_bn(_params(m))],
+                         ids=[m.name for m in MECHANISMS if _has_bn(_params(m))])
+def test_gradcheck_train(mech):
+    params, inputs = _params(mech), _inputs(mech)
+    idx = _diff_inputs(mech, inputs)
+    assert ag.gradcheck(_loss_fn(mech, inputs, idx, True), params, *[inputs[i] for i in idx],
+                        mode="fast", n_directions=3)
+
+
+@pytest.mark.parametrize("mech", MECHANISMS, ids=IDS)
+def test_caller_arrays_untouched(mech):
+    params, inputs = _params(mech), _inputs(mech)
+    before_p, before_x = _snapshot(params), _snapshot(list(inputs))
+    idx = _diff_inputs(mech, inputs)
+    for train in (False, True):
+        with npattn.track_running_stats():
+            ag.grad(lambda p: ag.sum(mech.apply(p, *inputs, train=train, **_rng_kw(mech, train))))(params)
+    for k in params:
+        assert np.array_equal(host(params[k]), before_p[k]), f"parameter {k} was modified"
+    for i, x in enumerate(inputs):
+        assert np.array_equal(host(x), before_x[i]), f"input {i} was modified"
+    assert idx is not None
+
+
+def _rng_kw(mech, train):
+    return {"rng": np.random.default_rng(3)} if (mech.stochastic and train) else {}
+
+
+@pytest.mark.parametrize("mech", [m for m in MECHANISMS if _has_bn(_params(m))],
+                         ids=[m.name for m in MECHANISMS if _has_bn(_params(m))])
+def test_batchnorm_train_vs_eval(mech):
+    params, inputs = _params(mech), _inputs(mech)
+    bn_prefixes = [k[: -len(".running_mean")] for k in params if k.endswith(".running_mean")]
+    with npattn.track_running_stats() as new_stats:
+        y_train = host(mech.apply(params, *inputs, train=True))
+    # every BN layer reports new statistics, and the counter moves by one
+    for prefix in bn_prefixes:
+        assert f"{prefix}.running_mean" in new_stats, f"{prefix} did not report running stats"
+        assert not np.array_equal(host(new_stats[f"{prefix}.running_mean"]), host(params[f"{prefix}.running_mean"]))
+        assert int(host(new_stats[f"{prefix}.num_batches_tracked"])) == int(host(params[f"{prefix}.num_batches_tracked"])) + 1
+        var = host(new_stats[f"{prefix}.running_var"])
+        assert np.all(var > 0)
+    y_eval = host(mech.apply(params, *inputs, train=False))
+    assert not np.allclose(y_train, y_eval), "train and eval mode should differ with BatchNorm"
+    # outside a tracking block nothing is collected and nothing changes
+    mech.apply(params, *inputs, train=True)
+
+
+@pytest.mark.parametrize("mech", MECHANISMS, ids=IDS)
+def test_bad_input_wrong_ndim(mech):
+    params, inputs = _params(mech), list(_inputs(mech))
+    inputs[0] = inputs[0][None]
+    with pytest.raises(ValueError, match=mech.name.split("-")[0]):
+        mech.apply(params, *inputs)
+
+
+@pytest.mark.parametrize("mech", MECHANISMS, ids=IDS)
+def test_bad_input_integer_dtype(mech):
+    params, inputs = _params(mech), list(_inputs(mech))
+    inputs[0] = inputs[0].astype(np.int64)
+    with pytest.raises(TypeError, match=mech.name.split("-")[0]):
+        mech.apply(params, *inputs)
+
+
+@pytest.mark.parametrize("mech", [m for m in MECHANISMS if m.channel_axis is not None],
+                         ids=[m.name for m in MECHANISMS if m.channel_axis is not None])
+def test_bad_input_wrong_channels(mech):
+    params, inputs = _params(mech), list(_inputs(mech))
+    x = inputs[0]
+    inputs[0] = ag.xp.concatenate([x, x[(slice(None),) * mech.channel_axis + (slice(0, 1),)]], axis=mech.channel_axis)
+    with pytest.raises(ValueError, match=mech.name.split("-")[0]):
+        mech.apply(params, *inputs)
+
+
+@pytest.mark.parametrize("mech", [m for m in MECHANISMS if m.min_spatial > 1],
+                         ids=[m.name for m in MECHANISMS if m.min_spatial > 1])
+def test_bad_input_too_small(mech):
+    params, inputs = _params(mech), list(_inputs(mech))
+    x = inputs[0]
+    small = mech.min_spatial - 1
+    inputs[0] = x[..., :small, :small]
+    with pytest.raises(ValueError, match=mech.name.split("-")[0]):
+        mech.apply(params, *inputs)
+
+
+def test_unknown_name_suggests():
+    with pytest.raises(KeyError, match="did you mean"):
+        npattn.get(IDS[0] + "x")
