@@ -1,0 +1,159 @@
+"""The ``npattn`` command line (also ``python -m npattn``).
+
+    npattn list                      every mechanism: family, paper, parameter count
+    npattn show NAME                 paper, equations, parameters, and the mechanism's source
+    npattn check [NAME...]           forward, backward and gradient check of each (the main job)
+    npattn golden NAME... -o DIR     write golden vectors (.npz, see docs/golden.md)
+    npattn verify FILE...            recompute golden files and report agreement
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+
+import numpy as np
+
+from . import registry
+
+
+def _param_count(mech) -> int:
+    params = mech.default_params()
+    return int(sum(int(np.prod(v.shape)) for k, v in params.items()
+                   if np.dtype(v.dtype).kind == "f" and not k.endswith(("running_mean", "running_var"))))
+
+
+def _resolve(names):
+    try:
+        return [registry.get(n) for n in names] if names else registry.mechanisms()
+    except KeyError as exc:
+        raise SystemExit(f"npattn: {exc.args[0]}") from None
+
+
+def cmd_list(args) -> int:
+    rows = [(m.name, m.family, f"{m.paper.authors} ({m.paper.venue} {m.paper.year})", str(_param_count(m)))
+            for m in registry.mechanisms()]
+    _table(("mechanism", "family", "paper", "params (default config)"), rows)
+    return 0
+
+
+def cmd_show(args) -> int:
+    (mech,) = _resolve([args.name])
+    module = sys.modules[mech.module]
+    print(f"{mech.name}  [{mech.family}]  {mech.module}")
+    print(f"paper: {mech.paper}")
+    print(f"config: {mech.config}   options: {mech.options}")
+    print()
+    print(inspect.getdoc(module) or "")
+    print("\nparameters (default config):")
+    for key, value in mech.default_params().items():
+        print(f"  {key:40s} {tuple(value.shape)}  {value.dtype}")
+    print("\nsource:\n")
+    print(inspect.getsource(module))
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .check import check_mechanism
+
+    mechs = _resolve(args.names)
+    progress = sys.stderr.isatty()
+    results = []
+    for i, mech in enumerate(mechs):
+        if progress:
+            done = int(30 * i / len(mechs))
+            sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {i}/{len(mechs)} {mech.name:24s}")
+            sys.stderr.flush()
+        results.append(check_mechanism(mech, seed=args.seed, tolerance=args.tolerance))
+    if progress:
+        sys.stderr.write("\r" + " " * 70 + "\r")
+    rows = [(r.name, str(r.output_shape), f"{r.grad_error:.2e}", f"{r.seconds:.2f}s",
+             "ok" if r.ok else "FAIL " + r.message) for r in results]
+    _table(("mechanism", "output shape", "max grad error", "time", "status"), rows)
+    failed = [r for r in results if not r.ok]
+    print(f"\n{len(results) - len(failed)} of {len(results)} mechanisms passed "
+          f"(float64, forward + backward + gradient check, tolerance {args.tolerance:g})")
+    return 1 if failed else 0
+
+
+def cmd_golden(args) -> int:
+    from .golden import write
+
+    mechs = _resolve(args.names)
+    status = 0
+    for mech in mechs:
+        try:
+            path = write(mech.name, args.output, seed=args.seed, dtype=args.dtype, batch=args.batch,
+                         size=args.size, force=args.force)
+            print(f"wrote {path}")
+        except (FileExistsError, ValueError) as exc:
+            print(f"npattn golden: {mech.name}: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def cmd_verify(args) -> int:
+    from .golden import GoldenError, verify
+
+    status = 0
+    for path in args.files:
+        try:
+            result = verify(path)
+        except GoldenError as exc:
+            print(f"ERROR {exc}")
+            status = 1
+            continue
+        word = "ok  " if result.ok else "FAIL"
+        print(f"{word} {path}  ({result.mechanism}, max relative error {result.max_error:.2e}) {result.message}")
+        status |= 0 if result.ok else 1
+    return status
+
+
+def _table(header, rows) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    print(line)
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="npattn", description=__doc__.split("\n")[0] if __doc__ else None,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list every mechanism").set_defaults(func=cmd_list)
+    show = sub.add_parser("show", help="paper, equations, parameters and source of one mechanism")
+    show.add_argument("name")
+    show.set_defaults(func=cmd_show)
+    check = sub.add_parser("check", help="forward, backward and gradient check (all mechanisms by default)")
+    check.add_argument("names", nargs="*")
+    check.add_argument("--seed", type=int, default=0)
+    check.add_argument("--tolerance", type=float, default=1e-6)
+    check.set_defaults(func=cmd_check)
+    golden = sub.add_parser("golden", help="write golden vectors (.npz)")
+    golden.add_argument("names", nargs="+")
+    golden.add_argument("-o", "--output", required=True, help="output directory")
+    golden.add_argument("--seed", type=int, default=0)
+    golden.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+    golden.add_argument("--batch", type=int, default=None, help="batch size (default: the example's)")
+    golden.add_argument("--size", type=int, default=None, help="spatial size H = W for (N, C, H, W) inputs")
+    golden.add_argument("--force", action="store_true", help="overwrite existing files")
+    golden.set_defaults(func=cmd_golden)
+    verify = sub.add_parser("verify", help="recompute golden files and report agreement")
+    verify.add_argument("files", nargs="+")
+    verify.set_defaults(func=cmd_verify)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # e.g. `npattn show se | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

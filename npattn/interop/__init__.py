@@ -1,0 +1,1 @@
+"""Bridges to other frameworks (optional imports): ``npattn.interop.torch``."""
