@@ -46,7 +46,7 @@ def compare(actual, expected, rtol: float = 1e-7, atol: float = 0.0) -> tuple[bo
     worst = np.argsort(-excess)[:5]
     lines = [
         f"{int(bad.sum())} of {a.size} elements differ (rtol={rtol:g}, atol={atol:g}); "
-        f"max |diff| {float(np.nanmax(diff)):.3g}; worst:"
+        f"max |diff| {float(np.max(np.where(np.isnan(diff), np.inf, diff))):.3g}; worst:"
     ]
     for flat in worst:
         if not bad.ravel()[flat]:
