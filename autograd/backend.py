@@ -62,27 +62,35 @@ def is_array(obj) -> bool:
     if name == "cupy":
         return isinstance(obj, xp.ndarray)
     if name == "strict":
-        return isinstance(obj, _np.ndarray)
+        from . import _strict
+
+        return isinstance(obj, _strict.StrictArray)
     return isinstance(obj, _np.ndarray)
 
 
 def is_host_array(obj) -> bool:
     """True for a plain host NumPy array (not a backend array on a device/strict backend)."""
-    return type(obj) is _np.ndarray or (isinstance(obj, _np.ndarray) and name == "numpy")
+    return isinstance(obj, _np.ndarray)
 
 
 def from_numpy(array, dtype=None):
-    """Copy a host array (or nested list / scalar) onto the active backend."""
+    """Copy a host array (or nested list / scalar) onto the active backend.
+
+    A backend array passes through (cast to ``dtype`` if given), as ``cupy.asarray`` does.
+    """
     if name == "cupy":
         return xp.asarray(array, dtype=dtype)
     if name == "strict":
-        return xp.asarray(_np.asarray(array, dtype=dtype))
+        if is_array(array):
+            return array if dtype is None else array.astype(dtype, copy=False)
+        # a copy, as an upload to a device is: later changes to the host array must not show through
+        return xp.array(_np.asarray(array, dtype=dtype))
     return _np.asarray(array, dtype=dtype)
 
 
 def to_numpy(array) -> _np.ndarray:
     """Explicit conversion of a backend array (or a Tensor) to a host NumPy array."""
-    data = getattr(array, "data", array) if hasattr(array, "_node_tag") else array
+    data = array.data if hasattr(array, "_node_tag") else array
     if name == "cupy":
         import cupy
 
@@ -91,5 +99,5 @@ def to_numpy(array) -> _np.ndarray:
     if name == "strict":
         from . import _strict
 
-        return _strict.unwrap(data) if isinstance(data, _np.ndarray) else _np.asarray(data)
+        return _strict.unwrap(data)
     return _np.asarray(data)
