@@ -28,8 +28,22 @@ def _lift(x, like=None):
     if isinstance(x, Tensor):
         return x
     if isinstance(x, numbers.Number) and like is not None:
-        return Tensor(xp.asarray(x, dtype=_data(like).dtype))
+        dtype = _data(like).dtype
+        if _scalar_fits(x, dtype):
+            return Tensor(xp.asarray(x, dtype=dtype))
     return as_tensor(x)
+
+
+def _scalar_fits(x, dtype) -> bool:
+    """Whether Python scalar ``x`` can take ``dtype`` without losing its value's kind (0.5 -> int would be 0)."""
+    kind = _np.dtype(dtype).kind
+    if kind == "c":
+        return True
+    if kind == "f":
+        return not isinstance(x, complex)
+    if kind in "iu":
+        return isinstance(x, numbers.Integral)
+    return isinstance(x, bool)
 
 
 def _binary_operands(a, b):
