@@ -126,15 +126,18 @@ def neg(a) -> Tensor:
 def pow(a, b) -> Tensor:  # noqa: A001 - mirrors torch.pow
     """``a ** b``.  For a tensor exponent the gradient w.r.t. ``b`` is ``a**b * log(a)`` (a > 0)."""
     a, b = _binary_operands(a, b)
-    out = a.data ** b.data
+    holder = []
 
     def vjp_base(g):
         return sum_to(mul(g, mul(b, pow(a, sub(b, 1)))), a.shape)
 
     def vjp_exponent(g):
-        return sum_to(mul(g, mul(Tensor(out), log(a))), b.shape)
+        # the result itself (not a constant copy of its value), so that second derivatives see it
+        return sum_to(mul(g, mul(holder[0], log(a))), b.shape)
 
-    return record(out, ((a, vjp_base), (b, vjp_exponent)))
+    result = record(a.data ** b.data, ((a, vjp_base), (b, vjp_exponent)))
+    holder.append(result)
+    return result
 
 
 def exp(a) -> Tensor:
