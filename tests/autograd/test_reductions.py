@@ -1,0 +1,119 @@
+"""Reductions: sum, mean, var, std, max, min, logsumexp, argmax, argmin."""
+import numpy as np
+import pytest
+import scipy.special
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import array_shapes
+
+import autograd as ag
+
+from .helpers import assert_close, check_grads, dev, distinct, host, tensor
+
+
+@st.composite
+def shape_and_axis(draw):
+    shape = draw(array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=4))
+    ndim = len(shape)
+    kind = draw(st.sampled_from(["none", "int", "tuple"]))
+    if kind == "none":
+        axis = None
+    elif kind == "int":
+        axis = draw(st.integers(-ndim, ndim - 1))
+    else:
+        axis = tuple(draw(st.lists(st.integers(0, ndim - 1), min_size=1, max_size=ndim, unique=True)))
+        if draw(st.booleans()):
+            axis = tuple(a - ndim for a in axis)  # negative spelling
+    return shape, axis, draw(st.booleans())
+
+
+REDUCTIONS = {
+    "sum": (ag.sum, lambda x, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims)),
+    "mean": (ag.mean, lambda x, axis, keepdims: np.mean(x, axis=axis, keepdims=keepdims)),
+    "var": (ag.var, lambda x, axis, keepdims: np.var(x, axis=axis, keepdims=keepdims)),
+    "var_unbiased": (lambda x, axis=None, keepdims=False: ag.var(x, axis, keepdims, unbiased=True),
+                     lambda x, axis, keepdims: np.var(x, axis=axis, keepdims=keepdims, ddof=1)),
+    "std": (ag.std, lambda x, axis, keepdims: np.std(x, axis=axis, keepdims=keepdims)),
+    "std_unbiased": (lambda x, axis=None, keepdims=False: ag.std(x, axis, keepdims, unbiased=True),
+                     lambda x, axis, keepdims: np.std(x, axis=axis, keepdims=keepdims, ddof=1)),
+    "max": (ag.max, lambda x, axis, keepdims: np.max(x, axis=axis, keepdims=keepdims)),
+    "min": (ag.min, lambda x, axis, keepdims: np.min(x, axis=axis, keepdims=keepdims)),
+    "logsumexp": (ag.logsumexp, lambda x, axis, keepdims: scipy.special.logsumexp(x, axis=axis, keepdims=keepdims)),
+}
+
+
+def _count(shape, axis):
+    if axis is None:
+        return int(np.prod(shape))
+    axes = (axis,) if isinstance(axis, int) else axis
+    return int(np.prod([shape[a] for a in axes]))
+
+
+@settings(max_examples=15)
+@given(case=shape_and_axis(), name=st.sampled_from(sorted(REDUCTIONS)), seed=st.integers(0, 2**16))
+def test_reduction_values(case, name, seed):
+    shape, axis, keepdims = case
+    if name.endswith("unbiased") and _count(shape, axis) < 2:
+        return  # n - 1 = 0: undefined
+    x = distinct(np.random.default_rng(seed), shape)
+    op, reference = REDUCTIONS[name]
+    out = op(dev(x), axis=axis, keepdims=keepdims)
+    expected = np.asarray(reference(x, axis, keepdims))
+    assert_close(out, expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", sorted(REDUCTIONS))
+@pytest.mark.parametrize("axis, keepdims", [(None, False), (1, True), ((0, 2), False), (-1, False)])
+def test_reduction_gradcheck(rng, name, axis, keepdims):
+    x = distinct(rng, (2, 3, 2))
+    op = REDUCTIONS[name][0]
+    check_grads(lambda v: op(v, axis=axis, keepdims=keepdims), dev(x))
+
+
+def test_max_and_min_share_the_gradient_between_ties():
+    x = tensor(np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]]), requires_grad=True)
+    ag.max(x, axis=1).sum().backward()
+    assert_close(x.grad, [[0.0, 0.5, 0.5], [1 / 3, 1 / 3, 1 / 3]], atol=1e-16)
+    x.grad = None
+    ag.min(x).backward()
+    assert_close(x.grad, [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], atol=0)
+
+
+def test_mean_and_sum_gradients_are_uniform(rng):
+    x = tensor(rng.standard_normal((2, 5)), requires_grad=True)
+    ag.mean(x, axis=1).sum().backward()
+    assert_close(x.grad, np.full((2, 5), 0.2), atol=1e-16)
+
+
+def test_logsumexp_is_stable_and_handles_minus_infinity():
+    x = np.array([[1000.0, 1000.0, -1000.0], [-np.inf, 0.0, -np.inf], [-np.inf, -np.inf, -np.inf]])
+    with np.errstate(divide="ignore"):
+        out = host(ag.logsumexp(dev(x), axis=1))
+        expected = scipy.special.logsumexp(x, axis=1)
+    np.testing.assert_allclose(out, expected, rtol=1e-15)
+    assert out[2] == -np.inf
+    t = tensor(x[:2], requires_grad=True)
+    ag.logsumexp(t, axis=1).sum().backward()
+    assert_close(t.grad, scipy.special.softmax(x[:2], axis=1), atol=1e-15)
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1, -1])
+def test_argmax_argmin_pick_the_first_extremum(axis):
+    x = np.array([[1.0, 5.0, 5.0], [7.0, -1.0, 7.0]])
+    for op, reference in ((ag.argmax, np.argmax), (ag.argmin, np.argmin)):
+        out = op(tensor(x), axis=axis)
+        assert not isinstance(out, ag.Tensor)  # a plain backend integer array: no gradient
+        np.testing.assert_array_equal(host(out), reference(x, axis=axis))
+        assert host(out).dtype.kind == "i"
+
+
+@pytest.mark.parametrize("op", [ag.sum, ag.mean, ag.var, ag.max, ag.logsumexp])
+def test_axis_out_of_range_is_a_clear_error(op):
+    with pytest.raises(ValueError, match="axis 2 is out of range"):
+        op(dev(np.ones((2, 2))), axis=2)
+
+
+def test_reductions_of_float32_stay_float32(rng):
+    x = dev(rng.standard_normal((3, 4)).astype(np.float32))
+    for op in (ag.sum, ag.mean, ag.var, ag.std, ag.max, ag.min, ag.logsumexp):
+        assert op(x, axis=1).dtype == np.float32
