@@ -1,2 +1,2 @@
 """Channel & spatial attention: SE, Gather-Excite, Residual Attention, SK, SPA, ECA."""
-from . import se  # noqa: F401
+from . import eca, gather_excite, residual_attention, se, sk, spa  # noqa: F401

@@ -1,0 +1,208 @@
+"""Gather-Excite (Hu, Shen, Albanie, Sun, Vedaldi, NeurIPS 2018): GE-theta-minus, GE-theta, GE-theta-plus.
+
+    g = xi_G(x)                         gather over windows of extent e:   (N, C, H, W) -> (N, C, H_e, W_e)
+    y = x * sigmoid(interp(g))          excite: nearest upsampling back to (H, W), sigmoid gate
+
+The three variants differ in the gather xi_G:
+
+    GE-theta-minus   g = avgpool_e(x)                                       parameter-free
+    GE-theta         g = BN(dwconv(...relu(BN(dwconv(x)))...))              depth-wise, strided, no bias
+    GE-theta-plus    g = W_up relu(W_down relu(theta-gather(x)) + b_down) + b_up    1x1 "MLP", C -> C/r -> C
+
+Extent e = 0 means *global* (the gather sees the whole map, H_e = W_e = 1, no upsampling).
+
+**Global extent: the official models** (``hujie-frank/GENet``, Caffe; only global-extent models were released):
+
+* GEPF (theta-minus): global average pooling, sigmoid, scale.
+* GEP (theta): a depth-wise convolution whose kernel is the whole feature map (``kernel_size`` = 56/28/14/7,
+  no padding, no bias), BN, sigmoid.  Its kernel is ``feat_size``: ``init(..., feat_size=(H, W))``, and the
+  input must then be exactly H x W.
+* GEPP (theta-plus): the same depth-wise conv and BN, then **ReLU**, then 1x1 conv C -> C/16 with bias, ReLU,
+  1x1 conv C/16 -> C with bias, sigmoid.
+
+**Extent e in {2, 4, 8}: timm's forms** (``timm/layers/gather_excite.py``; there is no official code):
+
+* theta-minus: ``avg_pool2d(kernel 2e-1, stride e, padding e-1, count_include_pad=False)``; H_e = ceil(H/e).
+* theta: log2(e) stages of [depth-wise 3x3, stride 2, padding 1, no bias, BN], ReLU between stages but not
+  after the last.
+* theta-plus: the theta gather followed by the GEPP head (ReLU, 1x1 MLP).  timm feeds the gather's BN output
+  to its MLP without that ReLU (and its ``extra_params=True`` path fails to build in timm 1.0.31);
+  ``gather_relu=False`` gives timm's form.
+
+Upsampling is ``F.interpolate(mode='nearest')`` to (H, W): src = floor(dst * in / out).  The sigmoid is taken
+before upsampling; nearest upsampling only copies values, so the order does not change the result.
+
+Parameters: ``gather.conv{i}.weight (C, 1, k, k)`` and ``gather.bn{i}.*`` (i = 1 .. log2(e), or 1 for
+global), ``mlp_down.weight (C // r, C, 1, 1)`` + bias and ``mlp_up.weight (C, C // r, 1, 1)`` + bias.
+The variant is read from the parameters; the extent is the apply option ``extent`` (a global gather kernel of
+3x3 and a one-stage e = 2 gather have the same shape).  BatchNorm follows PyTorch (eps 1e-5, momentum 0.1;
+the Caffe models' moving-average factor is 0.95).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+import autograd as ag
+
+from ..layers import batch_norm, check_dtype, check_input, conv, example, init_batch_norm, init_conv
+from ..registry import Mechanism, Paper, register
+
+VARIANTS = ("theta_minus", "theta", "theta_plus")
+EXTENTS = (0, 2, 4, 8)
+#: registry name of each variant (errors name it)
+NAMES = {"theta_minus": "ge-theta-minus", "theta": "ge-theta", "theta_plus": "ge-theta-plus"}
+
+
+def _stages(extent: int) -> int:
+    """Number of gather stages: one for global extent, log2(e) strided stages otherwise."""
+    if extent not in EXTENTS:
+        raise ValueError(f"ge: extent must be one of {EXTENTS} (0 = global), got {extent!r}")
+    return 1 if extent == 0 else int(math.log2(extent))
+
+
+def _pair(size) -> tuple:
+    return (int(size), int(size)) if np.isscalar(size) else tuple(int(s) for s in size)
+
+
+def init(rng, channels: int, *, variant: str = "theta", extent: int = 0, feat_size=None, reduction: int = 16,
+         dtype=np.float64) -> dict:
+    """Parameters of GE-``variant`` (``theta_minus`` has none) for ``channels`` channels.
+
+    ``feat_size`` (int or (H, W)) is the input size, required for global-extent theta / theta-plus.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"ge: variant must be one of {VARIANTS}, got {variant!r}")
+    stages = _stages(extent)
+    params: dict = {}
+    if variant == "theta_minus":
+        return params
+    if extent == 0:
+        if feat_size is None:
+            raise ValueError(f"{NAMES[variant]}: global extent needs feat_size, the (H, W) its kernel covers")
+        init_conv(rng, params, "gather.conv1", channels, channels, _pair(feat_size), groups=channels, bias=False,
+                  dtype=dtype)
+        init_batch_norm(params, "gather.bn1", channels, dtype=dtype)
+    else:
+        for i in range(1, stages + 1):
+            init_conv(rng, params, f"gather.conv{i}", channels, channels, 3, groups=channels, bias=False, dtype=dtype)
+            init_batch_norm(params, f"gather.bn{i}", channels, dtype=dtype)
+    if variant == "theta_plus":
+        hidden = channels // reduction
+        if hidden < 1:
+            raise ValueError(f"ge-theta-plus: channels={channels} // reduction={reduction} must be at least 1")
+        init_conv(rng, params, "mlp_down", hidden, channels, 1, dtype=dtype)
+        init_conv(rng, params, "mlp_up", channels, hidden, 1, dtype=dtype)
+    return params
+
+
+def variant_of(params: dict) -> str:
+    """The variant the parameters belong to: ``theta_minus``, ``theta`` or ``theta_plus``."""
+    if "mlp_down.weight" in params:
+        return "theta_plus"
+    return "theta" if "gather.conv1.weight" in params else "theta_minus"
+
+
+def _average_gather(x: ag.Tensor, extent: int) -> ag.Tensor:
+    """GE-theta-minus: mean over windows of 2e-1 with stride e (global mean for e = 0)."""
+    if extent == 0:
+        return ag.mean(x, axis=(2, 3), keepdims=True)
+    return ag.avg_pool2d(x, 2 * extent - 1, stride=extent, padding=extent - 1, count_include_pad=False)
+
+
+def _conv_gather(params: dict, x: ag.Tensor, extent: int, train: bool) -> ag.Tensor:
+    """GE-theta: depth-wise conv + BN stages (one whole-map stage for global extent)."""
+    channels = x.shape[1]
+    if extent == 0:
+        return batch_norm(params, "gather.bn1", conv(params, "gather.conv1", x, groups=channels), train)
+    stages = _stages(extent)
+    g = x
+    for i in range(1, stages + 1):
+        g = batch_norm(params, f"gather.bn{i}", conv(params, f"gather.conv{i}", g, stride=2, padding=1,
+                                                     groups=channels), train)
+        if i < stages:
+            g = ag.relu(g)
+    return g
+
+
+def gather(params: dict, x: ag.Tensor, extent: int, train: bool, gather_relu: bool = True) -> ag.Tensor:
+    """xi_G(x) before the sigmoid: (N, C, H, W) -> (N, C, H_e, W_e)."""
+    variant = variant_of(params)
+    if variant == "theta_minus":
+        return _average_gather(x, extent)
+    g = _conv_gather(params, x, extent, train)
+    if variant == "theta_plus":
+        if gather_relu:
+            g = ag.relu(g)                                       # official GEPP: gather/relu
+        g = conv(params, "mlp_up", ag.relu(conv(params, "mlp_down", g)))
+    return g
+
+
+def _check(params: dict, x, extent: int) -> ag.Tensor:
+    variant = variant_of(params)
+    name = NAMES[variant]
+    stages = _stages(extent)
+    channels = None if variant == "theta_minus" else params["gather.conv1.weight"].shape[0]
+    kernel = None if variant == "theta_minus" else tuple(params["gather.conv1.weight"].shape[2:])
+    min_size = min(kernel) if extent == 0 and kernel is not None else None
+    x = check_input(name, x, channels=channels, min_size=min_size)
+    if params:  # theta-minus has no parameters to agree with
+        check_dtype(name, x, params)
+    if variant == "theta_minus":
+        return x
+    found = sum(1 for key in params if key.startswith("gather.conv"))
+    if found != stages:
+        raise ValueError(f"{name}: extent={extent} needs {stages} gather stage(s), the parameters have {found}")
+    if extent == 0 and tuple(x.shape[2:]) != kernel:
+        raise ValueError(
+            f"{name}: global extent gathers with a {kernel} kernel (feat_size), so x must be {kernel} spatially; "
+            f"got shape {x.shape}"
+        )
+    if extent > 0 and kernel != (3, 3):
+        raise ValueError(f"{name}: extent={extent} gathers with 3x3 kernels, the parameters have {kernel}")
+    return x
+
+
+def excite(params: dict, x, *, train: bool = False, extent: int = 0, gather_relu: bool = True) -> ag.Tensor:
+    """The gate sigmoid(interp(xi_G(x))) at full resolution: (N, C, H, W)."""
+    x = _check(params, x, extent)
+    return _gate(params, x, extent, train, gather_relu)
+
+
+def _gate(params, x, extent, train, gather_relu) -> ag.Tensor:
+    gate = ag.sigmoid(gather(params, x, extent, train, gather_relu))
+    if gate.shape[2:] == (1, 1):
+        return gate                                               # broadcasts over (H, W)
+    return ag.interpolate(gate, size=tuple(x.shape[2:]), mode="nearest")
+
+
+def gather_excite(params: dict, x, *, train: bool = False, extent: int = 0, gather_relu: bool = True) -> ag.Tensor:
+    """Apply GE to ``x`` (N, C, H, W); returns (N, C, H, W).
+
+    ``extent``: 0 (global), 2, 4 or 8.  ``gather_relu`` (theta-plus only): the ReLU between the gather's BN
+    and the MLP (official GEPP); False gives timm's form.
+    """
+    x = _check(params, x, extent)
+    return x * _gate(params, x, extent, train, gather_relu)      # y = x * sigmoid(interp(g))
+
+
+def _register(variant: str, config: dict, shape: tuple, min_spatial: int = 1) -> None:
+    register(Mechanism(
+        name=NAMES[variant], family="channel",
+        paper=Paper("Hu, Shen, Albanie, Sun, Vedaldi", "Gather-Excite: Exploiting Feature Context in "
+                    "Convolutional Neural Networks", "NeurIPS", 2018),
+        init=init, apply_fn=gather_excite, config={"variant": variant, **config},
+        options={"extent": config["extent"]},
+        example_input=lambda rng, dtype=np.float64: (example(rng, shape, dtype),),
+        # theta-minus has no parameters, so any channel count is valid
+        channel_axis=None if variant == "theta_minus" else 1, min_spatial=min_spatial,
+        description=f"GE-{variant.replace('_', '-')}: gather over a spatial extent, excite by an upsampled gate",
+    ))
+
+
+# H = 9, W = 7 with e = 4: ceil(9/4) x ceil(7/4) = 3 x 2 gathered cells, upsampled unevenly back
+_register("theta_minus", {"channels": 16, "extent": 4}, (2, 16, 9, 7))
+_register("theta", {"channels": 16, "extent": 4}, (2, 16, 9, 7))
+# global extent, the official GEPP form: the gather kernel covers the whole 7 x 7 map
+_register("theta_plus", {"channels": 16, "extent": 0, "feat_size": 7, "reduction": 4}, (2, 16, 7, 7), min_spatial=7)

@@ -1,0 +1,102 @@
+"""Spatial Pyramid Attention, SPA-Net (Guo, Ma, et al., ICME 2020).
+
+    v = [ GAP_1(x) ; flatten(APool_2(x)) ; flatten(APool_4(x)) ]     descriptor:  (N, 21 C)
+    s = sigmoid(W2 relu(W1 v))                                        excitation:  W1 (C/r, 21C), W2 (C, C/r)
+    y = x * s                                                         scale:       (N, C, H, W)
+
+APool_s is adaptive average pooling to s x s with PyTorch's bins [floor(iH/s), ceil((i+1)H/s)): when s does
+not divide H the bins overlap (H = 6, s = 4: rows {0,1}, {1,2}, {3,4}, {4,5}), and for H < s rows repeat.
+
+Follows the official code (``ma-xu/SPANet: models/spp_se_resnet.py``, ``SPPSELayer``):
+
+* ``AdaptiveAvgPool2d(1/2/4)`` outputs are flattened with ``.view(b, s*s*c)``, i.e. **channel-major**
+  (index ``c * s*s + i * s + j``), and concatenated in the order [1, 2, 4].
+* ``Linear(21C, C // r, bias=False)`` -> ReLU -> ``Linear(C // r, C, bias=False)`` -> sigmoid; parameters
+  ``fc1.weight (C_in // r, 21 C_in)`` and ``fc2.weight (C, C_in // r)``.  r = 16 in the official ResNets.
+* PSPPSE (``models/p_spp_se_resnet.py``) computes the gate from the residual block's *input* (``in_channels``
+  channels, possibly another spatial size) and scales the block's output: ``init(..., in_channels=C_in)``
+  and ``spa(params, x, source)``, where ``source`` is the block input and ``x`` the tensor being scaled.
+
+The paper and the official code agree (the paper gives no bias and no flattening order; both come from the
+code), so there is no paper-form option.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import autograd as ag
+
+from ..layers import check_dtype, check_input, example, init_linear
+from ..registry import Mechanism, Paper, register
+from .se import excitation
+
+NAME = "spa"
+#: pyramid levels, in the official concatenation order
+LEVELS = (1, 2, 4)
+
+
+def init(rng, channels: int, *, reduction: int = 16, in_channels: int | None = None, dtype=np.float64) -> dict:
+    """Parameters ``fc1.weight (C_in // r, 21 C_in)`` and ``fc2.weight (C, C_in // r)``; C_in defaults to C."""
+    in_channels = channels if in_channels is None else in_channels
+    hidden = in_channels // reduction
+    if hidden < 1:
+        raise ValueError(f"spa: in_channels={in_channels} // reduction={reduction} must be at least 1")
+    width = sum(s * s for s in LEVELS) * in_channels
+    params: dict = {}
+    init_linear(rng, params, "fc1", hidden, width, bias=False, dtype=dtype)
+    init_linear(rng, params, "fc2", channels, hidden, bias=False, dtype=dtype)
+    return params
+
+
+def pyramid_descriptor(x) -> ag.Tensor:
+    """v = [GAP(x); APool_2(x); APool_4(x)], each flattened channel-major: (N, C, H, W) -> (N, 21 C)."""
+    x = x if isinstance(x, ag.Tensor) else ag.Tensor(x)
+    n, c = x.shape[:2]
+    parts = [ag.reshape(ag.adaptive_avg_pool2d(x, s), (n, c * s * s)) for s in LEVELS]
+    return ag.concatenate(parts, axis=1)
+
+
+def channel_weights(params: dict, x, source=None) -> ag.Tensor:
+    """The gate s = sigmoid(W2 relu(W1 v(source))): (N, C) (``source`` defaults to ``x``)."""
+    x, source = _check(params, x, source)
+    return excitation(params, pyramid_descriptor(source))
+
+
+def _check(params: dict, x, source):
+    channels = params["fc2.weight"].shape[0]
+    in_channels = params["fc1.weight"].shape[1] // sum(s * s for s in LEVELS)
+    x = check_input(NAME, x, channels=channels)
+    check_dtype(NAME, x, params)
+    if source is None:
+        if in_channels != channels:
+            raise ValueError(
+                f"spa: the parameters read a {in_channels}-channel source (PSPPSE form) and scale {channels} "
+                "channels; pass the block input as `source`"
+            )
+        return x, x
+    source = check_input(NAME, source, arg="source", channels=in_channels)
+    check_dtype(NAME, source, params, arg="source")
+    if source.shape[0] != x.shape[0]:
+        raise ValueError(f"spa: source batch {source.shape[0]} does not match x batch {x.shape[0]}")
+    return x, source
+
+
+def spa(params: dict, x, source=None, *, train: bool = False) -> ag.Tensor:
+    """Apply SPA: ``x`` (N, C, H, W) scaled by the gate of ``source`` (N, C_in, H', W'; default ``x``).
+
+    Returns (N, C, H, W).  ``train`` has no effect (no BN).
+    """
+    x, source = _check(params, x, source)
+    scale = excitation(params, pyramid_descriptor(source))        # s: (N, C)
+    return x * ag.reshape(scale, scale.shape + (1, 1))             # y = x * s
+
+
+register(Mechanism(
+    name=NAME, family="channel",
+    paper=Paper("Guo, Ma, et al.", "SPANet: Spatial Pyramid Attention Network for Enhanced Image Recognition",
+                "ICME", 2020),
+    init=init, apply_fn=spa, config={"channels": 32, "reduction": 4},
+    # H = 6, W = 7: the 4x4 bins overlap, the 2x2 bins overlap along W
+    example_input=lambda rng, dtype=np.float64: (example(rng, (2, 32, 6, 7), dtype),),
+    description="channel gate from a 1/2/4 spatial-pyramid average descriptor through a bias-free MLP",
+))
