@@ -494,18 +494,23 @@ def repeat(a, repeats: int, axis: int) -> Tensor:
 
 
 def tile(a, reps) -> Tensor:
-    """Tile like numpy.tile (the adjoint sums the copies)."""
+    """Tile like numpy.tile (the adjoint sums the copies).
+
+    As in NumPy, ``a`` is promoted to ``len(reps)`` axes when ``reps`` is longer, and ``reps`` is
+    padded with leading 1s when it is shorter.
+    """
     a = _lift(a)
     reps = (reps,) if isinstance(reps, int) else tuple(reps)
-    reps = (1,) * (a.ndim - len(reps)) + reps
+    shape = (1,) * (len(reps) - a.ndim) + a.shape
+    reps = (1,) * (len(shape) - len(reps)) + reps
     out = xp.tile(a.data, reps)
-    split_shape = sum_shape = ()
-    for r, n in zip(reps, a.shape):
+    split_shape = ()
+    for r, n in zip(reps, shape):
         split_shape += (r, n)
-    sum_shape = tuple(range(0, 2 * a.ndim, 2))
+    copy_axes = tuple(range(0, 2 * len(shape), 2))
 
     def vjp(g):
-        return sum(reshape(g, split_shape), axis=sum_shape)
+        return reshape(sum(reshape(g, split_shape), axis=copy_axes), a.shape)
 
     return record(out, ((a, vjp),))
 
