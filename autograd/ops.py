@@ -360,6 +360,8 @@ def reshape(a, shape) -> Tensor:
     a = _lift(a)
     if isinstance(shape, int):
         shape = (shape,)
+    if tuple(shape) == a.shape:
+        return a
     out = xp.reshape(a.data, tuple(shape))
     return record(out, ((a, lambda g: reshape(g, a.shape)),))
 
@@ -564,26 +566,25 @@ def matmul(a, b) -> Tensor:
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError("matmul does not accept scalars; use mul")
     out = xp.matmul(a.data, b.data)
+    # The VJPs work on matrices: a 1-D ``a`` is a row (1, k), a 1-D ``b`` a column (k, 1), and the
+    # cotangent gets back the axes numpy.matmul dropped for them.
+    a_matrix_shape = (1,) + a.shape if a.ndim == 1 else a.shape
+    b_matrix_shape = b.shape + (1,) if b.ndim == 1 else b.shape
+
+    def matrix_cotangent(g):
+        if a.ndim == 1:
+            g = expand_dims(g, -1 if b.ndim == 1 else -2)
+        if b.ndim == 1:
+            g = expand_dims(g, -1)
+        return g
 
     def vjp_a(g):
-        if b.ndim == 1:
-            grad = mul(expand_dims(g, -1), b)  # (..., n) x (k,) -> (..., n, k)
-        elif a.ndim == 1:
-            grad = matmul(expand_dims(g, -2), swapaxes(b, -1, -2))
-            grad = reshape(grad, grad.shape[:-2] + grad.shape[-1:])
-        else:
-            grad = matmul(g, swapaxes(b, -1, -2))
-        return sum_to(grad, a.shape)
+        grad = matmul(matrix_cotangent(g), swapaxes(reshape(b, b_matrix_shape), -1, -2))
+        return reshape(sum_to(grad, a_matrix_shape), a.shape)
 
     def vjp_b(g):
-        if a.ndim == 1:
-            grad = mul(expand_dims(a, -1), expand_dims(g, -2))
-        elif b.ndim == 1:
-            grad = matmul(swapaxes(a, -1, -2), expand_dims(g, -1))
-            grad = reshape(grad, grad.shape[:-1])
-        else:
-            grad = matmul(swapaxes(a, -1, -2), g)
-        return sum_to(grad, b.shape)
+        grad = matmul(swapaxes(reshape(a, a_matrix_shape), -1, -2), matrix_cotangent(g))
+        return reshape(sum_to(grad, b_matrix_shape), b.shape)
 
     return record(out, ((a, vjp_a), (b, vjp_b)))
 
