@@ -1,0 +1,2 @@
+"""Frequency-domain attention: FcaNet."""
+from . import fca  # noqa: F401

@@ -1,0 +1,145 @@
+"""FcaNet: multi-spectral channel attention (Qin, Zhang, Wu, Li, ICCV 2021).
+
+Global average pooling is, up to a constant, the lowest-frequency (0, 0) component of the 2-D DCT.
+FcaNet splits the channels into n groups and gives every group one DCT frequency instead::
+
+    x~  = adaptive_avg_pool(x, (h, w))                if (H, W) != (h, w)        (N, C, h, w)
+    B_uv(i, j) = b(i, u, h) b(j, v, w)                orthonormal DCT-II basis     (h, w)
+    b(t, f, L) = cos(pi f (t + 1/2) / L) / sqrt(L) * (sqrt(2) if f > 0 else 1)
+    Freq_c = sum_ij x~_c(i, j) B_{u_k v_k}(i, j)      c in group k = [kC/n, (k+1)C/n)     (N, C)
+    att = sigmoid(W2 relu(W1 Freq))                   W1 (C/r, C), W2 (C, C/r), no biases  (N, C)
+    y   = x * att                                                                         (N, C, H, W)
+
+The frequencies (u_k, v_k) come from the official 7x7 tables ``top`` / ``low`` / ``bot``; a method
+``"top16"`` takes the first 16 pairs.  u indexes the *height* frequency, v the width frequency.
+
+Follows the official code (``cfzd/FcaNet``, ``model/layer.py``):
+
+* The filters are the **orthonormal** DCT-II basis (the paper's formula has no normalisation; the scale
+  per frequency is absorbed by the FC).  They are built from the core's DCT basis:
+  ``B_uv = outer(D_h[u], D_w[v])`` with ``D_L = ag.dct_matrix(L, type=2, norm="ortho")``.  The official
+  buffer is float32 (``torch.zeros``), 1.3e-8 away from the float64 basis; ours has the parameters' dtype.
+* The 7x7 frequencies are scaled to the DCT size by **integer division**: ``(u * (h // 7), v * (w // 7))``,
+  so a DCT size below 7 maps every frequency to (0, 0), exactly as the official code.
+* The input is adaptive-average-pooled to (h, w) only when its size differs (PyTorch's overlapping bins
+  when H is not a multiple of h).  The paper assumes the feature map already has the DCT size.
+* Both Linear layers have no bias.
+
+The filter bank is stored as the official buffer ``dct_layer.weight`` (C, h, w), so an official
+state_dict maps 1:1 (``fc.0.weight``, ``fc.2.weight``); the DCT size is read from its shape.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import autograd as ag
+
+from ..layers import check_dtype, check_input, example, init_linear, linear
+from ..registry import Mechanism, Paper, register
+
+NAME = "fca"
+
+#: The official 7x7 frequency tables (x = height frequency u, y = width frequency v), in ranked order.
+FREQUENCY_TABLES = {
+    "top": ((0, 0, 6, 0, 0, 1, 1, 4, 5, 1, 3, 0, 0, 0, 3, 2, 4, 6, 3, 5, 5, 2, 6, 5, 5, 3, 3, 4, 2, 2, 6, 1),
+            (0, 1, 0, 5, 2, 0, 2, 0, 0, 6, 0, 4, 6, 3, 5, 2, 6, 3, 3, 3, 5, 1, 1, 2, 4, 2, 1, 1, 3, 0, 5, 3)),
+    "low": ((0, 0, 1, 1, 0, 2, 2, 1, 2, 0, 3, 4, 0, 1, 3, 0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 6, 1, 2, 3, 4),
+            (0, 1, 0, 1, 2, 0, 1, 2, 2, 3, 0, 0, 4, 3, 1, 5, 4, 3, 2, 1, 0, 6, 5, 4, 3, 2, 1, 0, 6, 5, 4, 3)),
+    "bot": ((6, 1, 3, 3, 2, 4, 1, 2, 4, 4, 5, 1, 4, 6, 2, 5, 6, 1, 6, 2, 2, 4, 3, 3, 5, 5, 6, 2, 5, 5, 3, 6),
+            (6, 4, 4, 6, 6, 3, 1, 4, 4, 5, 6, 5, 2, 2, 5, 1, 4, 3, 5, 0, 3, 1, 1, 2, 4, 2, 1, 1, 5, 3, 3, 3)),
+}
+FREQUENCY_COUNTS = (1, 2, 4, 8, 16, 32)
+
+
+def frequency_indices(method: str) -> tuple[list, list]:
+    """The 7x7-grid frequencies of ``method`` (``"top16"``, ``"low4"``, ``"bot32"``, ...): (u list, v list)."""
+    table, count = method[:3], method[3:]
+    if table not in FREQUENCY_TABLES or not count.isdigit() or int(count) not in FREQUENCY_COUNTS:
+        raise ValueError(f"{NAME}: freq_sel_method must be top/low/bot followed by one of {FREQUENCY_COUNTS} "
+                         f"(e.g. 'top16'), got {method!r}")
+    us, vs = FREQUENCY_TABLES[table]
+    return list(us[: int(count)]), list(vs[: int(count)])
+
+
+def scaled_frequencies(method: str, dct_h: int, dct_w: int) -> tuple[list, list]:
+    """The frequencies of ``method`` on a (dct_h, dct_w) grid: ``u * (dct_h // 7)``, ``v * (dct_w // 7)``."""
+    us, vs = frequency_indices(method)
+    return [u * (dct_h // 7) for u in us], [v * (dct_w // 7) for v in vs]
+
+
+def dct_filters(channels: int, dct_h: int, dct_w: int, method: str = "top16", dtype=np.float64):
+    """The filter bank (C, dct_h, dct_w): channel group k holds ``outer(D_h[u_k], D_w[v_k])``.
+
+    ``D_L = ag.dct_matrix(L, 2, "ortho")`` is the core's orthonormal DCT-II basis (row f = frequency f),
+    so ``sum_ij x(i, j) B_uv(i, j)`` is coefficient (u, v) of ``scipy.fft.dctn(x, norm="ortho")``.
+    """
+    us, vs = scaled_frequencies(method, dct_h, dct_w)
+    if channels % len(us):
+        raise ValueError(f"{NAME}: channels={channels} must be divisible by the {len(us)} frequencies of {method!r}")
+    basis_h = ag.dct_matrix(dct_h, type=2, norm="ortho", dtype=dtype)   # (dct_h, dct_h): [frequency, position]
+    basis_w = ag.dct_matrix(dct_w, type=2, norm="ortho", dtype=dtype)
+    per_frequency = basis_h[us][:, :, None] * basis_w[vs][:, None, :]   # (n, dct_h, dct_w)
+    return ag.xp.repeat(per_frequency, channels // len(us), axis=0)     # group k = channels [kC/n, (k+1)C/n)
+
+
+def init(rng, channels: int, dct_h: int = 7, dct_w: int = 7, *, reduction: int = 16,
+         freq_sel_method: str = "top16", dtype=np.float64) -> dict:
+    """Parameters: buffer ``dct_layer.weight (C, dct_h, dct_w)``, ``fc.0.weight (C//r, C)``, ``fc.2.weight (C, C//r)``.
+
+    The official networks take the DCT size from the bottleneck width: ``{64: 56, 128: 28, 256: 14, 512: 7}``.
+    """
+    hidden = channels // reduction
+    if hidden < 1:
+        raise ValueError(f"{NAME}: channels={channels} // reduction={reduction} must be at least 1")
+    if dct_h < 1 or dct_w < 1:
+        raise ValueError(f"{NAME}: the DCT size must be positive, got ({dct_h}, {dct_w})")
+    params = {"dct_layer.weight": dct_filters(channels, dct_h, dct_w, freq_sel_method, dtype)}
+    init_linear(rng, params, "fc.0", hidden, channels, bias=False, dtype=dtype)
+    init_linear(rng, params, "fc.2", channels, hidden, bias=False, dtype=dtype)
+    return params
+
+
+def multi_spectral_descriptor(params: dict, x) -> ag.Tensor:
+    """Freq (N, C): each channel's DCT coefficient at its group's frequency, after pooling to the DCT size."""
+    filters = params["dct_layer.weight"]
+    dct_h, dct_w = filters.shape[1:]
+    if tuple(x.shape[2:]) != (dct_h, dct_w):
+        x = ag.adaptive_avg_pool2d(x, (dct_h, dct_w))                   # x~ (N, C, h, w)
+    return ag.einsum("nchw,chw->nc", x, filters)                         # Freq_c = sum_ij x~ B
+
+
+def attention(params: dict, x) -> ag.Tensor:
+    """The channel weights att = sigmoid(W2 relu(W1 Freq)), shape (N, C)."""
+    x = _checked(params, x)
+    return _excitation(params, multi_spectral_descriptor(params, x))
+
+
+def _excitation(params: dict, descriptor) -> ag.Tensor:
+    return ag.sigmoid(linear(params, "fc.2", ag.relu(linear(params, "fc.0", descriptor))))
+
+
+def _checked(params: dict, x) -> ag.Tensor:
+    x = check_input(NAME, x, channels=params["dct_layer.weight"].shape[0])
+    check_dtype(NAME, x, params)
+    return x
+
+
+def fca(params: dict, x, *, train: bool = False) -> ag.Tensor:
+    """Apply FcaNet's multi-spectral channel attention to ``x`` (N, C, H, W); returns (N, C, H, W).
+
+    ``train`` has no effect (no BatchNorm, no dropout).
+    """
+    x = _checked(params, x)
+    weights = _excitation(params, multi_spectral_descriptor(params, x))  # att (N, C)
+    return x * ag.reshape(weights, weights.shape + (1, 1))                # y = x * att
+
+
+register(Mechanism(
+    name=NAME, family="frequency",
+    paper=Paper("Qin, Zhang, Wu, Li", "FcaNet: Frequency Channel Attention Networks", "ICCV", 2021),
+    init=init, apply_fn=fca,
+    config={"channels": 32, "dct_h": 7, "dct_w": 7, "reduction": 4, "freq_sel_method": "top16"},
+    # 9x9 input: pooled to the 7x7 DCT size through PyTorch's overlapping adaptive bins
+    example_input=lambda rng, dtype=np.float64: (example(rng, (2, 32, 9, 9), dtype),),
+    description="SE-style channel gate on 2-D DCT coefficients, one frequency per channel group",
+))

@@ -1,0 +1,2 @@
+"""Global attention: RGA (relation-aware global attention)."""
+from . import rga  # noqa: F401

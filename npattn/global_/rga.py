@@ -1,0 +1,163 @@
+"""RGA: relation-aware global attention (Zhang, Lan, Zeng, Jin, Chen, CVPR 2020).
+
+Each node (a position for RGA-S, a channel for RGA-C) is described by its pairwise relations with
+*all* nodes, in both directions, stacked with an embedding of its own feature; a small conv net maps
+that descriptor to the node's attention weight.
+
+RGA-S (spatial; N = H*W positions, Ci = C // cha_ratio, Ni = N // spa_ratio)::
+
+    theta, phi = relu(BN(conv1x1(x)))             C -> Ci                                 (B, Ci, N)
+    G   = theta^T phi                             G[p, q] = theta_p . phi_q               (B, N, N)
+    r_p = [G[p, :]; G[:, p]]                      relations in both directions             (B, 2N, H, W)
+    e   = relu(BN(conv1x1(r)))                    gg_spatial: 2N -> Ni                     (B, Ni, H, W)
+    g   = mean_c relu(BN(conv1x1(x)))             gx_spatial: C -> Ci, then channel mean   (B, 1, H, W)
+    a   = BN(conv1x1(relu(BN(conv1x1([g; e])))))  W_spatial: 1+Ni -> (1+Ni)//d -> 1         (B, 1, H, W)
+    x  <- sigmoid(a) * x
+
+RGA-C is the same with the roles swapped: the positions become channels (x viewed (B, N, C, 1)),
+G is C x C, the embeddings map N -> Ni (theta/phi/gx_channel) and 2C -> Ci (gg_channel), g is the mean
+over the Ni embedded positions, and the gate has shape (B, C, 1, 1).
+
+Follows the official code (``microsoft/Relation-Aware-Global-Attention-Networks``,
+``reid/models/models_utils/rga_modules.py``: ``RGA_Module``), parameter names included:
+
+* Every embedding is conv1x1 (no bias) + BN + ReLU; the attention nets end in conv + **BN(1)** (no ReLU)
+  before the sigmoid.  Floor division everywhere; ``(1 + Ci) // down_ratio`` may be 0 for small C
+  (then ``init`` refuses -- choose the ratios accordingly).
+* The relation feature stacks the *incoming* relations first: official ``Gs_in = G^T`` viewed as
+  (B, N, H, W) gives channel j at position p = G[p, j], then ``Gs_out = G`` gives G[j, p].
+* ``in_spatial = H*W`` is fixed at construction (it sizes gg_spatial and the channel branch's convs).
+* RGA-S+C applies RGA-C to the output of RGA-S (official order, ``order="sc"``); ``order="cs"`` applies
+  the channel gate first.  The official ratios are cha_ratio = spa_ratio = down_ratio = 8.
+* Official init: kaiming-normal; we draw PyTorch's default conv init.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import autograd as ag
+
+from ..category.blocks import conv_bn, init_conv_bn
+from ..layers import check_dtype, check_input, example
+from ..registry import Mechanism, Paper, register
+
+NAME = "rga"
+ORDERS = ("sc", "cs")
+
+
+def _init_branch(rng, params: dict, suffix: str, nodes: int, node_dim: int, inter_nodes: int,
+                 inter_dim: int, down_ratio: int, dtype) -> None:
+    """One branch: ``nodes`` nodes of ``node_dim`` features (spatial: N positions of C channels)."""
+    for name in ("theta", "phi", "gx"):                        # node features -> inter_dim
+        init_conv_bn(rng, params, f"{name}_{suffix}.0", f"{name}_{suffix}.1", inter_dim, node_dim, dtype=dtype)
+    init_conv_bn(rng, params, f"gg_{suffix}.0", f"gg_{suffix}.1", inter_nodes, 2 * nodes, dtype=dtype)
+    descriptor = 1 + inter_nodes
+    hidden = descriptor // down_ratio
+    if hidden < 1:
+        raise ValueError(f"{NAME}: (1 + {inter_nodes}) // down_ratio={down_ratio} is 0 in the {suffix} branch; "
+                         "use larger sizes or smaller ratios")
+    init_conv_bn(rng, params, f"W_{suffix}.0", f"W_{suffix}.1", hidden, descriptor, dtype=dtype)
+    init_conv_bn(rng, params, f"W_{suffix}.3", f"W_{suffix}.4", 1, hidden, dtype=dtype)
+
+
+def init(rng, in_channel: int, in_spatial: int, *, use_spatial: bool = True, use_channel: bool = True,
+         cha_ratio: int = 8, spa_ratio: int = 8, down_ratio: int = 8, dtype=np.float64) -> dict:
+    """Parameters of ``RGA_Module(in_channel, in_spatial, ...)`` (official names); in_spatial = H*W.
+
+    Spatial branch: ``theta_spatial``, ``phi_spatial``, ``gx_spatial`` (Ci, C), ``gg_spatial`` (Ni, 2N),
+    ``W_spatial.{0,1,3,4}``; channel branch: ``theta_channel``, ``phi_channel``, ``gx_channel`` (Ni, N),
+    ``gg_channel`` (Ci, 2C), ``W_channel.{0,1,3,4}``.  Each ``.0``/``.3`` is a conv, ``.1``/``.4`` a BN.
+    """
+    if not (use_spatial or use_channel):
+        raise ValueError(f"{NAME}: at least one of use_spatial / use_channel must be True")
+    inter_channel, inter_spatial = in_channel // cha_ratio, in_spatial // spa_ratio
+    if inter_channel < 1 or inter_spatial < 1:
+        raise ValueError(f"{NAME}: in_channel // cha_ratio and in_spatial // spa_ratio must be at least 1, got "
+                         f"{in_channel}//{cha_ratio}, {in_spatial}//{spa_ratio}")
+    params: dict = {}
+    if use_spatial:
+        _init_branch(rng, params, "spatial", in_spatial, in_channel, inter_spatial, inter_channel, down_ratio, dtype)
+    if use_channel:
+        _init_branch(rng, params, "channel", in_channel, in_spatial, inter_channel, inter_spatial, down_ratio, dtype)
+    return params
+
+
+def _relation_gate(params: dict, suffix: str, nodes_map, train: bool) -> ag.Tensor:
+    """The gate logits (B, 1, n, m) of a node map (B, d, n, m) whose n*m positions are the nodes."""
+    b, _, n, m = nodes_map.shape
+    theta = conv_bn(params, f"theta_{suffix}.0", f"theta_{suffix}.1", nodes_map, train)
+    phi = conv_bn(params, f"phi_{suffix}.0", f"phi_{suffix}.1", nodes_map, train)
+    theta = ag.reshape(theta, (b, theta.shape[1], n * m))
+    phi = ag.reshape(phi, (b, phi.shape[1], n * m))
+    affinity = ag.matmul(ag.swapaxes(theta, 1, 2), phi)                                 # G (B, nodes, nodes)
+    relations = ag.concatenate([ag.swapaxes(affinity, 1, 2), affinity], axis=1)          # [G^T; G] (B, 2 nodes, nodes)
+    relations = ag.reshape(relations, (b, relations.shape[1], n, m))                     # r_p in channels
+    relation_embedding = conv_bn(params, f"gg_{suffix}.0", f"gg_{suffix}.1", relations, train)  # e
+    own_embedding = conv_bn(params, f"gx_{suffix}.0", f"gx_{suffix}.1", nodes_map, train)
+    own_embedding = ag.mean(own_embedding, axis=1, keepdims=True)                         # g (B, 1, n, m)
+    descriptor = ag.concatenate([own_embedding, relation_embedding], axis=1)             # [g; e]
+    hidden = conv_bn(params, f"W_{suffix}.0", f"W_{suffix}.1", descriptor, train)
+    return conv_bn(params, f"W_{suffix}.3", f"W_{suffix}.4", hidden, train, relu=False)  # a
+
+
+def spatial_attention(params: dict, x, *, train: bool = False) -> ag.Tensor:
+    """RGA-S gate sigmoid(a) of ``x`` (B, C, H, W): shape (B, 1, H, W)."""
+    return ag.sigmoid(_relation_gate(params, "spatial", x, train))
+
+
+def channel_attention(params: dict, x, *, train: bool = False) -> ag.Tensor:
+    """RGA-C gate sigmoid(a) of ``x`` (B, C, H, W): shape (B, C, 1, 1)."""
+    b, c, h, w = x.shape
+    positions_as_channels = ag.reshape(ag.swapaxes(ag.reshape(x, (b, c, h * w)), 1, 2), (b, h * w, c, 1))
+    gate = _relation_gate(params, "channel", positions_as_channels, train)              # (B, 1, C, 1)
+    return ag.sigmoid(ag.reshape(gate, (b, c, 1, 1)))
+
+
+def _sizes(params: dict) -> tuple[int, int]:
+    """(in_channel, in_spatial) from the parameter shapes."""
+    if "theta_spatial.0.weight" in params:
+        return params["theta_spatial.0.weight"].shape[1], params["gg_spatial.0.weight"].shape[1] // 2
+    return params["gg_channel.0.weight"].shape[1] // 2, params["theta_channel.0.weight"].shape[1]
+
+
+def rga(params: dict, x, *, train: bool = False, order: str = "sc") -> ag.Tensor:
+    """Apply RGA to ``x`` (B, C, H, W) with H*W = in_spatial; returns (B, C, H, W).
+
+    The branches present in ``params`` are applied (RGA-S, RGA-C, or both); ``order`` is ``"sc"`` (official:
+    spatial gate, then the channel gate on its output) or ``"cs"``.
+    """
+    channels, positions = _sizes(params)
+    x = check_input(NAME, x, channels=channels)
+    check_dtype(NAME, x, params)
+    if x.shape[2] * x.shape[3] != positions:
+        raise ValueError(f"{NAME}: x has H*W = {x.shape[2] * x.shape[3]} positions (shape {x.shape}) but the "
+                         f"parameters were built for in_spatial = {positions}")
+    if order not in ORDERS:
+        raise ValueError(f"{NAME}: order must be one of {ORDERS}, got {order!r}")
+    gates = {"s": ("theta_spatial.0.weight", spatial_attention), "c": ("theta_channel.0.weight", channel_attention)}
+    for branch in order:
+        key, gate = gates[branch]
+        if key in params:
+            x = gate(params, x, train=train) * x                                          # x <- sigmoid(a) * x
+    return x
+
+
+_PAPER = Paper("Zhang, Lan, Zeng, Jin, Chen", "Relation-Aware Global Attention for Person Re-identification",
+               "CVPR", 2020)
+
+
+def _example(rng, dtype=np.float64):
+    return (example(rng, (2, 64, 8, 8), dtype),)
+
+
+# C = 64 and H*W = 64 keep the official ratios 8/8/8 valid: (1 + 64 // 8) // 8 = 1 hidden unit.
+for _name, _spatial, _channel, _what in (
+    ("rga", True, True, "RGA-S then RGA-C"),
+    ("rga-s", True, False, "RGA-S: spatial gate from pairwise position relations"),
+    ("rga-c", False, True, "RGA-C: channel gate from pairwise channel relations"),
+):
+    register(Mechanism(
+        name=_name, family="global", paper=_PAPER, init=init, apply_fn=rga,
+        config={"in_channel": 64, "in_spatial": 64, "use_spatial": _spatial, "use_channel": _channel},
+        example_input=_example, description=_what,
+    ))

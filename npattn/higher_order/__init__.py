@@ -1,0 +1,2 @@
+"""Higher-order attention: GSoP-Net."""
+from . import gsop  # noqa: F401

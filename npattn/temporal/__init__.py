@@ -1,0 +1,2 @@
+"""Temporal attention: the IAUnet video block."""
+from . import iau  # noqa: F401
