@@ -1,0 +1,109 @@
+"""Pieces shared by the self-attention modules: flattening, softmax dot-product attention,
+conv-BN(-ReLU) stacks, channel dropout and two initialisers the shared layers do not offer.
+
+Layout convention: attention operands are *channel-first* flattened maps, as 1x1 conv outputs
+reshape naturally::
+
+    query (B, Ck, N)   key (B, Ck, M)   value (B, Cv, M)   ->   context (B, Cv, N)
+
+so ``energy = query^T key`` is (B, N, M), the softmax runs over M (the last axis) and
+``context = value attention^T`` needs only views (``swapaxes``), never a copy of an N x M matrix.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import autograd as ag
+
+from ..layers import batch_norm, conv
+
+# ---------------------------------------------------------------------------------------------
+# shapes
+
+
+def flatten_spatial(t: ag.Tensor) -> ag.Tensor:
+    """(B, C, H, W) -> (B, C, H*W), row-major positions (index h*W + w, as torch's ``view``)."""
+    n, c, h, w = t.shape
+    return ag.reshape(t, (n, c, h * w))
+
+
+# ---------------------------------------------------------------------------------------------
+# attention
+
+
+def attention_map(query: ag.Tensor, key: ag.Tensor, scale: float = 1.0) -> ag.Tensor:
+    """softmax_j(scale * q_i . k_j): query (B, Ck, N), key (B, Ck, M) -> (B, N, M), rows sum to 1."""
+    energy = ag.matmul(ag.swapaxes(query, 1, 2), key)                 # (B, N, M)
+    if scale != 1.0:
+        energy = energy * scale
+    return ag.softmax(energy, axis=-1)
+
+
+def aggregate(attention: ag.Tensor, value: ag.Tensor) -> ag.Tensor:
+    """context_i = sum_j attention_ij value_j: attention (B, N, M), value (B, Cv, M) -> (B, Cv, N)."""
+    return ag.matmul(value, ag.swapaxes(attention, 1, 2))
+
+
+def dot_product_attention(query: ag.Tensor, key: ag.Tensor, value: ag.Tensor, scale: float = 1.0) -> ag.Tensor:
+    """context = value softmax(scale query^T key)^T: (B, Ck, N), (B, Ck, M), (B, Cv, M) -> (B, Cv, N)."""
+    return aggregate(attention_map(query, key, scale), value)
+
+
+# ---------------------------------------------------------------------------------------------
+# layer stacks
+
+
+def conv_bn(params: dict, conv_prefix: str, bn_prefix: str, x, train: bool, *, padding=0, relu: bool = True,
+            eps: float = 1e-5) -> ag.Tensor:
+    """conv -> BatchNorm (-> ReLU): the ``Sequential(Conv2d, BN, ReLU)`` stacks of the official code."""
+    y = batch_norm(params, bn_prefix, conv(params, conv_prefix, x, padding=padding), train, eps=eps)
+    return ag.relu(y) if relu else y
+
+
+def dropout2d(x: ag.Tensor, p: float, train: bool, rng=None, mechanism: str = "") -> ag.Tensor:
+    """``nn.Dropout2d``: zero whole channels with probability ``p`` and scale the rest by 1/(1-p).
+
+    Identity in eval mode or with ``p == 0``; otherwise the (N, C, 1, 1) keep-mask is drawn on the host
+    from ``rng`` (a ``numpy.random.Generator``), so a seed gives the same mask on every backend.
+    """
+    if not train or p == 0.0:
+        return x
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"{mechanism}: dropout must be in [0, 1), got {p}")
+    if rng is None:
+        raise ValueError(f"{mechanism}: dropout={p} in training mode needs an explicit rng (numpy.random.Generator)")
+    n, c = x.shape[:2]
+    keep = rng.random((n, c) + (1,) * (x.ndim - 2)) >= p
+    return x * ag.from_numpy((keep / (1.0 - p)).astype(np.dtype(x.dtype)))
+
+
+# ---------------------------------------------------------------------------------------------
+# initialisers the shared layers do not have
+
+
+def init_conv_normal(rng, params: dict, prefix: str, out_channels: int, in_channels: int, std: float, *,
+                     bias: bool = True, dtype=np.float64) -> None:
+    """A 1x1 conv with N(0, std^2) weights and zero bias (Caffe2's GaussianFill, or Kaiming normal)."""
+    weight = rng.standard_normal((out_channels, in_channels, 1, 1)) * std
+    params[f"{prefix}.weight"] = ag.from_numpy(weight.astype(dtype))
+    if bias:
+        params[f"{prefix}.bias"] = ag.from_numpy(np.zeros(out_channels, dtype=dtype))
+
+
+def zero_conv(params: dict, prefix: str) -> None:
+    """Set ``{prefix}.weight`` (and bias) to zero: the official "last layer starts at 0" init."""
+    for key in (f"{prefix}.weight", f"{prefix}.bias"):
+        if key in params:
+            params[key] = ag.from_numpy(np.zeros(params[key].shape, dtype=params[key].dtype))
+
+
+def init_gamma(params: dict, name: str, value: float, dtype=np.float64) -> None:
+    """A learnable scalar of shape (1,) (``nn.Parameter(torch.zeros(1))`` when ``value`` is 0)."""
+    params[name] = ag.from_numpy(np.full(1, value, dtype=dtype))
+
+
+def require(mechanism: str, params: dict, keys, what: str) -> None:
+    """A clear error when ``params`` lack the keys that ``what`` (a variant / mode) needs."""
+    missing = [k for k in keys if k not in params]
+    if missing:
+        raise ValueError(f"{mechanism}: {what} needs parameters {missing}; initialise with the matching option")

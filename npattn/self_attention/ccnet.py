@@ -1,0 +1,123 @@
+"""CCNet: criss-cross attention (Huang, Wang, Huang, Huang, Wei, Liu, "CCNet: Criss-Cross Attention for
+Semantic Segmentation", ICCV 2019).
+
+Each position u = (h, w) attends to the H + W - 1 positions of its row and column (itself counted once)::
+
+    Q = conv1x1_{C->C/8}(x)   K = conv1x1_{C->C/8}(x)   V = conv1x1_{C->C}(x)        (all with bias)
+    e_col[h, w, g] = Q[:, h, w] . K[:, g, w]     g != h    (the column; self excluded)   (B, H, W, H)
+    e_row[h, w, v] = Q[:, h, w] . K[:, h, v]     all v     (the row; self included)      (B, H, W, W)
+    A = softmax over the H - 1 + W entries of cat[e_col, e_row]      (no scaling)
+    out[:, h, w] = sum_g A_col[h, w, g] V[:, g, w] + sum_v A_row[h, w, v] V[:, h, v]
+    y = gamma * out + x                                   gamma (1,), initialised to 0
+
+RCCA applies the *same* module R times (``recurrence``, default 2 as in the paper and the training
+scripts): x <- CCA(x), R times, so after two steps every position has information from every other.
+
+Follows the official pure-PyTorch code (``speedinghzl/CCNet``, master ``cc_attention/functions.py``):
+the column energies get -inf on their diagonal, which removes the self position from the column branch
+(the CUDA kernel of branch ``pytorch-1.1`` stores exactly H + W - 1 logits; both agree).  Here the
+column's self entry is masked out of the softmax (``autograd.softmax(mask=...)``), which gives the same
+numbers without an infinite logit.  Only the attention part of ``RCCAModule`` is implemented (its conva /
+convb / bottleneck convs and classifier are plain convolutions around it).
+
+Complexity: the energies are (B, H, W, H + W), computed with batched matrix products over columns
+(B*W batches of (H x Ck)(Ck x H)) and rows (B*H batches of (W x Ck)(Ck x W)): O(B*C*H*W*(H + W)) time and
+O(B*H*W*(H + W)) memory.  No (HW x HW) matrix is ever built.
+
+Parameters (names as the spec's ``RecurrentCCA``): ``cca.query_conv.weight (C/8, C, 1, 1)`` + bias,
+``cca.key_conv.*``, ``cca.value_conv.weight (C, C, 1, 1)`` + bias, ``cca.gamma (1,)``.  ``gamma_init``
+sets gamma (official 0, the block starts as the identity; the registry uses 0.5 so every parameter has a
+non-zero gradient).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import autograd as ag
+
+from ..layers import check_dtype, check_input, conv, example, init_conv
+from ..registry import Mechanism, Paper, register
+from ._common import init_gamma
+
+NAME = "ccnet"
+PREFIX = "cca."
+
+
+def init(rng, channels: int, *, gamma_init: float = 0.0, dtype=np.float64) -> dict:
+    """Parameters of one criss-cross attention module (shared by all recurrences)."""
+    key_channels = channels // 8
+    if key_channels < 1:
+        raise ValueError(f"{NAME}: channels must be at least 8 (query/key have C // 8), got {channels}")
+    params: dict = {}
+    init_conv(rng, params, f"{PREFIX}query_conv", key_channels, channels, 1, dtype=dtype)
+    init_conv(rng, params, f"{PREFIX}key_conv", key_channels, channels, 1, dtype=dtype)
+    init_conv(rng, params, f"{PREFIX}value_conv", channels, channels, 1, dtype=dtype)
+    init_gamma(params, f"{PREFIX}gamma", gamma_init, dtype)
+    return params
+
+
+def _self_mask(height: int, width: int):
+    """Keep-mask (H, 1, H + W) over cat[column, row]: False at the column entry g == h (self)."""
+    keep = np.ones((height, 1, height + width), dtype=bool)
+    keep[np.arange(height), 0, np.arange(height)] = False
+    return ag.from_numpy(keep)
+
+
+def criss_cross_attention_map(query: ag.Tensor, key: ag.Tensor) -> ag.Tensor:
+    """A = softmax(cat[e_col, e_row]) over the last axis: (B, Ck, H, W) twice -> (B, H, W, H + W).
+
+    Entry [b, h, w, g] for g < H weighs V[:, g, w] (column; zero at g == h), entry [b, h, w, H + v]
+    weighs V[:, h, v] (row).
+    """
+    b, _, h, w = query.shape
+    q_col = ag.transpose(query, (0, 3, 2, 1))                       # (B, W, H, Ck)
+    k_col = ag.transpose(key, (0, 3, 1, 2))                         # (B, W, Ck, H)
+    energy_col = ag.transpose(ag.matmul(q_col, k_col), (0, 2, 1, 3))   # (B, H, W, H): [h, w, g]
+    q_row = ag.transpose(query, (0, 2, 3, 1))                       # (B, H, W, Ck)
+    k_row = ag.transpose(key, (0, 2, 1, 3))                         # (B, H, Ck, W)
+    energy_row = ag.matmul(q_row, k_row)                            # (B, H, W, W): [h, w, v]
+    energy = ag.concatenate([energy_col, energy_row], axis=3)      # (B, H, W, H + W)
+    return ag.softmax(energy, axis=3, mask=_self_mask(h, w))
+
+
+def criss_cross_aggregate(attention: ag.Tensor, value: ag.Tensor) -> ag.Tensor:
+    """out[:, h, w] = sum_g A[h, w, g] V[:, g, w] + sum_v A[h, w, H + v] V[:, h, v]: -> (B, C, H, W)."""
+    h = value.shape[2]
+    att_col = ag.transpose(attention[:, :, :, :h], (0, 2, 3, 1))    # (B, W, H', H): [w, g, h]
+    att_row = ag.transpose(attention[:, :, :, h:], (0, 1, 3, 2))    # (B, H, W', W): [h, v, w]
+    out_col = ag.matmul(ag.transpose(value, (0, 3, 1, 2)), att_col)   # (B, W, C, H)
+    out_row = ag.matmul(ag.transpose(value, (0, 2, 1, 3)), att_row)   # (B, H, C, W)
+    return ag.transpose(out_col, (0, 2, 3, 1)) + ag.transpose(out_row, (0, 2, 1, 3))
+
+
+def criss_cross(params: dict, x: ag.Tensor) -> ag.Tensor:
+    """One criss-cross attention step: y = gamma * out + x, (B, C, H, W) -> (B, C, H, W)."""
+    query = conv(params, f"{PREFIX}query_conv", x)
+    key = conv(params, f"{PREFIX}key_conv", x)
+    value = conv(params, f"{PREFIX}value_conv", x)
+    out = criss_cross_aggregate(criss_cross_attention_map(query, key), value)
+    return params[f"{PREFIX}gamma"] * out + x
+
+
+def ccnet(params: dict, x, *, train: bool = False, recurrence: int = 2) -> ag.Tensor:
+    """Recurrent criss-cross attention: ``recurrence`` steps of one shared module on x (B, C, H, W).
+
+    ``train`` has no effect (no BatchNorm or dropout in the attention module).
+    """
+    x = check_input(NAME, x, channels=params[f"{PREFIX}value_conv.weight"].shape[0])
+    check_dtype(NAME, x, params)
+    if recurrence < 1:
+        raise ValueError(f"{NAME}: recurrence must be at least 1, got {recurrence}")
+    for _ in range(recurrence):
+        x = criss_cross(params, x)
+    return x
+
+
+register(Mechanism(
+    name=NAME, family="self_attention",
+    paper=Paper("Huang, Wang, Huang, Huang, Wei, Liu", "CCNet: Criss-Cross Attention for Semantic Segmentation",
+                "ICCV", 2019),
+    init=init, apply_fn=ccnet, config={"channels": 16, "gamma_init": 0.5},
+    example_input=lambda rng, dtype=np.float64: (example(rng, (2, 16, 5, 7), dtype),),
+    description="recurrent (R=2) criss-cross attention over each position's row and column",
+))

@@ -1,0 +1,207 @@
+"""Non-local block (Wang, Girshick, Gupta, He, "Non-local Neural Networks", CVPR 2018).
+
+A generic non-local operation and its residual block, with x (B, C, H, W), N = H*W query positions and
+M key positions (M = N, or (H//2)*(W//2) with sub-sampling), inter channels Ci = C // 2::
+
+    y_i = 1/C(x) sum_j f(x_i, x_j) g(x_j)          g(x) = W_g x + b_g         (B, Ci, M)
+    z_i = BN(W_z y_i + b_z) + x_i                  W_z: 1x1 conv Ci -> C, then BatchNorm
+
+and the four pairwise functions of the paper (``mode``)::
+
+    embedded_gaussian   f = exp(s theta_i^T phi_j),  C = sum_j f   -> softmax_j(s theta^T phi)
+    gaussian            f = exp(s x_i^T x_j),        C = sum_j f   -> softmax_j(s x^T x)
+    dot_product         f = theta_i^T phi_j,         C = M
+    concatenation       f = ReLU(w_f^T [theta_i; phi_j]),  C = M   (w_f: ``concat_project``, no bias)
+
+theta/phi/g are 1x1 convs C -> Ci with bias.  ``gaussian`` has no theta/phi convs (theta = x, phi = x).
+
+Follows the official Caffe2 code (``facebookresearch/video-nonlocal-net: lib/models/nonlocal_helper.py``),
+which differs from the paper in two places:
+
+* ``use_scale=True`` (official USE_SCALE): the embedded-Gaussian logits are multiplied by s = Ci^-0.5.
+  The paper and the popular PyTorch port (AlexHex7) use s = 1 (``use_scale=False``); ``scale=`` sets s
+  explicitly for either softmax mode (timm's NonLocalAttn is ``sub_sample=False, scale=C**-0.5``).
+* ``pool_first=True`` (official USE_MAXPOOL): sub-sampling max-pools x (2x2, stride 2, floor mode)
+  *before* the phi and g convs.  The paper's Fig. 2, AlexHex7 and mmcv apply the conv first and pool
+  after (``pool_first=False``); the two orders give different outputs, not a rounding difference.
+  In ``gaussian`` mode phi is the pooled x itself, so only g depends on the order.
+
+The dot-product form divides by the number M of phi positions, a constant (official StopGradient).  The
+official code has only the embedded-Gaussian and dot-product forms; ``gaussian`` and ``concatenation``
+follow the paper and AlexHex7's port (conv bias on theta/phi/g, ``concat_project`` = 1x1 conv 2Ci -> 1
+without bias, then ReLU, then / M).
+
+W_z's BatchNorm has gamma initialised to 0 (official BN_INIT_GAMMA=0), so the block starts as the
+identity; ``zero_init=False`` keeps PyTorch's BN init (gamma 1) instead, which the registry entries use so
+that every parameter receives a non-zero gradient.  Without BN (``bn_layer=False``) ``zero_init`` zeroes
+the W conv instead (AlexHex7 / mmcv).  Convs are initialised like PyTorch's (uniform); ``conv_std=0.01``
+gives the official GaussianFill N(0, 0.01^2) with zero bias.  BN eps is PyTorch's 1e-5 (official:
+1.0000001e-5; the difference is ~1e-12 relative); momentum 0.1 (Caffe2's 0.9).
+
+Parameters (PyTorch-style names): ``theta.weight (Ci, C, 1, 1)``, ``phi.weight``, ``g.weight`` (+ biases),
+``concat_project.weight (1, 2Ci, 1, 1)`` (concatenation only), ``W.weight (C, Ci, 1, 1)`` + bias,
+``W_bn.*`` BatchNorm(C).
+
+Memory: the only M x N array is the (B, N, M) pairwise matrix (sub-sampling makes M = N/4), so
+(2, 256, 64, 64) in float32 runs forward and backward in well under 1 GiB.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import autograd as ag
+
+from ..layers import batch_norm, check_dtype, check_input, conv, example, init_batch_norm, init_conv
+from ..registry import Mechanism, Paper, register
+from ._common import aggregate, attention_map, flatten_spatial, init_conv_normal, require, zero_conv
+
+NAME = "nonlocal"
+MODES = ("embedded_gaussian", "gaussian", "dot_product", "concatenation")
+
+
+def init(rng, channels: int, *, inter_channels: int | None = None, mode: str = "embedded_gaussian",
+         bn_layer: bool = True, zero_init: bool = True, conv_std: float | None = None, dtype=np.float64) -> dict:
+    """Parameters of a non-local block on ``channels`` input channels.
+
+    ``inter_channels`` defaults to max(C // 2, 1).  ``mode`` decides which convs exist (``gaussian`` has no
+    theta/phi, ``concatenation`` adds ``concat_project``).  ``zero_init`` (default, official) sets the W
+    BatchNorm's gamma to 0 (or the W conv to 0 without BN) so the block starts as the identity.
+    ``conv_std`` draws conv weights from N(0, conv_std^2) with zero bias (official: 0.01) instead of
+    PyTorch's default uniform init.
+    """
+    _check_mode(mode)
+    inter = max(channels // 2, 1) if inter_channels is None else int(inter_channels)
+    if channels < 1 or inter < 1:
+        raise ValueError(f"{NAME}: channels ({channels}) and inter_channels ({inter}) must be positive")
+    params: dict = {}
+
+    def add_conv(prefix, out_ch, in_ch, bias=True):
+        if conv_std is None:
+            init_conv(rng, params, prefix, out_ch, in_ch, 1, bias=bias, dtype=dtype)
+        else:
+            init_conv_normal(rng, params, prefix, out_ch, in_ch, conv_std, bias=bias, dtype=dtype)
+
+    if mode != "gaussian":
+        add_conv("theta", inter, channels)
+        add_conv("phi", inter, channels)
+    add_conv("g", inter, channels)
+    if mode == "concatenation":
+        add_conv("concat_project", 1, 2 * inter, bias=False)
+    add_conv("W", channels, inter)
+    if bn_layer:
+        init_batch_norm(params, "W_bn", channels, weight=0.0 if zero_init else 1.0, dtype=dtype)
+    elif zero_init:
+        zero_conv(params, "W")
+    return params
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"{NAME}: mode must be one of {MODES}, got {mode!r}")
+
+
+def _subsample(t: ag.Tensor) -> ag.Tensor:
+    """2x2 max-pool, stride 2, floor mode (official MaxPool kernel [1, 2, 2], no padding)."""
+    return ag.max_pool2d(t, 2, 2)
+
+
+def _key_value_source(params, x, sub_sample, pool_first):
+    """The maps phi and g are computed from: pooled x when sub-sampling pools first."""
+    return _subsample(x) if (sub_sample and pool_first) else x
+
+
+def _projection(params, prefix, x, source, sub_sample, pool_first):
+    """phi or g: conv(pool(x)) [official], pool(conv(x)) [paper / AlexHex7], or conv(x)."""
+    if sub_sample and not pool_first:
+        return _subsample(conv(params, prefix, x))
+    return conv(params, prefix, source)
+
+
+def _logit_scale(mode, inter, use_scale, scale) -> float:
+    if scale is not None:
+        if mode not in ("embedded_gaussian", "gaussian"):
+            raise ValueError(f"{NAME}: scale only applies to the softmax modes, not {mode!r}")
+        return float(scale)
+    return inter ** -0.5 if (use_scale and mode == "embedded_gaussian") else 1.0
+
+
+def pairwise(params: dict, x, *, mode: str = "embedded_gaussian", sub_sample: bool = True,
+             pool_first: bool = True, use_scale: bool = True, scale: float | None = None) -> ag.Tensor:
+    """The normalised pairwise weights f(x_i, x_j) / C(x): (B, N, M); rows sum to 1 in the softmax modes."""
+    x = _validate(params, x, mode, sub_sample)
+    return _pairwise(params, x, mode, sub_sample, pool_first, use_scale, scale)[0]
+
+
+def _pairwise(params, x, mode, sub_sample, pool_first, use_scale, scale):
+    """(weights (B, N, M), the key/value source map)."""
+    source = _key_value_source(params, x, sub_sample, pool_first)
+    if mode == "gaussian":
+        theta = flatten_spatial(x)                                             # theta = x      (B, C, N)
+        phi = flatten_spatial(_subsample(x) if sub_sample else x)              # phi = x        (B, C, M)
+    else:
+        theta = flatten_spatial(conv(params, "theta", x))                      # (B, Ci, N)
+        phi = flatten_spatial(_projection(params, "phi", x, source, sub_sample, pool_first))  # (B, Ci, M)
+    inter = params["g.weight"].shape[0]
+    if mode in ("embedded_gaussian", "gaussian"):
+        return attention_map(theta, phi, _logit_scale(mode, inter, use_scale, scale)), source
+    _logit_scale(mode, inter, use_scale, scale)                                 # rejects a stray scale
+    count = float(phi.shape[2])                                                # C(x) = M, a constant
+    if mode == "dot_product":
+        return ag.matmul(ag.swapaxes(theta, 1, 2), phi) / count, source         # theta^T phi / M
+    # concatenation: w_f^T [theta_i; phi_j] = w_theta . theta_i + w_phi . phi_j (separable, no N x M x 2Ci)
+    w_f = ag.reshape(params["concat_project.weight"], (2 * inter,))
+    theta_term = ag.einsum("c,bcn->bn", w_f[:inter], theta)                     # (B, N)
+    phi_term = ag.einsum("c,bcm->bm", w_f[inter:], phi)                         # (B, M)
+    logits = ag.expand_dims(theta_term, 2) + ag.expand_dims(phi_term, 1)      # (B, N, M)
+    return ag.relu(logits) / count, source
+
+
+def _validate(params, x, mode, sub_sample):
+    _check_mode(mode)
+    channels = params["W.weight"].shape[0]
+    x = check_input(NAME, x, channels=channels, min_size=2 if sub_sample else 1)
+    check_dtype(NAME, x, params)
+    if mode == "gaussian":
+        if "theta.weight" in params:
+            raise ValueError(f"{NAME}: mode 'gaussian' has no theta/phi convs but the parameters have them; "
+                             "initialise with mode='gaussian'")
+    else:
+        require(NAME, params, ["theta.weight", "phi.weight"], f"mode {mode!r}")
+    if mode == "concatenation":
+        require(NAME, params, ["concat_project.weight"], "mode 'concatenation'")
+    return x
+
+
+def non_local(params: dict, x, *, train: bool = False, mode: str = "embedded_gaussian", sub_sample: bool = True,
+              pool_first: bool = True, use_scale: bool = True, scale: float | None = None) -> ag.Tensor:
+    """Apply the non-local block to ``x`` (B, C, H, W); returns z (B, C, H, W).
+
+    ``train`` switches W's BatchNorm to batch statistics.  Sub-sampling needs H, W >= 2.
+    """
+    x = _validate(params, x, mode, sub_sample)
+    weights, source = _pairwise(params, x, mode, sub_sample, pool_first, use_scale, scale)  # (B, N, M)
+    value = flatten_spatial(_projection(params, "g", x, source, sub_sample, pool_first))   # g(x) (B, Ci, M)
+    n, c, h, w = x.shape
+    y = ag.reshape(aggregate(weights, value), (n, value.shape[1], h, w))       # y_i = sum_j f_ij g_j / C
+    out = conv(params, "W", y)                                                 # W_z y
+    if "W_bn.weight" in params:
+        out = batch_norm(params, "W_bn", out, train)
+    return out + x                                                             # z = W_z y + x
+
+
+def _entry(name, mode, description):
+    register(Mechanism(
+        name=name, family="self_attention",
+        paper=Paper("Wang, Girshick, Gupta, He", "Non-local Neural Networks", "CVPR", 2018),
+        init=init, apply_fn=non_local,
+        config={"channels": 16, "mode": mode, "zero_init": False},
+        options={"mode": mode},
+        example_input=lambda rng, dtype=np.float64: (example(rng, (2, 16, 6, 6), dtype),),
+        min_spatial=2, description=description,
+    ))
+
+
+_entry(NAME, "embedded_gaussian", "embedded-Gaussian non-local block (official: Ci^-0.5 scale, pool then conv)")
+_entry("nonlocal-gaussian", "gaussian", "non-local block with the Gaussian pairwise function softmax(x^T x)")
+_entry("nonlocal-dot", "dot_product", "non-local block with the dot-product pairwise function / M")
+_entry("nonlocal-concat", "concatenation", "non-local block with the concatenation pairwise function ReLU(w^T[theta;phi]) / M")
