@@ -1,0 +1,419 @@
+"""The Transformer (Vaswani et al., "Attention Is All You Need", NeurIPS 2017).
+
+Paper equation                                                       code
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V                scaled_dot_product_attention
+    head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V)                    _multi_head (heads split from one
+    MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O             (d, d) matrix each: w_q, w_k, w_v, w_o)
+        d_k = d_v = d_model / h
+    FFN(x) = max(0, x W_1 + b_1) W_2 + b_2                           _feed_forward (linear1, linear2)
+    each sub-layer: LayerNorm(x + Dropout(Sublayer(x)))   (post-LN)  _add_and_norm
+    PE(pos, 2i) = sin(pos / 10000^(2i/d)),
+    PE(pos, 2i+1) = cos(pos / 10000^(2i/d))                          positional_encoding(layout="interleave")
+    input = Dropout(Embedding * sqrt(d_model) + PE)                  _embed
+    encoder: N x [self-attention, FFN]                               encoder_layer
+    decoder: N x [masked self-attention, encoder-decoder attention,
+                  FFN]                                               decoder_layer
+
+Shapes: inputs are float embeddings (B, L, d_model) -- the rows of the embedding table, before the
+sqrt(d_model) scaling, which happens here -- plus boolean padding masks (B, L) with **True = padding**
+(torch's ``key_padding_mask``).  ``transformer`` returns the decoder output (B, L_tgt, d_model): the
+input of the final linear + softmax, which is not part of this module.
+
+Masks: padded keys and (in the decoder self-attention) future keys get exactly zero attention weight; a
+query row whose keys are all masked gets all-zero weights (a zero context, no NaN) and passes zero
+gradient.  The query rows of padded positions are still computed, as in torch.
+
+Official code (tensorflow/tensor2tensor) versus the paper, and what is followed here:
+    * Q/K/V/O projections without bias (t2t); ``attn_bias=True`` adds biases (torch's default MHA).
+    * LayerNorm epsilon 1e-6 (t2t); ``eps`` changes it (torch's default is 1e-5).
+    * positional encoding: t2t's ``get_timing_signal_1d`` concatenates [sin | cos] with
+      inv_timescale_i = 10000^(-i / (d/2 - 1)) -- ``pe_layout="concat"``; the default is the paper's
+      interleaved form ``pe_layout="interleave"``.
+    * dropout: the paper's residual dropout P_drop on every sub-layer output and on the embedded input
+      (``dropout``, default 0.1); t2t also drops attention weights and the FFN hidden layer
+      (``attention_dropout``, ``relu_dropout``, default 0 = the paper).  Dropout masks come from the
+      explicit ``rng``; eval mode is the identity.
+    * post-LN as in the paper (later t2t hparams are pre-LN).  There is no final LayerNorm after the
+      stacks (``torch.nn.Transformer`` adds one; its layers alone match these).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+import autograd as ag
+from autograd import backend
+
+from ..layers import example, init_layer_norm, init_linear, layer_norm, linear
+from ..registry import Mechanism, Paper, register
+from ._sequence import check_batch, check_padding_mask, check_sequence, keep_from_padding
+
+NAME = "transformer"
+NAME_MHA = "mha"
+PAPER = Paper("Vaswani, Shazeer, Parmar, Uszkoreit, Jones, Gomez, Kaiser, Polosukhin", "Attention Is All You Need",
+              "NeurIPS", 2017)
+PROJECTIONS = ("w_q", "w_k", "w_v", "w_o")
+
+
+def _key(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+# ---------------------------------------------------------------------------------------------
+# scaled dot-product attention and masks
+
+
+def attention_weights(query, key, keep=None) -> ag.Tensor:
+    """softmax(Q K^T / sqrt(d_k)) with a boolean keep-mask: (..., Lq, d_k), (..., Lk, d_k) -> (..., Lq, Lk).
+
+    ``keep`` (True = the key takes part, the convention of torch's ``scaled_dot_product_attention``)
+    broadcasts to (..., Lq, Lk).  Masked weights are exactly 0; a row with no kept key is all zeros.
+    """
+    query = ag.as_tensor(query)
+    scale = 1.0 / math.sqrt(query.shape[-1])
+    scores = ag.matmul(query * scale, ag.swapaxes(key, -1, -2))   # scaling Q costs L*d, not L*L
+    return ag.softmax(scores, axis=-1, mask=keep)
+
+
+def scaled_dot_product_attention(query, key, value, keep=None, *, train: bool = False, dropout: float = 0.0,
+                                 rng=None) -> ag.Tensor:
+    """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V.
+
+    query (..., Lq, d_k), key (..., Lk, d_k), value (..., Lk, d_v) -> (..., Lq, d_v).
+
+    ``keep`` as in :func:`attention_weights`.  ``dropout`` (train mode, explicit ``rng``) drops attention
+    weights, as t2t and torch do.
+    """
+    weights = ag.dropout(attention_weights(query, key, keep), dropout, train, rng)
+    return ag.matmul(weights, value)
+
+
+def causal_keep(query_length: int, key_length: int):
+    """Boolean (Lq, Lk) keep-mask of the decoder self-attention: query i sees keys j <= i."""
+    return backend.from_numpy(np.tril(np.ones((query_length, key_length), dtype=bool)))
+
+
+def attention_keep(key_padding_mask=None, *, causal: bool = False, query_length: int = 0, key_length: int = 0):
+    """Keep-mask broadcastable to (B, h, Lq, Lk) from a (B, Lk) padding mask (True = pad) and/or causality."""
+    keep = None
+    if key_padding_mask is not None:
+        keep = keep_from_padding(key_padding_mask)[:, None, None, :]
+    if causal:
+        future = causal_keep(query_length, key_length)[None, None]
+        keep = future if keep is None else keep & future
+    return keep
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-head attention
+
+
+def init_attention(rng, params: dict, prefix: str, d_model: int, *, bias: bool = False, dtype=np.float64) -> None:
+    """Add ``{prefix}.w_q/w_k/w_v/w_o.weight`` (d, d) [and ``.bias`` (d,)] to ``params``."""
+    for name in PROJECTIONS:
+        init_linear(rng, params, _key(prefix, name), d_model, d_model, bias=bias, dtype=dtype)
+
+
+def _split_heads(x: ag.Tensor, heads: int) -> ag.Tensor:
+    """(B, L, d) -> (B, h, L, d/h)."""
+    batch, length, d_model = x.shape
+    return ag.transpose(ag.reshape(x, (batch, length, heads, d_model // heads)), (0, 2, 1, 3))
+
+
+def _merge_heads(x: ag.Tensor) -> ag.Tensor:
+    """(B, h, L, d_k) -> (B, L, h * d_k)  (Concat(head_1, ..., head_h))."""
+    batch, heads, length, d_k = x.shape
+    return ag.reshape(ag.transpose(x, (0, 2, 1, 3)), (batch, length, heads * d_k))
+
+
+def _check_heads(mechanism: str, d_model: int, heads: int) -> None:
+    if not isinstance(heads, (int, np.integer)) or heads < 1 or d_model % heads:
+        raise ValueError(f"{mechanism}: heads={heads!r} must be a positive divisor of d_model={d_model}")
+
+
+def _multi_head(params, prefix, query, key, value, keep, regime: "_Regime") -> ag.Tensor:
+    """MultiHead(Q, K, V) = Concat(head_1..h) W^O on (B, Lq, d), (B, Lk, d), (B, Lk, d) -> (B, Lq, d)."""
+    q = _split_heads(linear(params, _key(prefix, "w_q"), query), regime.heads)
+    k = _split_heads(linear(params, _key(prefix, "w_k"), key), regime.heads)
+    v = _split_heads(linear(params, _key(prefix, "w_v"), value), regime.heads)
+    heads = scaled_dot_product_attention(q, k, v, keep, train=regime.train, dropout=regime.attention_dropout,
+                                         rng=regime.rng)
+    return linear(params, _key(prefix, "w_o"), _merge_heads(heads))
+
+
+def _mha_inputs(params, query, key, value, key_padding_mask, heads, prefix=""):
+    d_model = params[_key(prefix, "w_q.weight")].shape[1]
+    layout = "(B, L, d_model)"
+    query = check_sequence(NAME_MHA, query, params, arg="query", features=d_model, layout=layout)
+    key = query if key is None else check_sequence(NAME_MHA, key, params, arg="key", features=d_model, layout=layout)
+    value = key if value is None else check_sequence(NAME_MHA, value, params, arg="value", features=d_model,
+                                                     layout=layout)
+    check_batch(NAME_MHA, key, query.shape[0], "key")
+    if value.shape[:2] != key.shape[:2]:
+        raise ValueError(f"{NAME_MHA}: value shape {value.shape} must match key shape {key.shape} on (B, Lk)")
+    padding = check_padding_mask(NAME_MHA, key_padding_mask, arg="key_padding_mask", shape=key.shape[:2])
+    _check_heads(NAME_MHA, d_model, heads)
+    return query, key, value, padding
+
+
+def init_mha(rng, d_model: int, *, attn_bias: bool = False, dtype=np.float64) -> dict:
+    """Multi-head attention parameters ``w_q/w_k/w_v/w_o.weight`` (d_model, d_model) (+ biases if attn_bias)."""
+    params: dict = {}
+    init_attention(rng, params, "", d_model, bias=attn_bias, dtype=dtype)
+    return params
+
+
+def mha(params: dict, query, key=None, value=None, key_padding_mask=None, *, heads: int, causal: bool = False,
+        train: bool = False, dropout: float = 0.0, rng=None) -> ag.Tensor:
+    """Multi-head attention MultiHead(Q, K, V): query (B, Lq, d), key/value (B, Lk, d) -> (B, Lq, d).
+
+    ``key`` defaults to ``query`` (self-attention), ``value`` to ``key``.  ``key_padding_mask`` (B, Lk) is
+    boolean with True = padding; ``causal`` hides keys j > i from query i.  ``dropout`` drops attention
+    weights in train mode (explicit ``rng``).  ``heads`` is not encoded in the parameter shapes, so it is
+    an argument (d_k = d_model / heads).
+    """
+    query, key, value, padding = _mha_inputs(params, query, key, value, key_padding_mask, heads)
+    keep = attention_keep(padding, causal=causal, query_length=query.shape[1], key_length=key.shape[1])
+    regime = _Regime(heads=heads, train=train, rng=rng, attention_dropout=dropout)
+    return _multi_head(params, "", query, key, value, keep, regime)
+
+
+def mha_weights(params: dict, query, key=None, key_padding_mask=None, *, heads: int, causal: bool = False,
+                prefix: str = "") -> ag.Tensor:
+    """The attention maps of :func:`mha` (eval mode): (B, h, Lq, Lk); masked entries are exactly 0."""
+    query, key, _, padding = _mha_inputs(params, query, key, None, key_padding_mask, heads, prefix)
+    keep = attention_keep(padding, causal=causal, query_length=query.shape[1], key_length=key.shape[1])
+    q = _split_heads(linear(params, _key(prefix, "w_q"), query), heads)
+    k = _split_heads(linear(params, _key(prefix, "w_k"), key), heads)
+    return attention_weights(q, k, keep)
+
+
+# ---------------------------------------------------------------------------------------------
+# encoder and decoder layers
+
+
+@dataclass(frozen=True)
+class _Regime:
+    """Head count, mode and dropout rates shared by every sub-layer of one call."""
+
+    heads: int
+    train: bool = False
+    rng: object = None
+    dropout: float = 0.0             # residual + embedding dropout (the paper's P_drop)
+    attention_dropout: float = 0.0   # on attention weights (t2t, torch)
+    relu_dropout: float = 0.0        # on the FFN hidden layer (t2t, torch's TransformerEncoderLayer)
+    eps: float = 1e-6                # LayerNorm epsilon (t2t)
+
+    def drop(self, x, p: float):
+        return ag.dropout(x, p, self.train, self.rng)
+
+
+def init_encoder_layer(rng, params: dict, prefix: str, d_model: int, d_ff: int, *, attn_bias: bool = False,
+                       dtype=np.float64) -> None:
+    """Add one encoder layer: ``self_attn.*``, ``linear1`` (d_ff, d), ``linear2`` (d, d_ff), ``norm1/2``."""
+    init_attention(rng, params, _key(prefix, "self_attn"), d_model, bias=attn_bias, dtype=dtype)
+    _init_feed_forward(rng, params, prefix, d_model, d_ff, dtype)
+    for norm in ("norm1", "norm2"):
+        init_layer_norm(params, _key(prefix, norm), d_model, dtype=dtype)
+
+
+def init_decoder_layer(rng, params: dict, prefix: str, d_model: int, d_ff: int, *, attn_bias: bool = False,
+                       dtype=np.float64) -> None:
+    """Add one decoder layer: ``self_attn.*``, ``multihead_attn.*`` (encoder-decoder), FFN, ``norm1/2/3``."""
+    init_attention(rng, params, _key(prefix, "self_attn"), d_model, bias=attn_bias, dtype=dtype)
+    init_attention(rng, params, _key(prefix, "multihead_attn"), d_model, bias=attn_bias, dtype=dtype)
+    _init_feed_forward(rng, params, prefix, d_model, d_ff, dtype)
+    for norm in ("norm1", "norm2", "norm3"):
+        init_layer_norm(params, _key(prefix, norm), d_model, dtype=dtype)
+
+
+def _init_feed_forward(rng, params, prefix, d_model, d_ff, dtype):
+    init_linear(rng, params, _key(prefix, "linear1"), d_ff, d_model, dtype=dtype)
+    init_linear(rng, params, _key(prefix, "linear2"), d_model, d_ff, dtype=dtype)
+
+
+def _feed_forward(params, prefix, x, regime: _Regime) -> ag.Tensor:
+    """FFN(x) = max(0, x W_1 + b_1) W_2 + b_2 (dropout on the hidden layer only if relu_dropout > 0)."""
+    hidden = regime.drop(ag.relu(linear(params, _key(prefix, "linear1"), x)), regime.relu_dropout)
+    return linear(params, _key(prefix, "linear2"), hidden)
+
+
+def _add_and_norm(params, norm, x, sublayer_out, regime: _Regime) -> ag.Tensor:
+    """Post-LN residual: LayerNorm(x + Dropout(Sublayer(x)))."""
+    return layer_norm(params, norm, x + regime.drop(sublayer_out, regime.dropout), x.shape[-1], eps=regime.eps)
+
+
+def _encoder_layer(params, prefix, x, keep, regime: _Regime) -> ag.Tensor:
+    x = _add_and_norm(params, _key(prefix, "norm1"), x,
+                      _multi_head(params, _key(prefix, "self_attn"), x, x, x, keep, regime), regime)
+    return _add_and_norm(params, _key(prefix, "norm2"), x, _feed_forward(params, prefix, x, regime), regime)
+
+
+def _decoder_layer(params, prefix, x, memory, self_keep, memory_keep, regime: _Regime) -> ag.Tensor:
+    x = _add_and_norm(params, _key(prefix, "norm1"), x,
+                      _multi_head(params, _key(prefix, "self_attn"), x, x, x, self_keep, regime), regime)
+    x = _add_and_norm(params, _key(prefix, "norm2"), x,
+                      _multi_head(params, _key(prefix, "multihead_attn"), x, memory, memory, memory_keep, regime),
+                      regime)
+    return _add_and_norm(params, _key(prefix, "norm3"), x, _feed_forward(params, prefix, x, regime), regime)
+
+
+def _regime(heads, train, rng, dropout, attention_dropout, relu_dropout, eps, d_model) -> _Regime:
+    _check_heads(NAME, d_model, heads)
+    if train and rng is None and max(dropout, attention_dropout, relu_dropout) > 0:
+        raise ValueError(f"{NAME}: train=True with dropout needs an explicit rng (numpy.random.Generator)")
+    return _Regime(heads=heads, train=train, rng=rng, dropout=dropout, attention_dropout=attention_dropout,
+                   relu_dropout=relu_dropout, eps=eps)
+
+
+def encoder_layer(params: dict, x, src_key_padding_mask=None, *, prefix: str = "", heads: int,
+                  train: bool = False, rng=None, dropout: float = 0.0, attention_dropout: float = 0.0,
+                  relu_dropout: float = 0.0, eps: float = 1e-6) -> ag.Tensor:
+    """One post-LN encoder layer on x (B, L, d) with a (B, L) padding mask (True = pad) -> (B, L, d).
+
+    x = LN1(x + Dropout(SelfAttn(x)));  x = LN2(x + Dropout(FFN(x)))  -- torch's TransformerEncoderLayer
+    with ``norm_first=False`` (parameter names match its state_dict except w_q/w_k/w_v/w_o).
+    """
+    d_model = params[_key(prefix, "norm1.weight")].shape[0]
+    x = check_sequence(NAME, x, params, arg="x", features=d_model, layout="(B, L, d_model)")
+    padding = check_padding_mask(NAME, src_key_padding_mask, arg="src_key_padding_mask", shape=x.shape[:2])
+    regime = _regime(heads, train, rng, dropout, attention_dropout, relu_dropout, eps, d_model)
+    return _encoder_layer(params, prefix, x, attention_keep(padding), regime)
+
+
+def decoder_layer(params: dict, x, memory, tgt_key_padding_mask=None, memory_key_padding_mask=None, *,
+                  prefix: str = "", heads: int, causal: bool = True, train: bool = False, rng=None,
+                  dropout: float = 0.0, attention_dropout: float = 0.0, relu_dropout: float = 0.0,
+                  eps: float = 1e-6) -> ag.Tensor:
+    """One post-LN decoder layer: x (B, Lt, d), memory (B, Ls, d), padding masks (True = pad) -> (B, Lt, d).
+
+    x = LN1(x + Dropout(MaskedSelfAttn(x)));  x = LN2(x + Dropout(Attn(x, memory)));  x = LN3(x + Dropout(FFN(x))).
+    """
+    d_model = params[_key(prefix, "norm1.weight")].shape[0]
+    x = check_sequence(NAME, x, params, arg="x", features=d_model, layout="(B, L, d_model)")
+    memory = check_sequence(NAME, memory, params, arg="memory", features=d_model, layout="(B, L, d_model)")
+    check_batch(NAME, memory, x.shape[0], "memory")
+    tgt_padding = check_padding_mask(NAME, tgt_key_padding_mask, arg="tgt_key_padding_mask", shape=x.shape[:2])
+    memory_padding = check_padding_mask(NAME, memory_key_padding_mask, arg="memory_key_padding_mask",
+                                        shape=memory.shape[:2])
+    regime = _regime(heads, train, rng, dropout, attention_dropout, relu_dropout, eps, d_model)
+    self_keep = attention_keep(tgt_padding, causal=causal, query_length=x.shape[1], key_length=x.shape[1])
+    return _decoder_layer(params, prefix, x, memory, self_keep, attention_keep(memory_padding), regime)
+
+
+# ---------------------------------------------------------------------------------------------
+# positional encoding and the encoder-decoder stack
+
+
+def positional_encoding(length: int, d_model: int, layout: str = "interleave", dtype=np.float64):
+    """Sinusoidal position signal (length, d_model) as a backend array (built on the host).
+
+    ``"interleave"`` (paper): PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(pos / 10000^(2i/d)).
+    ``"concat"`` (t2t ``get_timing_signal_1d``): [sin(pos * inv_i) | cos(pos * inv_i)], i < d//2, with
+    inv_i = 10000^(-i / max(d//2 - 1, 1)); an odd d_model gets a zero last column.
+    """
+    position = np.arange(length, dtype=np.float64)[:, None]
+    if layout == "interleave":
+        pair = np.arange(d_model) // 2                                     # i of columns 2i and 2i+1
+        angle = position / np.power(10000.0, 2.0 * pair / d_model)
+        table = np.where(np.arange(d_model) % 2 == 0, np.sin(angle), np.cos(angle))
+    elif layout == "concat":
+        half = d_model // 2
+        inv_timescale = np.exp(-np.log(10000.0) * np.arange(half) / max(half - 1, 1))
+        angle = position * inv_timescale
+        table = np.concatenate([np.sin(angle), np.cos(angle), np.zeros((length, d_model % 2))], axis=1)
+    else:
+        raise ValueError(f"{NAME}: pe_layout must be 'interleave' (paper) or 'concat' (t2t), got {layout!r}")
+    return backend.from_numpy(table.astype(dtype))
+
+
+def _embed(x: ag.Tensor, layout: str, regime: _Regime) -> ag.Tensor:
+    """Dropout(x * sqrt(d_model) + PE)."""
+    length, d_model = x.shape[1], x.shape[2]
+    return regime.drop(x * math.sqrt(d_model) + positional_encoding(length, d_model, layout, x.dtype), regime.dropout)
+
+
+def _count_layers(params: dict, stack: str) -> int:
+    count = 0
+    while f"{stack}.layers.{count}.norm1.weight" in params:
+        count += 1
+    return count
+
+
+def init(rng, d_model: int, *, d_ff: int, num_layers: int = 6, attn_bias: bool = False, dtype=np.float64) -> dict:
+    """Encoder-decoder parameters: ``encoder.layers.{i}.*`` and ``decoder.layers.{i}.*``, i < num_layers.
+
+    Per layer as torch's TransformerEncoderLayer / TransformerDecoderLayer state_dict, with the fused
+    ``in_proj_weight`` split into ``w_q/w_k/w_v`` and ``out_proj`` named ``w_o``.
+    """
+    params: dict = {}
+    for i in range(num_layers):
+        init_encoder_layer(rng, params, f"encoder.layers.{i}", d_model, d_ff, attn_bias=attn_bias, dtype=dtype)
+    for i in range(num_layers):
+        init_decoder_layer(rng, params, f"decoder.layers.{i}", d_model, d_ff, attn_bias=attn_bias, dtype=dtype)
+    return params
+
+
+def transformer(params: dict, src, tgt, src_key_padding_mask=None, tgt_key_padding_mask=None, *, heads: int,
+                train: bool = False, rng=None, dropout: float = 0.1, attention_dropout: float = 0.0,
+                relu_dropout: float = 0.0, pe_layout: str = "interleave", eps: float = 1e-6) -> ag.Tensor:
+    """Encoder-decoder pass: src (B, Ls, d), tgt (B, Lt, d) embeddings, padding masks (True = pad) -> (B, Lt, d).
+
+    The target is teacher-forced (the caller shifts it); the decoder self-attention is causal and also
+    hides padded target keys, the encoder-decoder attention hides padded source keys.
+    """
+    d_model = params["encoder.layers.0.norm1.weight"].shape[0]
+    layout = "(B, L, d_model)"
+    src = check_sequence(NAME, src, params, arg="src", features=d_model, layout=layout)
+    tgt = check_sequence(NAME, tgt, params, arg="tgt", features=d_model, layout=layout)
+    check_batch(NAME, tgt, src.shape[0], "tgt")
+    src_padding = check_padding_mask(NAME, src_key_padding_mask, arg="src_key_padding_mask", shape=src.shape[:2])
+    tgt_padding = check_padding_mask(NAME, tgt_key_padding_mask, arg="tgt_key_padding_mask", shape=tgt.shape[:2])
+    regime = _regime(heads, train, rng, dropout, attention_dropout, relu_dropout, eps, d_model)
+
+    source_keep = attention_keep(src_padding)
+    memory = _embed(src, pe_layout, regime)
+    for i in range(_count_layers(params, "encoder")):
+        memory = _encoder_layer(params, f"encoder.layers.{i}", memory, source_keep, regime)
+
+    target_keep = attention_keep(tgt_padding, causal=True, query_length=tgt.shape[1], key_length=tgt.shape[1])
+    out = _embed(tgt, pe_layout, regime)
+    for i in range(_count_layers(params, "decoder")):
+        out = _decoder_layer(params, f"decoder.layers.{i}", out, memory, target_keep, source_keep, regime)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# registry
+
+
+def _padding(rng, batch: int, length: int, min_length: int):
+    """A (B, L) padding mask (True = pad): row 0 unpadded, the others of random length >= min_length."""
+    lengths = np.concatenate([[length], rng.integers(min_length, length + 1, size=batch - 1)])
+    return backend.from_numpy(np.arange(length)[None, :] >= lengths[:, None])
+
+
+def _mha_example(rng, dtype=np.float64):
+    return (example(rng, (2, 5, 16), dtype), example(rng, (2, 6, 16), dtype), example(rng, (2, 6, 16), dtype),
+            _padding(rng, 2, 6, 3))
+
+
+def _transformer_example(rng, dtype=np.float64):
+    return (example(rng, (2, 6, 16), dtype), example(rng, (2, 5, 16), dtype), _padding(rng, 2, 6, 3),
+            _padding(rng, 2, 5, 3))
+
+
+register(Mechanism(
+    name=NAME_MHA, family="origins", paper=PAPER, init=init_mha, apply_fn=mha,
+    config={"d_model": 16}, options={"heads": 2}, example_input=_mha_example, differentiable_inputs=(0, 1, 2),
+    channel_axis=None, description="multi-head scaled dot-product attention with padding / causal masks",
+))
+
+register(Mechanism(
+    name=NAME, family="origins", paper=PAPER, init=init, apply_fn=transformer,
+    config={"d_model": 16, "d_ff": 32, "num_layers": 2}, options={"heads": 2}, example_input=_transformer_example,
+    differentiable_inputs=(0, 1), stochastic=True, channel_axis=None,
+    description="post-LN encoder-decoder with sinusoidal positions (returns the decoder output)",
+))
