@@ -11,6 +11,7 @@ gradients need no extra code.
 """
 from __future__ import annotations
 
+import operator
 from typing import Sequence
 
 from . import ops
@@ -25,7 +26,7 @@ def _pair(value, name: str, allow_zero: bool = False) -> tuple:
     if isinstance(value, (int,)) and not isinstance(value, bool):
         value = (value, value)
     try:
-        value = tuple(int(v) for v in value)
+        value = tuple(operator.index(v) for v in value)  # rejects 1.5 rather than truncating it
     except TypeError:
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
     if len(value) != 2:
@@ -282,9 +283,11 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     """Transposed convolution (groups=1), as torch.nn.functional.conv_transpose2d.
 
     weight: (C_in, C_out, kh, kw).  Written as ``fold(W^T @ x)`` -- the adjoint of conv2d.
+    ``output_padding`` must be smaller than ``stride`` (PyTorch also accepts it below ``dilation``).
     """
     x, weight = ops._lift(x), ops._lift(weight)
     _check_ndim(x, 4, "conv_transpose2d")
+    _check_ndim(weight, 4, "conv_transpose2d", "weight", "(C_in, C_out, kh, kw)")
     n, c_in, h, w = x.shape
     if weight.shape[0] != c_in:
         raise ValueError(f"conv_transpose2d: weight {weight.shape} expects {weight.shape[0]} input channels, got {c_in}")
@@ -292,11 +295,14 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     st, dil = _pair(stride, "stride"), _pair(dilation, "dilation")
     ph, pw = _pair(padding, "padding", allow_zero=True)
     oph, opw = _pair(output_padding, "output_padding", allow_zero=True)
+    if oph >= st[0] or opw >= st[1]:
+        raise ValueError(f"conv_transpose2d: output_padding {(oph, opw)} must be smaller than stride {st}")
     out_h = (h - 1) * st[0] - 2 * ph + dil[0] * (kh - 1) + oph + 1
     out_w = (w - 1) * st[1] - 2 * pw + dil[1] * (kw - 1) + opw + 1
     w_t = ops.transpose(ops.reshape(weight, (c_in, c_out * kh * kw)))
     cols = ops.matmul(w_t, ops.reshape(x, (n, c_in, h * w)))
-    out = fold(cols, (out_h, out_w), (kh, kw), dil, ((ph, ph + oph), (pw, pw + opw)), st)
+    # output_padding is already part of (out_h, out_w); the canvas around it is padded symmetrically
+    out = fold(cols, (out_h, out_w), (kh, kw), dil, ((ph, ph), (pw, pw)), st)
     if bias is not None:
         out = ops.add(out, ops.reshape(ops._lift(bias), (1, c_out, 1, 1)))
     return out
