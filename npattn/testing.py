@@ -52,7 +52,7 @@ def compare(actual, expected, rtol: float = 1e-7, atol: float = 0.0) -> tuple[bo
         if not bad.ravel()[flat]:
             break
         index = tuple(int(i) for i in np.unravel_index(flat, a.shape)) if a.ndim else ()
-        lines.append(f"  at {index}: actual {a64.ravel()[flat]!r}, expected {e64.ravel()[flat]!r}, "
+        lines.append(f"  at {index}: actual {a64.ravel()[flat]:.12g}, expected {e64.ravel()[flat]:.12g}, "
                      f"|diff| {diff.ravel()[flat]:.3g}")
     return False, "\n".join(lines)
 

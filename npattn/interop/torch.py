@@ -68,7 +68,7 @@ class Report:
         return all(ok for _, ok, _ in self.rows)
 
     def __str__(self) -> str:
-        lines = [f"npattn vs torch for {self.mechanism!r}: {'AGREE' if self.ok else 'DISAGREE'}"]
+        lines = [f"torch module (actual) vs npattn {self.mechanism!r} (expected): {'AGREE' if self.ok else 'DISAGREE'}"]
         for what, ok, detail in self.rows:
             lines.append(f"  [{'ok' if ok else 'XX'}] {what}: {detail.splitlines()[0]}")
             lines += ["        " + line for line in detail.splitlines()[1:]]
@@ -111,18 +111,19 @@ def compare(module, name: str, *inputs, train: bool = False, key_map: dict | Non
 
     report = Report(name)
 
-    def add(what, actual, expected):
-        ok, detail = _compare_arrays(actual, expected, rtol=rtol, atol=atol)
+    def add(what, torch_value, npattn_value):
+        # the module under test is "actual", npattn (the reference) is "expected"
+        ok, detail = _compare_arrays(torch_value, npattn_value, rtol=rtol, atol=atol)
         report.rows.append((what, ok, detail))
 
-    add("output", out, out_t)
+    add("output", out_t, out)
     for i, g in zip(float_idx, grads[1:]):
-        add(f"grad input {i}", g, torch_inputs[i].grad)
+        add(f"grad input {i}", torch_inputs[i].grad, g)
     torch_params = dict(module.named_parameters())
     for key in float_keys:
         torch_key = inverse.get(key, key)
         if torch_key in torch_params:
             expected = torch_params[torch_key].grad
-            add(f"grad {torch_key}", grads[0][key],
-                expected if expected is not None else torch.zeros_like(torch_params[torch_key]))
+            add(f"grad {torch_key}", expected if expected is not None else torch.zeros_like(torch_params[torch_key]),
+                grads[0][key])
     return report
