@@ -278,8 +278,9 @@ def compare_with_twin(apply, params, inputs, module, train, options):
 
     def check(actual, expected, what):
         nonlocal worst
+        actual = host(actual)  # explicit: backend arrays (strict, CuPy) never convert implicitly
         assert_close(actual, expected, rtol=TOL, atol=TOL, name=what)
-        worst = max(worst, float(np.max(np.abs(host(actual) - expected.detach().numpy()), initial=0.0)))
+        worst = max(worst, float(np.max(np.abs(actual - expected.detach().numpy()), initial=0.0)))
 
     check(out, out_t, "output")
     for i, (g, x_t) in enumerate(zip(grads[1:], torch_inputs)):
@@ -329,4 +330,4 @@ def test_sk_selection_weights_match_twin():
         feats = [F.relu(bn(conv(x_t))) for conv, bn in zip(module.convs, module.bns)]
         z = F.relu(module.fc_bn(module.fc(F.adaptive_avg_pool2d(sum(feats), 1))))
         expected = torch.softmax(module.fc_select(z).view(2, 3, 16), dim=1)
-    assert_close(sk.attention(params, dev(x)), expected, rtol=TOL, atol=TOL)
+    assert_close(host(sk.attention(params, dev(x))), expected, rtol=TOL, atol=TOL)
