@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import operator
 
 import numpy as _np
 
@@ -19,13 +20,13 @@ from .conv import _check_ndim, _pair, unfold
 from .tensor import Tensor, record
 
 
-def _pool_geometry(size, kernel, stride, padding, dilation, ceil_mode):
+def _pool_geometry(size, kernel, stride, padding, dilation, ceil_mode, name="pooling"):
     """Output length and the extra right padding that ceil mode needs (PyTorch's rule)."""
     span = dilation * (kernel - 1) + 1
     numerator = size + 2 * padding - span
     if numerator < 0:
         raise ValueError(
-            f"pooling window {kernel} (dilation {dilation}) does not fit an input of size {size} "
+            f"{name}: kernel_size {kernel} (dilation {dilation}) does not fit an input of size {size} "
             f"with padding {padding}"
         )
     out = (-(-numerator // stride) if ceil_mode else numerator // stride) + 1
@@ -47,11 +48,11 @@ def _pool_args(x, kernel_size, stride, padding, dilation, name):
     return x, kernel, stride, padding, dilation
 
 
-def _windows(x: Tensor, kernel, stride, padding, dilation, ceil_mode, fill):
+def _windows(x: Tensor, kernel, stride, padding, dilation, ceil_mode, fill, name):
     """(N, C, H, W) -> (N, C, kh*kw, oh, ow) windows, padded with ``fill``."""
     n, c, h, w = x.shape
-    oh, extra_h = _pool_geometry(h, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
-    ow, extra_w = _pool_geometry(w, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
+    oh, extra_h = _pool_geometry(h, kernel[0], stride[0], padding[0], dilation[0], ceil_mode, name)
+    ow, extra_w = _pool_geometry(w, kernel[1], stride[1], padding[1], dilation[1], ceil_mode, name)
     pads = ((0, 0), (0, 0), (padding[0], padding[0] + extra_h), (padding[1], padding[1] + extra_w))
     if any(sum(p) for p in pads):
         x = ops.pad(x, pads, value=fill)
@@ -62,7 +63,7 @@ def _windows(x: Tensor, kernel, stride, padding, dilation, ceil_mode, fill):
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> Tensor:
     """Max pooling over (N, C, H, W); padding counts as -inf, as in PyTorch."""
     x, kernel, stride, padding, dilation = _pool_args(x, kernel_size, stride, padding, dilation, "max_pool2d")
-    windows, _, _ = _windows(x, kernel, stride, padding, dilation, ceil_mode, -_np.inf)
+    windows, _, _ = _windows(x, kernel, stride, padding, dilation, ceil_mode, -_np.inf, "max_pool2d")
     return take_max(windows, axis=2)
 
 
@@ -70,7 +71,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True, divisor_override=None) -> Tensor:
     """Average pooling over (N, C, H, W), as torch.nn.functional.avg_pool2d."""
     x, kernel, stride, padding, dilation = _pool_args(x, kernel_size, stride, padding, 1, "avg_pool2d")
-    windows, (oh, ow), extra = _windows(x, kernel, stride, padding, dilation, ceil_mode, 0.0)
+    windows, (oh, ow), extra = _windows(x, kernel, stride, padding, dilation, ceil_mode, 0.0, "avg_pool2d")
     total = ops.sum(windows, axis=2)
     if divisor_override is not None:
         return ops.div(total, float(divisor_override))
@@ -120,8 +121,8 @@ def max_pool1d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bo
     x = ops._lift(x)
     _check_ndim(x, 3, "max_pool1d", layout="(N, C, L)")
     stride = kernel_size if stride is None else stride
-    out = max_pool2d(ops.expand_dims(x, 2), (1, _int(kernel_size)), (1, _int(stride)),
-                     (0, _int(padding)), (1, _int(dilation)), ceil_mode)
+    out = max_pool2d(ops.expand_dims(x, 2), (1, _int(kernel_size, "kernel_size")), (1, _int(stride, "stride")),
+                     (0, _int(padding, "padding")), (1, _int(dilation, "dilation")), ceil_mode)
     return ops.squeeze(out, 2)
 
 
@@ -131,15 +132,21 @@ def avg_pool1d(x, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
     x = ops._lift(x)
     _check_ndim(x, 3, "avg_pool1d", layout="(N, C, L)")
     stride = kernel_size if stride is None else stride
-    out = avg_pool2d(ops.expand_dims(x, 2), (1, _int(kernel_size)), (1, _int(stride)),
-                     (0, _int(padding)), ceil_mode, count_include_pad)
+    out = avg_pool2d(ops.expand_dims(x, 2), (1, _int(kernel_size, "kernel_size")), (1, _int(stride, "stride")),
+                     (0, _int(padding, "padding")), ceil_mode, count_include_pad)
     return ops.squeeze(out, 2)
 
 
-def _int(value):
+def _int(value, name: str) -> int:
+    """An int, or the single entry of a 1-tuple (the 1-D pooling functions accept both)."""
     if isinstance(value, (tuple, list)):
+        if len(value) != 1:
+            raise ValueError(f"{name} must be an int or a 1-tuple for 1-D pooling, got {value!r}")
         (value,) = value
-    return int(value)
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a 1-tuple for 1-D pooling, got {value!r}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +156,7 @@ def _int(value):
 def adaptive_bins(size: int, out: int) -> list:
     """PyTorch's adaptive-pool bins: [floor(i*size/out), ceil((i+1)*size/out)) for i < out."""
     if out < 1:
-        raise ValueError(f"adaptive pooling output size must be >= 1, got {out}")
+        raise ValueError(f"adaptive pooling: output_size must be >= 1, got {out}")
     return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
 
 
@@ -165,7 +172,10 @@ def _output_pair(output_size, h, w):
     if isinstance(output_size, int):
         output_size = (output_size, output_size)
     oh, ow = output_size
-    return (h if oh is None else int(oh)), (w if ow is None else int(ow))
+    oh, ow = (h if oh is None else int(oh)), (w if ow is None else int(ow))
+    if oh < 1 or ow < 1:
+        raise ValueError(f"adaptive pooling: output_size must be >= 1, got {output_size!r}")
+    return oh, ow
 
 
 def adaptive_avg_pool2d(x, output_size) -> Tensor:
@@ -202,13 +212,13 @@ def adaptive_max_pool2d(x, output_size) -> Tensor:
 def adaptive_avg_pool1d(x, output_size: int) -> Tensor:
     x = ops._lift(x)
     _check_ndim(x, 3, "adaptive_avg_pool1d", layout="(N, C, L)")
-    return ops.squeeze(adaptive_avg_pool2d(ops.expand_dims(x, 2), (1, _int(output_size))), 2)
+    return ops.squeeze(adaptive_avg_pool2d(ops.expand_dims(x, 2), (1, _int(output_size, "output_size"))), 2)
 
 
 def adaptive_max_pool1d(x, output_size: int) -> Tensor:
     x = ops._lift(x)
     _check_ndim(x, 3, "adaptive_max_pool1d", layout="(N, C, L)")
-    return ops.squeeze(adaptive_max_pool2d(ops.expand_dims(x, 2), (1, _int(output_size))), 2)
+    return ops.squeeze(adaptive_max_pool2d(ops.expand_dims(x, 2), (1, _int(output_size, "output_size"))), 2)
 
 
 def global_avg_pool2d(x, keepdims: bool = True) -> Tensor:
