@@ -47,8 +47,16 @@ import numpy as np
 
 import autograd as ag
 
-from ..layers import (batch_norm, check_dtype, check_input, conv, example, init_batch_norm, init_conv,
-                      track_running_stats)
+from ..layers import (
+    batch_norm,
+    check_dtype,
+    check_input,
+    conv,
+    example,
+    init_batch_norm,
+    init_conv,
+    track_running_stats,
+)
 from ..registry import Mechanism, Paper, register
 from ._common import dot_product_attention, dropout2d, flatten_spatial, zero_conv
 

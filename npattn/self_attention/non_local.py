@@ -204,4 +204,5 @@ def _entry(name, mode, description):
 _entry(NAME, "embedded_gaussian", "embedded-Gaussian non-local block (official: Ci^-0.5 scale, pool then conv)")
 _entry("nonlocal-gaussian", "gaussian", "non-local block with the Gaussian pairwise function softmax(x^T x)")
 _entry("nonlocal-dot", "dot_product", "non-local block with the dot-product pairwise function / M")
-_entry("nonlocal-concat", "concatenation", "non-local block with the concatenation pairwise function ReLU(w^T[theta;phi]) / M")
+_entry("nonlocal-concat", "concatenation",
+       "non-local block with the concatenation pairwise function ReLU(w^T[theta;phi]) / M")

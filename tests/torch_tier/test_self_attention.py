@@ -460,8 +460,8 @@ def test_ann_apnb(train, updates):
 def test_ann_apnb_other_pyramid():
     params = perturb_bn(npattn.get("ann-apnb").default_params())
     twin = TorchAPNB(16, 8, 8, sizes=(1, 2, 3, 6))
-    check_twin(twin, apply_of("ann-apnb", psp_sizes=(1, 2, 3, 6), query_key_bn_updates=2), params, [example(2, (2, 16, 7, 11))], True,
-               state_dict=ann.official_state_dict(params))
+    apply = apply_of("ann-apnb", psp_sizes=(1, 2, 3, 6), query_key_bn_updates=2)
+    check_twin(twin, apply, params, [example(2, (2, 16, 7, 11))], True, state_dict=ann.official_state_dict(params))
 
 
 @MODES
