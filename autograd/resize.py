@@ -4,12 +4,13 @@ Each resampling matrix is built on the host from PyTorch's exact index rules and
 ``matmul``, so the operation is exact, differentiable with no extra code, and identical on NumPy and
 CuPy.
 
-* ``nearest``: ``src = min(floor(dst * scale), in - 1)``.
+* ``nearest``: ``src = min(floor(dst * scale), in - 1)``, computed in single precision as PyTorch does,
+  with PyTorch's shortcuts: a copy when the size is unchanged and ``dst // 2`` when it doubles.
 * ``bilinear``, ``align_corners=False``: ``src = max((dst + 0.5) * scale - 0.5, 0)``;
   ``align_corners=True``: ``src = dst * (in - 1) / (out - 1)``.
 * ``scale`` is ``in / out`` when ``size`` is given, and ``1 / scale_factor`` when ``scale_factor``
   is given (PyTorch's default ``recompute_scale_factor=None``); the two differ when the scale
-  factor does not divide evenly.
+  factor does not divide evenly.  An unchanged size is always a copy (both modes), as in PyTorch.
 """
 from __future__ import annotations
 
@@ -24,12 +25,22 @@ from .tensor import Tensor
 def resize_matrix(in_size: int, out_size: int, mode: str, align_corners=None, scale=None, dtype=_np.float64):
     """The (out_size, in_size) matrix that resamples one axis (host-built, returned on the backend)."""
     matrix = _np.zeros((out_size, in_size), dtype=_np.float64)
-    dst = _np.arange(out_size, dtype=_np.float64)
-    if mode == "nearest":
-        step = in_size / out_size if scale is None else scale
-        src = _np.minimum(_np.floor(dst * step).astype(_np.int64), in_size - 1)
-        matrix[_np.arange(out_size), src] = 1.0
-    elif mode in ("bilinear", "linear"):
+    rows = _np.arange(out_size)
+    if mode not in ("nearest", "bilinear", "linear"):
+        raise ValueError(f"interpolate: mode must be 'nearest' or 'bilinear', got {mode!r}")
+    if out_size == in_size:
+        # PyTorch copies when the size does not change, whatever scale_factor says (e.g. 1.05 on 5 pixels)
+        matrix[rows, rows] = 1.0
+    elif mode == "nearest":
+        if out_size == 2 * in_size:
+            src = rows // 2  # PyTorch's exact shortcut for doubling, again independent of scale_factor
+        else:
+            # PyTorch computes the nearest index in single precision: floorf(dst * (float)scale)
+            step = _np.float32(in_size / out_size if scale is None else scale)
+            src = _np.floor(rows.astype(_np.float32) * step).astype(_np.int64)
+        matrix[rows, _np.minimum(src, in_size - 1)] = 1.0
+    else:
+        dst = rows.astype(_np.float64)
         if align_corners:
             step = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
             src = dst * step
@@ -38,12 +49,9 @@ def resize_matrix(in_size: int, out_size: int, mode: str, align_corners=None, sc
             src = _np.maximum((dst + 0.5) * step - 0.5, 0.0)
         lower = _np.minimum(_np.floor(src).astype(_np.int64), in_size - 1)
         upper = _np.minimum(lower + 1, in_size - 1)
-        frac = src - lower
-        rows = _np.arange(out_size)
+        frac = _np.clip(src - lower, 0.0, 1.0)
         _np.add.at(matrix, (rows, lower), 1.0 - frac)
         _np.add.at(matrix, (rows, upper), frac)
-    else:
-        raise ValueError(f"interpolate: mode must be 'nearest' or 'bilinear', got {mode!r}")
     return backend.from_numpy(matrix.astype(dtype))
 
 
@@ -80,10 +88,10 @@ def interpolate(x, size=None, scale_factor=None, mode: str = "nearest", align_co
     if oh < 1 or ow < 1:
         raise ValueError(f"interpolate: output size must be positive, got {(oh, ow)}")
     out = x
-    if oh != h or scales[0] is not None or mode == "bilinear":
+    if oh != h:  # an unchanged axis is copied (PyTorch's rule), so no matrix is needed
         rows = Tensor(resize_matrix(h, oh, mode, align_corners, scales[0], x.dtype))
         out = ops.matmul(rows, out)
-    if ow != w or scales[1] is not None or mode == "bilinear":
+    if ow != w:
         cols = Tensor(resize_matrix(w, ow, mode, align_corners, scales[1], x.dtype))
         out = ops.matmul(out, ops.transpose(cols))
     return out
