@@ -247,8 +247,9 @@ for _variant in ("theta_minus", "theta", "theta_plus"):
                       {"extent": _extent}, [(3, 8, 7, 6)],
                       lambda v=_variant, e=_extent: TorchGE(8, v, e, (7, 6), 4)))
 CASES.append(("ge-theta_plus-e4-timm", gather_excite.gather_excite, gather_excite.init,
-              {"channels": 8, "variant": "theta_plus", "extent": 4, "reduction": 4}, {"extent": 4, "gather_relu": False},
-              [(3, 8, 9, 7)], lambda: TorchGE(8, "theta_plus", 4, reduction=4, gather_relu=False)))
+              {"channels": 8, "variant": "theta_plus", "extent": 4, "reduction": 4},
+              {"extent": 4, "gather_relu": False}, [(3, 8, 9, 7)],
+              lambda: TorchGE(8, "theta_plus", 4, reduction=4, gather_relu=False)))
 
 
 # ---------------------------------------------------------------------------------------------
