@@ -61,8 +61,8 @@ def log_softmax(x, axis: int = -1, mask=None) -> Tensor:
     shift = xp.max(data, axis=axis, keepdims=True)
     shift = xp.where(xp.isfinite(shift), shift, xp.zeros((), x.dtype))
     total = xp.sum(xp.exp(data - shift), axis=axis, keepdims=True)
-    with _np.errstate(divide="ignore"):
-        out = data - shift - xp.log(total)
+    # a fully masked row has total 0: log(1) keeps it at -inf without a -inf - -inf = NaN on the way
+    out = data - shift - xp.log(xp.where(total > 0, total, xp.ones((), total.dtype)))
     if keep is not None:
         out = xp.where(keep, out, -xp.inf)
 
