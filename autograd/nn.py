@@ -84,6 +84,9 @@ def linear(x, weight, bias=None) -> Tensor:
     x, weight = ops._lift(x), ops._lift(weight)
     if weight.ndim != 2:
         raise ValueError(f"linear: weight must be 2-D (out, in), got shape {weight.shape}")
+    if x.ndim < 1:
+        raise ValueError("linear: input must have at least one axis (..., in), got a scalar")
+    _check_shape("linear", "bias", bias, weight.shape[:1])
     if x.shape[-1] != weight.shape[1]:
         raise ValueError(
             f"linear: input has {x.shape[-1]} features (shape {x.shape}) but weight {weight.shape} expects {weight.shape[1]}"
@@ -169,13 +172,21 @@ def _data(value):
     return value.data if isinstance(value, Tensor) else value
 
 
+def _check_shape(op: str, name: str, value, shape) -> None:
+    """A clear error for an optional parameter (weight, bias) of the wrong shape."""
+    if value is not None and tuple(value.shape) != tuple(shape):
+        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {tuple(value.shape)}")
+
+
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
     """Normalise over the trailing ``normalized_shape`` axes (biased variance), as torch's layer_norm."""
     x = ops._lift(x)
     normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     k = len(normalized_shape)
-    if tuple(x.shape[-k:]) != normalized_shape:
+    if k == 0 or k > x.ndim or tuple(x.shape[-k:]) != normalized_shape:
         raise ValueError(f"layer_norm: input shape {x.shape} does not end with normalized_shape {normalized_shape}")
+    _check_shape("layer_norm", "weight", weight, normalized_shape)
+    _check_shape("layer_norm", "bias", bias, normalized_shape)
     axes = tuple(range(x.ndim - k, x.ndim))
     mean = ops.mean(x, axis=axes, keepdims=True)
     var = ops.var(x, axis=axes, keepdims=True)
@@ -190,9 +201,13 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5) -
 def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
     """Group normalisation of (N, C, ...) with C divisible by ``num_groups``, as torch's group_norm."""
     x = ops._lift(x)
+    if x.ndim < 2:
+        raise ValueError(f"group_norm: input must be (N, C, ...), got shape {x.shape}")
     n, c = x.shape[:2]
-    if c % num_groups:
+    if num_groups < 1 or c % num_groups:
         raise ValueError(f"group_norm: {c} channels are not divisible by num_groups={num_groups}")
+    _check_shape("group_norm", "weight", weight, (c,))
+    _check_shape("group_norm", "bias", bias, (c,))
     grouped = ops.reshape(x, (n, num_groups, -1))
     mean = ops.mean(grouped, axis=2, keepdims=True)
     var = ops.var(grouped, axis=2, keepdims=True)
