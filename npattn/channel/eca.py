@@ -13,11 +13,11 @@ Follows the official code (``BangguWu/ECANet: models/eca_module.py``, ``eca_laye
 
 * ``Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)`` applied to the (N, 1, C) descriptor, then a sigmoid;
   the parameter is ``conv.weight (1, 1, k)``.
-* The paper's |t|_odd is "the nearest odd number to t".  The official repository never computes k (its
-  ResNets pass k_size explicitly); the adaptive rule in the authors' published code form is
-  ``t = int(abs((log2(C) + b) / gamma)); k = t if t is odd else t + 1`` (:func:`kernel_size`), used here.
-  It agrees with "nearest odd" wherever that is defined (t not an even integer); at even integer t (C = 8,
-  128, 2048), where the paper's rule has a tie, the code form takes t + 1.
+* The paper's |t|_odd is "the nearest odd number to t".  The official ``eca_layer`` never computes k (the
+  ResNets pass k_size explicitly); the adaptive rule is used here in its code form
+  ``t = int(abs((log2(C) + b) / gamma)); k = t if t is odd else t + 1`` (:func:`kernel_size`).  It agrees
+  with "nearest odd" wherever that is defined (t not an even integer; tested for C < 5000); at even integer
+  t (C = 8, 128, 2048), where the paper's rule has a tie, the code form takes t + 1.
 * An explicit ``k_size`` gives the fixed-k form (the official ResNets use k = 3; ``--ksize 3557``).
 * Unlike timm's ``EcaModule`` there is no ``k >= 3`` floor: C = 4 gives k = 1.
 
