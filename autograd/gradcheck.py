@@ -134,12 +134,20 @@ def gradcheck(f: Callable, *args, argnums=None, mode: str = "full", eps: float =
 
     Returns True, or raises GradcheckError naming the argument path and the worst elements.
     """
+    return _check(f, args, argnums, mode, eps, atol, rtol, n_directions, seed)
+
+
+def _check(f, args, argnums, mode, eps, atol, rtol, n_directions, seed, names=None, order=""):
+    """gradcheck's body; ``names`` replaces the reported argument paths (gradgradcheck passes the
+    paths of the original arguments), ``order`` labels the report."""
     if mode not in ("full", "fast"):
         raise ValueError(f"gradcheck: mode must be 'full' or 'fast', got {mode!r}")
     slots = _setup(args, argnums)
     leaves = _checked_leaves(slots)
     if not leaves:
         raise ValueError("gradcheck: no floating-point argument to check")
+    if names is not None:
+        leaves = [(leaf, name) for (leaf, _), name in zip(leaves, names)]
     base = [_host64(leaf) for leaf, _ in leaves]
     rng = _np.random.default_rng(seed)
 
@@ -167,7 +175,7 @@ def gradcheck(f: Callable, *args, argnums=None, mode: str = "full", eps: float =
                 analytics[k][out_index] = g
         failures = [
             m for m in (
-                _report(path, a, n, atol, rtol, "Jacobian, output index first")
+                _report(path, a, n, atol, rtol, f"{order}Jacobian, output index first")
                 for a, n, (_, path) in zip(analytics, numerics, leaves)
             ) if m
         ]
@@ -188,7 +196,7 @@ def gradcheck(f: Callable, *args, argnums=None, mode: str = "full", eps: float =
             numeric = float(_np.sum(u * (at(plus) - at(minus))) / (2 * eps))
             analytic = float(_np.sum(grads[k] * directions[k]))
             scale = max(1.0, _np.sqrt(value.size))
-            message = _report(path, analytic, numeric, atol * scale, rtol, f"random direction {d}: u^T J v")
+            message = _report(path, analytic, numeric, atol * scale, rtol, f"{order}random direction {d}: u^T J v")
             if message:
                 failures.append(message)
     if failures:
@@ -218,5 +226,5 @@ def gradgradcheck(f: Callable, *args, argnums=None, mode: str = "fast", eps: flo
         grads = pullback(cot)
         return ops.concatenate([ops.reshape(g, (-1,)) for g in grads])
 
-    return gradcheck(first_order, *base_values, mode=mode, eps=eps, atol=atol, rtol=rtol,
-                     n_directions=n_directions, seed=seed)
+    return _check(first_order, base_values, None, mode, eps, atol, rtol, n_directions, seed,
+                  names=[path for _, path in leaves], order="second order, VJP's ")
