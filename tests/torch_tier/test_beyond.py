@@ -47,9 +47,13 @@ def _is_bn(params, key):
 
 
 def _load(module, params):
+    """Load npattn's float64 parameters into the twin (converted to float64 first: no float32 rounding)."""
+    module.double()
     state = {k: torch.from_numpy(to_host(v).copy()) for k, v in params.items()}
     module.load_state_dict(state, strict=True)
-    return module.double()
+    for key, value in module.state_dict().items():  # the twin holds exactly npattn's numbers
+        np.testing.assert_array_equal(value.numpy(), to_host(params[key]), err_msg=key)
+    return module
 
 
 def _check(module, name, params, inputs, train, **options):
@@ -371,10 +375,12 @@ def test_rga(train, name, spatial, channel, order):
 
 
 class TorchGSoP(nn.Module):
-    """GSoP-Net1 channel attention with the official MPNCOV covariance (X I_hat X^T with an M x M I_hat)."""
+    """GSoP-Net1 channel attention; ``covpool="official"`` forms MPNCOV's X I_hat X^T with an M x M I_hat,
+    ``"centred"`` the same covariance from centred features (no M x M matrix; used for timing)."""
 
-    def __init__(self, channels, att_dim, stride=1):
+    def __init__(self, channels, att_dim, stride=1, covpool="official"):
         super().__init__()
+        self.covpool = covpool
         self.conv_for_DR = nn.Conv2d(channels, att_dim, 1, stride=stride, bias=True)
         self.bn_for_DR = nn.BatchNorm2d(att_dim)
         self.row_bn = nn.BatchNorm2d(att_dim)
@@ -385,16 +391,20 @@ class TorchGSoP(nn.Module):
         t = torch.relu(self.bn_for_DR(self.conv_for_DR(torch.relu(x))))
         b, d, h, w = t.shape
         m = h * w
-        i_hat = (torch.eye(m, dtype=t.dtype) - torch.full((m, m), 1.0 / m, dtype=t.dtype)) / m
         features = t.reshape(b, d, m)
-        cov = features @ i_hat @ features.transpose(1, 2)
+        if self.covpool == "official":
+            i_hat = (torch.eye(m, dtype=t.dtype) - torch.full((m, m), 1.0 / m, dtype=t.dtype)) / m
+            cov = features @ i_hat @ features.transpose(1, 2)
+        else:
+            centred = features - features.mean(2, keepdim=True)
+            cov = centred @ centred.transpose(1, 2) / m
         att = torch.sigmoid(self.fc_adapt_channels(self.row_conv_group(self.row_bn(cov.unsqueeze(-1)))))
         return x * att
 
 
 @pytest.mark.parametrize("train", MODES)
-@pytest.mark.parametrize("stride", [1, 2])
-def test_gsop(train, stride):
+@pytest.mark.parametrize("stride,covpool", [(1, "official"), (2, "official"), (1, "centred")])
+def test_gsop(train, stride, covpool):
     params = _randomised(npattn.get("gsop").init(np.random.default_rng(0), 24, att_dim=6))
     (x,) = _inputs((3, 24, 7, 6))
-    _check(TorchGSoP(24, 6, stride), "gsop", params, (x,), train, stride=stride)
+    _check(TorchGSoP(24, 6, stride, covpool), "gsop", params, (x,), train, stride=stride)
