@@ -17,8 +17,10 @@ def to_host(value) -> np.ndarray:
     """A host NumPy copy of ``value`` (Tensor, NumPy/CuPy array, torch tensor, DLPack or array-like)."""
     if isinstance(value, ag.Tensor):
         return value.numpy()
-    if isinstance(value, np.ndarray):
+    if isinstance(value, np.ndarray) and type(value) is np.ndarray:
         return value
+    if ag.backend.is_array(value):  # CuPy or strict-backend arrays: the explicit conversion
+        return ag.to_numpy(value)
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor without importing torch
         return value.detach().cpu().numpy()
     if hasattr(value, "get") and type(value).__module__.startswith("cupy"):
@@ -36,7 +38,7 @@ def compare(actual, expected, rtol: float = 1e-7, atol: float = 0.0) -> tuple[bo
         return False, f"shape mismatch: actual {a.shape}, expected {e.shape}"
     a64, e64 = a.astype(np.float64), e.astype(np.float64)
     nan_mismatch = np.isnan(a64) != np.isnan(e64)
-    diff = np.abs(a64 - e64)
+    diff = np.asarray(np.abs(a64 - e64))  # stays an array for 0-d inputs
     diff[np.isnan(a64) & np.isnan(e64)] = 0.0
     allowed = atol + rtol * np.abs(e64)
     bad = (diff > allowed) | nan_mismatch

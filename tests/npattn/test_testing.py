@@ -36,3 +36,10 @@ def test_torch_tensor_input():
     torch = pytest.importorskip("torch")
     t = torch.arange(4, dtype=torch.float64, requires_grad=True) * 2
     assert_close(t, np.arange(4.0) * 2)
+
+
+def test_zero_dimensional_and_backend_arrays():
+    assert_close(np.array(1.0), np.array(1.0))
+    with pytest.raises(AssertionError, match="at \\(\\)"):
+        assert_close(np.array(1.0), np.array(2.0))
+    assert_close(ag.from_numpy(np.ones(2)), np.ones(2))  # a backend (CuPy/strict) array on either side
