@@ -1,0 +1,316 @@
+"""Benchmark of OCR, IAUnet, FcaNet, RGA and GSoP against their PyTorch twins on CPU, at scale.
+
+Every mechanism runs forward + backward (gradients w.r.t. the input(s) and every parameter, autodiff tape
+included, BatchNorm in training mode) on (2, 256, 64, 64) features -- IAUnet on a (2, 4, 256, 32, 32) clip
+of the same total size.  The twins are the independent PyTorch modules of ``tests/torch_tier/test_beyond.py``
+(checked there against npattn at 1e-10 in float64).
+
+Method (shared/PERFORMANCE.md): one worker process per BLAS configuration -- "as set" (the inherited
+environment) and "unset" (``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE``), or, when the inherited
+environment sets neither, "Haswell (forced)" (the documented project setting OPENBLAS_CORETYPE=Haswell,
+OPENBLAS_L2_SIZE=512).  In it both libraries are warmed, each case is verified against torch (the output
+relative to its scale, every gradient relative to the largest gradient), then samples are interleaved
+(ours, torch, ours, torch, ...) with a 0.1 s sleep before each; we report min / median / max and the ratio
+of the medians.  Peak memory: a fresh subprocess per case and library, ``ru_maxrss`` after one forward +
+backward minus the same process's baseline after building its inputs.
+The orchestrator writes ``benchmarks/results/beyond.md``.
+
+    python benchmarks/bench_beyond.py              # full run (~15 min on 2 cores)
+    python benchmarks/bench_beyond.py --quick      # smoke run: small shapes, 3 samples, one config
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results", "beyond.md")
+BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+HASWELL_ENV = {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "512"}
+CASES = ("ocr", "iau", "fca", "rga", "gsop")
+GIB = 1024.0
+
+
+# ---------------------------------------------------------------------------------------------
+# cases: (registry name, params, inputs, torch twin, apply options, description)
+
+
+def build(case: str, dtype, quick: bool):
+    sys.path.insert(0, ROOT)
+    import npattn
+    from npattn.frequency.fca import scaled_frequencies
+    from tests.torch_tier import test_beyond as twins
+
+    rng = np.random.default_rng(0)
+    c, hw = (64, 16) if quick else (256, 64)  # RGA's ratios 8/8/8 need C >= 56
+
+    def normal(shape, scale=1.0):
+        return (rng.standard_normal(shape) * scale).astype(dtype)
+
+    if case == "ocr":
+        classes, key = 19, c // 2
+        params = npattn.get("ocr").init(rng, c, key, c, dtype=dtype)
+        return ("ocr", params, [normal((2, c, hw, hw)), normal((2, classes, hw, hw))],
+                twins.TorchOCR(c, key, c), {}, f"in=out={c}, key={key}, K={classes} classes, pool_scale 1")
+    if case == "iau":
+        frames = 4
+        params = npattn.get("iau").init(rng, c, zero_init=False, dtype=dtype)
+        return ("iau", params, [normal((2, frames, c, hw // 2, hw // 2), 0.1)], twins.TorchIAU(c), {},
+                f"clip (2, {frames}, {c}, {hw // 2}, {hw // 2}), 4 parts")
+    if case == "fca":
+        dct = 56 if not quick else 7
+        params = npattn.get("fca").init(rng, c, dct, dct, reduction=16 if not quick else 4, dtype=dtype)
+        us, vs = scaled_frequencies("top16", dct, dct)
+        return ("fca", params, [normal((2, c, hw, hw))],
+                twins.TorchFca(c, dct, dct, 16 if not quick else 4, us, vs), {}, f"top16, DCT {dct}x{dct}")
+    if case == "rga":
+        params = npattn.get("rga").init(rng, c, hw * hw, dtype=dtype)
+        return ("rga", params, [normal((2, c, hw, hw))], twins.TorchRGA(c, hw * hw, True, True), {},
+                "RGA-S then RGA-C, ratios 8/8/8")
+    if case == "gsop":
+        att = 128 if not quick else 8
+        params = npattn.get("gsop").init(rng, c, att_dim=att, dtype=dtype)
+        return ("gsop", params, [normal((2, c, hw, hw))], twins.TorchGSoP(c, att, covpool="centred"), {},
+                f"att_dim {att}, stride 1 (torch: centred covariance, no M x M matrix)")
+    raise ValueError(case)
+
+
+class Runner:
+    """One case in one dtype: the npattn step and the torch step on the same weights and inputs."""
+
+    def __init__(self, case: str, dtype, quick: bool):
+        import torch
+
+        import autograd as ag
+        import npattn
+        from npattn.testing import to_host
+
+        self.torch, self.ag, self.npattn = torch, ag, npattn
+        name, params, inputs, module, self.options, self.description = build(case, dtype, quick)
+        self.mech = npattn.get(name)
+        module = module.to(torch.float64 if dtype == np.float64 else torch.float32)  # before loading: no rounding
+        module.load_state_dict({k: torch.from_numpy(to_host(v).copy()) for k, v in params.items()})
+        self.module = module.train(True)
+        self.float_keys = [k for k, v in params.items() if np.dtype(v.dtype).kind == "f"]
+        self.params = params
+        self.inputs = [ag.from_numpy(x) for x in inputs]
+        self.torch_inputs = [torch.tensor(x, requires_grad=True) for x in inputs]
+        self.cotangent = np.random.default_rng(1).standard_normal(
+            tuple(self.module(*self.torch_inputs).shape)).astype(dtype)
+        self.state = {k: v.clone() for k, v in self.module.state_dict().items()}
+
+    def ours(self):
+        """Forward + backward; returns (output, gradients: inputs then float params)."""
+        ag, params = self.ag, self.params
+        rest = {k: v for k, v in params.items() if k not in self.float_keys}
+
+        def step(float_params, *xs):
+            return self.mech.apply({**rest, **float_params}, *xs, train=True, **self.options)
+
+        with self.npattn.track_running_stats():
+            out, pullback = ag.vjp(step, {k: params[k] for k in self.float_keys}, *self.inputs)
+            grads = pullback(ag.from_numpy(self.cotangent))
+        return out, list(grads[1:]) + [grads[0][k] for k in self.float_keys]
+
+    def theirs(self):
+        torch = self.torch
+        self.module.load_state_dict(self.state)  # running stats as before (a cheap copy)
+        self.module.zero_grad(set_to_none=True)
+        for x in self.torch_inputs:
+            x.grad = None
+        out = self.module(*self.torch_inputs)
+        out.backward(torch.from_numpy(self.cotangent))
+        named = dict(self.module.named_parameters())
+        grads = [x.grad for x in self.torch_inputs]
+        grads += [named[k].grad if k in named else None for k in self.float_keys]
+        return out, grads
+
+    def verify(self) -> float:
+        """Worst error of the output (max |ours - torch| / max |torch|) and of the gradients (max |ours - torch|
+        over every gradient / the largest max |torch| among them).
+
+        The gradients share one scale because the biases of convs that feed a training-mode BatchNorm have an
+        exact gradient of 0: both libraries return rounding noise of the size of the cancelled terms there."""
+        from npattn.testing import to_host
+
+        out, grads = self.ours()
+        out_t, grads_t = self.theirs()
+        output_error = np.abs(to_host(out) - out_t.detach().numpy()).max() / np.abs(out_t.detach().numpy()).max()
+        pairs = [(to_host(a).astype(np.float64), b.detach().numpy().astype(np.float64))
+                 for a, b in zip(grads, grads_t) if b is not None]  # buffers (running stats): no torch grad
+        scale = max(np.abs(b).max() for _, b in pairs)
+        return float(max(output_error, max(np.abs(a - b).max() for a, b in pairs) / scale))
+
+
+def interleaved(ours, theirs, samples: int):
+    t_ours, t_theirs = [], []
+    for _ in range(samples):
+        for fn, times in ((ours, t_ours), (theirs, t_theirs)):
+            time.sleep(0.1)
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return t_ours, t_theirs
+
+
+def blas_info() -> list:
+    from threadpoolctl import threadpool_info
+
+    import autograd  # noqa: F401 - loads NumPy's BLAS
+
+    np.ones((4, 4)) @ np.ones((4, 4))
+    return [f"{p.get('internal_api')} {p.get('version')} kernel={p.get('architecture')} threads={p.get('num_threads')}"
+            for p in threadpool_info() if p.get("user_api") == "blas"]
+
+
+def worker(args):
+    import torch
+
+    samples = args.samples or (3 if args.quick else 5)
+    report = {"blas": blas_info(), "env": {k: os.environ.get(k) for k in BLAS_VARS},
+              "torch": f"{torch.__version__}, {torch.get_num_threads()} threads", "rows": []}
+    cases = [c for c in CASES if not args.filter or c in args.filter.split(",")]
+    for dtype in args.dtypes.split(","):
+        for case in cases:
+            runner = Runner(case, np.dtype(dtype).type, args.quick)
+            error = runner.verify()
+            limit = 1e-9 if dtype == "float64" else 2e-3
+            if error > limit:
+                raise SystemExit(f"{case} {dtype}: npattn and torch disagree (relative error {error:.2e})")
+            t_ours, t_theirs = interleaved(runner.ours, runner.theirs, samples)
+            report["rows"].append({"case": case, "dtype": dtype, "what": runner.description, "error": error,
+                                   "ours": t_ours, "torch": t_theirs})
+            print(f"  {case} {dtype}: ours {np.median(t_ours):.3f}s torch {np.median(t_theirs):.3f}s", file=sys.stderr)
+            del runner
+    with open(args.json, "w") as fh:
+        json.dump(report, fh)
+
+
+# ---------------------------------------------------------------------------------------------
+# memory: one fresh process per case and library
+
+
+def memory_case(args):
+    dtype = np.dtype(args.dtypes).type
+    runner = Runner(args.memory_case, dtype, args.quick)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    (runner.ours if args.lib == "ours" else runner.theirs)()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"extra_mib": (peak - baseline) / 1024.0}))
+
+
+def measure_memory(quick, env, dtypes, cases):
+    rows = []
+    for case in cases:
+        for dtype in dtypes:
+            extra = {}
+            for lib in ("ours", "torch"):
+                cmd = [sys.executable, __file__, "--memory-case", case, "--lib", lib, "--dtypes", dtype]
+                if quick:
+                    cmd.append("--quick")
+                out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+                extra[lib] = json.loads(out.strip().splitlines()[-1])["extra_mib"]
+            rows.append({"case": case, "dtype": dtype, **extra})
+            print(f"  memory {case} {dtype}: ours {extra['ours']:.0f} MiB, torch {extra['torch']:.0f} MiB",
+                  file=sys.stderr)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# orchestration and report
+
+
+def run_config(label, env, args, dtypes):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "result.json")
+        cmd = [sys.executable, __file__, "--worker", "--json", path, "--dtypes", dtypes]
+        if args.quick:
+            cmd.append("--quick")
+        if args.samples:
+            cmd += ["--samples", str(args.samples)]
+        if args.filter:
+            cmd += ["--filter", args.filter]
+        print(f"[{label}] {' '.join(cmd[1:])}", file=sys.stderr)
+        subprocess.run(cmd, env=env, check=True)
+        with open(path) as fh:
+            return json.load(fh)
+
+
+def _stats(times):
+    return f"{min(times) * 1e3:.0f} / {np.median(times) * 1e3:.0f} / {max(times) * 1e3:.0f}"
+
+
+def write_report(results, memory, args):
+    lines = ["# OCR, IAUnet, FcaNet, RGA, GSoP vs PyTorch twins (CPU)", "",
+             "Generated by `python benchmarks/bench_beyond.py" + (" --quick" if args.quick else "") + "` on "
+             + time.strftime("%Y-%m-%d") + ". Forward + backward, gradients w.r.t. the input(s) and every "
+             "parameter, BatchNorm in training mode; features (2, 256, 64, 64), IAUnet a (2, 4, 256, 32, 32) clip. "
+             "Times in ms (min / median / max of interleaved samples); ratio = median ours / median torch. "
+             "\"verified\" (checked before timing): max|ours - torch| of the output over its max|torch|, and of every "
+             "gradient over the largest max|torch| of all gradients -- the worse of the two.", ""]
+    for label, report in results:
+        lines += [f"## BLAS {label}", "", "- NumPy BLAS: " + "; ".join(report["blas"]),
+                  f"- env: {report['env']}", f"- torch {report['torch']}", "",
+                  "| mechanism | dtype | configuration | npattn ms | torch ms | ratio | verified |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in report["rows"]:
+            ratio = np.median(row["ours"]) / np.median(row["torch"])
+            lines.append(f"| {row['case']} | {row['dtype']} | {row['what']} | {_stats(row['ours'])} | "
+                         f"{_stats(row['torch'])} | {ratio:.2f}x | {row['error']:.1e} |")
+        lines.append("")
+    if memory:
+        lines += ["## Peak extra memory (fresh process per case, BLAS as set)", "",
+                  "| mechanism | dtype | npattn MiB | torch MiB | ratio | < 8 GiB |", "|---|---|---|---|---|---|"]
+        for row in memory:
+            ratio = row["ours"] / max(row["torch"], 1.0)
+            lines.append(f"| {row['case']} | {row['dtype']} | {row['ours']:.0f} | {row['torch']:.0f} | {ratio:.2f}x | "
+                         f"{'yes' if row['ours'] < 8 * GIB else 'NO'} |")
+        lines.append("")
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output, "w") as fh:
+        fh.write("\n".join(lines))
+    print("\n".join(lines))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--samples", type=int, default=0)
+    parser.add_argument("--filter", default="", help="comma-separated cases (ocr,iau,fca,rga,gsop)")
+    parser.add_argument("--dtypes", default="float32,float64")
+    parser.add_argument("--output", default=RESULTS)
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--worker", action="store_true")
+    parser.add_argument("--json")
+    parser.add_argument("--memory-case")
+    parser.add_argument("--lib")
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+    if args.memory_case:
+        return memory_case(args)
+    env_set = dict(os.environ)
+    env_unset = {k: v for k, v in os.environ.items() if k not in BLAS_VARS}
+    configs = [("as set", env_set, args.dtypes)]
+    if not args.quick:  # float32 only: the kernel choice matters most there, and float64 RGA is slow
+        if any(k in os.environ for k in BLAS_VARS):
+            configs.append(("unset (OpenBLAS picks its kernel)", env_unset, "float32"))
+        else:  # the inherited environment is already "unset": reproduce the documented project setting
+            configs.append(("Haswell (forced)", {**env_set, **HASWELL_ENV}, "float32"))
+    results = [(label, run_config(label, env, args, dtypes)) for label, env, dtypes in configs]
+    cases = [c for c in CASES if not args.filter or c in args.filter.split(",")]
+    memory = [] if args.no_memory else measure_memory(args.quick, env_set, ["float32"], cases)
+    write_report(results, memory, args)
+
+
+if __name__ == "__main__":
+    main()
