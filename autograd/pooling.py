@@ -192,21 +192,37 @@ def adaptive_avg_pool2d(x, output_size) -> Tensor:
 
 
 def adaptive_max_pool2d(x, output_size) -> Tensor:
-    """Adaptive max pooling; the gradient goes to the first maximum of each bin (as PyTorch)."""
+    """Adaptive max pooling; the gradient goes to the first maximum of each bin (as PyTorch).
+
+    Vectorised: every bin is gathered into a fixed-length window (bins of one axis differ in length
+    by at most one, shorter ones are padded with -inf), then one ``take_max`` runs over all windows.
+    """
     x = ops._lift(x)
     _check_ndim(x, 4, "adaptive_max_pool2d")
     n, c, h, w = x.shape
     oh, ow = _output_pair(output_size, h, w)
     if (oh, ow) == (1, 1):
         return ops.reshape(take_max(ops.reshape(x, (n, c, h * w)), axis=2), (n, c, 1, 1))
-    rows = []
-    for hs, he in adaptive_bins(h, oh):
-        row = []
-        for ws, we in adaptive_bins(w, ow):
-            region = ops.reshape(x[:, :, hs:he, ws:we], (n, c, (he - hs) * (we - ws)))
-            row.append(take_max(region, axis=2))
-        rows.append(ops.stack(row, axis=-1))
-    return ops.stack(rows, axis=-2)
+    rows, rows_valid = _bin_windows(h, oh)
+    cols, cols_valid = _bin_windows(w, ow)
+    gathered = x[:, :, backend.from_numpy(rows)][..., backend.from_numpy(cols)]  # (N, C, oh, Lh, ow, Lw)
+    valid = rows_valid[:, :, None, None] & cols_valid[None, None, :, :]
+    if not valid.all():
+        gathered = ops.where(backend.from_numpy(valid), gathered, -_np.inf)
+    windows = ops.reshape(ops.transpose(gathered, (0, 1, 2, 4, 3, 5)),
+                          (n, c, oh, ow, rows.shape[1] * cols.shape[1]))
+    return take_max(windows, axis=4)  # row-major order inside a bin, as PyTorch scans it
+
+
+def _bin_windows(size: int, out: int):
+    """Host (out, L) indices of each adaptive bin, padded to the longest bin, and their validity mask."""
+    bins = adaptive_bins(size, out)
+    length = max(stop - start for start, stop in bins)
+    offsets = _np.arange(length)
+    starts = _np.array([start for start, _ in bins])[:, None]
+    stops = _np.array([stop for _, stop in bins])[:, None]
+    valid = starts + offsets < stops
+    return _np.where(valid, starts + offsets, starts), valid
 
 
 def adaptive_avg_pool1d(x, output_size: int) -> Tensor:
