@@ -116,6 +116,14 @@ def init_attention(rng, params: dict, prefix: str, d_model: int, *, bias: bool =
         init_linear(rng, params, _key(prefix, name), d_model, d_model, bias=bias, dtype=dtype)
 
 
+def _project(params: dict, name: str, x) -> ag.Tensor:
+    """``linear`` on (B, L, d_in) -> (B, L, d_out) as one (B*L, d_in) GEMM: a single BLAS call forward and a
+    single weight-gradient GEMM backward (no per-batch products summed afterwards)."""
+    lead = x.shape[:-1]
+    out = linear(params, name, ag.reshape(x, (-1, x.shape[-1])))
+    return ag.reshape(out, lead + (out.shape[-1],))
+
+
 def _split_heads(x: ag.Tensor, heads: int) -> ag.Tensor:
     """(B, L, d) -> (B, h, L, d/h)."""
     batch, length, d_model = x.shape
@@ -135,12 +143,12 @@ def _check_heads(mechanism: str, d_model: int, heads: int) -> None:
 
 def _multi_head(params, prefix, query, key, value, keep, regime: "_Regime") -> ag.Tensor:
     """MultiHead(Q, K, V) = Concat(head_1..h) W^O on (B, Lq, d), (B, Lk, d), (B, Lk, d) -> (B, Lq, d)."""
-    q = _split_heads(linear(params, _key(prefix, "w_q"), query), regime.heads)
-    k = _split_heads(linear(params, _key(prefix, "w_k"), key), regime.heads)
-    v = _split_heads(linear(params, _key(prefix, "w_v"), value), regime.heads)
+    q = _split_heads(_project(params, _key(prefix, "w_q"), query), regime.heads)
+    k = _split_heads(_project(params, _key(prefix, "w_k"), key), regime.heads)
+    v = _split_heads(_project(params, _key(prefix, "w_v"), value), regime.heads)
     heads = scaled_dot_product_attention(q, k, v, keep, train=regime.train, dropout=regime.attention_dropout,
                                          rng=regime.rng)
-    return linear(params, _key(prefix, "w_o"), _merge_heads(heads))
+    return _project(params, _key(prefix, "w_o"), _merge_heads(heads))
 
 
 def _mha_inputs(params, query, key, value, key_padding_mask, heads, prefix=""):
@@ -185,8 +193,8 @@ def mha_weights(params: dict, query, key=None, key_padding_mask=None, *, heads: 
     """The attention maps of :func:`mha` (eval mode): (B, h, Lq, Lk); masked entries are exactly 0."""
     query, key, _, padding = _mha_inputs(params, query, key, None, key_padding_mask, heads, prefix)
     keep = attention_keep(padding, causal=causal, query_length=query.shape[1], key_length=key.shape[1])
-    q = _split_heads(linear(params, _key(prefix, "w_q"), query), heads)
-    k = _split_heads(linear(params, _key(prefix, "w_k"), key), heads)
+    q = _split_heads(_project(params, _key(prefix, "w_q"), query), heads)
+    k = _split_heads(_project(params, _key(prefix, "w_k"), key), heads)
     return attention_weights(q, k, keep)
 
 
@@ -236,8 +244,8 @@ def _init_feed_forward(rng, params, prefix, d_model, d_ff, dtype):
 
 def _feed_forward(params, prefix, x, regime: _Regime) -> ag.Tensor:
     """FFN(x) = max(0, x W_1 + b_1) W_2 + b_2 (dropout on the hidden layer only if relu_dropout > 0)."""
-    hidden = regime.drop(ag.relu(linear(params, _key(prefix, "linear1"), x)), regime.relu_dropout)
-    return linear(params, _key(prefix, "linear2"), hidden)
+    hidden = regime.drop(ag.relu(_project(params, _key(prefix, "linear1"), x)), regime.relu_dropout)
+    return _project(params, _key(prefix, "linear2"), hidden)
 
 
 def _add_and_norm(params, norm, x, sublayer_out, regime: _Regime) -> ag.Tensor:
