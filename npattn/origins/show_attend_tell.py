@@ -55,7 +55,6 @@ from ..registry import Mechanism, Paper, register
 from ._sequence import additive_energy, check_padding_mask, check_tokens, shift_right, weighted_sum
 
 NAME = "show-attend-tell"
-MECHANISM = "show-attend-tell"
 PAPER = Paper("Xu, Ba, Kiros, Cho, Courville, Salakhutdinov, Zemel, Bengio",
               "Show, Attend and Tell: Neural Image Caption Generation with Visual Attention", "ICML", 2015)
 NLL_EPS = 1e-8          # the official -log(p + 1e-8)
@@ -180,25 +179,25 @@ class _Inputs(NamedTuple):
     samples: ag.Tensor | None  # (B, T, L) or None
 
 
-def _check(params, features, captions, caption_mask, samples, attention, temperature, name=MECHANISM) -> _Inputs:
+def _check(params, features, captions, caption_mask, samples, attention, temperature) -> _Inputs:
     ctx_dim = params["decoder.Wc_att.weight"].shape[0]
-    features = check_input(name, features, arg="features", ndim=4, channels=ctx_dim, layout="(B, D, H, W)")
-    check_dtype(name, features, params, arg="features")
+    features = check_input(NAME, features, arg="features", ndim=4, channels=ctx_dim, layout="(B, D, H, W)")
+    check_dtype(NAME, features, params, arg="features")
     batch, _, height, width = features.shape
-    captions = check_tokens(name, captions, arg="captions", vocab=params["embedding.weight"].shape[0], batch=batch)
-    padding = check_padding_mask(name, caption_mask, arg="caption_mask", shape=tuple(captions.shape))
+    captions = check_tokens(NAME, captions, arg="captions", vocab=params["embedding.weight"].shape[0], batch=batch)
+    padding = check_padding_mask(NAME, caption_mask, arg="caption_mask", shape=tuple(captions.shape))
     if attention not in ("soft", "hard"):
-        raise ValueError(f"{name}: attention must be 'soft' or 'hard', got {attention!r}")
+        raise ValueError(f"{NAME}: attention must be 'soft' or 'hard', got {attention!r}")
     if attention == "soft" and temperature != 1.0:
-        raise ValueError(f"{name}: temperature applies to hard attention only (the official soft path has none)")
+        raise ValueError(f"{NAME}: temperature applies to hard attention only (the official soft path has none)")
     if attention == "hard":
         if samples is None:
-            raise ValueError(f"{name}: hard attention needs samples (B, T, H, W); draw them with sample_attention")
+            raise ValueError(f"{NAME}: hard attention needs samples (B, T, H, W); draw them with sample_attention")
         expected = (batch, captions.shape[1], height, width)
-        samples = check_input(name, samples, arg="samples", ndim=4, layout=f"(B, T, H, W) = {expected}")
+        samples = check_input(NAME, samples, arg="samples", ndim=4, layout=f"(B, T, H, W) = {expected}")
         if samples.shape != expected:
-            raise ValueError(f"{name}: samples must have shape {expected}, got {samples.shape}")
-        check_dtype(name, samples, params, arg="samples")
+            raise ValueError(f"{NAME}: samples must have shape {expected}, got {samples.shape}")
+        check_dtype(NAME, samples, params, arg="samples")
         samples = ag.reshape(samples, expected[:2] + (height * width,))
     keep = None if padding is None else ~padding
     return _Inputs(features, captions, keep, samples)
@@ -210,8 +209,8 @@ def _chooser(inputs: _Inputs):
     return lambda t, alpha: inputs.samples[:, t]
 
 
-def _run(params, features, captions, caption_mask, samples, attention, temperature, prev2out, name=MECHANISM):
-    inputs = _check(params, features, captions, caption_mask, samples, attention, temperature, name)
+def _run(params, features, captions, caption_mask, samples, attention, temperature, prev2out):
+    inputs = _check(params, features, captions, caption_mask, samples, attention, temperature)
     return _decode(params, inputs.features, inputs.captions, inputs.keep, _chooser(inputs), temperature, prev2out)
 
 
@@ -244,7 +243,7 @@ def selector_gates(params: dict, features, captions, caption_mask=None, samples=
     """The gating scalars beta_t (B, T) (needs the selector parameters ``decoder.W_sel``)."""
     betas = _run(params, features, captions, caption_mask, samples, attention, temperature, prev2out).betas
     if betas is None:
-        raise ValueError(f"{MECHANISM}: these parameters have no selector (init(..., selector=True) adds it)")
+        raise ValueError(f"{NAME}: these parameters have no selector (init(..., selector=True) adds it)")
     return betas
 
 
@@ -295,7 +294,7 @@ def doubly_stochastic(alphas, *, regulariser: str = "official") -> ag.Tensor:
         return ag.mean(ag.sum(deficit, axis=0))
     if regulariser == "paper":
         return ag.mean(ag.sum(deficit, axis=1))
-    raise ValueError(f"{MECHANISM}: regulariser must be 'official' or 'paper', got {regulariser!r}")
+    raise ValueError(f"{NAME}: regulariser must be 'official' or 'paper', got {regulariser!r}")
 
 
 def loss(params: dict, features, captions, caption_mask=None, *, alpha_c: float = 1.0, regulariser: str = "official",
