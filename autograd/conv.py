@@ -4,16 +4,17 @@ Semantics follow ``torch.nn.functional``: inputs are NCHW (NCL for 1-D), weights
 ``(out_channels, in_channels // groups, kh, kw)``, and the output size is
 ``floor((H + pad_top + pad_bottom - dilation * (kh - 1) - 1) / stride) + 1``.
 
-``conv2d`` is a primitive for speed: its forward runs one GEMM per group on the im2col matrix
-(or shifted multiply-adds for depthwise convolutions, where a GEMM would be (1 x k*k) thin), and its
-VJPs are written with the differentiable ``unfold``, ``fold`` and ``matmul`` -- so second-order
-gradients need no extra code.
+``conv2d`` runs on :mod:`autograd._conv_kernels`: three mutually adjoint primitives (the convolution
+and its two VJPs, each one the others' VJP, so gradients of any order need no extra code) on fast
+array kernels picked per shape -- a plain matmul for 1x1 kernels, shifted multiply-adds for strided
+depthwise convolutions, chunked im2col + one GEMM per group otherwise.
 """
 from __future__ import annotations
 
 import operator
 from typing import Sequence
 
+from . import _conv_kernels as _kernels
 from . import ops
 from .backend import xp
 from .tensor import Tensor, record
@@ -194,63 +195,18 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 
 
 
 def _conv2d_primitive(x: Tensor, weight: Tensor, stride, pads, dilation, groups) -> Tensor:
-    n, c_in, h, w = x.shape
-    c_out, c_in_g, kh, kw = weight.shape
-    kernel = (kh, kw)
-    if groups == c_in and c_in_g == 1 and c_out == c_in and kh * kw > 1:
-        data, (oh, ow) = _depthwise_forward(x.data, weight.data, kernel, dilation, pads, stride)
-    else:
-        cols, (oh, ow) = _im2col(x.data, kernel, dilation, pads, stride)
-        data = _grouped_gemm(weight.data.reshape(groups, c_out // groups, -1),
-                             cols.reshape(n, groups, c_in_g * kh * kw, oh * ow))
-        data = data.reshape(n, c_out, oh, ow)
-    geometry = (kernel, dilation, pads, stride)
-
-    def vjp_x(g):
-        g_cols = ops.reshape(g, (n, groups, c_out // groups, oh * ow))
-        w_t = ops.swapaxes(ops.reshape(weight, (groups, c_out // groups, c_in_g * kh * kw)), -1, -2)
-        cols = ops.reshape(ops.matmul(w_t, g_cols), (n, c_in * kh * kw, oh * ow))
-        return fold(cols, (h, w), *geometry)
-
-    def vjp_w(g):
-        cols = ops.reshape(unfold(x, *geometry), (n, groups, c_in_g * kh * kw, oh * ow))
-        g_cols = ops.reshape(g, (n, groups, c_out // groups, oh * ow))
-        if n == 1 or groups > 1:
-            grad = ops.sum(ops.matmul(g_cols, ops.swapaxes(cols, -1, -2)), axis=0)
-        else:  # one GEMM over the batch: (C_out, N*L) @ (N*L, C_in*k*k)
-            g_flat = ops.reshape(ops.transpose(g_cols, (1, 2, 0, 3)), (groups, c_out, n * oh * ow))
-            c_flat = ops.reshape(ops.transpose(cols, (1, 0, 3, 2)), (groups, n * oh * ow, -1))
-            grad = ops.matmul(g_flat, c_flat)
-        return ops.reshape(grad, weight.shape)
-
-    return record(data, ((x, vjp_x), (weight, vjp_w)))
-
-
-def _grouped_gemm(weight, cols):
-    """weight (G, Og, K) x cols (N, G, K, L) -> (N, G, Og, L)."""
-    groups = weight.shape[0]
-    if groups == 1:
-        return xp.matmul(weight[0], cols[:, 0])[:, None]
-    return xp.matmul(weight[None], cols)
-
-
-def _depthwise_forward(x, weight, kernel, dilation, pads, stride):
-    """Depthwise conv as kh*kw shifted multiply-adds (no im2col matrix)."""
-    n, c, h, w = x.shape
-    (kh, kw), (dh, dw), (sh, sw) = kernel, dilation, stride
-    oh = _output_size(h, pads[0], kh, dh, sh)
-    ow = _output_size(w, pads[1], kw, dw, sw)
-    if oh < 1 or ow < 1:
-        raise ValueError(f"conv2d: input of spatial size {(h, w)} is too small for kernel {kernel}")
-    if any(p for pair in pads for p in pair):
-        x = xp.pad(x, ((0, 0), (0, 0)) + tuple(pads))
-    out = xp.zeros((n, c, oh, ow), dtype=x.dtype)
-    taps = weight.reshape(c, kh, kw)
-    for i in range(kh):
-        for j in range(kw):
-            window = x[:, :, i * dh : i * dh + sh * (oh - 1) + 1 : sh, j * dw : j * dw + sw * (ow - 1) + 1 : sw]
-            out += window * taps[:, i, j][None, :, None, None]
-    return out, (oh, ow)
+    """Bias-free conv2d on the fast kernels of :mod:`autograd._conv_kernels` (VJPs included)."""
+    h, w = x.shape[2:]
+    kernel = weight.shape[2:]
+    out_size = (_output_size(h, pads[0], kernel[0], dilation[0], stride[0]),
+                _output_size(w, pads[1], kernel[1], dilation[1], stride[1]))
+    if out_size[0] < 1 or out_size[1] < 1:
+        raise ValueError(
+            f"conv2d: input of spatial size {(h, w)} is too small for kernel {kernel} with dilation "
+            f"{dilation} and padding {pads}"
+        )
+    geometry = _kernels.Geometry(kernel, stride, dilation, pads, groups, (h, w), out_size)
+    return _kernels.conv(x, weight, geometry)
 
 
 def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:
@@ -290,7 +246,9 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     _check_ndim(weight, 4, "conv_transpose2d", "weight", "(C_in, C_out, kh, kw)")
     n, c_in, h, w = x.shape
     if weight.shape[0] != c_in:
-        raise ValueError(f"conv_transpose2d: weight {weight.shape} expects {weight.shape[0]} input channels, got {c_in}")
+        raise ValueError(
+            f"conv_transpose2d: weight {weight.shape} expects {weight.shape[0]} input channels, got {c_in}"
+        )
     _, c_out, kh, kw = weight.shape
     st, dil = _pair(stride, "stride"), _pair(dilation, "dilation")
     ph, pw = _pair(padding, "padding", allow_zero=True)

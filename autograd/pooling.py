@@ -15,9 +15,10 @@ import operator
 import numpy as _np
 
 from . import backend, ops
+from ._conv_kernels import Geometry, Phases, for_each_sample
 from .backend import xp
-from .conv import _check_ndim, _pair, unfold
-from .tensor import Tensor, record
+from .conv import _check_ndim, _pair
+from .tensor import Tensor, is_grad_enabled, record
 
 
 def _pool_geometry(size, kernel, stride, padding, dilation, ceil_mode, name="pooling"):
@@ -48,35 +49,135 @@ def _pool_args(x, kernel_size, stride, padding, dilation, name):
     return x, kernel, stride, padding, dilation
 
 
-def _windows(x: Tensor, kernel, stride, padding, dilation, ceil_mode, fill, name):
-    """(N, C, H, W) -> (N, C, kh*kw, oh, ow) windows, padded with ``fill``."""
-    n, c, h, w = x.shape
+def _geometry(x: Tensor, kernel, stride, padding, dilation, ceil_mode, name) -> Geometry:
+    """Window geometry; ceil mode's overhang is extra padding at the bottom/right."""
+    h, w = x.shape[2:]
     oh, extra_h = _pool_geometry(h, kernel[0], stride[0], padding[0], dilation[0], ceil_mode, name)
     ow, extra_w = _pool_geometry(w, kernel[1], stride[1], padding[1], dilation[1], ceil_mode, name)
-    pads = ((0, 0), (0, 0), (padding[0], padding[0] + extra_h), (padding[1], padding[1] + extra_w))
-    if any(sum(p) for p in pads):
-        x = ops.pad(x, pads, value=fill)
-    cols = unfold(x, kernel, dilation, 0, stride)
-    return ops.reshape(cols, (n, c, kernel[0] * kernel[1], oh, ow)), (oh, ow), (extra_h, extra_w)
+    pads = ((padding[0], padding[0] + extra_h), (padding[1], padding[1] + extra_w))
+    return Geometry(kernel, stride, dilation, pads, 1, (h, w), (oh, ow))
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> Tensor:
-    """Max pooling over (N, C, H, W); padding counts as -inf, as in PyTorch."""
+    """Max pooling over (N, C, H, W); padding counts as -inf, as in PyTorch.
+
+    A running ``maximum`` over the kh*kw windows, read as contiguous slices of the stride phases of
+    the padded input (:class:`autograd._conv_kernels.Phases`, no im2col tensor).  NaN propagates as in
+    PyTorch.  The gradient goes to the first maximal tap of each window in row-major order, as in
+    PyTorch (for a window holding NaN, PyTorch routes it to the last NaN, this code to the first
+    maximum before the first NaN).
+    """
     x, kernel, stride, padding, dilation = _pool_args(x, kernel_size, stride, padding, dilation, "max_pool2d")
-    windows, _, _ = _windows(x, kernel, stride, padding, dilation, ceil_mode, -_np.inf, "max_pool2d")
-    return take_max(windows, axis=2)
+    geo = _geometry(x, kernel, stride, padding, dilation, ceil_mode, "max_pool2d")
+    layout = Phases(geo)
+    out = xp.empty(x.shape[:2] + geo.out_size, dtype=x.dtype)
+    needs_tap = x.requires_grad and is_grad_enabled()
+    tap = xp.empty(out.shape, dtype=xp.int8 if len(layout.taps) <= 127 else xp.int32) if needs_tap else None
+
+    def sample(n):
+        windows = _tap_windows(layout, layout.split(x.data[n], -_np.inf))
+        rows = xp.array(windows[0], copy=True)
+        first = xp.zeros(rows.shape, dtype=tap.dtype) if needs_tap else None
+        for t, window in enumerate(windows[1:], start=1):
+            if needs_tap:  # taps ascend, so the last strict improvement is the first maximum
+                xp.maximum(first, (window > rows) * tap.dtype.type(t), out=first)
+            xp.maximum(rows, window, out=rows)
+        out[n] = layout.crop(rows)
+        if needs_tap:
+            tap[n] = layout.crop(first)
+
+    for_each_sample(sample, x.shape[0])
+    if not needs_tap:
+        return Tensor(out)
+    return record(out, ((x, lambda g: _scatter_taps(g, tap, geo)),))
+
+
+def _tap_windows(layout: Phases, phases) -> list:
+    """Every tap's window of one sample as a (C, oh*cols) contiguous slice of its phase."""
+    return [phases[phase, :, start : start + layout.length] for _, _, phase, start in layout.taps]
+
+
+def _scatter_taps(g, tap, geo: Geometry) -> Tensor:
+    """Each output's cotangent added at its chosen tap (N, C, oh, ow) -> (N, C, H, W); VJP: _gather_taps."""
+    g = ops._lift(g)
+    layout = Phases(geo)
+    dx = xp.empty(g.shape[:2] + geo.in_size, dtype=g.dtype)
+
+    def sample(n):
+        g_rows, tap_rows = layout.extend(g.data[n]), layout.extend(tap[n])
+        phases = layout.zeros(g.shape[1:2], g.dtype)
+        for t, window in enumerate(_tap_windows(layout, phases)):
+            # an addition (not a masked copy): windows may overlap, and the zero cotangent of the
+            # padding columns of g_rows may land on real pixels of the next row
+            window += g_rows * (tap_rows == t)
+        dx[n] = layout.merge(phases)
+
+    for_each_sample(sample, g.shape[0])
+    return record(dx, ((g, lambda a: _gather_taps(a, tap, geo)),))
+
+
+def _gather_taps(a, tap, geo: Geometry) -> Tensor:
+    """The value of ``a`` at each window's chosen tap (N, C, H, W) -> (N, C, oh, ow); VJP: _scatter_taps."""
+    a = ops._lift(a)
+    layout = Phases(geo)
+    out = xp.empty(a.shape[:2] + geo.out_size, dtype=a.dtype)
+
+    def sample(n):
+        tap_rows = layout.extend(tap[n])
+        rows = xp.zeros((a.shape[1], layout.length), dtype=a.dtype)
+        for t, window in enumerate(_tap_windows(layout, layout.split(a.data[n]))):
+            rows += window * (tap_rows == t)
+        out[n] = layout.crop(rows)
+
+    for_each_sample(sample, a.shape[0])
+    return record(out, ((a, lambda g: _scatter_taps(g, tap, geo)),))
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True, divisor_override=None) -> Tensor:
     """Average pooling over (N, C, H, W), as torch.nn.functional.avg_pool2d."""
     x, kernel, stride, padding, dilation = _pool_args(x, kernel_size, stride, padding, 1, "avg_pool2d")
-    windows, (oh, ow), extra = _windows(x, kernel, stride, padding, dilation, ceil_mode, 0.0, "avg_pool2d")
-    total = ops.sum(windows, axis=2)
+    geo = _geometry(x, kernel, stride, padding, dilation, ceil_mode, "avg_pool2d")
+    total = _window_sum(x, geo)
     if divisor_override is not None:
         return ops.div(total, float(divisor_override))
+    extra = (geo.pads[0][1] - padding[0], geo.pads[1][1] - padding[1])
     divisor = _avg_divisor(x.shape[2:], kernel, stride, padding, extra, count_include_pad, x.dtype)
     return ops.div(total, Tensor(divisor))
+
+
+def _window_sum(x, geo: Geometry) -> Tensor:
+    """Sum of each zero-padded window, tap by tap in row-major order (PyTorch's order); VJP: its adjoint."""
+    x = ops._lift(x)
+    layout = Phases(geo)
+    out = xp.empty(x.shape[:2] + geo.out_size, dtype=x.dtype)
+
+    def sample(n):
+        windows = _tap_windows(layout, layout.split(x.data[n]))
+        rows = xp.array(windows[0], copy=True)
+        for window in windows[1:]:
+            rows += window
+        out[n] = layout.crop(rows)
+
+    for_each_sample(sample, x.shape[0])
+    return record(out, ((x, lambda g: _window_sum_adjoint(g, geo)),))
+
+
+def _window_sum_adjoint(g, geo: Geometry) -> Tensor:
+    """Every window receives its output's cotangent: (N, C, oh, ow) -> (N, C, H, W); VJP: _window_sum."""
+    g = ops._lift(g)
+    layout = Phases(geo)
+    dx = xp.empty(g.shape[:2] + geo.in_size, dtype=g.dtype)
+
+    def sample(n):
+        g_rows = layout.extend(g.data[n])
+        phases = layout.zeros(g.shape[1:2], g.dtype)
+        for window in _tap_windows(layout, phases):
+            window += g_rows
+        dx[n] = layout.merge(phases)
+
+    for_each_sample(sample, g.shape[0])
+    return record(dx, ((g, lambda a: _window_sum(a, geo)),))
 
 
 def _avg_divisor(size, kernel, stride, padding, extra, count_include_pad, dtype):
@@ -203,6 +304,9 @@ def adaptive_max_pool2d(x, output_size) -> Tensor:
     oh, ow = _output_pair(output_size, h, w)
     if (oh, ow) == (1, 1):
         return ops.reshape(take_max(ops.reshape(x, (n, c, h * w)), axis=2), (n, c, 1, 1))
+    if h % oh == 0 and w % ow == 0 and (h // oh) * (w // ow) <= 64:
+        # equal, disjoint bins: max pooling with kernel = stride = bin size, same first-max routing
+        return max_pool2d(x, (h // oh, w // ow))
     rows, rows_valid = _bin_windows(h, oh)
     cols, cols_valid = _bin_windows(w, ow)
     gathered = x[:, :, backend.from_numpy(rows)][..., backend.from_numpy(cols)]  # (N, C, oh, Lh, ow, Lw)
