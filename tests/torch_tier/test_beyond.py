@@ -244,7 +244,7 @@ def test_iau(train, layout):
 def test_iau_zero_init_is_identity_and_single_frame_works():
     params = npattn.get("iau").init(np.random.default_rng(0), 8)              # official zero-init
     (clip,) = _inputs((2, 3, 8, 3, 3))
-    np.testing.assert_array_equal(npattn.get("iau").apply(params, clip).numpy(), clip)
+    np.testing.assert_array_equal(npattn.get("iau").apply(params, ag.from_numpy(clip)).numpy(), clip)
     params = _randomised(npattn.get("iau").init(np.random.default_rng(1), 8, zero_init=False))
     (single,) = _inputs((3, 1, 8, 3, 3), scale=0.5)                             # T = 1: parts see their own frame only
     _check(TorchIAU(8), "iau", params, (single,), False)
