@@ -200,7 +200,7 @@ def worker(args):
     import torch
 
     samples = args.samples or (3 if args.quick else 5)
-    report = {"blas": blas_info(), "env": {k: os.environ.get(k) for k in BLAS_VARS},
+    report = {"blas": blas_info(), "env": {k: os.environ.get(k) for k in BLAS_VARS}, "load": os.getloadavg()[0],
               "torch": f"{torch.__version__}, {torch.get_num_threads()} threads", "rows": []}
     cases = [c for c in CASES if not args.filter or c in args.filter.split(",")]
     for dtype in args.dtypes.split(","):
@@ -288,7 +288,8 @@ def write_report(results, memory, args):
              "float64 on the same numbers; float64 rows compare npattn with torch directly (torch: 0).", ""]
     for label, report in results:
         lines += [f"## BLAS {label}", "", "- NumPy BLAS: " + "; ".join(report["blas"]),
-                  f"- env: {report['env']}", f"- torch {report['torch']}", "",
+                  f"- env: {report['env']}", f"- torch {report['torch']}",
+                  f"- 1-minute load average when the worker started: {report.get('load', float('nan')):.1f}", "",
                   "| mechanism | dtype | configuration | npattn ms | torch ms | ratio | error npattn / torch |",
                   "|---|---|---|---|---|---|---|"]
         for row in report["rows"]:
