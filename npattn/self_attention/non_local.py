@@ -42,8 +42,11 @@ Parameters (PyTorch-style names): ``theta.weight (Ci, C, 1, 1)``, ``phi.weight``
 ``concat_project.weight (1, 2Ci, 1, 1)`` (concatenation only), ``W.weight (C, Ci, 1, 1)`` + bias,
 ``W_bn.*`` BatchNorm(C).
 
-Memory: the only M x N array is the (B, N, M) pairwise matrix (sub-sampling makes M = N/4), so
-(2, 256, 64, 64) in float32 runs forward and backward in well under 1 GiB.
+Memory and time: the softmax modes hold one (B, N, M) matrix (sub-sampling makes M = N/4) through an
+in-place fused attention primitive, so (2, 256, 64, 64) in float32 runs forward and backward in well under
+1 GiB.  The dot-product form is linear in g, so it is evaluated by associativity,
+y_i = theta_i^T (sum_j phi_j g_j^T) / M: O(N Ci^2) with a (Ci x Ci) matrix instead of O(N M Ci) with an
+N x M one -- the same function (rounding aside); :func:`pairwise` still returns the N x M weights.
 """
 from __future__ import annotations
 
@@ -53,10 +56,19 @@ import autograd as ag
 
 from ..layers import batch_norm, check_dtype, check_input, conv, example, init_batch_norm, init_conv
 from ..registry import Mechanism, Paper, register
-from ._common import aggregate, attention_map, flatten_spatial, init_conv_normal, require, zero_conv
+from ._common import (
+    aggregate,
+    attention_map,
+    dot_product_attention,
+    flatten_spatial,
+    init_conv_normal,
+    require,
+    zero_conv,
+)
 
 NAME = "nonlocal"
 MODES = ("embedded_gaussian", "gaussian", "dot_product", "concatenation")
+SOFTMAX_MODES = ("embedded_gaussian", "gaussian")
 
 
 def init(rng, channels: int, *, inter_channels: int | None = None, mode: str = "embedded_gaussian",
@@ -105,55 +117,62 @@ def _subsample(t: ag.Tensor) -> ag.Tensor:
     return ag.max_pool2d(t, 2, 2)
 
 
-def _key_value_source(params, x, sub_sample, pool_first):
-    """The maps phi and g are computed from: pooled x when sub-sampling pools first."""
-    return _subsample(x) if (sub_sample and pool_first) else x
-
-
-def _projection(params, prefix, x, source, sub_sample, pool_first):
+def _projection(params, prefix, x, pooled, sub_sample, pool_first):
     """phi or g: conv(pool(x)) [official], pool(conv(x)) [paper / AlexHex7], or conv(x)."""
-    if sub_sample and not pool_first:
-        return _subsample(conv(params, prefix, x))
-    return conv(params, prefix, source)
+    if not sub_sample:
+        return conv(params, prefix, x)
+    if pool_first:
+        return conv(params, prefix, pooled)
+    return _subsample(conv(params, prefix, x))
 
 
 def _logit_scale(mode, inter, use_scale, scale) -> float:
     if scale is not None:
-        if mode not in ("embedded_gaussian", "gaussian"):
+        if mode not in SOFTMAX_MODES:
             raise ValueError(f"{NAME}: scale only applies to the softmax modes, not {mode!r}")
         return float(scale)
     return inter ** -0.5 if (use_scale and mode == "embedded_gaussian") else 1.0
+
+
+def _operands(params, x, mode, sub_sample, pool_first):
+    """theta (B, C|Ci, N), phi (B, C|Ci, M) and g (B, Ci, M) of x (B, C, H, W)."""
+    needs_pooled_x = sub_sample and (pool_first or mode == "gaussian")
+    pooled = _subsample(x) if needs_pooled_x else None                          # max-pool x once
+    if mode == "gaussian":
+        theta, phi = x, (pooled if sub_sample else x)                           # theta = x, phi = x
+    else:
+        theta = conv(params, "theta", x)
+        phi = _projection(params, "phi", x, pooled, sub_sample, pool_first)
+    g = _projection(params, "g", x, pooled, sub_sample, pool_first)
+    return flatten_spatial(theta), flatten_spatial(phi), flatten_spatial(g)
+
+
+def _linear_weights(params, theta, phi, mode):
+    """f(x_i, x_j) / M of the dot-product and concatenation forms: (B, N, M).
+
+    The constant 1/M is applied to the (B, C, N) / (B, N) operands rather than to the N x M matrix
+    (relu(t) / M = relu(t / M) for M > 0), which saves two passes over that matrix.
+    """
+    count = float(phi.shape[2])                                                 # C(x) = M, a constant
+    if mode == "dot_product":
+        return ag.matmul(ag.swapaxes(theta / count, 1, 2), phi)                 # theta^T phi / M
+    # concatenation: w_f^T [theta_i; phi_j] = w_theta . theta_i + w_phi . phi_j (separable: no N x M x 2Ci)
+    inter = theta.shape[1]
+    w_f = ag.reshape(params["concat_project.weight"], (2 * inter,)) / count
+    theta_term = ag.einsum("c,bcn->bn", w_f[:inter], theta)                     # (B, N)
+    phi_term = ag.einsum("c,bcm->bm", w_f[inter:], phi)                         # (B, M)
+    return ag.relu(ag.expand_dims(theta_term, 2) + ag.expand_dims(phi_term, 1))
 
 
 def pairwise(params: dict, x, *, mode: str = "embedded_gaussian", sub_sample: bool = True,
              pool_first: bool = True, use_scale: bool = True, scale: float | None = None) -> ag.Tensor:
     """The normalised pairwise weights f(x_i, x_j) / C(x): (B, N, M); rows sum to 1 in the softmax modes."""
     x = _validate(params, x, mode, sub_sample)
-    return _pairwise(params, x, mode, sub_sample, pool_first, use_scale, scale)[0]
-
-
-def _pairwise(params, x, mode, sub_sample, pool_first, use_scale, scale):
-    """(weights (B, N, M), the key/value source map)."""
-    source = _key_value_source(params, x, sub_sample, pool_first)
-    if mode == "gaussian":
-        theta = flatten_spatial(x)                                             # theta = x      (B, C, N)
-        phi = flatten_spatial(_subsample(x) if sub_sample else x)              # phi = x        (B, C, M)
-    else:
-        theta = flatten_spatial(conv(params, "theta", x))                      # (B, Ci, N)
-        phi = flatten_spatial(_projection(params, "phi", x, source, sub_sample, pool_first))  # (B, Ci, M)
-    inter = params["g.weight"].shape[0]
-    if mode in ("embedded_gaussian", "gaussian"):
-        return attention_map(theta, phi, _logit_scale(mode, inter, use_scale, scale)), source
-    _logit_scale(mode, inter, use_scale, scale)                                 # rejects a stray scale
-    count = float(phi.shape[2])                                                # C(x) = M, a constant
-    if mode == "dot_product":
-        return ag.matmul(ag.swapaxes(theta, 1, 2), phi) / count, source         # theta^T phi / M
-    # concatenation: w_f^T [theta_i; phi_j] = w_theta . theta_i + w_phi . phi_j (separable, no N x M x 2Ci)
-    w_f = ag.reshape(params["concat_project.weight"], (2 * inter,))
-    theta_term = ag.einsum("c,bcn->bn", w_f[:inter], theta)                     # (B, N)
-    phi_term = ag.einsum("c,bcm->bm", w_f[inter:], phi)                         # (B, M)
-    logits = ag.expand_dims(theta_term, 2) + ag.expand_dims(phi_term, 1)      # (B, N, M)
-    return ag.relu(logits) / count, source
+    theta, phi, _ = _operands(params, x, mode, sub_sample, pool_first)
+    if mode in SOFTMAX_MODES:
+        return attention_map(theta, phi, _logit_scale(mode, params["g.weight"].shape[0], use_scale, scale))
+    _logit_scale(mode, None, use_scale, scale)                                  # rejects a stray scale
+    return _linear_weights(params, theta, phi, mode)
 
 
 def _validate(params, x, mode, sub_sample):
@@ -179,10 +198,19 @@ def non_local(params: dict, x, *, train: bool = False, mode: str = "embedded_gau
     ``train`` switches W's BatchNorm to batch statistics.  Sub-sampling needs H, W >= 2.
     """
     x = _validate(params, x, mode, sub_sample)
-    weights, source = _pairwise(params, x, mode, sub_sample, pool_first, use_scale, scale)  # (B, N, M)
-    value = flatten_spatial(_projection(params, "g", x, source, sub_sample, pool_first))   # g(x) (B, Ci, M)
+    theta, phi, value = _operands(params, x, mode, sub_sample, pool_first)
+    inter = params["g.weight"].shape[0]
+    if mode in SOFTMAX_MODES:                                                  # y_i = sum_j softmax_j(.) g_j
+        y = dot_product_attention(theta, phi, value, _logit_scale(mode, inter, use_scale, scale))
+    elif mode == "dot_product":                                                # y_i = theta_i^T (sum_j phi_j g_j^T) / M
+        _logit_scale(mode, inter, use_scale, scale)
+        summary = ag.matmul(value, ag.swapaxes(phi, 1, 2)) / float(phi.shape[2])   # (B, Ci, Ci): g phi^T / M
+        y = ag.matmul(summary, theta)                                              # (B, Ci, N)
+    else:                                                                      # y_i = sum_j f_ij g_j / M
+        _logit_scale(mode, inter, use_scale, scale)
+        y = aggregate(_linear_weights(params, theta, phi, mode), value)
     n, c, h, w = x.shape
-    y = ag.reshape(aggregate(weights, value), (n, value.shape[1], h, w))       # y_i = sum_j f_ij g_j / C
+    y = ag.reshape(y, (n, inter, h, w))
     out = conv(params, "W", y)                                                 # W_z y
     if "W_bn.weight" in params:
         out = batch_norm(params, "W_bn", out, train)

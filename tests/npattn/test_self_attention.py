@@ -347,3 +347,29 @@ def test_second_order(name):
     float_params = {k: v for k, v in params.items() if np.dtype(v.dtype).kind == "f"}
     assert ag.gradgradcheck(lambda *xs: mech.apply(params, *xs), *inputs, n_directions=2)
     assert ag.gradgradcheck(lambda p: mech.apply({**params, **p}, *inputs), float_params, n_directions=1)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.3])
+def test_fused_attention_matches_composed(scale):
+    """The in-place primitive equals aggregate(attention_map(.)) in value and in every gradient."""
+    q, k, v = _x((2, 3, 7), 1), _x((2, 3, 5), 2), _x((2, 4, 5), 3)
+    u = _x((2, 4, 7), 4)
+
+    def loss(fn):
+        return lambda *t: ag.sum(fn(*t) * u)
+
+    def composed(a, b, c):
+        return _common.aggregate(_common.attention_map(a, b, scale), c)
+
+    def fused(a, b, c):
+        return _common.dot_product_attention(a, b, c, scale)
+
+    np.testing.assert_allclose(host(fused(q, k, v)), host(composed(q, k, v)), atol=1e-14)
+    for argnums in ((0, 1, 2), (0,), (1,), (2,), (0, 2)):
+        expected = ag.grad(loss(composed), argnums=argnums)(q, k, v)
+        actual = ag.grad(loss(fused), argnums=argnums)(q, k, v)
+        for a, e in zip(actual if isinstance(actual, tuple) else (actual,),
+                        expected if isinstance(expected, tuple) else (expected,)):
+            np.testing.assert_allclose(host(a), host(e), atol=1e-13)
+    assert ag.gradcheck(lambda *t: fused(*t), q, k, v, mode="full")
+    assert ag.gradgradcheck(lambda *t: fused(*t), q, k, v, n_directions=3)
