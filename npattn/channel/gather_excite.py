@@ -16,7 +16,8 @@ Extent e = 0 means *global* (the gather sees the whole map, H_e = W_e = 1, no up
 * GEPF (theta-minus): global average pooling, sigmoid, scale.
 * GEP (theta): a depth-wise convolution whose kernel is the whole feature map (``kernel_size`` = 56/28/14/7,
   no padding, no bias), BN, sigmoid.  Its kernel is ``feat_size``: ``init(..., feat_size=(H, W))``, and the
-  input must then be exactly H x W.
+  input must then be exactly H x W.  With one output position that conv is a per-channel weighted sum of the
+  map, and is computed as one (:func:`_whole_map_depthwise`).
 * GEPP (theta-plus): the same depth-wise conv and BN, then **ReLU**, then 1x1 conv C -> C/16 with bias, ReLU,
   1x1 conv C/16 -> C with bias, sigmoid.
 
@@ -111,11 +112,23 @@ def _average_gather(x: ag.Tensor, extent: int) -> ag.Tensor:
     return ag.avg_pool2d(x, 2 * extent - 1, stride=extent, padding=extent - 1, count_include_pad=False)
 
 
+def _whole_map_depthwise(weight, x: ag.Tensor) -> ag.Tensor:
+    """``conv2d(x, weight, groups=C)`` for a kernel that covers the whole map (no padding, no bias).
+
+    The output has one position, g[n, c] = sum_{h,w} weight[c, 0, h, w] x[n, c, h, w]; computed as that
+    weighted sum (one einsum; a sliding depth-wise conv with a 28 x 28 kernel is ~100x slower).
+    x (N, C, H, W), weight (C, 1, H, W) -> (N, C, 1, 1).
+    """
+    n, c, h, w = x.shape
+    flat = ag.einsum("ncl,cl->nc", ag.reshape(x, (n, c, h * w)), ag.reshape(weight, (c, h * w)))
+    return ag.reshape(flat, (n, c, 1, 1))
+
+
 def _conv_gather(params: dict, x: ag.Tensor, extent: int, train: bool) -> ag.Tensor:
     """GE-theta: depth-wise conv + BN stages (one whole-map stage for global extent)."""
     channels = x.shape[1]
-    if extent == 0:
-        return batch_norm(params, "gather.bn1", conv(params, "gather.conv1", x, groups=channels), train)
+    if extent == 0:      # _check made the kernel exactly the input's size
+        return batch_norm(params, "gather.bn1", _whole_map_depthwise(params["gather.conv1.weight"], x), train)
     stages = _stages(extent)
     g = x
     for i in range(1, stages + 1):
