@@ -31,10 +31,10 @@ Details the paper leaves open, fixed here (they follow the spec sheet's "In PyTo
 
 * pyramid: separable blur with taps [1, 4, 6, 4, 1] / 16, replicate padding, then decimation ``[::2, ::2]``
   (level k has size ceil(H / 2^k)); the blur is a depthwise convolution (core ``conv2d``);
-* orientation: zero-mean, L1-normalised cosine Gabor kernels (``gabor_size``, ``gabor_sigma``,
-  ``gabor_wavelength``, ``gabor_gamma``) applied to every level of the intensity pyramid with replicate
-  padding, then ``|.|``.  ``theta`` is measured from the column axis: ``x' = x cos(theta) + y sin(theta)``
-  with x the column offset and y the row offset (rows grow downwards);
+* orientation: zero-mean, L1-normalised cosine Gabor kernels (``gabor_size`` 7, ``gabor_sigma`` 2,
+  ``gabor_wavelength`` 4 pixels, ``gabor_gamma`` 0.5 by default) applied to the intensity pyramid's levels
+  with replicate padding, then ``|.|``.  ``theta`` is measured from the column axis:
+  ``x' = x cos(theta) + y sin(theta)`` with x the column offset and y the row offset (rows grow downwards);
 * ``(-)``: bilinear upsampling with ``align_corners=False`` (core ``interpolate``);
 * ``(+)``: adaptive average pooling when shrinking (core ``adaptive_avg_pool2d``), bilinear
   ``align_corners=False`` when enlarging (never needed when all centres are at or below the map level);
@@ -47,8 +47,10 @@ Differentiability.  The saliency map is differentiable almost everywhere in the 
 selections that carry *no gradient* (the values they select do): the colour-normalisation mask
 ``I > max(I)/10``; the local-maxima selection and the excluded argmax in N(.); the min/max of the range
 normalisation route the gradient to the extreme pixels.  ``|.|``, ``[.]+`` and the selections have kinks
-(or jumps) where their arguments tie, so finite-difference checks must draw images away from them (random
-images are).  :func:`fixations` (winner-take-all, inhibition of return) is not differentiable at all.
+(or jumps) where their arguments tie, and a 32x32 image meets thousands of them: a finite-difference check
+with step 1e-6 on a plain random image straddles one in roughly one direction in ten.  Checks must draw
+images away from them -- :func:`example_image` does, measuring the distance with :func:`selection_margins`.
+:func:`fixations` (winner-take-all, inhibition of return) is not differentiable at all.
 
 Inputs are RGB images (N, 3, H, W) with non-negative values (e.g. in [0, 1]); H and W must be at least
 ``2 ** (levels - 1)`` so that every pyramid level is a true decimation.
@@ -72,9 +74,6 @@ NAME = "itti"
 BLUR_TAPS = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
 #: orientations of the Gabor channels, in degrees
 ORIENTATIONS = (0.0, 45.0, 90.0, 135.0)
-#: pyramid input channels: intensity, then the four broadly tuned colours
-FEATURES = ("I", "R", "G", "B", "Y")
-
 PAPER_OPTIONS = {"levels": 9, "centers": (2, 3, 4), "deltas": (3, 4), "map_level": 4}
 SMALL_OPTIONS = {"levels": 6, "centers": (1, 2), "deltas": (2, 3), "map_level": 2}
 

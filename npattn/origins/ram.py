@@ -111,7 +111,8 @@ def extract_patch(x: ag.Tensor, locations, side: int) -> ag.Tensor:
     cols = xp.expand_dims(col0, 1) + offsets
     inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
     batch = xp.reshape(xp.arange(n), (n, 1, 1))
-    pixels = ag.transpose(x, (0, 2, 3, 1))[batch, xp.clip(rows, 0, h - 1)[:, :, None], xp.clip(cols, 0, w - 1)[:, None, :]]
+    rows_in, cols_in = xp.clip(rows, 0, h - 1)[:, :, None], xp.clip(cols, 0, w - 1)[:, None, :]
+    pixels = ag.transpose(x, (0, 2, 3, 1))[batch, rows_in, cols_in]  # (N, side, side, C), scatter-add VJP
     patch = ag.transpose(pixels, (0, 3, 1, 2))  # (N, C, side, side)
     return patch * xp.expand_dims(inside, 1).astype(x.dtype)
 

@@ -319,7 +319,9 @@ class TorchRACNN(nn.Module):
         ys = torch.arange(h, dtype=x.dtype)[None]
         xs = torch.arange(w, dtype=x.dtype)[None]
         hk = lambda z: torch.sigmoid(self.k * z)  # noqa: E731
-        mask = ((hk(ys - (ty - tl)) - hk(ys - (ty + tl)))[:, :, None] * (hk(xs - (tx - tl)) - hk(xs - (tx + tl)))[:, None, :])
+        row_box = hk(ys - (ty - tl)) - hk(ys - (ty + tl))
+        col_box = hk(xs - (tx - tl)) - hk(xs - (tx + tl))
+        mask = row_box[:, :, None] * col_box[:, None, :]
         attended = x * mask[:, None]
         b = box if self.through_sampling else box.detach()
         index = torch.arange(self.side, dtype=x.dtype)[None]
