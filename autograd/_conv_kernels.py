@@ -44,8 +44,8 @@ THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 
 _pool = None
 
 
-def for_each_sample(fn, n: int) -> None:
-    """Call ``fn(i)`` for i in range(n); on the NumPy backend spread over :data:`THREADS` threads.
+def parallel_for(fn, n: int) -> None:
+    """Call ``fn(i)`` for i in range(n) -- samples or channel blocks; on NumPy over :data:`THREADS` threads.
 
     Each call must write only its own part of the result, computed exactly as in a serial loop, so
     the numbers do not depend on the thread count.
@@ -59,6 +59,15 @@ def for_each_sample(fn, n: int) -> None:
         _pool = ThreadPoolExecutor(THREADS, thread_name_prefix="autograd-conv")
     for _ in _pool.map(fn, range(n)):  # consuming the results re-raises any error
         pass
+
+
+def _forget_pool() -> None:
+    global _pool
+    _pool = None  # a forked child inherits the pool object but not its threads
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 class Geometry(NamedTuple):
@@ -233,8 +242,10 @@ class _Pointwise:
         groups, (oh, ow) = geo.groups, geo.out_size
         columns = xp.reshape(_Pointwise._subsample(x, geo), (n, groups, c_in // groups, oh * ow))
         g_cols = xp.reshape(g, (n, groups, c_out // groups, oh * ow))
-        # sum over samples of (C_out/G, L) @ (L, C_in/G); the batched product then a sum over n
-        dw = xp.sum(xp.matmul(g_cols, xp.swapaxes(columns, -1, -2)), axis=0)
+        # sum over samples of (C_out/G, L) @ (L, C_in/G), one sample at a time (no (N, C_out, C_in) temporary)
+        dw = xp.matmul(g_cols[0], xp.swapaxes(columns[0], -1, -2))
+        for i in range(1, n):
+            dw += xp.matmul(g_cols[i], xp.swapaxes(columns[i], -1, -2))
         return xp.reshape(dw, (c_out, c_in // groups, 1, 1))
 
 
@@ -270,7 +281,7 @@ class _Depthwise:
                     rows += scratch
             out[n] = layout.crop(rows)
 
-        for_each_sample(sample, x.shape[0])
+        parallel_for(sample, x.shape[0])
         return out
 
     @staticmethod
@@ -287,7 +298,7 @@ class _Depthwise:
                 phases[phase, :, start : start + layout.length] += scratch
             dx[n] = layout.merge(phases)
 
-        for_each_sample(sample, g.shape[0])
+        parallel_for(sample, g.shape[0])
         return dx
 
     @staticmethod
@@ -300,7 +311,7 @@ class _Depthwise:
             for t, (_, _, phase, start) in enumerate(layout.taps):
                 per_sample[n, :, t] = xp.einsum("cl,cl->c", g_rows, phases[phase, :, start : start + layout.length])
 
-        for_each_sample(sample, x.shape[0])
+        parallel_for(sample, x.shape[0])
         # summed over samples in a fixed order: the result does not depend on the thread count
         return xp.reshape(xp.sum(per_sample, axis=0), (x.shape[1], 1) + geo.kernel)
 
@@ -393,17 +404,24 @@ class _Gemm:
         chunk = _Gemm._chunk(x.shape, geo, x.dtype.itemsize)
         buffer = xp.empty(c * kh * kw * chunk * oh * ow, dtype=x.dtype)
         canvas = _zeros_padded((chunk, c), geo, x.dtype) if geo.padded else None
+        parts = min(THREADS, c)
+        blocks = [slice(k * c // parts, (k + 1) * c // parts) for k in range(parts)]
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
             m = stop - start
-            if canvas is None:
-                source = x[start:stop]
-            else:
-                source = canvas[:m]
-                source[(slice(None), slice(None)) + geo.interior()] = x[start:stop]
             cols = xp.reshape(buffer[: c * kh * kw * m * oh * ow], (c, kh, kw, m, oh, ow))
-            for i, j, (rows, cols_) in geo.taps():
-                cols[:, i, j] = xp.swapaxes(source[:, :, rows, cols_], 0, 1)
+
+            def fill(k):  # im2col of one block of channels (the blocks run on separate threads)
+                channels = blocks[k]
+                if canvas is None:
+                    source = x[start:stop, channels]
+                else:
+                    source = canvas[:m, channels]
+                    source[(slice(None), slice(None)) + geo.interior()] = x[start:stop, channels]
+                for i, j, (rows, columns) in geo.taps():
+                    cols[channels, i, j] = xp.swapaxes(source[:, :, rows, columns], 0, 1)
+
+            parallel_for(fill, len(blocks))
             yield start, stop, xp.reshape(cols, (geo.groups, c * kh * kw // geo.groups, m * oh * ow))
 
     @staticmethod

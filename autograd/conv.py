@@ -238,7 +238,8 @@ def _single(value, name):
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, dilation=1) -> Tensor:
     """Transposed convolution (groups=1), as torch.nn.functional.conv_transpose2d.
 
-    weight: (C_in, C_out, kh, kw).  Written as ``fold(W^T @ x)`` -- the adjoint of conv2d.
+    weight: (C_in, C_out, kh, kw).  It is the adjoint of the conv2d that maps (C_out, out_h, out_w)
+    to (C_in, h, w) with the same weight, so it runs on that conv2d's input-gradient primitive.
     ``output_padding`` must be smaller than ``stride`` (PyTorch also accepts it below ``dilation``).
     """
     x, weight = ops._lift(x), ops._lift(weight)
@@ -257,10 +258,11 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
         raise ValueError(f"conv_transpose2d: output_padding {(oph, opw)} must be smaller than stride {st}")
     out_h = (h - 1) * st[0] - 2 * ph + dil[0] * (kh - 1) + oph + 1
     out_w = (w - 1) * st[1] - 2 * pw + dil[1] * (kw - 1) + opw + 1
-    w_t = ops.transpose(ops.reshape(weight, (c_in, c_out * kh * kw)))
-    cols = ops.matmul(w_t, ops.reshape(x, (n, c_in, h * w)))
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"conv_transpose2d: output size {(out_h, out_w)} is empty (padding {(ph, pw)} too large)")
     # output_padding is already part of (out_h, out_w); the canvas around it is padded symmetrically
-    out = fold(cols, (out_h, out_w), (kh, kw), dil, ((ph, ph), (pw, pw)), st)
+    geometry = _kernels.Geometry((kh, kw), st, dil, ((ph, ph), (pw, pw)), 1, (out_h, out_w), (h, w))
+    out = _kernels.input_grad(x, weight, geometry)
     if bias is not None:
         out = ops.add(out, ops.reshape(ops._lift(bias), (1, c_out, 1, 1)))
     return out
