@@ -5,7 +5,9 @@ without masks.  One timed call = the output plus the gradients w.r.t. the input 
 matrices (tape included), for a fixed random cotangent.  Compared with
 
 * ``torch sdpa``: ``F.linear`` projections + ``F.scaled_dot_product_attention`` (the fused CPU kernel);
-* ``torch mha``: ``nn.MultiheadAttention(bias=False, batch_first=True)`` with ``need_weights=False``.
+* ``torch mha``: ``nn.MultiheadAttention(bias=False, batch_first=True)`` with ``need_weights=False``;
+* ``torch unfused``: the same module with ``need_weights=True``: torch's explicit bmm / softmax / bmm path,
+  which stores the (B, h, L, L) weights as npattn does (for reference; the targets are against the two above).
 
 Method (shared/PERFORMANCE.md): one worker process per BLAS configuration ("as set" and "unset", i.e.
 ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE``; when the inherited environment does not set them, the
@@ -34,7 +36,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "mha.md")
 BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 HASWELL_ENV = {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "512"}
-LIBRARIES = ("ours", "torch sdpa", "torch mha")
+LIBRARIES = ("ours", "torch sdpa", "torch mha", "torch unfused")
 
 
 def shape(quick: bool) -> dict:
@@ -99,9 +101,9 @@ class Problem:
         out.backward(self.tcot)
         return out, {k: t.grad for k, t in w.items()}, self.tx.grad
 
-    def torch_mha(self):
+    def torch_mha(self, need_weights=False):
         self._zero_torch_grads([self.tx, *self.module.parameters()])
-        out, _ = self.module(self.tx, self.tx, self.tx, need_weights=False)
+        out, _ = self.module(self.tx, self.tx, self.tx, need_weights=need_weights, average_attn_weights=False)
         out.backward(self.tcot)
         in_grad = self.module.in_proj_weight.grad
         d = self.tx.shape[-1]
@@ -110,7 +112,8 @@ class Problem:
         return out, grads, self.tx.grad
 
     def runner(self, library):
-        return {"ours": self.ours, "torch sdpa": self.sdpa, "torch mha": self.torch_mha}[library]
+        return {"ours": self.ours, "torch sdpa": self.sdpa, "torch mha": self.torch_mha,
+                "torch unfused": lambda: self.torch_mha(need_weights=True)}[library]
 
     def verify(self):
         """Largest error of each torch variant against ours, relative to the largest reference magnitude."""
@@ -259,33 +262,38 @@ def render(results, memory, args):
         "in ms; ratio = our median / torch's median (< 1: faster than torch).", "",
         "`torch sdpa` = `F.linear` projections + `F.scaled_dot_product_attention` (fused CPU kernel, no L x L "
         "matrix stored); `torch mha` = `nn.MultiheadAttention(bias=False, batch_first=True)`, "
-        "`need_weights=False`. Target (issue 5, PERFORMANCE.md): within 2-3x of torch in float32.", "",
+        "`need_weights=False`; `torch unfused` = the same module with `need_weights=True` (explicit bmm / "
+        "softmax / bmm, storing the L x L weights like npattn). Target (issue 5, PERFORMANCE.md): within 2-3x of "
+        "torch in float32.", "",
         "## Summary", "",
-        "| configuration | BLAS kernel | dtype | ratio vs sdpa | ratio vs mha |", "|---|---|---|---|---|"]
+        "| configuration | BLAS kernel | dtype | ratio vs sdpa | ratio vs mha | ratio vs unfused |",
+        "|---|---|---|---|---|---|"]
     for label, report in results:
         for row in report["rows"]:
             t = row["times"]
             lines.append(f"| {label.split(' (')[0]} | {_kernel(report)} | {row['dtype']} | "
                          f"{t['ours']['median'] / t['torch sdpa']['median']:.2f}x | "
-                         f"{t['ours']['median'] / t['torch mha']['median']:.2f}x |")
+                         f"{t['ours']['median'] / t['torch mha']['median']:.2f}x | "
+                         f"{t['ours']['median'] / t['torch unfused']['median']:.2f}x |")
     for label, report in results:
         lines += ["", f"## {label}", "",
                   f"- BLAS: {'; '.join(report['blas'])}",
                   f"- environment: {', '.join(f'{k}={v}' for k, v in report['env'].items())}",
                   f"- torch {report['torch']}; numpy {report['numpy']}", "",
-                  "| dtype | samples | ours (ms) | torch sdpa (ms) | torch mha (ms) | max rel. error sdpa / mha |",
-                  "|---|---|---|---|---|---|"]
+                  "| dtype | samples | ours (ms) | torch sdpa (ms) | torch mha (ms) | torch unfused (ms) | "
+                  "max rel. error sdpa / mha / unfused |", "|---|---|---|---|---|---|---|"]
         for row in report["rows"]:
             t, e = row["times"], row["errors"]
             lines.append(f"| {row['dtype']} | {row['samples']} | {_ms(t['ours'])} | {_ms(t['torch sdpa'])} | "
-                         f"{_ms(t['torch mha'])} | {e['torch sdpa']:.1e} / {e['torch mha']:.1e} |")
+                         f"{_ms(t['torch mha'])} | {_ms(t['torch unfused'])} | "
+                         + " / ".join(f"{e[lib]:.1e}" for lib in LIBRARIES[1:]) + " |")
     if memory:
         lines += ["", "## Peak extra memory (MiB, fresh process per case, first configuration)", "",
-                  "| dtype | ours | torch sdpa | torch mha | ours / sdpa |", "|---|---|---|---|---|"]
+                  "| dtype | ours | torch sdpa | torch mha | torch unfused | ours / sdpa | ours / unfused |",
+                  "|---|---|---|---|---|---|---|"]
         for row in memory:
-            ratio = row["ours"] / row["torch sdpa"] if row["torch sdpa"] > 0 else float("nan")
-            lines.append(f"| {row['dtype']} | {row['ours']:.0f} | {row['torch sdpa']:.0f} | {row['torch mha']:.0f} | "
-                         f"{ratio:.1f}x |")
+            lines.append(f"| {row['dtype']} | " + " | ".join(f"{row[lib]:.0f}" for lib in LIBRARIES)
+                         + f" | {row['ours'] / row['torch sdpa']:.1f}x | {row['ours'] / row['torch unfused']:.1f}x |")
         lines += ["", "npattn stores the (B, h, L, L) attention weights for the backward pass (the tape keeps the "
                   "softmax output), as an unfused reference does; torch's fused kernel keeps only per-row "
                   "log-sum-exp statistics and recomputes the weights in its backward."]
