@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import numpy as _np
 
 from . import ops
-from .tensor import Tensor, backward_pass, is_grad_enabled, enable_grad, record
+from .tensor import Tensor, backward_pass, enable_grad, is_grad_enabled, record
 
 # ---------------------------------------------------------------------------------------------
 # pytrees

@@ -89,7 +89,8 @@ def linear(x, weight, bias=None) -> Tensor:
     _check_shape("linear", "bias", bias, weight.shape[:1])
     if x.shape[-1] != weight.shape[1]:
         raise ValueError(
-            f"linear: input has {x.shape[-1]} features (shape {x.shape}) but weight {weight.shape} expects {weight.shape[1]}"
+            f"linear: input has {x.shape[-1]} features (shape {x.shape}) but weight {weight.shape} "
+            f"expects {weight.shape[1]}"
         )
     out = ops.matmul(x, ops.transpose(weight))
     if bias is not None:
@@ -135,7 +136,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     if x.ndim < 2:
         raise ValueError(f"batch_norm: input must be (N, C, ...), got shape {x.shape}")
     c = x.shape[1]
-    for name, value in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+    for name, value in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                        ("bias", bias)):
         if value is not None and tuple(value.shape) != (c,):
             raise ValueError(f"batch_norm: {name} must have shape ({c},), got {tuple(value.shape)}")
     stat_shape = (1, c) + (1,) * (x.ndim - 2)

@@ -219,7 +219,8 @@ def test_strict_arrays_allow_what_cupy_allows(strict_array):
 
 
 def test_strict_reductions_and_scalars_are_0d_strict_arrays(strict_array):
-    for value in (S.sum(strict_array), strict_array.max(), strict_array.sum(axis=None), S.float64(1.0) * strict_array[0, 0]):
+    for value in (S.sum(strict_array), strict_array.max(), strict_array.sum(axis=None),
+                  S.float64(1.0) * strict_array[0, 0]):
         assert type(value) is _strict.StrictArray and value.shape == ()
     assert float(S.sum(strict_array)) == 15.0
 

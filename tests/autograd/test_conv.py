@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import autograd as ag
 
-from .helpers import assert_close, check_grads, dev, tensor
+from .helpers import assert_close, check_grads, dev
 
 # ---------------------------------------------------------------------------------------------
 # references

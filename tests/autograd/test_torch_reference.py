@@ -44,7 +44,8 @@ def test_conv2d_even_kernel_same(rng):
     _compare(lambda *a: ag.conv2d(*a, padding="same"), lambda *a: F.conv2d(*a, padding="same"), [x, w], rng)
 
 
-@pytest.mark.parametrize("case", [dict(), dict(stride=2, padding=1, dilation=2), dict(groups=2, padding="same")], ids=str)
+@pytest.mark.parametrize("case", [dict(), dict(stride=2, padding=1, dilation=2), dict(groups=2, padding="same")],
+                         ids=str)
 def test_conv1d(rng, case):
     x, w = rng.standard_normal((2, 4, 9)), rng.standard_normal((4, 4 // case.get("groups", 1), 3))
     _compare(lambda *a: ag.conv1d(*a, **case), lambda *a: F.conv1d(*a, **case), [x, w], rng)
@@ -58,7 +59,8 @@ def test_conv_transpose2d(rng, case):
 
 
 POOL = [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
-        dict(kernel_size=(3, 2), stride=(2, 3), padding=(1, 1), ceil_mode=True), dict(kernel_size=3, stride=1, padding=1)]
+        dict(kernel_size=(3, 2), stride=(2, 3), padding=(1, 1), ceil_mode=True),
+        dict(kernel_size=3, stride=1, padding=1)]
 
 
 @pytest.mark.parametrize("case", POOL + [dict(kernel_size=(2, 3), dilation=(2, 1), padding=(1, 1))], ids=str)
@@ -70,7 +72,8 @@ def test_max_pool2d(rng, case):
 def test_max_pool2d_window_in_padding_only():
     x = np.array([[[[0.5]]]])
     kwargs = dict(kernel_size=(1, 2), padding=(0, 1), dilation=(1, 2))
-    np.testing.assert_array_equal(host(ag.max_pool2d(dev(x), **kwargs)), F.max_pool2d(torch.tensor(x), **kwargs).numpy())
+    np.testing.assert_array_equal(host(ag.max_pool2d(dev(x), **kwargs)),
+                                  F.max_pool2d(torch.tensor(x), **kwargs).numpy())
 
 
 @pytest.mark.parametrize("count_include_pad", [True, False])
@@ -84,8 +87,9 @@ def test_avg_pool2d(rng, case, count_include_pad):
 @pytest.mark.parametrize("output_size", [1, 3, (5, 2), (4, 7), (None, 3)], ids=str)
 def test_adaptive_pools(rng, output_size):
     x = distinct(rng, (2, 3, 5, 6))
-    _compare(lambda a: ag.adaptive_avg_pool2d(a, output_size), lambda a: F.adaptive_avg_pool2d(a, output_size), [x], rng)
-    _compare(lambda a: ag.adaptive_max_pool2d(a, output_size), lambda a: F.adaptive_max_pool2d(a, output_size), [x], rng)
+    pairs = ((ag.adaptive_avg_pool2d, F.adaptive_avg_pool2d), (ag.adaptive_max_pool2d, F.adaptive_max_pool2d))
+    for ours, theirs in pairs:
+        _compare(lambda a: ours(a, output_size), lambda a: theirs(a, output_size), [x], rng)
 
 
 def test_pool1d(rng):
@@ -125,7 +129,8 @@ def test_batch_norm(rng, shape):
     _compare(lambda *a: ag.batch_norm(a[0], None, None, a[1], a[2], training=True),
              lambda *a: F.batch_norm(a[0], None, None, a[1], a[2], training=True), [x, w, b], rng)
     _compare(lambda *a: ag.batch_norm(a[0], dev(rm), dev(rv), a[1], a[2], training=False),
-             lambda *a: F.batch_norm(a[0], torch.tensor(rm), torch.tensor(rv), a[1], a[2], training=False), [x, w, b], rng)
+             lambda *a: F.batch_norm(a[0], torch.tensor(rm), torch.tensor(rv), a[1], a[2], training=False),
+             [x, w, b], rng)
     torch_rm, torch_rv = torch.tensor(rm), torch.tensor(rv)
     F.batch_norm(torch.tensor(x), torch_rm, torch_rv, training=True, momentum=0.1)  # updates in place
     _, new_mean, new_var = ag.batch_norm(dev(x), dev(rm), dev(rv), training=True, return_running=True)
