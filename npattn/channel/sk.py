@@ -114,9 +114,13 @@ def sk(params: dict, x, *, train: bool = False, stride: int = 1) -> ag.Tensor:
     x = _check(params, x)
     features = split(params, x, train, stride)
     weights = select(params, features, train)
-    n, m, c = weights.shape
-    stacked = ag.stack(features, axis=1)                                     # (N, M, C, H', W')
-    return ag.sum(stacked * ag.reshape(weights, (n, m, c, 1, 1)), axis=1)  # V = sum_m a_m * U_m
+    n, _, c = weights.shape
+    # V = sum_m a_m * U_m, one branch at a time: stacking the U_m first would copy them all (time and memory)
+    selected = None
+    for m, u in enumerate(features):
+        term = u * ag.reshape(weights[:, m], (n, c, 1, 1))
+        selected = term if selected is None else selected + term
+    return selected
 
 
 register(Mechanism(
