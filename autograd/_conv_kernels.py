@@ -41,17 +41,19 @@ CHUNK_BYTES = 8 << 20
 #: Threads for the elementwise kernels: NumPy runs each loop on one core (and releases the GIL),
 #: while BLAS -- and PyTorch -- use them all.
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+PARALLEL_MIN_WORK = 1 << 18
 _pool = None
 
 
-def parallel_for(fn, n: int) -> None:
+def parallel_for(fn, n: int, work: int) -> None:
     """Call ``fn(i)`` for i in range(n) -- samples or channel blocks; on NumPy over :data:`THREADS` threads.
 
-    Each call must write only its own part of the result, computed exactly as in a serial loop, so
-    the numbers do not depend on the thread count.
+    ``work`` (elements touched) below :data:`PARALLEL_MIN_WORK` runs serially: a thread hand-off costs
+    more than a small loop.  Each call must write only its own part of the result, computed exactly
+    as in a serial loop, so the numbers do not depend on the thread count.
     """
     global _pool
-    if THREADS <= 1 or n <= 1 or backend.name != "numpy":
+    if THREADS <= 1 or n <= 1 or work < PARALLEL_MIN_WORK or backend.name != "numpy":
         for i in range(n):
             fn(i)
         return
@@ -281,7 +283,7 @@ class _Depthwise:
                     rows += scratch
             out[n] = layout.crop(rows)
 
-        parallel_for(sample, x.shape[0])
+        parallel_for(sample, x.shape[0], x.size)
         return out
 
     @staticmethod
@@ -298,7 +300,7 @@ class _Depthwise:
                 phases[phase, :, start : start + layout.length] += scratch
             dx[n] = layout.merge(phases)
 
-        parallel_for(sample, g.shape[0])
+        parallel_for(sample, g.shape[0], g.size * len(layout.taps))
         return dx
 
     @staticmethod
@@ -311,7 +313,7 @@ class _Depthwise:
             for t, (_, _, phase, start) in enumerate(layout.taps):
                 per_sample[n, :, t] = xp.einsum("cl,cl->c", g_rows, phases[phase, :, start : start + layout.length])
 
-        parallel_for(sample, x.shape[0])
+        parallel_for(sample, x.shape[0], x.size)
         # summed over samples in a fixed order: the result does not depend on the thread count
         return xp.reshape(xp.sum(per_sample, axis=0), (x.shape[1], 1) + geo.kernel)
 
@@ -421,7 +423,7 @@ class _Gemm:
                 for i, j, (rows, columns) in geo.taps():
                     cols[channels, i, j] = xp.swapaxes(source[:, :, rows, columns], 0, 1)
 
-            parallel_for(fill, len(blocks))
+            parallel_for(fill, len(blocks), cols.size)
             yield start, stop, xp.reshape(cols, (geo.groups, c * kh * kw // geo.groups, m * oh * ow))
 
     @staticmethod

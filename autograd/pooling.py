@@ -86,7 +86,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bo
         if needs_tap:
             tap[n] = layout.crop(first)
 
-    parallel_for(sample, x.shape[0])
+    parallel_for(sample, x.shape[0], x.size)
     if not needs_tap:
         return Tensor(out)
     return record(out, ((x, lambda g: _scatter_taps(g, tap, geo)),))
@@ -112,7 +112,7 @@ def _scatter_taps(g, tap, geo: Geometry) -> Tensor:
             window += g_rows * (tap_rows == t)
         dx[n] = layout.merge(phases)
 
-    parallel_for(sample, g.shape[0])
+    parallel_for(sample, g.shape[0], g.size * len(layout.taps))
     return record(dx, ((g, lambda a: _gather_taps(a, tap, geo)),))
 
 
@@ -129,7 +129,7 @@ def _gather_taps(a, tap, geo: Geometry) -> Tensor:
             rows += window * (tap_rows == t)
         out[n] = layout.crop(rows)
 
-    parallel_for(sample, a.shape[0])
+    parallel_for(sample, a.shape[0], a.size)
     return record(out, ((a, lambda g: _scatter_taps(g, tap, geo)),))
 
 
@@ -159,7 +159,7 @@ def _window_sum(x, geo: Geometry) -> Tensor:
             rows += window
         out[n] = layout.crop(rows)
 
-    parallel_for(sample, x.shape[0])
+    parallel_for(sample, x.shape[0], x.size)
     return record(out, ((x, lambda g: _window_sum_adjoint(g, geo)),))
 
 
@@ -176,7 +176,7 @@ def _window_sum_adjoint(g, geo: Geometry) -> Tensor:
             window += g_rows
         dx[n] = layout.merge(phases)
 
-    parallel_for(sample, g.shape[0])
+    parallel_for(sample, g.shape[0], g.size * len(layout.taps))
     return record(dx, ((g, lambda a: _window_sum(a, geo)),))
 
 
