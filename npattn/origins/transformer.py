@@ -30,11 +30,12 @@ Official code (tensorflow/tensor2tensor) versus the paper, and what is followed 
       inv_timescale_i = 10000^(-i / (d/2 - 1)) -- ``pe_layout="concat"``; the default is the paper's
       interleaved form ``pe_layout="interleave"``.
     * dropout: the paper's residual dropout P_drop on every sub-layer output and on the embedded input
-      (``dropout``, default 0.1); t2t also drops attention weights and the FFN hidden layer
-      (``attention_dropout``, ``relu_dropout``, default 0 = the paper).  Dropout masks come from the
-      explicit ``rng``; eval mode is the identity.
-    * post-LN as in the paper (later t2t hparams are pre-LN).  There is no final LayerNorm after the
-      stacks (``torch.nn.Transformer`` adds one; its layers alone match these).
+      (``dropout``, default 0.1).  t2t can also drop attention weights and the FFN hidden layer
+      (``attention_dropout``, ``relu_dropout``): 0 in ``transformer_base_v1`` (the paper's post-LN setup,
+      the default here), 0.1 from ``transformer_base_v2`` on, which is also pre-LN.  Dropout masks come
+      from the explicit ``rng``; eval mode is the identity.
+    * post-LN as in the paper and ``transformer_base_v1``.  There is no final LayerNorm after the stacks
+      (``torch.nn.Transformer`` adds one; its layers alone match these).
 """
 from __future__ import annotations
 
