@@ -286,7 +286,7 @@ def adaptive_avg_pool2d(x, output_size) -> Tensor:
     h, w = x.shape[2:]
     oh, ow = _output_pair(output_size, h, w)
     if (oh, ow) == (1, 1):
-        return ops.mean(x, axis=(2, 3), keepdims=True)
+        return _spatial_mean(x, keepdims=True)
     rows = Tensor(adaptive_avg_matrix(h, oh, x.dtype))
     cols = Tensor(adaptive_avg_matrix(w, ow, x.dtype))
     return ops.matmul(ops.matmul(rows, x), ops.transpose(cols))
@@ -345,7 +345,16 @@ def global_avg_pool2d(x, keepdims: bool = True) -> Tensor:
     """Mean over H and W: (N, C, H, W) -> (N, C, 1, 1) (or (N, C))."""
     x = ops._lift(x)
     _check_ndim(x, 4, "global_avg_pool2d")
-    return ops.mean(x, axis=(2, 3), keepdims=keepdims)
+    return _spatial_mean(x, keepdims)
+
+
+def _spatial_mean(x: Tensor, keepdims: bool) -> Tensor:
+    """Mean over H and W as (N*C, H*W) @ ones / (H*W): one BLAS GEMV (multi-threaded, vectorised) runs
+    several times faster than NumPy's reduction, and its VJP is a single broadcast product."""
+    n, c, h, w = x.shape
+    ones = Tensor(xp.ones((h * w,), dtype=x.dtype))
+    mean = ops.div(ops.matmul(ops.reshape(x, (n * c, h * w)), ones), float(h * w))
+    return ops.reshape(mean, (n, c, 1, 1) if keepdims else (n, c))
 
 
 def global_max_pool2d(x, keepdims: bool = True) -> Tensor:
