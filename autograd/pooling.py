@@ -349,12 +349,13 @@ def global_avg_pool2d(x, keepdims: bool = True) -> Tensor:
 
 
 def _spatial_mean(x: Tensor, keepdims: bool) -> Tensor:
-    """Mean over H and W as (N*C, H*W) @ ones / (H*W): one BLAS GEMV (multi-threaded, vectorised) runs
-    several times faster than NumPy's reduction, and its VJP is a single broadcast product."""
+    """Mean over H and W.  The sum is (N*C, H*W) @ ones, one BLAS GEMV (multi-threaded, vectorised):
+    several times faster than NumPy's reduction.  The VJP spreads g / (H*W) as a broadcast view."""
     n, c, h, w = x.shape
-    ones = Tensor(xp.ones((h * w,), dtype=x.dtype))
-    mean = ops.div(ops.matmul(ops.reshape(x, (n * c, h * w)), ones), float(h * w))
-    return ops.reshape(mean, (n, c, 1, 1) if keepdims else (n, c))
+    total = xp.matmul(xp.reshape(x.data, (n * c, h * w)), xp.ones((h * w,), dtype=x.dtype))
+    mean = record(xp.reshape(total / (h * w), (n, c, 1, 1)),
+                  ((x, lambda g: ops.broadcast_to(ops.div(g, float(h * w)), x.shape)),))
+    return mean if keepdims else ops.reshape(mean, (n, c))
 
 
 def global_max_pool2d(x, keepdims: bool = True) -> Tensor:
