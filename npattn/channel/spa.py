@@ -6,6 +6,7 @@
 
 APool_s is adaptive average pooling to s x s with PyTorch's bins [floor(iH/s), ceil((i+1)H/s)): when s does
 not divide H the bins overlap (H = 6, s = 4: rows {0,1}, {1,2}, {3,4}, {4,5}), and for H < s rows repeat.
+The 21 bin averages of each channel are computed together, as one product with an (H W, 21) averaging matrix.
 
 Follows the official code (``ma-xu/SPANet: models/spp_se_resnet.py``, ``SPPSELayer``):
 
@@ -48,11 +49,36 @@ def init(rng, channels: int, *, reduction: int = 16, in_channels: int | None = N
     return params
 
 
+def pyramid_matrix(height: int, width: int, dtype=np.float64):
+    """The (H W, 21) matrix whose column k averages pyramid bin k over a row-major flattened map.
+
+    Columns: the 1x1 bin, then the 2x2 and the 4x4 bins row-major, each ``1 / area`` on its
+    ``adaptive_avg_pool2d`` bin (PyTorch's bins, :func:`autograd.adaptive_bins`).  Built on the host.
+    """
+    columns = []
+    for s in LEVELS:
+        for top, bottom in ag.adaptive_bins(height, s):
+            for left, right in ag.adaptive_bins(width, s):
+                cell = np.zeros((height, width))
+                cell[top:bottom, left:right] = 1.0 / ((bottom - top) * (right - left))
+                columns.append(cell.ravel())
+    return ag.from_numpy(np.stack(columns, axis=1).astype(dtype))
+
+
 def pyramid_descriptor(x) -> ag.Tensor:
-    """v = [GAP(x); APool_2(x); APool_4(x)], each flattened channel-major: (N, C, H, W) -> (N, 21 C)."""
+    """v = [GAP(x); APool_2(x); APool_4(x)], each flattened channel-major: (N, C, H, W) -> (N, 21 C).
+
+    All 21 bin averages of every channel come from one matrix product with :func:`pyramid_matrix`
+    (one pass over x, and one full-size gradient instead of one per level).
+    """
     x = x if isinstance(x, ag.Tensor) else ag.Tensor(x)
-    n, c = x.shape[:2]
-    parts = [ag.reshape(ag.adaptive_avg_pool2d(x, s), (n, c * s * s)) for s in LEVELS]
+    n, c, h, w = x.shape
+    bins = ag.matmul(ag.reshape(x, (n * c, h * w)), pyramid_matrix(h, w, x.dtype))     # (N C, 21)
+    bins = ag.reshape(bins, (n, c, bins.shape[1]))
+    parts, start = [], 0
+    for s in LEVELS:                                      # level s: (N, C, s*s) -> (N, C s s), channel-major
+        parts.append(ag.reshape(bins[:, :, start:start + s * s], (n, c * s * s)))
+        start += s * s
     return ag.concatenate(parts, axis=1)
 
 
