@@ -4,7 +4,8 @@ Two gates on the same input, recombined::
 
     cSE(x) = x * sigmoid(W2 relu(W1 GAP(x) + b1) + b2)       W1 (C/r, C), W2 (C, C/r)      (N, C, H, W)
     sSE(x) = x * sigmoid(conv1x1_{C->1}(x))                  weight (1, C, 1, 1) + bias    (N, C, H, W)
-    scSE(x) = cSE(x) + sSE(x)           MICCAI paper, segmentation_models_pytorch   (combine="add")
+    scSE(x) = cSE(x) + sSE(x)           MICCAI paper, segmentation_models_pytorch   (combine="add";
+                                        computed as x * (channel gate + spatial gate))
     scSE(x) = max(cSE(x), sSE(x))       official code (ai-med/squeeze_and_excitation) (combine="max")
 
 Registry entries: ``scse`` (add, r = 16 as smp), ``scse-max`` (official: ``torch.max``, reduction 2), and the
@@ -85,16 +86,14 @@ def scse(params: dict, x, *, train: bool = False, combine: str = "add") -> ag.Te
     check_dtype(name, x, params)
     if combine not in COMBINES:
         raise ValueError(f"{name}: combine must be one of {COMBINES}, got {combine!r}")
-    outputs = []
-    if "cse" in present:
-        outputs.append(x * channel_gate(params, x))          # cSE(x)
-    if "sse" in present:
-        outputs.append(x * spatial_gate(params, x))          # sSE(x)
-    if len(outputs) == 1:
-        return outputs[0]
-    channel_out, spatial_out = outputs
+    if present == ("cse",):
+        return x * channel_gate(params, x)                   # cSE(x)
+    if present == ("sse",):
+        return x * spatial_gate(params, x)                   # sSE(x)
     if combine == "add":
-        return channel_out + spatial_out
+        # cSE(x) + sSE(x) = x * (channel gate + spatial gate): one full-size product instead of two plus a sum
+        return x * (channel_gate(params, x) + spatial_gate(params, x))
+    channel_out, spatial_out = x * channel_gate(params, x), x * spatial_gate(params, x)
     return ag.maximum(channel_out, spatial_out)              # torch.max(a, b): ties split the gradient
 
 
