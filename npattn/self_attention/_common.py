@@ -1,5 +1,6 @@
-"""Pieces shared by the self-attention modules: flattening, softmax dot-product attention,
-conv-BN(-ReLU) stacks, channel dropout and two initialisers the shared layers do not offer.
+"""Pieces shared by the self-attention modules: flattening, softmax dot-product attention (composed, and
+as one fused primitive defined with the core's ``autograd.tensor.record``), conv-BN(-ReLU) stacks,
+channel dropout and two initialisers the shared layers do not offer.
 
 Layout convention: attention operands are *channel-first* flattened maps, as 1x1 conv outputs
 reshape naturally::

@@ -22,7 +22,8 @@ convb / bottleneck convs and classifier are plain convolutions around it).
 
 Complexity: the energies are (B, H, W, H + W), computed with batched matrix products over columns
 (B*W batches of (H x Ck)(Ck x H)) and rows (B*H batches of (W x Ck)(Ck x W)): O(B*C*H*W*(H + W)) time and
-O(B*H*W*(H + W)) memory.  No (HW x HW) matrix is ever built.
+O(B*H*W*(H + W)) memory.  No (HW x HW) matrix is ever built.  As in the official code, each batch of
+matrices is a contiguous copy (``.contiguous().view``): BLAS needs a unit stride.
 
 Parameters (names as the spec's ``RecurrentCCA``): ``cca.query_conv.weight (C/8, C, 1, 1)`` + bias,
 ``cca.key_conv.*``, ``cca.value_conv.weight (C, C, 1, 1)`` + bias, ``cca.gamma (1,)``.  ``gamma_init``
@@ -63,6 +64,18 @@ def _self_mask(height: int, width: int):
     return ag.from_numpy(keep)
 
 
+def _batched(t: ag.Tensor, axes: tuple) -> ag.Tensor:
+    """Permute a 4-D tensor and merge its first two axes: a contiguous stack of matrices.
+
+    Merging axes of a permuted view makes ``reshape`` copy (torch's ``.contiguous().view``), so the
+    batched products below always see matrices with a unit stride.  NumPy's matmul falls back to a loop
+    without BLAS for some permuted operands -- 40-100x slower at (2, 256, 64, 64).
+    """
+    permuted = ag.transpose(t, axes)
+    a, b, m, n = permuted.shape
+    return ag.reshape(permuted, (a * b, m, n))
+
+
 def criss_cross_attention_map(query: ag.Tensor, key: ag.Tensor) -> ag.Tensor:
     """A = softmax(cat[e_col, e_row]) over the last axis: (B, Ck, H, W) twice -> (B, H, W, H + W).
 
@@ -70,24 +83,22 @@ def criss_cross_attention_map(query: ag.Tensor, key: ag.Tensor) -> ag.Tensor:
     weighs V[:, h, v] (row).
     """
     b, _, h, w = query.shape
-    q_col = ag.transpose(query, (0, 3, 2, 1))                       # (B, W, H, Ck)
-    k_col = ag.transpose(key, (0, 3, 1, 2))                         # (B, W, Ck, H)
-    energy_col = ag.transpose(ag.matmul(q_col, k_col), (0, 2, 1, 3))   # (B, H, W, H): [h, w, g]
-    q_row = ag.transpose(query, (0, 2, 3, 1))                       # (B, H, W, Ck)
-    k_row = ag.transpose(key, (0, 2, 1, 3))                         # (B, H, Ck, W)
-    energy_row = ag.matmul(q_row, k_row)                            # (B, H, W, W): [h, w, v]
-    energy = ag.concatenate([energy_col, energy_row], axis=3)      # (B, H, W, H + W)
+    energy_col = ag.matmul(_batched(query, (0, 3, 2, 1)), _batched(key, (0, 3, 1, 2)))   # (B*W, H, H): [w][h, g]
+    energy_col = ag.transpose(ag.reshape(energy_col, (b, w, h, h)), (0, 2, 1, 3))          # (B, H, W, H)
+    energy_row = ag.matmul(_batched(query, (0, 2, 3, 1)), _batched(key, (0, 2, 1, 3)))   # (B*H, W, W): [h][w, v]
+    energy = ag.concatenate([energy_col, ag.reshape(energy_row, (b, h, w, w))], axis=3)   # (B, H, W, H + W)
     return ag.softmax(energy, axis=3, mask=_self_mask(h, w))
 
 
 def criss_cross_aggregate(attention: ag.Tensor, value: ag.Tensor) -> ag.Tensor:
     """out[:, h, w] = sum_g A[h, w, g] V[:, g, w] + sum_v A[h, w, H + v] V[:, h, v]: -> (B, C, H, W)."""
-    h = value.shape[2]
-    att_col = ag.transpose(attention[:, :, :, :h], (0, 2, 3, 1))    # (B, W, H', H): [w, g, h]
-    att_row = ag.transpose(attention[:, :, :, h:], (0, 1, 3, 2))    # (B, H, W', W): [h, v, w]
-    out_col = ag.matmul(ag.transpose(value, (0, 3, 1, 2)), att_col)   # (B, W, C, H)
-    out_row = ag.matmul(ag.transpose(value, (0, 2, 1, 3)), att_row)   # (B, H, C, W)
-    return ag.transpose(out_col, (0, 2, 3, 1)) + ag.transpose(out_row, (0, 2, 1, 3))
+    b, c, h, w = value.shape
+    att_col = _batched(attention[:, :, :, :h], (0, 2, 3, 1))               # (B*W, H', H): [w][g, h]
+    att_row = _batched(attention[:, :, :, h:], (0, 1, 3, 2))               # (B*H, W', W): [h][v, w]
+    out_col = ag.matmul(_batched(value, (0, 3, 1, 2)), att_col)            # (B*W, C, H)
+    out_row = ag.matmul(_batched(value, (0, 2, 1, 3)), att_row)            # (B*H, C, W)
+    return (ag.transpose(ag.reshape(out_col, (b, w, c, h)), (0, 2, 3, 1))
+            + ag.transpose(ag.reshape(out_row, (b, h, c, w)), (0, 2, 1, 3)))
 
 
 def criss_cross(params: dict, x: ag.Tensor) -> ag.Tensor:
