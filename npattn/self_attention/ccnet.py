@@ -90,13 +90,37 @@ def criss_cross_attention_map(query: ag.Tensor, key: ag.Tensor) -> ag.Tensor:
     return ag.softmax(energy, axis=3, mask=_self_mask(h, w))
 
 
+# OpenBLAS runs a GEMM of at most 4 * 65536 multiply-adds on one thread (GEMM_MULTITHREAD_THRESHOLD).
+_SINGLE_THREAD_GEMM = 1 << 18
+
+
+def _channel_group(channels: int, work_per_channel: int) -> int:
+    """The largest divisor g of ``channels`` with g * work_per_channel <= _SINGLE_THREAD_GEMM (at least 1)."""
+    limit = max(1, _SINGLE_THREAD_GEMM // work_per_channel)
+    return max(d for d in range(1, channels + 1) if channels % d == 0 and d <= limit)
+
+
+def _aggregate_lines(value: ag.Tensor, attention: ag.Tensor) -> ag.Tensor:
+    """Batched (C x L') @ (L' x L) products, split into channel groups: (K, C, L'), (K, L', L) -> (K, C, L).
+
+    The aggregation is K = B*W (or B*H) small products.  Run as they are, each is big enough for OpenBLAS
+    to split it over threads, and the thread hand-offs of hundreds of small calls dominate -- up to
+    10x slower than torch when other processes compete for the cores.  Channel groups small enough for
+    a single thread give the same sums (each output is still one length-L' dot product) without them.
+    """
+    k, c, lines = value.shape
+    group = _channel_group(c, lines * attention.shape[2])
+    grouped = ag.reshape(value, (k, c // group, group, lines))
+    return ag.reshape(ag.matmul(grouped, ag.expand_dims(attention, 1)), (k, c, attention.shape[2]))
+
+
 def criss_cross_aggregate(attention: ag.Tensor, value: ag.Tensor) -> ag.Tensor:
     """out[:, h, w] = sum_g A[h, w, g] V[:, g, w] + sum_v A[h, w, H + v] V[:, h, v]: -> (B, C, H, W)."""
     b, c, h, w = value.shape
     att_col = _batched(attention[:, :, :, :h], (0, 2, 3, 1))               # (B*W, H', H): [w][g, h]
     att_row = _batched(attention[:, :, :, h:], (0, 1, 3, 2))               # (B*H, W', W): [h][v, w]
-    out_col = ag.matmul(_batched(value, (0, 3, 1, 2)), att_col)            # (B*W, C, H)
-    out_row = ag.matmul(_batched(value, (0, 2, 1, 3)), att_row)            # (B*H, C, W)
+    out_col = _aggregate_lines(_batched(value, (0, 3, 1, 2)), att_col)     # (B*W, C, H)
+    out_row = _aggregate_lines(_batched(value, (0, 2, 1, 3)), att_row)     # (B*H, C, W)
     return (ag.transpose(ag.reshape(out_col, (b, w, c, h)), (0, 2, 3, 1))
             + ag.transpose(ag.reshape(out_row, (b, h, c, w)), (0, 2, 1, 3)))
 
