@@ -360,8 +360,10 @@ def worker(args):
     table = [c for c in cases(**_sizes(args.quick)) if not only or c.entry in only or c.name in only]
     dtypes = [np.float32] if (args.quick or args.f32_only) else [np.float32, np.float64]
     report = {"blas": blas_info(), "gemm_f32": gemm_peak(np.float32), "gemm_f64": gemm_peak(np.float64),
-              "env": {k: os.environ.get(k) for k in BLAS_VARS}, "timings": [], "complexity": []}
+              "env": {k: os.environ.get(k) for k in BLAS_VARS}, "timings": [], "complexity": [],
+              "load_start": os.getloadavg()[0]}
     def save():
+        report["load_end"] = os.getloadavg()[0]
         if args.json_out:
             with open(args.json_out, "w") as fh:
                 json.dump(report, fh)
@@ -431,7 +433,10 @@ def render(configs, memory, complexity_memory, quick, started):
     for label, report in configs:
         lines += [f"## BLAS: {label}", "",
                   f"Kernel: {report['blas']}; env {report['env']}; NumPy GEMM peak (1024^3) "
-                  f"{report['gemm_f32']:.0f} GF/s f32, {report['gemm_f64']:.0f} GF/s f64.", "",
+                  f"{report['gemm_f32']:.0f} GF/s f32, {report['gemm_f64']:.0f} GF/s f64.  1-minute load average "
+                  f"{report.get('load_start', float('nan')):.1f} at the start, "
+                  f"{report.get('load_end', float('nan')):.1f} at the end (other tenants share the "
+                  f"{os.cpu_count()} cores).", "",
                   "| case | dtype | npattn min / median / max | torch min / median / max | ratio | verified |",
                   "|---|---|---|---|---|---|"]
         ratios = {}
