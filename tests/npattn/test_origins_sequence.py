@@ -69,6 +69,43 @@ def test_mha_matches_explicit_loop(rng, causal):
     np.testing.assert_allclose(host(out), _reference_mha(params, query, key, value, keep, HEADS), rtol=0, atol=1e-13)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("self_attention", [False, True])
+def test_mha_in_batch_blocks_gives_the_same_numbers(rng, monkeypatch, causal, self_attention):
+    """Large batches run a few items at a time (BLOCK_BYTES); outputs and gradients must not change."""
+    params = _mha_params()
+    key = _x(rng, (3, 6, D_MODEL))
+    query = key if self_attention else _x(rng, (3, 5, D_MODEL))
+    pad = _padding([6, 4, 2], 6)
+    cotangent = _x(rng, query.shape)
+
+    def run():
+        if self_attention:                                      # key=None: the very same tensor, sliced once
+            out, pullback = ag.vjp(lambda p, q: tf.mha(p, q, None, None, pad, heads=HEADS, causal=causal),
+                                   params, query)
+        else:
+            out, pullback = ag.vjp(lambda p, q, k: tf.mha(p, q, k, None, pad, heads=HEADS, causal=causal),
+                                   params, query, key)
+        return [out] + ag.tree_flatten(pullback(cotangent))[0]
+
+    whole = run()
+    monkeypatch.setattr(tf, "BLOCK_BYTES", 1)                   # one batch item per block
+    assert len(tf._batch_blocks(3, HEADS, query.shape[1], 6, 8)) == 3
+    for blocked, reference in zip(run(), whole):
+        np.testing.assert_allclose(host(blocked), host(reference), rtol=0, atol=1e-13)
+
+
+def test_transformer_in_batch_blocks_gives_the_same_numbers(rng, monkeypatch):
+    params = _transformer()
+    src, tgt = _x(rng, (3, 6, D_MODEL)), _x(rng, (3, 5, D_MODEL))
+    pads = (_padding([6, 4, 3], 6), _padding([5, 5, 2], 5))
+    whole = host(tf.transformer(params, src, tgt, *pads, heads=HEADS))
+    monkeypatch.setattr(tf, "BLOCK_BYTES", 1)
+    np.testing.assert_allclose(host(tf.transformer(params, src, tgt, *pads, heads=HEADS)), whole, rtol=0, atol=1e-13)
+    assert ag.gradcheck(lambda p, s: tf.transformer(p, s, tgt, *pads, heads=HEADS), params, src, mode="fast",
+                        n_directions=2)
+
+
 def test_mha_masked_weights_are_exact_zeros(rng):
     params = _mha_params()
     x = _x(rng, (2, 6, D_MODEL))

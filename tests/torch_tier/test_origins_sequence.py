@@ -103,7 +103,10 @@ def _padding(lengths, length):
 
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("causal", [False, True])
-def test_mha_matches_torch_multihead_attention(bias, causal):
+@pytest.mark.parametrize("blocked", [False, True])
+def test_mha_matches_torch_multihead_attention(bias, causal, blocked, monkeypatch):
+    if blocked:
+        monkeypatch.setattr(tf, "BLOCK_BYTES", 1)               # one batch item at a time
     rng = np.random.default_rng(0)
     params = tf.init_mha(rng, D_MODEL, attn_bias=bias)
     length_q = length_k = 6
@@ -217,7 +220,10 @@ class TorchTransformer(nn.Module):
 
 
 @pytest.mark.parametrize("pe_layout", ["interleave", "concat"])
-def test_transformer_stack_matches_torch(pe_layout):
+@pytest.mark.parametrize("blocked", [False, True])
+def test_transformer_stack_matches_torch(pe_layout, blocked, monkeypatch):
+    if blocked:
+        monkeypatch.setattr(tf, "BLOCK_BYTES", 1)
     rng = np.random.default_rng(3)
     params = tf.init(rng, D_MODEL, d_ff=D_FF, num_layers=2)
     src, tgt = rng.standard_normal((2, 6, D_MODEL)), rng.standard_normal((2, 5, D_MODEL))
