@@ -269,6 +269,23 @@ def time_case(case, dtype, samples, with_torch=True):
     return result
 
 
+def time_interleaved(table, dtype, samples):
+    """npattn alone, several cases of one size: warmed, then sampled in turn (a, b, c, a, b, c, ...)."""
+    import autograd as ag
+
+    runs = []
+    for case in table:
+        _, _, run = _setup_ours(case, dtype)
+        cot = ag.from_numpy(_cotangent(case, dtype))
+        runs.append((case, (lambda run=run, cot=cot: run(cot))))
+        runs[-1][1]()
+    times = {case.name: [] for case, _ in runs}
+    for _ in range(samples):
+        for case, fn in runs:
+            times[case.name].append(_sample(fn))
+    return [{"case": case.name, "dtype": np.dtype(dtype).name, "ours": times[case.name]} for case, _ in runs]
+
+
 # ---------------------------------------------------------------------------------------------
 # memory (fresh subprocess per case and library)
 
@@ -374,12 +391,12 @@ def worker(args):
             save()
             print(f"  {case.name} {np.dtype(dtype).name}: done", file=sys.stderr, flush=True)
     if not args.no_complexity and args.complexity_here:
-        for case in complexity_cases(**_complexity_sizes(args.quick)):
-            if only and case.entry not in only:
-                continue
-            report["complexity"].append(time_case(case, np.float32, max(3, args.samples // 2), with_torch=False))
+        table = [c for c in complexity_cases(**_complexity_sizes(args.quick)) if not only or c.entry in only]
+        for size in sorted({c.shapes[0][-1] for c in table}):
+            report["complexity"] += time_interleaved([c for c in table if c.shapes[0][-1] == size], np.float32,
+                                                     args.samples)
             save()
-            print(f"  {case.name}: done", file=sys.stderr, flush=True)
+            print(f"  complexity H=W={size}: done", file=sys.stderr, flush=True)
     print(json.dumps(report))
 
 
@@ -463,11 +480,13 @@ def render(configs, memory, complexity_memory, quick, started):
                   "", "Non-local is the official block (2x2 max-pool sub-sampling: M = HW/4 keys) and the dense "
                   "one (M = HW); CCNet attends to H + W - 1 positions (R = 2), ANN-APNB to 110 pyramid anchors.",
                   "`attention entries` is the size of one sample's attention (positions x keys).", "",
-                  "| case | attention entries | median time | extra memory |", "|---|---|---|---|"]
+                  "Times: the four blocks of one size are sampled in turn (interleaved), min / median.", "",
+                  "| case | attention entries | min / median time | extra memory |", "|---|---|---|---|"]
         mem = dict(complexity_memory)
         for row in comp:
             extra = _fmt_gib(mem.get(row["case"], float("nan")))
-            lines.append(f"| {row['case']} | {_attention_entries(row['case']):,} | {_fmt_s(_stats(row['ours'])[1])} "
+            low, mid, _ = _stats(row["ours"])
+            lines.append(f"| {row['case']} | {_attention_entries(row['case']):,} | {_fmt_s(low)} / {_fmt_s(mid)} "
                          f"| {extra} |")
         lines.append("")
     return "\n".join(lines) + "\n"
