@@ -38,6 +38,13 @@ from .tensor import Tensor, record
 
 #: Target size of one im2col buffer; a chunk holds as many samples as fit (at least one).
 CHUNK_BYTES = 8 << 20
+#: Launch-bound backends run every kernel over the whole batch at once.  On CuPy each array call is a
+#: kernel launch costing ~10-30 us of host time, so cache-sized chunks of samples and per-sample
+#: loops (right for NumPy) multiply the launches; measured on an H200, a chunked 3x3 conv ran 40-50x
+#: slower than cuDNN.  The strict test backend takes the same path, so that CI exercises it on a CPU.
+WHOLE_BATCH = backend.name != "numpy"
+#: Cap of one im2col buffer on those backends (a larger batch is still chunked).
+WHOLE_BATCH_BYTES = 1 << 30
 #: Threads for the elementwise kernels: NumPy runs each loop on one core (and releases the GIL),
 #: while BLAS -- and PyTorch -- use them all.
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -53,7 +60,7 @@ def parallel_for(fn, n: int, work: int) -> None:
     as in a serial loop, so the numbers do not depend on the thread count.
     """
     global _pool
-    if THREADS <= 1 or n <= 1 or work < PARALLEL_MIN_WORK or backend.name != "numpy":
+    if not _threaded(n, work):
         for i in range(n):
             fn(i)
         return
@@ -61,6 +68,16 @@ def parallel_for(fn, n: int, work: int) -> None:
         _pool = ThreadPoolExecutor(THREADS, thread_name_prefix="autograd-conv")
     for _ in _pool.map(fn, range(n)):  # consuming the results re-raises any error
         pass
+
+
+def _threaded(n: int, work: int) -> bool:
+    """Whether :func:`parallel_for` would use the thread pool for this loop."""
+    return THREADS > 1 and n > 1 and work >= PARALLEL_MIN_WORK and backend.name == "numpy"
+
+
+def fold_batch(array):
+    """(N, C, ...) -> (1, N*C, ...): samples as extra channels, for a per-channel kernel run once."""
+    return xp.reshape(array, (1, array.shape[0] * array.shape[1]) + tuple(array.shape[2:]))
 
 
 def _forget_pool() -> None:
@@ -244,6 +261,9 @@ class _Pointwise:
         groups, (oh, ow) = geo.groups, geo.out_size
         columns = xp.reshape(_Pointwise._subsample(x, geo), (n, groups, c_in // groups, oh * ow))
         g_cols = xp.reshape(g, (n, groups, c_out // groups, oh * ow))
+        if WHOLE_BATCH:  # one batched GEMM, then the sum over samples
+            dw = xp.sum(xp.matmul(g_cols, xp.swapaxes(columns, -1, -2)), axis=0)
+            return xp.reshape(dw, (c_out, c_in // groups, 1, 1))
         # sum over samples of (C_out/G, L) @ (L, C_in/G), one sample at a time (no (N, C_out, C_in) temporary)
         dw = xp.matmul(g_cols[0], xp.swapaxes(columns[0], -1, -2))
         for i in range(1, n):
@@ -268,7 +288,15 @@ class _Depthwise:
     """
 
     @staticmethod
+    def _whole_batch(n: int) -> bool:
+        """Run all samples as one: channels are independent, so N samples of C channels are one of N*C."""
+        return WHOLE_BATCH and n > 1
+
+    @staticmethod
     def forward(x, w, geo):
+        if _Depthwise._whole_batch(x.shape[0]):
+            out = _Depthwise.forward(fold_batch(x), xp.tile(w, (x.shape[0], 1, 1, 1)), geo)
+            return xp.reshape(out, x.shape[:2] + geo.out_size)
         layout = Phases(geo)
         out = xp.empty(x.shape[:2] + geo.out_size, dtype=x.dtype)
 
@@ -288,6 +316,9 @@ class _Depthwise:
 
     @staticmethod
     def input_grad(g, w, geo):
+        if _Depthwise._whole_batch(g.shape[0]):
+            dx = _Depthwise.input_grad(fold_batch(g), xp.tile(w, (g.shape[0], 1, 1, 1)), geo)
+            return xp.reshape(dx, g.shape[:2] + geo.in_size)
         layout = Phases(geo)
         dx = xp.empty(g.shape[:2] + geo.in_size, dtype=g.dtype)
 
@@ -305,6 +336,10 @@ class _Depthwise:
 
     @staticmethod
     def weight_grad(x, g, geo):
+        n, c = x.shape[:2]
+        if _Depthwise._whole_batch(n):
+            per_channel = _Depthwise.weight_grad(fold_batch(x), fold_batch(g), geo)  # (N*C, 1, kh, kw)
+            return xp.sum(xp.reshape(per_channel, (n, c, 1) + geo.kernel), axis=0)
         layout = Phases(geo)
         per_sample = xp.empty((x.shape[0], x.shape[1], len(layout.taps)), dtype=x.dtype)
 
@@ -395,7 +430,8 @@ class _Gemm:
     def _chunk(x_shape, geo, itemsize):
         oh, ow = geo.out_size
         per_sample = x_shape[1] * geo.kernel[0] * geo.kernel[1] * oh * ow * itemsize
-        return max(1, min(x_shape[0], CHUNK_BYTES // per_sample))
+        budget = WHOLE_BATCH_BYTES if WHOLE_BATCH else CHUNK_BYTES
+        return max(1, min(x_shape[0], budget // per_sample))
 
     @staticmethod
     def _columns(x, geo):
@@ -406,7 +442,8 @@ class _Gemm:
         chunk = _Gemm._chunk(x.shape, geo, x.dtype.itemsize)
         buffer = xp.empty(c * kh * kw * chunk * oh * ow, dtype=x.dtype)
         canvas = _zeros_padded((chunk, c), geo, x.dtype) if geo.padded else None
-        parts = min(THREADS, c)
+        # channel blocks for the threads (one block when the loop will not be threaded)
+        parts = min(THREADS, c) if _threaded(c, c * kh * kw * chunk * oh * ow) else 1
         blocks = [slice(k * c // parts, (k + 1) * c // parts) for k in range(parts)]
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)

@@ -15,6 +15,7 @@ import operator
 import numpy as _np
 
 from . import backend, ops
+from . import _conv_kernels
 from ._conv_kernels import Geometry, Phases, parallel_for
 from .backend import xp
 from .conv import _check_ndim, _pair
@@ -69,6 +70,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bo
     """
     x, kernel, stride, padding, dilation = _pool_args(x, kernel_size, stride, padding, dilation, "max_pool2d")
     geo = _geometry(x, kernel, stride, padding, dilation, ceil_mode, "max_pool2d")
+    if _whole_batch(x):
+        return _unfold_batch(max_pool2d(_fold_batch(x), kernel, stride, padding, dilation, ceil_mode), x)
     layout = Phases(geo)
     out = xp.empty(x.shape[:2] + geo.out_size, dtype=x.dtype)
     needs_tap = x.requires_grad and is_grad_enabled()
@@ -90,6 +93,21 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bo
     if not needs_tap:
         return Tensor(out)
     return record(out, ((x, lambda g: _scatter_taps(g, tap, geo)),))
+
+
+def _whole_batch(x: Tensor) -> bool:
+    """On launch-bound backends (``_conv_kernels.WHOLE_BATCH``) pool all samples in one pass."""
+    return _conv_kernels.WHOLE_BATCH and x.shape[0] > 1
+
+
+def _fold_batch(x: Tensor) -> Tensor:
+    """(N, C, H, W) -> (1, N*C, H, W): pooling treats channels independently, so samples can be channels."""
+    n, c, h, w = x.shape
+    return ops.reshape(x, (1, n * c, h, w))
+
+
+def _unfold_batch(out: Tensor, x: Tensor) -> Tensor:
+    return ops.reshape(out, tuple(x.shape[:2]) + tuple(out.shape[2:]))
 
 
 def _tap_windows(layout: Phases, phases) -> list:
@@ -138,6 +156,9 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
     """Average pooling over (N, C, H, W), as torch.nn.functional.avg_pool2d."""
     x, kernel, stride, padding, dilation = _pool_args(x, kernel_size, stride, padding, 1, "avg_pool2d")
     geo = _geometry(x, kernel, stride, padding, dilation, ceil_mode, "avg_pool2d")
+    if _whole_batch(x):
+        folded = avg_pool2d(_fold_batch(x), kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
+        return _unfold_batch(folded, x)
     total = _window_sum(x, geo)
     if divisor_override is not None:
         return ops.div(total, float(divisor_override))
