@@ -29,28 +29,103 @@ def _mask_data(mask, shape):
         raise ValueError(f"softmax: mask of shape {tuple(mask.shape)} does not broadcast to {shape}") from None
 
 
+#: Rows of the last axis are processed in blocks of about this many bytes: the temporaries of a block
+#: stay in cache, and blocks are shared among threads (NumPy backend; see _conv_kernels.parallel_for).
+SOFTMAX_BLOCK_BYTES = 1 << 18
+
+
 def softmax(x, axis: int = -1, mask=None) -> Tensor:
     """exp(x - max) / sum(exp(x - max)) along ``axis``; optional boolean keep-mask.
 
-    VJP: ``y * (g - sum(g * y))``, written with differentiable ops (so grad-of-grad works).
+    VJP: ``dx = y * (g - sum(g * y))`` (:func:`_softmax_vjp`, itself differentiable, so grad-of-grad
+    works).  Both are computed row block by row block when ``axis`` is the last one (the common case:
+    attention energies), which keeps the temporaries in cache and lets NumPy use every core; each row
+    is computed exactly as in one pass, so the numbers do not depend on the blocking.
     """
     x = ops._lift(x)
+    axis = _normalise_axis(axis, x.ndim, "softmax")
     keep = _mask_data(mask, x.shape)
     data = x.data if keep is None else xp.where(keep, x.data, -xp.inf)
-    shift = xp.max(data, axis=axis, keepdims=True)
-    shift = xp.where(xp.isfinite(shift), shift, xp.zeros((), x.dtype))
-    e = xp.exp(data - shift)
-    total = xp.sum(e, axis=axis, keepdims=True)
-    out = e / xp.where(total > 0, total, xp.ones((), x.dtype))
+    out = _along_rows(_softmax_kernel, axis, data)
     holder = []
 
     def vjp(g):
-        y = holder[0]
-        return ops.mul(y, ops.sub(g, ops.sum(ops.mul(g, y), axis=axis, keepdims=True)))
+        return _softmax_vjp(holder[0], g, axis)
 
     result = record(out, ((x, vjp),))
     holder.append(result)
     return result
+
+
+def _softmax_kernel(out, data, axis):
+    """out = softmax(data) along ``axis``, in place in ``out``; a row of -inf only gives zeros."""
+    shift = xp.max(data, axis=axis, keepdims=True)
+    shift = xp.where(xp.isfinite(shift), shift, xp.zeros((), shift.dtype))
+    xp.subtract(data, shift, out=out)
+    xp.exp(out, out=out)
+    total = xp.sum(out, axis=axis, keepdims=True)
+    xp.divide(out, xp.where(total > 0, total, xp.ones((), total.dtype)), out=out)
+
+
+def _softmax_vjp(y, g, axis: int) -> Tensor:
+    """dx = y * (g - sum(g * y, axis)): the VJP of softmax with output y, as one primitive.
+
+    Its own VJPs (for higher orders), with a the cotangent of dx and s = sum(g * y):
+    g <- y * (a - sum(a * y)) = _softmax_vjp(y, a);  y <- a * (g - s) - g * sum(a * y).
+    """
+    y, g = ops._lift(y), ops._lift(g)
+    out = _along_rows(_softmax_vjp_kernel, axis, y.data, g.data)
+
+    def vjp_y(a):
+        total = ops.sum(ops.mul(g, y), axis=axis, keepdims=True)
+        return ops.sub(ops.mul(a, ops.sub(g, total)), ops.mul(g, ops.sum(ops.mul(a, y), axis=axis, keepdims=True)))
+
+    return record(out, ((y, vjp_y), (g, lambda a: _softmax_vjp(y, a, axis))))
+
+
+def _softmax_vjp_kernel(out, y, g, axis):
+    xp.multiply(g, y, out=out)
+    total = xp.sum(out, axis=axis, keepdims=True)
+    xp.subtract(g, total, out=out)
+    xp.multiply(out, y, out=out)
+
+
+def _along_rows(kernel, axis: int, *arrays):
+    """kernel(out, *arrays, axis) on a new array; by blocks of rows when ``axis`` is the last one.
+
+    Rows are independent, so each block (and each thread) computes its rows exactly as one call over
+    the whole array would.  Launch-bound backends (CuPy) take one block.
+    """
+    from ._conv_kernels import WHOLE_BATCH, parallel_for
+
+    shape = arrays[0].shape
+    out = xp.empty(shape, dtype=arrays[0].dtype)
+    if axis != len(shape) - 1 or WHOLE_BATCH or out.size == 0:
+        kernel(out, *arrays, axis)
+        return out
+    width = shape[-1]
+    rows = out.size // width
+    flat = [xp.reshape(xp.ascontiguousarray(a), (rows, width)) for a in arrays]
+    out_rows = xp.reshape(out, (rows, width))
+    per_block = max(1, SOFTMAX_BLOCK_BYTES // (width * out.dtype.itemsize))
+    starts = list(range(0, rows, per_block))
+    from ._conv_kernels import THREADS
+
+    parts = max(1, min(THREADS, len(starts)))
+
+    def run_part(k):  # one contiguous range of blocks per thread
+        for start in starts[k * len(starts) // parts: (k + 1) * len(starts) // parts]:
+            block = slice(start, min(rows, start + per_block))
+            kernel(out_rows[block], *(a[block] for a in flat), 1)
+
+    parallel_for(run_part, parts, out.size)
+    return out
+
+
+def _normalise_axis(axis: int, ndim: int, name: str) -> int:
+    if not -ndim <= axis < max(ndim, 1):
+        raise ValueError(f"{name}: axis {axis} is out of range for an input with {ndim} dimensions")
+    return axis % max(ndim, 1)
 
 
 def log_softmax(x, axis: int = -1, mask=None) -> Tensor:

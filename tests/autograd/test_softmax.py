@@ -138,3 +138,30 @@ def test_softmax_keeps_dtype(rng, dtype):
     x = dev(rng.standard_normal((2, 5)).astype(dtype))
     assert ag.softmax(x).dtype == dtype and ag.log_softmax(x).dtype == dtype
     assert ag.softmax(x, mask=dev(np.ones((2, 5), bool))).dtype == dtype
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_row_blocks_and_threads_do_not_change_the_numbers(monkeypatch, rng, threads):
+    """Softmax and its VJP over the last axis run by blocks of rows (several threads on NumPy)."""
+    from autograd import _conv_kernels, nn
+
+    x = rng.standard_normal((3, 5, 7, 11))
+    mask = rng.random((7, 11)) > 0.3
+    mask[2] = False  # one fully masked row per block of 7
+    g = rng.standard_normal(x.shape)
+
+    def run():
+        out, pullback = ag.vjp(lambda a: ag.softmax(a, axis=-1, mask=dev(mask)), dev(x))
+        (gx,) = pullback(dev(g))
+        return host(out), host(gx)
+
+    monkeypatch.setattr(_conv_kernels, "WHOLE_BATCH", True)  # one call over the whole array
+    whole = run()
+    monkeypatch.setattr(_conv_kernels, "WHOLE_BATCH", False)
+    monkeypatch.setattr(_conv_kernels, "THREADS", threads)
+    monkeypatch.setattr(_conv_kernels, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(nn, "SOFTMAX_BLOCK_BYTES", 3 * 11 * 8)  # blocks of 3 rows: 105 rows -> 35 blocks
+    blocked = run()
+    for a, b in zip(whole, blocked):
+        np.testing.assert_array_equal(a, b)
+    assert np.all(whole[0][:, :, 2] == 0) and np.all(whole[1][:, :, 2] == 0)
