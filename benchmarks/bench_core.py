@@ -18,6 +18,11 @@ The orchestrator writes ``benchmarks/results/core.md``.
 
     python benchmarks/bench_core.py            # full run (~15 min on 2 cores)
     python benchmarks/bench_core.py --quick    # smoke run: small shapes, 3 samples, one config
+    python benchmarks/bench_core.py --gpu      # the same table for CuPy (NPATTN_BACKEND=cupy) vs PyTorch CUDA
+
+On the GPU (``--gpu``) the worker runs with ``NPATTN_BACKEND=cupy`` and torch on ``cuda``; each timed call
+ends with a synchronisation of both libraries' streams, TF32 is off in torch (CuPy does not use it
+either), and the report goes to ``benchmarks/results/core_gpu.md``.  Peak memory is not measured there.
 """
 from __future__ import annotations
 
@@ -37,8 +42,16 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "core.md")
+RESULTS_GPU = os.path.join(HERE, "results", "core_gpu.md")
+GPU_FLAG = "NPATTN_BENCH_GPU"
+GPU = bool(os.environ.get(GPU_FLAG))
 BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 HASWELL_ENV = {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "512"}
+# The "cpu1" configuration: everything on one thread, timed in process CPU time.  Not PERFORMANCE.md's
+# method (which is wall time with all threads); a supplement that stays meaningful when other processes
+# load the machine, since CPU time does not count the time a busy scheduler keeps us waiting.
+CPU_TIME_FLAG = "NPATTN_BENCH_CPU_TIME"
+CLOCK = time.process_time if os.environ.get(CPU_TIME_FLAG) else time.perf_counter
 
 # ---------------------------------------------------------------------------------------------
 # cases
@@ -152,12 +165,15 @@ class Runner:
         import autograd as ag
 
         self.ag, self.torch, self.F, self.case = ag, torch, F, case
-        self.arrays = make_inputs(case, dtype)
-        self.tensors = [torch.from_numpy(a) for a in self.arrays]
+        host = make_inputs(case, dtype)
+        device = "cuda" if GPU else "cpu"
+        self.arrays = [ag.from_numpy(a) for a in host]
+        self.tensors = [torch.from_numpy(a).to(device) for a in host]
         with torch.no_grad():
             out_shape = tuple(case.theirs(F, self.tensors).shape)
-        self.cotangent = np.random.default_rng(1).standard_normal(out_shape).astype(dtype)
-        self.cotangent_t = torch.from_numpy(self.cotangent)
+        cotangent = np.random.default_rng(1).standard_normal(out_shape).astype(dtype)
+        self.cotangent = ag.from_numpy(cotangent)
+        self.cotangent_t = torch.from_numpy(cotangent).to(device)
 
     def ours_forward(self):
         return self.case.ours(self.ag, self.arrays).data
@@ -183,16 +199,27 @@ class Runner:
         pairs = [(out, ref_out)] + list(zip(grads, ref_grads))
         worst = 0.0
         for ours, ref in pairs:
-            ours, ref = self.ag.to_numpy(ours), ref.detach().numpy()
+            ours, ref = self.ag.to_numpy(ours), ref.detach().cpu().numpy()
             if ours.shape != ref.shape:
                 raise AssertionError(f"{self.case.name}: shape {ours.shape} != torch {ref.shape}")
             scale = max(float(np.abs(ref).max()), 1e-30)
             worst = max(worst, float(np.abs(ours - ref).max()) / scale)
-        forward_error = float(np.abs(self.ag.to_numpy(self.ours_forward()) - ref_out.detach().numpy()).max())
-        worst = max(worst, forward_error / max(float(np.abs(ref_out.detach().numpy()).max()), 1e-30))
+        ref_out = ref_out.detach().cpu().numpy()
+        forward_error = float(np.abs(self.ag.to_numpy(self.ours_forward()) - ref_out).max())
+        worst = max(worst, forward_error / max(float(np.abs(ref_out).max()), 1e-30))
         if not worst <= rtol:
             raise AssertionError(f"{self.case.name}: relative error {worst:.3g} > {rtol:g} against torch")
         return worst
+
+
+def synchronize():
+    """Wait for both libraries' GPU work (no-op on the CPU): a timed call ends when its kernels have run."""
+    if GPU:
+        import cupy
+        import torch
+
+        cupy.cuda.get_current_stream().synchronize()
+        torch.cuda.synchronize()
 
 
 def interleaved(ours: Callable, theirs: Callable, samples: int, sleep: float = 0.1):
@@ -200,13 +227,15 @@ def interleaved(ours: Callable, theirs: Callable, samples: int, sleep: float = 0
     for _ in range(2):
         ours()
         theirs()
+    synchronize()
     times_ours, times_theirs = [], []
     for _ in range(samples):
         for fn, sink in ((ours, times_ours), (theirs, times_theirs)):
             time.sleep(sleep)
-            start = time.perf_counter()
+            start = CLOCK()
             fn()
-            sink.append(time.perf_counter() - start)
+            synchronize()
+            sink.append(CLOCK() - start)
     return times_ours, times_theirs
 
 
@@ -215,23 +244,34 @@ def stats(times):
 
 
 def gemm_peak(dtype, samples):
-    """NumPy's GEMM throughput (GF/s): the best median over a few square sizes."""
+    """The backend's GEMM throughput (GF/s; NumPy, or CuPy with --gpu): the best median over square sizes."""
+    import autograd as ag
+
     best = 0.0
-    for n in (1536, 2048, 3072):
-        a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
+    for n in ((2048, 4096, 8192) if GPU else (1536, 2048, 3072)):
+        a = ag.from_numpy(np.random.default_rng(0).standard_normal((n, n)).astype(dtype))
         b = a.T.copy()
         a @ b
+        synchronize()
         times = []
         for _ in range(samples):
             time.sleep(0.1)
-            start = time.perf_counter()
+            start = CLOCK()
             a @ b
-            times.append(time.perf_counter() - start)
+            synchronize()
+            times.append(CLOCK() - start)
         best = max(best, 2.0 * n**3 / float(np.median(times)) / 1e9)
     return best
 
 
 def blas_info():
+    if GPU:
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        return [f"cupy {cupy.__version__} kernel=GPU device={name} (CUDA runtime "
+                f"{cupy.cuda.runtime.runtimeGetVersion()})"]
     from threadpoolctl import threadpool_info
 
     import autograd  # noqa: F401 - make sure NumPy's BLAS is loaded
@@ -249,13 +289,22 @@ def worker(args):
     """Run every case in this process (one BLAS configuration) and dump JSON."""
     import torch
 
+    if os.environ.get(CPU_TIME_FLAG):
+        from autograd import _conv_kernels
+
+        torch.set_num_threads(1)
+        _conv_kernels.THREADS = 1
+    if GPU:  # compare like with like: CuPy's GEMMs do not use TF32, torch's cuDNN convs do by default
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     cases = [c for c in all_cases(args.quick) if not args.filter or args.filter in (c.name, c.group)
              or args.filter in c.name]
     samples = args.samples or (3 if args.quick else 7)
     report = {
         "blas": blas_info(),
         "env": {k: os.environ.get(k) for k in BLAS_VARS},
-        "torch": f"{torch.__version__}, {torch.get_num_threads()} threads",
+        "torch": (f"{torch.__version__} on {torch.cuda.get_device_name(0)}, TF32 off" if GPU
+                  else f"{torch.__version__}, {torch.get_num_threads()} threads"),
         "numpy": np.__version__,
         "peak": {},
         "rows": [],
@@ -268,7 +317,7 @@ def worker(args):
             error = runner.verify(1e-10 if dtype == "float64" else 2e-4)
             for mode, ours, theirs in (("fwd", runner.ours_forward, runner.theirs_forward),
                                        ("fwd+bwd", runner.ours_backward, runner.theirs_backward)):
-                t_ours, t_theirs = interleaved(ours, theirs, samples)
+                t_ours, t_theirs = interleaved(ours, theirs, samples, sleep=0.02 if GPU else 0.1)
                 row = {"case": case.name, "group": case.group, "dtype": dtype, "mode": mode,
                        "ours": stats(t_ours), "torch": stats(t_theirs), "error": error,
                        "share": case.gemm_share, "flops": case.flops}
@@ -357,14 +406,19 @@ def measure_memory(quick, env):
 # orchestration and report
 
 
-def configurations():
+def configurations(gpu=False):
     inherited = dict(os.environ)
+    if gpu:
+        return {"gpu": ("GPU: CuPy (NPATTN_BACKEND=cupy) vs PyTorch CUDA",
+                        {**inherited, "NPATTN_BACKEND": "cupy", GPU_FLAG: "1"})}
     unset = {k: v for k, v in inherited.items() if k not in BLAS_VARS}
     configs = {"set": ("as set", inherited),
                "unset": ("unset (env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE)", unset)}
     if "OPENBLAS_CORETYPE" not in inherited:
         configs["haswell"] = ("Haswell forced (OPENBLAS_CORETYPE=Haswell OPENBLAS_L2_SIZE=512)",
                               {**unset, **HASWELL_ENV})
+    configs["cpu1"] = ("one thread, CPU time (supplement, as set otherwise)",
+                       {**inherited, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", CPU_TIME_FLAG: "1"})
     return configs
 
 
@@ -393,14 +447,32 @@ def _ms(s):
 
 
 def render(results, memory, args):
-    lines = ["# autograd core vs PyTorch CPU", "",
-             "Generated by `python benchmarks/bench_core.py" + (" --quick" if args.quick else "") + "`"
+    title = "# autograd core on CuPy vs PyTorch CUDA" if args.gpu else "# autograd core vs PyTorch CPU"
+    lines = [title, "",
+             "Generated by `python benchmarks/bench_core.py" + (" --quick" if args.quick else "")
+             + (" --gpu" if args.gpu else "") + "`"
              f" on {time.strftime('%Y-%m-%d')}. Method: shared/PERFORMANCE.md (one process per BLAS "
-             "configuration, both libraries warmed, interleaved samples with a 0.1 s sleep before each; "
-             "times are min / **median** / max in ms; ratio = our median / torch's median, < 1 means faster "
+             "configuration, both libraries warmed, interleaved samples with a "
+             + ("0.02 s sleep before each and a synchronisation of both libraries' GPU streams after each; "
+                if args.gpu else "0.1 s sleep before each; ")
+             + "times are min / **median** / max in ms; ratio = our median / torch's median, < 1 means faster "
              "than torch). Forward+backward = output and the gradients w.r.t. the input and every parameter "
              "(conv: weight and bias), tape included. Every case was verified against torch first (max error "
              "relative to the largest reference magnitude: <= 1e-10 in float64, <= 2e-4 in float32).", ""]
+    if args.gpu:
+        lines += ["At these shapes both libraries are bound by per-call host overhead rather than by the GPU: "
+                  "a trivial torch pooling call takes ~0.3 ms with its synchronisation, and the conv throughputs "
+                  "are a few per cent of the GEMM peak on both sides.  The ratios compare that overhead (our "
+                  "tape and the number of kernel launches per op) more than arithmetic.  PERFORMANCE.md sets no "
+                  "GPU targets.", ""]
+    loaded = [label for label, report in results if _loaded(label, report)]
+    if loaded:
+        lines += [f"**Read with care: the machine was loaded during the wall-clock runs ({', '.join(loaded)}): "
+                  "1-minute load average above 1 on 2 cores, and NumPy's GEMM peak measured in the same process "
+                  "far below the machine's (PERFORMANCE.md: 224 GF/s f64 / 516 f32 with AVX-512).  Their times "
+                  "and ratios mostly measure the other processes.  The one-thread CPU-time configuration does "
+                  "not count time spent waiting for a core and is the load-robust comparison of the two "
+                  "implementations; rerun on an idle machine for the wall-clock targets.**", ""]
     lines += summary_table(results)
     for label, report in results:
         lines += config_section(label, report)
@@ -425,12 +497,20 @@ def kernel_class(report) -> str:
         return "AVX2"
     if any(n in ("SkylakeX", "Cooperlake", "SapphireRapids") for n in names):
         return "AVX-512"
+    if "GPU" in names:
+        return "GPU"
     return "/".join(names) or "unknown"
 
 
 def _mark(value, limit, below=True) -> str:
+    if math.isnan(limit):
+        return "no target"  # PERFORMANCE.md sets none (the GPU table)
     met = value <= limit if below else value >= limit
     return "met" if met else "**missed**"
+
+
+def _versus(value, target) -> str:
+    return "no target" if math.isnan(target) else f"<= {target}: {_mark(value, target)}"
 
 
 def summary_table(results):
@@ -447,11 +527,11 @@ def summary_table(results):
             worst = max(bwd, key=lambda r: r["ratio"])
             mean = geomean([r["ratio"] for r in bwd])
             mean_target, worst_target = CONV_TARGETS.get((dtype, kind), (float("nan"), float("nan")))
-            shares = share_of_peak(rows, report["peak"][dtype])
+            shares = share_of_peak(rows, report["peak"][dtype], targets=kind != "GPU")
             lines.append(
-                f"| {label.split(' (')[0]} | {dtype} | {kind} | {mean:.2f}x (<= {mean_target}: "
-                f"{_mark(mean, mean_target)}) | {worst['ratio']:.2f}x (<= {worst_target}: "
-                f"{_mark(worst['ratio'], worst_target)}; {worst['case']}) | {shares.get('3x3', '-')} | "
+                f"| {label.split(' (')[0]} | {dtype} | {kind} | {mean:.2f}x ({_versus(mean, mean_target)}) | "
+                f"{worst['ratio']:.2f}x ({_versus(worst['ratio'], worst_target)}; {worst['case']}) | "
+                f"{shares.get('3x3', '-')} | "
                 f"{shares.get('1x1', '-')} |")
     lines += ["", "Pooling and softmax forward+backward (target <= 2x torch):", ""]
     for label, report in results:
@@ -460,14 +540,15 @@ def summary_table(results):
                       if r["group"] != "conv" and r["dtype"] == dtype and r["mode"] == "fwd+bwd"]
             if others:
                 worst = max(others, key=lambda r: r["ratio"])
+                target = float("nan") if kernel_class(report) == "GPU" else POOL_SOFTMAX_TARGET
                 lines.append(f"- {label.split(' (')[0]}, {dtype}: worst {worst['ratio']:.2f}x ({worst['case']}; "
-                             f"{_mark(worst['ratio'], POOL_SOFTMAX_TARGET)}), geometric mean "
+                             f"{_mark(worst['ratio'], target)}), geometric mean "
                              f"{geomean([r['ratio'] for r in others]):.2f}x")
     lines.append("")
     return lines
 
 
-def share_of_peak(rows, peak):
+def share_of_peak(rows, peak, targets=True):
     """'3x3' / '1x1' -> 'a% (GF/s; met)' forward throughput as a share of the GEMM peak."""
     shares = {}
     for r in rows:
@@ -475,18 +556,27 @@ def share_of_peak(rows, peak):
             gflops = r["flops"] / r["ours"]["median"] / 1e9
             share = gflops / peak
             shares.setdefault(r["share"], []).append(
-                f"{100 * share:.0f}% ({gflops:.0f} GF/s; {_mark(share, SHARE_TARGETS[r['share']], below=False)})")
+                f"{100 * share:.0f}% ({gflops:.0f} GF/s; {_mark(share, SHARE_TARGETS[r['share']] if targets else float('nan'), below=False)})")
     return {k: ", ".join(v) for k, v in shares.items()}
+
+
+def _loaded(label, report) -> bool:
+    """A CPU wall-clock run started with more runnable processes than half the cores (GPU runs excepted)."""
+    return report["load_start"][0] > (os.cpu_count() or 2) / 2 and "CPU time" not in label and "GPU" not in label
 
 
 def config_section(label, report):
     lines = [f"## BLAS configuration: {label}", "",
              f"- environment: {', '.join(f'{k}={v}' for k, v in report['env'].items())}",
-             *[f"- NumPy BLAS: {b}" for b in report["blas"]],
+             *[f"- {'array backend' if 'GPU' in label else 'NumPy BLAS'}: {b}" for b in report["blas"]],
              f"- NumPy {report['numpy']}; torch {report['torch']}",
              "- load average (1/5/15 min) at start: " + " / ".join(f"{v:.1f}" for v in report["load_start"])
              + ", at end: " + " / ".join(f"{v:.1f}" for v in report["load_end"]),
-             "- NumPy GEMM peak (best median of square 1536/2048/3072 matmuls): "
+             *(["- **the machine was loaded during this run** (other processes on the 2 cores): wall-clock "
+                "times and ratios are distorted; see the one-thread CPU-time section"]
+               if _loaded(label, report) else []),
+             ("- CuPy GEMM peak (best median of square 2048/4096/8192 matmuls): " if "GPU" in label else
+              "- NumPy GEMM peak (best median of square 1536/2048/3072 matmuls): ")
              + ", ".join(f"{d} {p:.0f} GF/s" for d, p in report["peak"].items()), ""]
     for dtype in report["peak"]:
         lines += [f"### {dtype}", "", "| case | mode | ours (ms) | torch (ms) | ratio |", "|---|---|---|---|---|"]
@@ -526,6 +616,7 @@ def main():
     parser.add_argument("--dtypes", default="float64,float32")
     parser.add_argument("--configs", default="", help="comma-separated subset of set,unset,haswell")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--gpu", action="store_true", help="CuPy vs PyTorch CUDA (needs a GPU, CuPy, torch+CUDA)")
     parser.add_argument("--output", help=f"markdown report path (default {os.path.relpath(RESULTS)}; "
                         "--quick prints it instead)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -537,13 +628,14 @@ def main():
         return worker(args)
     if args.case:
         return memory_worker(args)
-    available = configurations()
-    names = args.configs.split(",") if args.configs else (["set"] if args.quick else list(available))
+    available = configurations(args.gpu)
+    names = (args.configs.split(",") if args.configs and not args.gpu
+             else (["set"] if args.quick and not args.gpu else list(available)))
     configs = [available[name] for name in names if name in available]
     results = [(label, run_config(label, env, args)) for label, env in configs]
-    memory = [] if args.no_memory or args.filter else measure_memory(args.quick, configs[0][1])
+    memory = [] if args.no_memory or args.filter or args.gpu else measure_memory(args.quick, configs[0][1])
     report = render(results, memory, args)
-    output = args.output or (None if args.quick else RESULTS)
+    output = args.output or (None if args.quick else (RESULTS_GPU if args.gpu else RESULTS))
     if output is None:
         print(report)
         return
