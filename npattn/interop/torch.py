@@ -1,7 +1,11 @@
 """PyTorch interop (needs ``torch``): state_dict conversion and side-by-side comparison.
 
 npattn's parameter names *are* PyTorch ``state_dict`` names with PyTorch layouts, so conversion is a key
-mapping (identity unless the module names its layers differently) and a dtype/device move::
+mapping (identity unless the module names its layers differently) and a dtype/device move.  One layout
+differs and is converted here: ``torch.nn.MultiheadAttention`` (inside ``torch.nn.Transformer*Layer``
+too) stores the Q/K/V projections fused as ``in_proj_weight`` = cat(W_q, W_k, W_v) and the output
+projection as ``out_proj``, where npattn's ``mha`` and ``transformer`` keep ``w_q/w_k/w_v/w_o`` (the
+paper's matrices, one per name).  Mechanisms listed in :data:`TORCH_NN_ATTENTION` get that layout both ways::
 
     from npattn.interop.torch import compare
     report = compare(my_torch_cbam, "cbam", x)          # runs both, forward and backward
@@ -13,6 +17,7 @@ outputs, the input gradients and every parameter gradient.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,31 +34,88 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("npattn.interop.torch needs PyTorch: pip install 'npattn[torch]'") from exc
 
 
-def from_torch_state_dict(name: str, state_dict: dict, key_map: dict | None = None) -> dict:
+#: Mechanisms whose attention parameters use torch.nn.MultiheadAttention's fused layout on the torch side.
+TORCH_NN_ATTENTION = ("mha", "transformer")
+PROJECTIONS = ("w_q", "w_k", "w_v")
+_NPATTN_PROJECTION = re.compile(r"^(.*?)(w_q|w_k|w_v|w_o)\.(weight|bias)$")
+_TORCH_PROJECTION = re.compile(r"^(.*?)(in_proj_|out_proj\.)(weight|bias)$")
+
+
+def torch_key(name: str, key: str) -> tuple:
+    """(torch ``state_dict`` key, part) of npattn parameter ``key`` of mechanism ``name``.
+
+    ``part`` is None when the tensors are the same, else the index (0, 1, 2 = Q, K, V) of the equal
+    row block of a fused ``in_proj_*`` tensor that holds it.
+    """
+    match = _NPATTN_PROJECTION.match(key) if name in TORCH_NN_ATTENTION else None
+    if not match:
+        return key, None
+    prefix, projection, kind = match.groups()
+    if projection == "w_o":
+        return f"{prefix}out_proj.{kind}", None
+    return f"{prefix}in_proj_{kind}", PROJECTIONS.index(projection)
+
+
+def _split_torch_entry(name: str, key: str, array: np.ndarray) -> list:
+    """[(npattn key, array)] for one torch state_dict entry (three for a fused in_proj tensor)."""
+    match = _TORCH_PROJECTION.match(key) if name in TORCH_NN_ATTENTION else None
+    if not match:
+        return [(key, array)]
+    prefix, which, kind = match.groups()
+    if which == "out_proj.":
+        return [(f"{prefix}w_o.{kind}", array)]
+    if array.shape[0] % 3:
+        raise ValueError(f"{name}: {key} has {array.shape[0]} rows, not a multiple of 3 (fused Q, K, V)")
+    return [(f"{prefix}{projection}.{kind}", block)
+            for projection, block in zip(PROJECTIONS, np.split(array, 3, axis=0))]
+
+
+def from_torch_state_dict(name: str, state_dict: dict, key_map: dict | None = None, config: dict | None = None) -> dict:
     """npattn parameters (backend arrays) for mechanism ``name`` from a torch ``state_dict``.
 
-    ``key_map`` maps torch keys to npattn keys where they differ; every npattn parameter of the
-    mechanism's default layout must be found, and unknown keys are an error (no silent drops).
+    ``key_map`` maps torch keys to npattn keys where they differ (applied first); fused attention tensors
+    are split for the mechanisms of :data:`TORCH_NN_ATTENTION`.  Every parameter npattn's ``init`` makes
+    for the mechanism's default configuration updated with ``config`` (e.g. ``{"num_layers": 6}``,
+    ``{"attn_bias": True}``) must be found, and unknown keys are an error (no silent drops).
     """
     mech = get(name)
     key_map = key_map or {}
     params = {}
     for key, value in state_dict.items():
-        params[key_map.get(key, key)] = ag.from_numpy(value.detach().cpu().numpy().copy())
-    expected = set(mech.default_params())
+        host = value.detach().cpu().numpy()
+        for npattn_key, array in _split_torch_entry(name, key_map.get(key, key), host):
+            params[npattn_key] = ag.from_numpy(np.array(array, copy=True))
+    settings = {**mech.config, **(config or {})}
+    expected = set(mech.init(np.random.default_rng(0), **settings))
     missing, unexpected = expected - set(params), set(params) - expected
     if missing or unexpected:
         raise KeyError(
-            f"{name}: state_dict does not match npattn's parameters; missing {sorted(missing)}, "
-            f"unexpected {sorted(unexpected)} (pass key_map={{torch_key: npattn_key}})"
+            f"{name}: state_dict does not match npattn's parameters for configuration {settings}; missing "
+            f"{sorted(missing)}, unexpected {sorted(unexpected)} (pass key_map={{torch_key: npattn_key}} for "
+            "other names, config={...} for another configuration)"
         )
     return params
 
 
-def to_torch_state_dict(params: dict, key_map: dict | None = None) -> dict:
-    """A torch ``state_dict`` (CPU tensors) from npattn parameters; ``key_map`` maps npattn -> torch keys."""
+def to_torch_state_dict(params: dict, key_map: dict | None = None, name: str | None = None) -> dict:
+    """A torch ``state_dict`` (CPU tensors) from npattn parameters; ``key_map`` maps npattn -> torch keys.
+
+    With ``name`` in :data:`TORCH_NN_ATTENTION`, Q/K/V projections are fused into ``in_proj_*`` and
+    ``w_o`` becomes ``out_proj`` (torch.nn.MultiheadAttention's layout).
+    """
     key_map = key_map or {}
-    return {key_map.get(k, k): torch.from_numpy(ag.to_numpy(v).copy()) for k, v in params.items()}
+    state, fused = {}, {}
+    for key, value in params.items():
+        target, part = torch_key(name, key) if name else (key, None)
+        if part is None:
+            state[key_map.get(key, target)] = torch.from_numpy(ag.to_numpy(value).copy())
+        else:
+            fused.setdefault(target, [None] * len(PROJECTIONS))[part] = ag.to_numpy(value)
+    for target, parts in fused.items():
+        if any(p is None for p in parts):
+            raise KeyError(f"{name}: {target} needs all of {PROJECTIONS}; some are missing")
+        state[key_map.get(target, target)] = torch.from_numpy(np.concatenate(parts, axis=0))
+    return state
 
 
 @dataclass
@@ -75,16 +137,17 @@ class Report:
         return "\n".join(lines)
 
 
-def compare(module, name: str, *inputs, train: bool = False, key_map: dict | None = None, rtol: float = 1e-10,
-            atol: float = 1e-12, seed: int = 0, **options) -> Report:
+def compare(module, name: str, *inputs, train: bool = False, key_map: dict | None = None, config: dict | None = None,
+            rtol: float = 1e-10, atol: float = 1e-12, seed: int = 0, **options) -> Report:
     """Run torch ``module`` and npattn mechanism ``name`` on the same inputs and compare everything.
 
     ``inputs`` are NumPy arrays or torch tensors; gradients are taken w.r.t. every floating input and
-    every module parameter, for one random cotangent.  ``options`` go to the npattn ``apply``.
+    every module parameter, for one random cotangent.  ``options`` go to the npattn ``apply``; ``key_map``
+    and ``config`` as in :func:`from_torch_state_dict`.
     """
     mech = get(name)
     host_inputs = [to_host(x) for x in inputs]
-    params = from_torch_state_dict(name, module.state_dict(), key_map)
+    params = from_torch_state_dict(name, module.state_dict(), key_map, config)
     inverse = {v: k for k, v in (key_map or {}).items()}
 
     # torch side
@@ -121,9 +184,12 @@ def compare(module, name: str, *inputs, train: bool = False, key_map: dict | Non
         add(f"grad input {i}", torch_inputs[i].grad, g)
     torch_params = dict(module.named_parameters())
     for key in float_keys:
-        torch_key = inverse.get(key, key)
-        if torch_key in torch_params:
-            expected = torch_params[torch_key].grad
-            add(f"grad {torch_key}", expected if expected is not None else torch.zeros_like(torch_params[torch_key]),
-                grads[0][key])
+        target, part = torch_key(name, key)
+        target = inverse.get(target, target)
+        if target in torch_params:
+            tensor = torch_params[target]
+            grad = tensor.grad if tensor.grad is not None else torch.zeros_like(tensor)
+            if part is not None:  # this projection's rows of the fused in_proj gradient
+                grad = torch.chunk(grad, len(PROJECTIONS), dim=0)[part]
+            add(f"grad {key if part is not None else target}", grad, grads[0][key])
     return report

@@ -21,6 +21,7 @@ F = torch.nn.functional
 
 import autograd as ag  # noqa: E402
 import npattn  # noqa: E402
+from npattn.interop.torch import torch_key  # noqa: E402
 from npattn.origins import bahdanau as bah  # noqa: E402
 from npattn.origins import show_attend_tell as sat  # noqa: E402
 from npattn.origins import transformer as tf  # noqa: E402
@@ -53,19 +54,10 @@ def _ours_with_grads(fn, params, inputs, cotangent):
 # ---------------------------------------------------------------------------------------------
 # npattn <-> torch parameter names for attention:  w_q/w_k/w_v -> slices of in_proj_*, w_o -> out_proj
 
-_PROJECTION = re.compile(r"^(.*?)(w_q|w_k|w_v|w_o)\.(weight|bias)$")
-
-
 def _torch_name(key, d_model):
-    """(torch state_dict name, row slice or None) of an npattn parameter."""
-    match = _PROJECTION.match(key)
-    if not match:
-        return key, None
-    prefix, projection, kind = match.groups()
-    if projection == "w_o":
-        return f"{prefix}out_proj.{kind}", None
-    index = ("w_q", "w_k", "w_v").index(projection)
-    return f"{prefix}in_proj_{kind}", slice(index * d_model, (index + 1) * d_model)
+    """(torch state_dict name, row slice or None) of an npattn parameter (npattn.interop.torch's mapping)."""
+    name, part = torch_key("transformer", key)
+    return name, None if part is None else slice(part * d_model, (part + 1) * d_model)
 
 
 def _load(module, params, d_model):
