@@ -292,9 +292,12 @@ def _encoder_layer(params, prefix, x, keep, regime: _Regime) -> ag.Tensor:
     return _add_and_norm(params, _key(prefix, "norm2"), x, _feed_forward(params, prefix, x, regime), regime)
 
 
-def _decoder_layer(params, prefix, x, memory, self_keep, memory_keep, regime: _Regime) -> ag.Tensor:
+def _decoder_layer(params, prefix, x, memory, self_keep, memory_keep, regime: _Regime, probe=None) -> ag.Tensor:
+    """``probe`` (a list), if given, receives the queries of the encoder-decoder attention (for its maps)."""
     x = _add_and_norm(params, _key(prefix, "norm1"), x,
                       _multi_head(params, _key(prefix, "self_attn"), x, x, x, self_keep, regime), regime)
+    if probe is not None:
+        probe.append(x)
     x = _add_and_norm(params, _key(prefix, "norm2"), x,
                       _multi_head(params, _key(prefix, "multihead_attn"), x, memory, memory, memory_keep, regime),
                       regime)
@@ -405,6 +408,28 @@ def transformer(params: dict, src, tgt, src_key_padding_mask=None, tgt_key_paddi
     The target is teacher-forced (the caller shifts it); the decoder self-attention is causal and also
     hides padded target keys, the encoder-decoder attention hides padded source keys.
     """
+    inputs = _transformer_inputs(params, src, tgt, src_key_padding_mask, tgt_key_padding_mask)
+    regime = _regime(heads, train, rng, dropout, attention_dropout, relu_dropout, eps, inputs[0].shape[2])
+    return _encode_decode(params, *inputs, regime, pe_layout)[0]
+
+
+def cross_attention_weights(params: dict, src, tgt, src_key_padding_mask=None, tgt_key_padding_mask=None, *,
+                            heads: int, pe_layout: str = "interleave", eps: float = 1e-6) -> list:
+    """The encoder-decoder attention maps of :func:`transformer` in eval mode, for plotting alignments.
+
+    Returns one (B, h, Lt, Ls) tensor per decoder layer: row i of head k is the weight that target
+    position i gives each source position; padded source positions get exactly 0.
+    """
+    inputs = _transformer_inputs(params, src, tgt, src_key_padding_mask, tgt_key_padding_mask)
+    regime = _regime(heads, False, None, 0.0, 0.0, 0.0, eps, inputs[0].shape[2])
+    queries: list = []
+    _, memory = _encode_decode(params, *inputs, regime, pe_layout, probe=queries)
+    return [mha_weights(params, query, memory, inputs[2], heads=heads, prefix=f"decoder.layers.{i}.multihead_attn")
+            for i, query in enumerate(queries)]
+
+
+def _transformer_inputs(params, src, tgt, src_key_padding_mask, tgt_key_padding_mask) -> tuple:
+    """Checked (src, tgt, src_padding, tgt_padding)."""
     d_model = params["encoder.layers.0.norm1.weight"].shape[0]
     layout = "(B, L, d_model)"
     src = check_sequence(NAME, src, params, arg="src", features=d_model, layout=layout)
@@ -412,8 +437,11 @@ def transformer(params: dict, src, tgt, src_key_padding_mask=None, tgt_key_paddi
     check_batch(NAME, tgt, src.shape[0], "tgt")
     src_padding = check_padding_mask(NAME, src_key_padding_mask, arg="src_key_padding_mask", shape=src.shape[:2])
     tgt_padding = check_padding_mask(NAME, tgt_key_padding_mask, arg="tgt_key_padding_mask", shape=tgt.shape[:2])
-    regime = _regime(heads, train, rng, dropout, attention_dropout, relu_dropout, eps, d_model)
+    return src, tgt, src_padding, tgt_padding
 
+
+def _encode_decode(params, src, tgt, src_padding, tgt_padding, regime: _Regime, pe_layout: str, probe=None):
+    """(decoder output (B, Lt, d), encoder output (B, Ls, d))."""
     source_keep = attention_keep(src_padding)
     memory = _embed(src, pe_layout, regime)
     for i in range(_count_layers(params, "encoder")):
@@ -422,8 +450,8 @@ def transformer(params: dict, src, tgt, src_key_padding_mask=None, tgt_key_paddi
     target_keep = attention_keep(tgt_padding, causal=True, query_length=tgt.shape[1], key_length=tgt.shape[1])
     out = _embed(tgt, pe_layout, regime)
     for i in range(_count_layers(params, "decoder")):
-        out = _decoder_layer(params, f"decoder.layers.{i}", out, memory, target_keep, source_keep, regime)
-    return out
+        out = _decoder_layer(params, f"decoder.layers.{i}", out, memory, target_keep, source_keep, regime, probe)
+    return out, memory
 
 
 # ---------------------------------------------------------------------------------------------

@@ -259,6 +259,41 @@ def test_transformer_embedding_scale_and_layer_count(rng):
     np.testing.assert_array_equal(host(out), host(expected))
 
 
+def test_cross_attention_weights_match_a_host_reference(rng):
+    """Layer 0's encoder-decoder maps, rebuilt from public pieces and an explicit host softmax loop."""
+    params = _transformer(layers=2)
+    src, tgt = rng.standard_normal((2, 6, D_MODEL)), rng.standard_normal((2, 4, D_MODEL))
+    src_pad = np.arange(6)[None, :] >= np.array([[6], [4]])
+    maps = tf.cross_attention_weights(params, dev(src), dev(tgt), dev(src_pad), heads=HEADS)
+    assert [tuple(m.shape) for m in maps] == [(2, HEADS, 4, 6)] * 2
+
+    scale = math.sqrt(D_MODEL)
+    memory = tf.encoder_layer(params, dev(src) * scale + tf.positional_encoding(6, D_MODEL), dev(src_pad),
+                              prefix="encoder.layers.0", heads=HEADS)
+    memory = tf.encoder_layer(params, memory, dev(src_pad), prefix="encoder.layers.1", heads=HEADS)
+    x = ag.as_tensor(dev(tgt)) * scale + tf.positional_encoding(4, D_MODEL)
+    self_attn = {k[len("decoder.layers.0.self_attn."):]: v for k, v in params.items()
+                 if k.startswith("decoder.layers.0.self_attn.")}
+    x = ag.layer_norm(x + tf.mha(self_attn, x, heads=HEADS, causal=True), (D_MODEL,),
+                      params["decoder.layers.0.norm1.weight"], params["decoder.layers.0.norm1.bias"], eps=1e-6)
+    p = {k: host(v) for k, v in params.items()}
+    q = host(x) @ p["decoder.layers.0.multihead_attn.w_q.weight"].T
+    k = host(memory) @ p["decoder.layers.0.multihead_attn.w_k.weight"].T
+    d_k = D_MODEL // HEADS
+    expected = np.zeros((2, HEADS, 4, 6))
+    for b in range(2):
+        kept = np.flatnonzero(~src_pad[b])
+        for h in range(HEADS):
+            cols = slice(h * d_k, (h + 1) * d_k)
+            for i in range(4):
+                scores = k[b][kept][:, cols] @ q[b, i, cols] / math.sqrt(d_k)
+                weights = np.exp(scores - scores.max())
+                expected[b, h, i, kept] = weights / weights.sum()
+    np.testing.assert_allclose(host(maps[0]), expected, rtol=1e-12, atol=1e-14)
+    assert np.all(host(maps[1])[1, :, :, 4:] == 0)                     # padded source words: exactly 0
+    np.testing.assert_allclose(host(maps[1]).sum(-1), 1.0, rtol=1e-13)
+
+
 def test_transformer_dropout_train_vs_eval(rng):
     params = _transformer(layers=1)
     src, tgt = _x(rng, (2, 4, D_MODEL)), _x(rng, (2, 3, D_MODEL))
