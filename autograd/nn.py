@@ -235,11 +235,16 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
             raise ValueError("batch_norm: eval mode needs running_mean and running_var")
         mean = ops.reshape(running_mean, stat_shape)
         var = ops.reshape(running_var, stat_shape)
-    y = ops.div(ops.sub(x, mean), ops.sqrt(ops.add(var, eps)))
+    # y = (x - mean) / sqrt(var + eps) * w + b, applied as PyTorch's CPU kernel does: per channel
+    # alpha = w / sqrt(var + eps), beta = b - mean * alpha, then y = x * alpha + beta -- one pass over x
+    # (and one output array) instead of four; gradients reach mean/var/w/b through the (C,) vectors.
+    alpha = ops.div(1.0, ops.sqrt(ops.add(ops.reshape(var, (c,)), eps)))
     if weight is not None:
-        y = ops.mul(y, ops.reshape(weight, stat_shape))
+        alpha = ops.mul(alpha, weight)
+    beta = ops.neg(ops.mul(ops.reshape(mean, (c,)), alpha))
     if bias is not None:
-        y = ops.add(y, ops.reshape(bias, stat_shape))
+        beta = ops.add(beta, bias)
+    y = channel_affine(x, alpha, beta)
     if return_running:
         return y, new_mean, new_var
     return y
@@ -247,6 +252,29 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
 
 def _data(value):
     return value.data if isinstance(value, Tensor) else value
+
+
+def channel_affine(x, scale, shift) -> Tensor:
+    """y = x * scale + shift with (C,) ``scale``/``shift`` broadcast along axis 1 of x (N, C, ...).
+
+    One primitive with one output array.  VJPs (differentiable): x <- g * scale,
+    scale <- sum over (N, ...) of g * x, shift <- sum over (N, ...) of g.
+    """
+    x, scale, shift = ops._lift(x), ops._lift(scale), ops._lift(shift)
+    c = x.shape[1]
+    stat_shape = (1, c) + (1,) * (x.ndim - 2)
+    axes = (0,) + tuple(range(2, x.ndim))
+    out = xp.multiply(x.data, xp.reshape(scale.data, stat_shape))
+    out += xp.reshape(shift.data, stat_shape)
+
+    def vjp_scale(g):
+        # sum(g * x) over every axis but 1, without a full-size product: an einsum over (N, C, L) views
+        n = x.shape[0]
+        return ops.einsum("ncl,ncl->c", ops.reshape(g, (n, c, -1)), ops.reshape(x, (n, c, -1)))
+
+    return record(out, ((x, lambda g: ops.mul(g, ops.reshape(scale, stat_shape))),
+                        (scale, vjp_scale),
+                        (shift, lambda g: ops.sum(g, axis=axes))))
 
 
 def _check_shape(op: str, name: str, value, shape) -> None:

@@ -198,10 +198,8 @@ def relu(a) -> Tensor:
     """max(a, 0); the gradient at exactly 0 is 0 (as PyTorch)."""
     a = _lift(a)
     mask = a.data > 0
-    return record(
-        xp.where(mask, a.data, xp.zeros((), a.data.dtype)),
-        ((a, lambda g: mul(g, Tensor(mask.astype(a.data.dtype)))),),
-    )
+    zero = xp.zeros((), a.data.dtype)
+    return record(xp.where(mask, a.data, zero), ((a, lambda g: where(mask, g, Tensor(zero))),))
 
 
 def leaky_relu(a, negative_slope: float = 0.01) -> Tensor:
