@@ -1,2 +1,2 @@
 """Category-based attention: OCR (object-contextual representations)."""
-from . import blocks, ocr  # noqa: F401
+from . import ocr  # noqa: F401

@@ -40,9 +40,8 @@ import numpy as np
 
 import autograd as ag
 
-from ..layers import check_dtype, check_input, example
+from ..layers import check_dtype, check_input, conv_bn, example, init_conv_bn
 from ..registry import Mechanism, Paper, register
-from .blocks import conv_bn, init_conv_bn
 
 NAME = "ocr"
 BLOCK = "object_context_block"

@@ -37,8 +37,7 @@ import numpy as np
 
 import autograd as ag
 
-from ..category.blocks import conv_bn, init_conv_bn
-from ..layers import check_dtype, check_input, example
+from ..layers import check_dtype, check_input, conv_bn, example, init_conv_bn
 from ..registry import Mechanism, Paper, register
 
 NAME = "rga"

@@ -48,8 +48,7 @@ import numpy as np
 
 import autograd as ag
 
-from ..category.blocks import conv_bn, init_conv_bn
-from ..layers import batch_norm, check_dtype, check_input, example, init_batch_norm, init_conv
+from ..layers import batch_norm, check_dtype, check_input, conv_bn, example, init_batch_norm, init_conv, init_conv_bn
 from ..registry import Mechanism, Paper, register
 
 NAME = "iau"

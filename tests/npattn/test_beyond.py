@@ -236,8 +236,8 @@ def test_rga_relation_feature_stacks_incoming_then_outgoing_relations():
     n = 16
     weight = host(params["gg_spatial.0.weight"])
     incoming_only = {**params, "gg_spatial.0.weight": dev(np.concatenate([weight[:, :n], 0 * weight[:, n:]], 1))}
-    theta = host(npattn.category.blocks.conv_bn(params, "theta_spatial.0", "theta_spatial.1", x, False)).reshape(8, n)
-    phi = host(npattn.category.blocks.conv_bn(params, "phi_spatial.0", "phi_spatial.1", x, False)).reshape(8, n)
+    theta = host(npattn.layers.conv_bn(params, "theta_spatial.0", "theta_spatial.1", x, False)).reshape(8, n)
+    phi = host(npattn.layers.conv_bn(params, "phi_spatial.0", "phi_spatial.1", x, False)).reshape(8, n)
     affinity = theta.T @ phi                                                            # G[p, q]
     relations_in = affinity.T.reshape(1, n, 4, 4)                                      # channel j at p: G[p, j]
     captured = {}
