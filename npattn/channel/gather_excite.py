@@ -197,7 +197,37 @@ def gather_excite(params: dict, x, *, train: bool = False, extent: int = 0, gath
     and the MLP (official GEPP); False gives timm's form.
     """
     x = _check(params, x, extent)
-    return x * _gate(params, x, extent, train, gather_relu)      # y = x * sigmoid(interp(g))
+    gate = ag.sigmoid(gather(params, x, extent, train, gather_relu))
+    return scale_by_gate(x, gate)                                 # y = x * sigmoid(interp(g))
+
+
+def scale_by_gate(x, gate) -> ag.Tensor:
+    """y = x * interp_nearest(gate) for x (N, C, H, W) and a gate (N, C, H_e, W_e).
+
+    When nearest upsampling repeats every gate value over a k x k' block (PyTorch's index rule gives
+    src = dst // k exactly), the gate is repeated along W only and broadcast over the k rows of each block
+    of x: the same values without a full-size upsampled gate (nor the two resampling matmuls and their
+    VJPs).  Otherwise: interpolate, then multiply.
+    """
+    n, c, h, w = x.shape
+    h_e, w_e = gate.shape[2:]
+    if (h_e, w_e) == (1, 1):
+        return x * gate                                           # broadcasts over (H, W)
+    if not (_repeats_blocks(h_e, h) and _repeats_blocks(w_e, w)):
+        return x * ag.interpolate(gate, size=(h, w), mode="nearest")
+    # repeat along W only (the gate stays H/H_e times smaller), broadcast over the row blocks: the
+    # innermost axis of the product is a whole row of W, which NumPy's loops need to run fast
+    rows = ag.reshape(ag.repeat(gate, w // w_e, axis=3), (n, c, h_e, 1, w))
+    return ag.reshape(ag.reshape(x, (n, c, h_e, h // h_e, w)) * rows, (n, c, h, w))
+
+
+def _repeats_blocks(size_in: int, size_out: int) -> bool:
+    """Whether nearest resizing size_in -> size_out (autograd's = PyTorch's rule) repeats each entry k times."""
+    if size_out % size_in:
+        return False
+    nearest = ag.to_numpy(ag.resize.resize_matrix(size_in, size_out, "nearest"))   # (out, in) 0/1
+    blocks = np.arange(size_out)[:, None] // (size_out // size_in) == np.arange(size_in)[None, :]
+    return bool(np.array_equal(nearest, blocks))
 
 
 def _register(variant: str, config: dict, shape: tuple, min_spatial: int = 1) -> None:

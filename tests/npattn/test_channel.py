@@ -449,3 +449,25 @@ def test_ran_fusion_is_one_plus_mask_times_trunk():
     trunk = host(residual_attention.unit(params, "trunk.0", h, train=False))
     mask = host(residual_attention.soft_mask(params, x))
     np.testing.assert_allclose(host(residual_attention.ran(without_post, x)), (1 + mask) * trunk, rtol=1e-13)
+
+
+@pytest.mark.parametrize("size, gate_size", [((28, 28), (7, 7)), ((12, 9), (4, 3)), ((27, 14), (7, 4)), ((8, 8), (1, 1))])
+def test_ge_block_product_equals_upsample_then_multiply(size, gate_size):
+    """scale_by_gate's block-view product (when nearest upsampling repeats blocks) = interpolate, then multiply."""
+    rng = np.random.default_rng(8)
+    x, gate = rng.standard_normal((2, 3) + size), rng.random((2, 3) + gate_size)
+    cotangent = dev(rng.standard_normal((2, 3) + size))
+
+    def upsampled(x, gate):
+        return x * ag.interpolate(gate, size=size, mode="nearest")
+
+    out, pullback = ag.vjp(gather_excite.scale_by_gate, dev(x), dev(gate))
+    ref, ref_pullback = ag.vjp(upsampled, dev(x), dev(gate))
+    np.testing.assert_array_equal(host(out), host(ref))
+    for g, r in zip(pullback(cotangent), ref_pullback(cotangent)):
+        np.testing.assert_allclose(host(g), host(r), rtol=1e-13, atol=1e-14)
+
+
+def test_ge_block_path_is_taken_only_where_nearest_repeats_blocks():
+    assert gather_excite._repeats_blocks(7, 28) and gather_excite._repeats_blocks(3, 9)
+    assert not gather_excite._repeats_blocks(7, 27) and not gather_excite._repeats_blocks(4, 6)
