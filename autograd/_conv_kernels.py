@@ -150,6 +150,12 @@ def weight_grad(x, g, geo: Geometry) -> Tensor:
     return record(data, ((x, lambda b: input_grad(g, b, geo)), (g, lambda b: conv(x, b, geo))))
 
 
+#: _Shifted needs this many input channels (the depth of its per-tap GEMMs) ...
+SHIFTED_MIN_CHANNELS = 32
+#: ... and padded rows at most this much wider than the output rows (the extra columns are computed, then cropped).
+SHIFTED_MAX_WIDENING = 1.25
+
+
 def _kernel_for(geo: Geometry, c_in: int, c_out: int):
     # Depthwise with stride 1 is fastest as im2col + one GEMV per channel (the _Gemm path); with a
     # stride the windows have short strided rows and the stride-phase split of _Depthwise wins.
@@ -157,6 +163,9 @@ def _kernel_for(geo: Geometry, c_in: int, c_out: int):
         return _Depthwise
     if geo.kernel == (1, 1) and not geo.padded:
         return _Pointwise
+    if (not WHOLE_BATCH and geo.stride == (1, 1) and geo.groups == 1 and c_in >= SHIFTED_MIN_CHANNELS
+            and geo.padded_size[1] <= SHIFTED_MAX_WIDENING * geo.out_size[1]):
+        return _Shifted
     return _Gemm
 
 
@@ -490,7 +499,8 @@ class _Gemm:
     def input_grad(g, w, geo):
         transposed = _transposed(geo)
         if transposed is not None:  # a gather (im2col of g) + GEMM beats GEMM + scatter
-            return _Gemm.forward(g, _flip_transpose(w, geo.groups), transposed)
+            kernel = _kernel_for(transposed, g.shape[1], w.shape[1] * geo.groups)
+            return kernel.forward(g, _flip_transpose(w, geo.groups), transposed)
         if geo.groups > 1 and geo.dilation == (1, 1):  # thin per-group GEMMs: gathers win here too
             return _subpixel_input_grad(g, w, geo)
         return _Gemm._col2im_input_grad(g, w, geo)
@@ -526,3 +536,74 @@ class _Gemm:
         for start, stop, cols in _Gemm._columns(x, geo):
             dw += xp.matmul(_Gemm._g_columns(g, start, stop, groups), xp.swapaxes(cols, 1, 2))
         return xp.reshape(dw, (c_out, c_in // groups, kh, kw))
+
+
+# ---------------------------------------------------------------------------------------------
+# stride-1 ungrouped kernels: one GEMM per tap on shifted views, no im2col
+
+
+class _Shifted(_Gemm):
+    """Stride 1, one group: y = sum over taps (i, j) of W[:, :, i, j] @ (x shifted by (i*dh, j*dw)).
+
+    With a padded sample stored flat, row after row of width Wp, tap (i, j) of every output pixel reads
+    one contiguous slice starting at i*dh*Wp + j*dw, of length oh*Wp: each output row followed by
+    Wp - ow columns that fall on the padding (computed, then cropped).  So the forward is kh*kw GEMMs
+    (C_out, C_in) @ (C_in, oh*Wp) accumulated per sample, without an im2col buffer: measured on
+    (8, 64, 56, 56) -> 64, 3x3, 1.5x faster than im2col + GEMM in float64 (67 vs 44 GF/s), 1.1x in
+    float32.  Used when C_in is deep enough for efficient GEMMs and the padded rows are not much wider
+    than the output rows (:func:`_kernel_for`); the stride-1 input gradient takes it too (it is a
+    forward convolution of g).  The weight gradient is the adjoint on the same views: per tap,
+    dW[:, :, i, j] = sum over samples of g_ext @ slice^T, with g_ext = g widened to Wp columns by zeros
+    (so the cropped columns contribute nothing).
+    """
+
+    @staticmethod
+    def _layout(c_in, geo, dtype):
+        """(canvas, its padded plane view, slice length, tap offsets): the flat zero-padded sample."""
+        (hp, wp), (oh, _) = geo.padded_size, geo.out_size
+        (kh, kw), (dh, dw) = geo.kernel, geo.dilation
+        offsets = [i * dh * wp + j * dw for i in range(kh) for j in range(kw)]
+        # the last tap's slice runs (kw - 1) * dw elements past the padded plane: zero slack
+        canvas = xp.zeros((c_in, hp * wp + (kw - 1) * dw), dtype=dtype)
+        plane = xp.reshape(canvas[:, : hp * wp], (c_in, hp, wp))
+        return canvas, plane, oh * wp, offsets
+
+    @staticmethod
+    def forward(x, w, geo):
+        n, c_in = x.shape[:2]
+        c_out = w.shape[0]
+        (oh, ow), wp = geo.out_size, geo.padded_size[1]
+        canvas, plane, length, offsets = _Shifted._layout(c_in, geo, x.dtype)
+        taps = [xp.ascontiguousarray(w[:, :, i, j]) for i in range(geo.kernel[0]) for j in range(geo.kernel[1])]
+        interior = (slice(None),) + geo.interior()
+        acc = xp.empty((c_out, length), dtype=x.dtype)
+        partial = xp.empty_like(acc)
+        out = xp.empty((n, c_out, oh, ow), dtype=x.dtype)
+        for sample in range(n):
+            plane[interior] = x[sample]          # the padding stays zero from one sample to the next
+            xp.matmul(taps[0], canvas[:, offsets[0]: offsets[0] + length], out=acc)
+            for tap, offset in zip(taps[1:], offsets[1:]):
+                xp.matmul(tap, canvas[:, offset: offset + length], out=partial)
+                acc += partial
+            out[sample] = xp.reshape(acc, (c_out, oh, wp))[:, :, :ow]
+        return out
+
+    @staticmethod
+    def weight_grad(x, g, geo):
+        n, c_in = x.shape[:2]
+        c_out = g.shape[1]
+        (oh, ow), wp = geo.out_size, geo.padded_size[1]
+        kh, kw = geo.kernel
+        canvas, plane, length, offsets = _Shifted._layout(c_in, geo, x.dtype)
+        interior = (slice(None),) + geo.interior()
+        widened = xp.zeros((c_out, oh, wp), dtype=g.dtype)   # columns ow..wp stay zero
+        g_flat = xp.reshape(widened, (c_out, length))
+        dw = xp.zeros((kh * kw, c_out, c_in), dtype=x.dtype)
+        partial = xp.empty((c_out, c_in), dtype=x.dtype)
+        for sample in range(n):
+            plane[interior] = x[sample]
+            widened[:, :, :ow] = g[sample]
+            for tap, offset in enumerate(offsets):
+                xp.matmul(g_flat, xp.swapaxes(canvas[:, offset: offset + length], 0, 1), out=partial)
+                dw[tap] += partial
+        return xp.reshape(xp.transpose(dw, (1, 2, 0)), (c_out, c_in, kh, kw))

@@ -66,3 +66,42 @@ def test_whole_batch_path_gives_the_per_sample_numbers(monkeypatch, rng, name):
 
 def test_whole_batch_is_on_exactly_for_launch_bound_backends():
     assert _conv_kernels.WHOLE_BATCH == (ag.backend.name != "numpy")
+
+
+SHIFTED_CASES = {
+    "3x3 pad 1": dict(padding=1),
+    "3x3 no pad": dict(),
+    "3x3 dilation 2 pad 2": dict(padding=2, dilation=2),
+    "3x3 same": dict(padding="same"),
+    "2x3 same (asymmetric padding)": dict(padding="same", kernel=(2, 3)),
+    "1x3 pad (0, 1)": dict(padding=(0, 1), kernel=(1, 3)),
+    "5x5 pad 2": dict(padding=2, kernel=(5, 5)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIFTED_CASES))
+def test_shifted_kernel_gives_the_im2col_numbers(monkeypatch, rng, name):
+    """_Shifted (stride-1 ungrouped convs with deep inputs) = _Gemm's im2col path, values and gradients."""
+    case = dict(SHIFTED_CASES[name])
+    kh, kw = case.pop("kernel", (3, 3))
+    x = rng.standard_normal((3, 6, 11, 12))
+    w = rng.standard_normal((5, 6, kh, kw))
+    monkeypatch.setattr(_conv_kernels, "SHIFTED_MAX_WIDENING", 10.0)
+    results = {}
+    for threshold in (10**9, 1):  # im2col, then shifted
+        monkeypatch.setattr(_conv_kernels, "SHIFTED_MIN_CHANNELS", threshold)
+        results[threshold] = _values_and_grads(lambda x, w: ag.conv2d(x, w, **case), x, w, g_seed=5)
+    geo_kernel = _conv_kernels._kernel_for(
+        _conv_kernels.Geometry((kh, kw), (1, 1), (1, 1), ((1, 1), (1, 1)), 1, (11, 12), (11, 12)), 6, 5)
+    assert geo_kernel is (_conv_kernels._Shifted if not _conv_kernels.WHOLE_BATCH else _conv_kernels._Gemm)
+    for im2col, shifted in zip(results[10**9], results[1]):
+        np.testing.assert_allclose(shifted, im2col, rtol=1e-12, atol=1e-12)
+
+
+def test_shifted_kernel_gradgradcheck(monkeypatch, rng):
+    monkeypatch.setattr(_conv_kernels, "SHIFTED_MIN_CHANNELS", 1)
+    monkeypatch.setattr(_conv_kernels, "SHIFTED_MAX_WIDENING", 10.0)
+    x, w = dev(rng.standard_normal((2, 3, 5, 6))), dev(rng.standard_normal((4, 3, 3, 3)))
+    f = lambda x, w: ag.conv2d(x, w, padding=1, dilation=(1, 2))  # noqa: E731
+    assert ag.gradcheck(f, x, w)
+    assert ag.gradgradcheck(f, x, w, mode="fast")
