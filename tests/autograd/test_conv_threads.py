@@ -76,6 +76,8 @@ SHIFTED_CASES = {
     "2x3 same (asymmetric padding)": dict(padding="same", kernel=(2, 3)),
     "1x3 pad (0, 1)": dict(padding=(0, 1), kernel=(1, 3)),
     "5x5 pad 2": dict(padding=2, kernel=(5, 5)),
+    "3x3 groups 2 dilation 2": dict(padding=2, dilation=2, groups=2),
+    "3x3 groups 3 same": dict(padding="same", groups=3),
 }
 
 
@@ -84,24 +86,28 @@ def test_shifted_kernel_gives_the_im2col_numbers(monkeypatch, rng, name):
     """_Shifted (stride-1 ungrouped convs with deep inputs) = _Gemm's im2col path, values and gradients."""
     case = dict(SHIFTED_CASES[name])
     kh, kw = case.pop("kernel", (3, 3))
+    groups = case.get("groups", 1)
     x = rng.standard_normal((3, 6, 11, 12))
-    w = rng.standard_normal((5, 6, kh, kw))
+    w = rng.standard_normal((6 if groups > 1 else 5, 6 // groups, kh, kw))
     monkeypatch.setattr(_conv_kernels, "SHIFTED_MAX_WIDENING", 10.0)
     results = {}
     for threshold in (10**9, 1):  # im2col, then shifted
         monkeypatch.setattr(_conv_kernels, "SHIFTED_MIN_CHANNELS", threshold)
+        monkeypatch.setattr(_conv_kernels, "SHIFTED_MIN_GROUP_CHANNELS", threshold)
         results[threshold] = _values_and_grads(lambda x, w: ag.conv2d(x, w, **case), x, w, g_seed=5)
     geo_kernel = _conv_kernels._kernel_for(
-        _conv_kernels.Geometry((kh, kw), (1, 1), (1, 1), ((1, 1), (1, 1)), 1, (11, 12), (11, 12)), 6, 5)
+        _conv_kernels.Geometry((kh, kw), (1, 1), (1, 1), ((1, 1), (1, 1)), groups, (11, 12), (11, 12)), 6, 6)
     assert geo_kernel is (_conv_kernels._Shifted if not _conv_kernels.WHOLE_BATCH else _conv_kernels._Gemm)
     for im2col, shifted in zip(results[10**9], results[1]):
         np.testing.assert_allclose(shifted, im2col, rtol=1e-12, atol=1e-12)
 
 
-def test_shifted_kernel_gradgradcheck(monkeypatch, rng):
+@pytest.mark.parametrize("groups", [1, 3])
+def test_shifted_kernel_gradgradcheck(monkeypatch, rng, groups):
     monkeypatch.setattr(_conv_kernels, "SHIFTED_MIN_CHANNELS", 1)
+    monkeypatch.setattr(_conv_kernels, "SHIFTED_MIN_GROUP_CHANNELS", 1)
     monkeypatch.setattr(_conv_kernels, "SHIFTED_MAX_WIDENING", 10.0)
-    x, w = dev(rng.standard_normal((2, 3, 5, 6))), dev(rng.standard_normal((4, 3, 3, 3)))
-    f = lambda x, w: ag.conv2d(x, w, padding=1, dilation=(1, 2))  # noqa: E731
+    x, w = dev(rng.standard_normal((2, 3, 5, 6))), dev(rng.standard_normal((3, 3 // groups, 3, 3)))
+    f = lambda x, w: ag.conv2d(x, w, padding=1, dilation=(1, 2), groups=groups)  # noqa: E731
     assert ag.gradcheck(f, x, w)
     assert ag.gradgradcheck(f, x, w, mode="fast")
