@@ -75,6 +75,12 @@ def _threaded(n: int, work: int) -> bool:
     return THREADS > 1 and n > 1 and work >= PARALLEL_MIN_WORK and backend.name == "numpy"
 
 
+def whole_batch(n: int) -> bool:
+    """Run a per-channel kernel once over all n samples (channels independent: N samples of C channels
+    are one sample of N*C) -- on launch-bound backends, when there is more than one sample."""
+    return WHOLE_BATCH and n > 1
+
+
 def fold_batch(array):
     """(N, C, ...) -> (1, N*C, ...): samples as extra channels, for a per-channel kernel run once."""
     return xp.reshape(array, (1, array.shape[0] * array.shape[1]) + tuple(array.shape[2:]))
@@ -299,13 +305,8 @@ class _Depthwise:
     """
 
     @staticmethod
-    def _whole_batch(n: int) -> bool:
-        """Run all samples as one: channels are independent, so N samples of C channels are one of N*C."""
-        return WHOLE_BATCH and n > 1
-
-    @staticmethod
     def forward(x, w, geo):
-        if _Depthwise._whole_batch(x.shape[0]):
+        if whole_batch(x.shape[0]):
             out = _Depthwise.forward(fold_batch(x), xp.tile(w, (x.shape[0], 1, 1, 1)), geo)
             return xp.reshape(out, x.shape[:2] + geo.out_size)
         layout = Phases(geo)
@@ -327,7 +328,7 @@ class _Depthwise:
 
     @staticmethod
     def input_grad(g, w, geo):
-        if _Depthwise._whole_batch(g.shape[0]):
+        if whole_batch(g.shape[0]):
             dx = _Depthwise.input_grad(fold_batch(g), xp.tile(w, (g.shape[0], 1, 1, 1)), geo)
             return xp.reshape(dx, g.shape[:2] + geo.in_size)
         layout = Phases(geo)
@@ -348,7 +349,7 @@ class _Depthwise:
     @staticmethod
     def weight_grad(x, g, geo):
         n, c = x.shape[:2]
-        if _Depthwise._whole_batch(n):
+        if whole_batch(n):
             per_channel = _Depthwise.weight_grad(fold_batch(x), fold_batch(g), geo)  # (N*C, 1, kh, kw)
             return xp.sum(xp.reshape(per_channel, (n, c, 1) + geo.kernel), axis=0)
         layout = Phases(geo)
@@ -541,7 +542,7 @@ class _Gemm:
 
 
 # ---------------------------------------------------------------------------------------------
-# stride-1 ungrouped kernels: one GEMM per tap on shifted views, no im2col
+# stride-1 kernels: one GEMM per tap (batched over groups) on shifted views, no im2col
 
 
 class _Shifted(_Gemm):
@@ -562,14 +563,20 @@ class _Shifted(_Gemm):
 
     @staticmethod
     def _layout(c_in, geo, dtype):
-        """(canvas, its padded plane view, slice length, tap offsets): the flat zero-padded sample."""
+        """The flat zero-padded sample: (its (G, C_in/G, flat) view, a writer of the sample into its
+        interior, the slice length oh*Wp, the tap offsets)."""
         (hp, wp), (oh, _) = geo.padded_size, geo.out_size
         (kh, kw), (dh, dw) = geo.kernel, geo.dilation
         offsets = [i * dh * wp + j * dw for i in range(kh) for j in range(kw)]
         # the last tap's slice runs (kw - 1) * dw elements past the padded plane: zero slack
         canvas = xp.zeros((c_in, hp * wp + (kw - 1) * dw), dtype=dtype)
         plane = xp.reshape(canvas[:, : hp * wp], (c_in, hp, wp))
-        return canvas, plane, oh * wp, offsets
+        interior = (slice(None),) + geo.interior()
+
+        def load(sample):  # the padding stays zero from one sample to the next
+            plane[interior] = sample
+
+        return xp.reshape(canvas, (geo.groups, c_in // geo.groups, -1)), load, oh * wp, offsets
 
     @staticmethod
     def forward(x, w, geo):
@@ -577,16 +584,14 @@ class _Shifted(_Gemm):
         c_out = w.shape[0]
         (oh, ow), wp = geo.out_size, geo.padded_size[1]
         groups = geo.groups
-        canvas, plane, length, offsets = _Shifted._layout(c_in, geo, x.dtype)
-        per_group = xp.reshape(canvas, (groups, c_in // groups, -1))     # (G, C_in/G, flat) view
+        per_group, load, length, offsets = _Shifted._layout(c_in, geo, x.dtype)
         taps = [xp.ascontiguousarray(xp.reshape(w[:, :, i, j], (groups, c_out // groups, c_in // groups)))
                 for i in range(geo.kernel[0]) for j in range(geo.kernel[1])]
-        interior = (slice(None),) + geo.interior()
         acc = xp.empty((groups, c_out // groups, length), dtype=x.dtype)
         partial = xp.empty_like(acc)
         out = xp.empty((n, c_out, oh, ow), dtype=x.dtype)
         for sample in range(n):
-            plane[interior] = x[sample]          # the padding stays zero from one sample to the next
+            load(x[sample])
             xp.matmul(taps[0], per_group[:, :, offsets[0]: offsets[0] + length], out=acc)
             for tap, offset in zip(taps[1:], offsets[1:]):
                 xp.matmul(tap, per_group[:, :, offset: offset + length], out=partial)
@@ -601,15 +606,13 @@ class _Shifted(_Gemm):
         (oh, ow), wp = geo.out_size, geo.padded_size[1]
         kh, kw = geo.kernel
         groups = geo.groups
-        canvas, plane, length, offsets = _Shifted._layout(c_in, geo, x.dtype)
-        per_group = xp.reshape(canvas, (groups, c_in // groups, -1))
-        interior = (slice(None),) + geo.interior()
+        per_group, load, length, offsets = _Shifted._layout(c_in, geo, x.dtype)
         widened = xp.zeros((c_out, oh, wp), dtype=g.dtype)   # columns ow..wp stay zero
         g_flat = xp.reshape(widened, (groups, c_out // groups, length))
         dw = xp.zeros((kh * kw, groups, c_out // groups, c_in // groups), dtype=x.dtype)
         partial = xp.empty(dw.shape[1:], dtype=x.dtype)
         for sample in range(n):
-            plane[interior] = x[sample]
+            load(x[sample])
             widened[:, :, :ow] = g[sample]
             for tap, offset in enumerate(offsets):
                 xp.matmul(g_flat, xp.swapaxes(per_group[:, :, offset: offset + length], 1, 2), out=partial)

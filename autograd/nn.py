@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as _np
 
-from . import backend, ops
+from . import _conv_kernels, backend, ops
 from .backend import xp
 from .tensor import Tensor, record
 
@@ -43,7 +43,7 @@ def softmax(x, axis: int = -1, mask=None) -> Tensor:
     is computed exactly as in one pass, so the numbers do not depend on the blocking.
     """
     x = ops._lift(x)
-    axis = _normalise_axis(axis, x.ndim, "softmax")
+    (axis,) = ops._normalize_axis(axis, x.ndim)
     keep = _mask_data(mask, x.shape)
     data = x.data if keep is None else xp.where(keep, x.data, -xp.inf)
     out = _along_rows(_softmax_kernel, axis, data)
@@ -96,11 +96,9 @@ def _along_rows(kernel, axis: int, *arrays):
     Rows are independent, so each block (and each thread) computes its rows exactly as one call over
     the whole array would.  Launch-bound backends (CuPy) take one block.
     """
-    from ._conv_kernels import WHOLE_BATCH, parallel_for
-
     shape = arrays[0].shape
     out = xp.empty(shape, dtype=arrays[0].dtype)
-    if axis != len(shape) - 1 or WHOLE_BATCH or out.size == 0:
+    if axis != len(shape) - 1 or _conv_kernels.WHOLE_BATCH or out.size == 0:
         kernel(out, *arrays, axis)
         return out
     width = shape[-1]
@@ -109,23 +107,15 @@ def _along_rows(kernel, axis: int, *arrays):
     out_rows = xp.reshape(out, (rows, width))
     per_block = max(1, SOFTMAX_BLOCK_BYTES // (width * out.dtype.itemsize))
     starts = list(range(0, rows, per_block))
-    from ._conv_kernels import THREADS
-
-    parts = max(1, min(THREADS, len(starts)))
+    parts = max(1, min(_conv_kernels.THREADS, len(starts)))
 
     def run_part(k):  # one contiguous range of blocks per thread
         for start in starts[k * len(starts) // parts: (k + 1) * len(starts) // parts]:
             block = slice(start, min(rows, start + per_block))
             kernel(out_rows[block], *(a[block] for a in flat), 1)
 
-    parallel_for(run_part, parts, out.size)
+    _conv_kernels.parallel_for(run_part, parts, out.size)
     return out
-
-
-def _normalise_axis(axis: int, ndim: int, name: str) -> int:
-    if not -ndim <= axis < max(ndim, 1):
-        raise ValueError(f"{name}: axis {axis} is out of range for an input with {ndim} dimensions")
-    return axis % max(ndim, 1)
 
 
 def log_softmax(x, axis: int = -1, mask=None) -> Tensor:

@@ -70,7 +70,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bo
     """
     x, kernel, stride, padding, dilation = _pool_args(x, kernel_size, stride, padding, dilation, "max_pool2d")
     geo = _geometry(x, kernel, stride, padding, dilation, ceil_mode, "max_pool2d")
-    if _whole_batch(x):
+    if _conv_kernels.whole_batch(x.shape[0]):  # launch-bound backends: all samples in one pass
         return _unfold_batch(max_pool2d(_fold_batch(x), kernel, stride, padding, dilation, ceil_mode), x)
     layout = Phases(geo)
     out = xp.empty(x.shape[:2] + geo.out_size, dtype=x.dtype)
@@ -93,11 +93,6 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bo
     if not needs_tap:
         return Tensor(out)
     return record(out, ((x, lambda g: _scatter_taps(g, tap, geo)),))
-
-
-def _whole_batch(x: Tensor) -> bool:
-    """On launch-bound backends (``_conv_kernels.WHOLE_BATCH``) pool all samples in one pass."""
-    return _conv_kernels.WHOLE_BATCH and x.shape[0] > 1
 
 
 def _fold_batch(x: Tensor) -> Tensor:
@@ -156,7 +151,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
     """Average pooling over (N, C, H, W), as torch.nn.functional.avg_pool2d."""
     x, kernel, stride, padding, dilation = _pool_args(x, kernel_size, stride, padding, 1, "avg_pool2d")
     geo = _geometry(x, kernel, stride, padding, dilation, ceil_mode, "avg_pool2d")
-    if _whole_batch(x):
+    if _conv_kernels.whole_batch(x.shape[0]):  # launch-bound backends: all samples in one pass
         folded = avg_pool2d(_fold_batch(x), kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
         return _unfold_batch(folded, x)
     total = _window_sum(x, geo)

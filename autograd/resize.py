@@ -22,6 +22,18 @@ from . import backend, ops
 from .tensor import Tensor
 
 
+def nearest_indices(in_size: int, out_size: int, scale=None) -> _np.ndarray:
+    """Host (out_size,) source index of every output position of nearest resizing, PyTorch's rule."""
+    rows = _np.arange(out_size)
+    if out_size == in_size:
+        return rows  # PyTorch copies when the size does not change, whatever scale_factor says
+    if out_size == 2 * in_size:
+        return rows // 2  # PyTorch's exact shortcut for doubling, again independent of scale_factor
+    # PyTorch computes the nearest index in single precision: floorf(dst * (float)scale)
+    step = _np.float32(in_size / out_size if scale is None else scale)
+    return _np.minimum(_np.floor(rows.astype(_np.float32) * step).astype(_np.int64), in_size - 1)
+
+
 def resize_matrix(in_size: int, out_size: int, mode: str, align_corners=None, scale=None, dtype=_np.float64):
     """The (out_size, in_size) matrix that resamples one axis (host-built, returned on the backend)."""
     matrix = _np.zeros((out_size, in_size), dtype=_np.float64)
@@ -32,13 +44,7 @@ def resize_matrix(in_size: int, out_size: int, mode: str, align_corners=None, sc
         # PyTorch copies when the size does not change, whatever scale_factor says (e.g. 1.05 on 5 pixels)
         matrix[rows, rows] = 1.0
     elif mode == "nearest":
-        if out_size == 2 * in_size:
-            src = rows // 2  # PyTorch's exact shortcut for doubling, again independent of scale_factor
-        else:
-            # PyTorch computes the nearest index in single precision: floorf(dst * (float)scale)
-            step = _np.float32(in_size / out_size if scale is None else scale)
-            src = _np.floor(rows.astype(_np.float32) * step).astype(_np.int64)
-        matrix[rows, _np.minimum(src, in_size - 1)] = 1.0
+        matrix[rows, nearest_indices(in_size, out_size, scale)] = 1.0
     else:
         dst = rows.astype(_np.float64)
         if align_corners:

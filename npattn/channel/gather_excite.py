@@ -225,9 +225,8 @@ def _repeats_blocks(size_in: int, size_out: int) -> bool:
     """Whether nearest resizing size_in -> size_out (autograd's = PyTorch's rule) repeats each entry k times."""
     if size_out % size_in:
         return False
-    nearest = ag.to_numpy(ag.resize.resize_matrix(size_in, size_out, "nearest"))   # (out, in) 0/1
-    blocks = np.arange(size_out)[:, None] // (size_out // size_in) == np.arange(size_in)[None, :]
-    return bool(np.array_equal(nearest, blocks))
+    blocks = np.arange(size_out) // (size_out // size_in)
+    return bool(np.array_equal(ag.resize.nearest_indices(size_in, size_out), blocks))
 
 
 def _register(variant: str, config: dict, shape: tuple, min_spatial: int = 1) -> None:
