@@ -32,7 +32,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
-from . import backend
+from . import backend, ops
 from .backend import xp
 from .tensor import Tensor, record
 
@@ -137,10 +137,18 @@ class Geometry(NamedTuple):
 # the three differentiable primitives
 
 
-def conv(x, weight, geo: Geometry) -> Tensor:
-    """y = conv2d(x, weight) without bias: (N, C_in, H, W) x (C_out, C_in/G, kh, kw) -> (N, C_out, oh, ow)."""
+def conv(x, weight, geo: Geometry, bias=None) -> Tensor:
+    """y = conv2d(x, weight) + bias: (N, C_in, H, W) x (C_out, C_in/G, kh, kw) [+ (C_out,)] -> (N, C_out, oh, ow).
+
+    The bias is added in place to the kernel's fresh output (no second output-sized array; torch's
+    kernels fuse it likewise); its VJP is the sum of g over samples and pixels.
+    """
     data = _kernel_for(geo, x.shape[1], weight.shape[0]).forward(x.data, weight.data, geo)
-    return record(data, ((x, lambda g: input_grad(g, weight, geo)), (weight, lambda g: weight_grad(x, g, geo))))
+    parents = [(x, lambda g: input_grad(g, weight, geo)), (weight, lambda g: weight_grad(x, g, geo))]
+    if bias is not None:
+        data += xp.reshape(bias.data, (1, -1, 1, 1))
+        parents.append((bias, lambda g: ops.sum(g, axis=(0, 2, 3))))
+    return record(data, tuple(parents))
 
 
 def input_grad(g, weight, geo: Geometry) -> Tensor:

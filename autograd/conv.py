@@ -184,18 +184,18 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 
             f"conv2d: weight expects {c_in_g * groups} input channels "
             f"(weight shape {weight.shape}, groups={groups}), input has {x.shape[1]} (shape {x.shape})"
         )
-    pads = _padding2d(padding, (kh, kw), dil, st)
-    out = _conv2d_primitive(x, weight, st, pads, dil, groups)
     if bias is not None:
         bias = ops._lift(bias)
         if bias.shape != (c_out,):
             raise ValueError(f"conv2d: bias must have shape ({c_out},), got {bias.shape}")
-        out = ops.add(out, ops.reshape(bias, (1, c_out, 1, 1)))
-    return out
+        if bias.dtype != weight.dtype:
+            raise TypeError(f"conv2d: bias dtype {bias.dtype} differs from weight dtype {weight.dtype}")
+    pads = _padding2d(padding, (kh, kw), dil, st)
+    return _conv2d_primitive(x, weight, st, pads, dil, groups, bias)
 
 
-def _conv2d_primitive(x: Tensor, weight: Tensor, stride, pads, dilation, groups) -> Tensor:
-    """Bias-free conv2d on the fast kernels of :mod:`autograd._conv_kernels` (VJPs included)."""
+def _conv2d_primitive(x: Tensor, weight: Tensor, stride, pads, dilation, groups, bias=None) -> Tensor:
+    """conv2d on the fast kernels of :mod:`autograd._conv_kernels` (VJPs included)."""
     h, w = x.shape[2:]
     kernel = weight.shape[2:]
     out_size = (_output_size(h, pads[0], kernel[0], dilation[0], stride[0]),
@@ -206,7 +206,7 @@ def _conv2d_primitive(x: Tensor, weight: Tensor, stride, pads, dilation, groups)
             f"{dilation} and padding {pads}"
         )
     geometry = _kernels.Geometry(kernel, stride, dilation, pads, groups, (h, w), out_size)
-    return _kernels.conv(x, weight, geometry)
+    return _kernels.conv(x, weight, geometry, bias)
 
 
 def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:
