@@ -30,14 +30,11 @@ import argparse
 import json
 import math
 import os
-import resource
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import _harness
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -45,8 +42,6 @@ RESULTS = os.path.join(HERE, "results", "core.md")
 RESULTS_GPU = os.path.join(HERE, "results", "core_gpu.md")
 GPU_FLAG = "NPATTN_BENCH_GPU"
 GPU = bool(os.environ.get(GPU_FLAG))
-BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-HASWELL_ENV = {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "512"}
 # The "cpu1" configuration: everything on one thread, timed in process CPU time.  Not PERFORMANCE.md's
 # method (which is wall time with all threads); a supplement that stays meaningful when other processes
 # load the machine, since CPU time does not count the time a busy scheduler keeps us waiting.
@@ -222,46 +217,12 @@ def synchronize():
         torch.cuda.synchronize()
 
 
-def interleaved(ours: Callable, theirs: Callable, samples: int, sleep: float = 0.1):
-    """Warm both, then alternate timed calls with a sleep before each; return two lists of seconds."""
-    for _ in range(2):
-        ours()
-        theirs()
-    synchronize()
-    times_ours, times_theirs = [], []
-    for _ in range(samples):
-        for fn, sink in ((ours, times_ours), (theirs, times_theirs)):
-            time.sleep(sleep)
-            start = CLOCK()
-            fn()
-            synchronize()
-            sink.append(CLOCK() - start)
-    return times_ours, times_theirs
-
-
-def stats(times):
-    return {"min": min(times), "median": float(np.median(times)), "max": max(times)}
-
-
 def gemm_peak(dtype, samples):
     """The backend's GEMM throughput (GF/s; NumPy, or CuPy with --gpu): the best median over square sizes."""
     import autograd as ag
 
-    best = 0.0
-    for n in ((2048, 4096, 8192) if GPU else (1536, 2048, 3072)):
-        a = ag.from_numpy(np.random.default_rng(0).standard_normal((n, n)).astype(dtype))
-        b = a.T.copy()
-        a @ b
-        synchronize()
-        times = []
-        for _ in range(samples):
-            time.sleep(0.1)
-            start = CLOCK()
-            a @ b
-            synchronize()
-            times.append(CLOCK() - start)
-        best = max(best, 2.0 * n**3 / float(np.median(times)) / 1e9)
-    return best
+    return _harness.gemm_peak(dtype, (2048, 4096, 8192) if GPU else (1536, 2048, 3072), samples,
+                              summary=np.median, asarray=ag.from_numpy, clock=CLOCK, sync=synchronize)
 
 
 def blas_info():
@@ -272,17 +233,7 @@ def blas_info():
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         return [f"cupy {cupy.__version__} kernel=GPU device={name} (CUDA runtime "
                 f"{cupy.cuda.runtime.runtimeGetVersion()})"]
-    from threadpoolctl import threadpool_info
-
-    import autograd  # noqa: F401 - make sure NumPy's BLAS is loaded
-
-    np.ones((4, 4)) @ np.ones((4, 4))
-    rows = []
-    for pool in threadpool_info():
-        if pool.get("user_api") == "blas":
-            rows.append(f"{pool.get('internal_api')} {pool.get('version')} kernel={pool.get('architecture')} "
-                        f"threads={pool.get('num_threads')} ({os.path.basename(pool.get('filepath', ''))})")
-    return rows
+    return _harness.blas_info(library=True)
 
 
 def worker(args):
@@ -302,7 +253,7 @@ def worker(args):
     samples = args.samples or (3 if args.quick else 7)
     report = {
         "blas": blas_info(),
-        "env": {k: os.environ.get(k) for k in BLAS_VARS},
+        "env": _harness.blas_env(),
         "torch": (f"{torch.__version__} on {torch.cuda.get_device_name(0)}, TF32 off" if GPU
                   else f"{torch.__version__}, {torch.get_num_threads()} threads"),
         "numpy": np.__version__,
@@ -317,17 +268,18 @@ def worker(args):
             error = runner.verify(1e-10 if dtype == "float64" else 2e-4)
             for mode, ours, theirs in (("fwd", runner.ours_forward, runner.theirs_forward),
                                        ("fwd+bwd", runner.ours_backward, runner.theirs_backward)):
-                t_ours, t_theirs = interleaved(ours, theirs, samples, sleep=0.02 if GPU else 0.1)
+                # on this configuration's clock (CPU time for "cpu1"), each call ending with a GPU sync
+                t_ours, t_theirs = _harness.interleaved([ours, theirs], samples, sleep=0.02 if GPU else 0.1,
+                                                        clock=CLOCK, sync=synchronize)
                 row = {"case": case.name, "group": case.group, "dtype": dtype, "mode": mode,
-                       "ours": stats(t_ours), "torch": stats(t_theirs), "error": error,
+                       "ours": _harness.stats(t_ours), "torch": _harness.stats(t_theirs), "error": error,
                        "share": case.gemm_share, "flops": case.flops}
                 row["ratio"] = row["ours"]["median"] / row["torch"]["median"]
                 report["rows"].append(row)
                 print(f"{dtype:8s} {mode:8s} {case.name:42s} ours {row['ours']['median'] * 1e3:8.2f} ms  "
                       f"torch {row['torch']['median'] * 1e3:8.2f} ms  ratio {row['ratio']:5.2f}", flush=True)
     report["load_end"] = os.getloadavg()
-    with open(args.json, "w") as handle:
-        json.dump(report, handle)
+    _harness.write_json(report, args.json)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,7 +296,7 @@ def memory_worker(args):
 
         _warm_ours(ag, case, arrays)
         cotangent = np.random.default_rng(1).standard_normal(case.ours(ag, arrays).shape).astype(dtype)
-        base = _maxrss()
+        base = _harness.peak_rss_bytes()
         out, vjp_fn = ag.vjp(lambda *a: case.ours(ag, a), *arrays)
         grads = vjp_fn(cotangent)
     else:
@@ -356,17 +308,13 @@ def memory_worker(args):
             cotangent = torch.from_numpy(
                 np.random.default_rng(1).standard_normal(tuple(case.theirs(F, tensors).shape)).astype(dtype))
         _warm_theirs(torch, F, case, tensors)
-        base = _maxrss()
+        base = _harness.peak_rss_bytes()
         leaves = [t.detach().requires_grad_(True) for t in tensors]
         out = case.theirs(F, leaves)
         grads = torch.autograd.grad(out, leaves, cotangent)
-    peak = _maxrss()
+    peak = _harness.peak_rss_bytes()
     del out, grads
-    print(json.dumps({"extra_mib": (peak - base) / 1024.0}))
-
-
-def _maxrss():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(json.dumps({"extra_mib": (peak - base) / _harness.MIB}))
 
 
 def _warm_ours(ag, case, arrays):
@@ -391,11 +339,8 @@ def measure_memory(quick, env):
         for dtype in ("float64", "float32"):
             extra = {}
             for lib in ("ours", "torch"):
-                cmd = [sys.executable, __file__, "--memory-case", case.name, "--lib", lib, "--dtypes", dtype]
-                if quick:
-                    cmd.append("--quick")
-                out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-                extra[lib] = json.loads(out.strip().splitlines()[-1])["extra_mib"]
+                probe = ["--memory-case", case.name, "--lib", lib, "--dtypes", dtype] + (["--quick"] if quick else [])
+                extra[lib] = _harness.run_probe(__file__, probe, env)["extra_mib"]
             rows.append({"case": case.name, "dtype": dtype, **extra})
             print(f"memory {dtype} {case.name}: ours {extra['ours']:.1f} MiB, torch {extra['torch']:.1f} MiB",
                   flush=True)
@@ -411,31 +356,22 @@ def configurations(gpu=False):
     if gpu:
         return {"gpu": ("GPU: CuPy (NPATTN_BACKEND=cupy) vs PyTorch CUDA",
                         {**inherited, "NPATTN_BACKEND": "cupy", GPU_FLAG: "1"})}
-    unset = {k: v for k, v in inherited.items() if k not in BLAS_VARS}
+    unset = _harness.without_blas_vars(inherited)
     configs = {"set": ("as set", inherited),
                "unset": ("unset (env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE)", unset)}
     if "OPENBLAS_CORETYPE" not in inherited:
         configs["haswell"] = ("Haswell forced (OPENBLAS_CORETYPE=Haswell OPENBLAS_L2_SIZE=512)",
-                              {**unset, **HASWELL_ENV})
+                              _harness.haswell_forced(inherited))
     configs["cpu1"] = ("one thread, CPU time (supplement, as set otherwise)",
                        {**inherited, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", CPU_TIME_FLAG: "1"})
     return configs
 
 
 def run_config(label, env, args):
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "result.json")
-        cmd = [sys.executable, __file__, "--worker", "--json", path, "--dtypes", args.dtypes]
-        if args.quick:
-            cmd.append("--quick")
-        if args.filter:
-            cmd += ["--filter", args.filter]
-        if args.samples:
-            cmd += ["--samples", str(args.samples)]
-        print(f"== {label}", flush=True)
-        subprocess.run(cmd, env=env, check=True)
-        with open(path) as handle:
-            return json.load(handle)
+    """This script's worker for one configuration; its JSON report."""
+    print(f"== {label}", flush=True)
+    worker_args = ["--dtypes", args.dtypes, *_harness.flags(args, "quick", "filter", "samples")]
+    return _harness.run_worker(__file__, worker_args, env)
 
 
 def geomean(values):
@@ -514,9 +450,9 @@ def _versus(value, target) -> str:
 
 
 def summary_table(results):
-    lines = ["## Summary: conv2d forward+backward against the targets of PERFORMANCE.md", "",
-             "| configuration | dtype | BLAS kernel | geomean ratio (target) | worst ratio (target, shape) | "
-             "dense 3x3 fwd share of GEMM peak (>= 65%) | 1x1 fwd share (>= 80%) |", "|---|---|---|---|---|---|---|"]
+    header = ("configuration", "dtype", "BLAS kernel", "geomean ratio (target)", "worst ratio (target, shape)",
+              "dense 3x3 fwd share of GEMM peak (>= 65%)", "1x1 fwd share (>= 80%)")
+    table = []
     for label, report in results:
         kind = kernel_class(report)
         for dtype in report["peak"]:
@@ -528,12 +464,12 @@ def summary_table(results):
             mean = geomean([r["ratio"] for r in bwd])
             mean_target, worst_target = CONV_TARGETS.get((dtype, kind), (float("nan"), float("nan")))
             shares = share_of_peak(rows, report["peak"][dtype], targets=kind != "GPU")
-            lines.append(
-                f"| {label.split(' (')[0]} | {dtype} | {kind} | {mean:.2f}x ({_versus(mean, mean_target)}) | "
-                f"{worst['ratio']:.2f}x ({_versus(worst['ratio'], worst_target)}; {worst['case']}) | "
-                f"{shares.get('3x3', '-')} | "
-                f"{shares.get('1x1', '-')} |")
-    lines += ["", "Pooling and softmax forward+backward (target <= 2x torch):", ""]
+            table.append((label.split(' (')[0], dtype, kind, f"{mean:.2f}x ({_versus(mean, mean_target)})",
+                          f"{worst['ratio']:.2f}x ({_versus(worst['ratio'], worst_target)}; {worst['case']})",
+                          shares.get('3x3', '-'), shares.get('1x1', '-')))
+    lines = ["## Summary: conv2d forward+backward against the targets of PERFORMANCE.md", "",
+             *_harness.markdown_table(header, table),
+             "", "Pooling and softmax forward+backward (target <= 2x torch):", ""]
     for label, report in results:
         for dtype in report["peak"]:
             others = [r for r in report["rows"]
@@ -579,11 +515,10 @@ def config_section(label, report):
               "- NumPy GEMM peak (best median of square 1536/2048/3072 matmuls): ")
              + ", ".join(f"{d} {p:.0f} GF/s" for d, p in report["peak"].items()), ""]
     for dtype in report["peak"]:
-        lines += [f"### {dtype}", "", "| case | mode | ours (ms) | torch (ms) | ratio |", "|---|---|---|---|---|"]
-        for r in report["rows"]:
-            if r["dtype"] == dtype:
-                lines.append(f"| {r['case']} | {r['mode']} | {_ms(r['ours'])} | {_ms(r['torch'])} | "
-                             f"{r['ratio']:.2f}x |")
+        table = [(r["case"], r["mode"], _ms(r["ours"]), _ms(r["torch"]), f"{r['ratio']:.2f}x")
+                 for r in report["rows"] if r["dtype"] == dtype]
+        lines += [f"### {dtype}", "",
+                  *_harness.markdown_table(("case", "mode", "ours (ms)", "torch (ms)", "ratio"), table)]
         for group in ("conv", "pool", "softmax"):
             for mode in ("fwd", "fwd+bwd"):
                 ratios = [r["ratio"] for r in report["rows"]
@@ -595,17 +530,17 @@ def config_section(label, report):
 
 
 def memory_section(memory):
-    lines = ["## Peak extra memory, conv2d forward+backward", "",
-             "Fresh subprocess per case and library; `ru_maxrss` after forward+backward minus `ru_maxrss` "
-             "after building the inputs and a warm-up call on one sample (environment as set).", "",
-             "| case | dtype | ours (MiB) | torch (MiB) | ratio (target <= 2x) |", "|---|---|---|---|---|"]
+    table = []
     for r in memory:
         # below 1 MiB the difference is allocator noise: count it as 1 MiB on both sides
         ratio = max(r["ours"], 1.0) / max(r["torch"], 1.0)
-        lines.append(f"| {r['case']} | {r['dtype']} | {r['ours']:.1f} | {r['torch']:.1f} | {ratio:.2f}x "
-                     f"({_mark(ratio, MEMORY_TARGET)}) |")
-    lines.append("")
-    return lines
+        table.append((r["case"], r["dtype"], f"{r['ours']:.1f}", f"{r['torch']:.1f}",
+                      f"{ratio:.2f}x ({_mark(ratio, MEMORY_TARGET)})"))
+    header = ("case", "dtype", "ours (MiB)", "torch (MiB)", "ratio (target <= 2x)")
+    return ["## Peak extra memory, conv2d forward+backward", "",
+            "Fresh subprocess per case and library; `ru_maxrss` after forward+backward minus `ru_maxrss` "
+            "after building the inputs and a warm-up call on one sample (environment as set).", "",
+            *_harness.markdown_table(header, table), ""]
 
 
 def main():
@@ -639,9 +574,7 @@ def main():
     if output is None:
         print(report)
         return
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "w") as handle:
-        handle.write(report)
+    _harness.write_text(output, report)
     print(f"wrote {output}")
 
 
