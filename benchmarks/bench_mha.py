@@ -24,18 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
-import sys
-import tempfile
 import time
 
+import _harness
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "mha.md")
-BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-HASWELL_ENV = {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "512"}
 LIBRARIES = ("ours", "torch sdpa", "torch mha", "torch unfused")
 
 
@@ -131,36 +126,10 @@ class Problem:
 # worker: timings of one BLAS configuration
 
 
-def interleaved(functions, samples, sleep=0.1):
-    for _ in range(2):
-        for fn in functions:
-            fn()
-    times = [[] for _ in functions]
-    for _ in range(samples):
-        for fn, sink in zip(functions, times):
-            time.sleep(sleep)
-            start = time.perf_counter()
-            fn()
-            sink.append(time.perf_counter() - start)
-    return times
-
-
-def stats(times):
-    return {"min": min(times), "median": float(np.median(times)), "max": max(times)}
-
-
-def blas_info():
-    from threadpoolctl import threadpool_info
-
-    np.ones((4, 4)) @ np.ones((4, 4))
-    return [f"{p.get('internal_api')} {p.get('version')} kernel={p.get('architecture')} threads={p.get('num_threads')}"
-            for p in threadpool_info() if p.get("user_api") == "blas"]
-
-
 def worker(args):
     import torch
 
-    report = {"blas": blas_info(), "env": {k: os.environ.get(k) for k in BLAS_VARS},
+    report = {"blas": _harness.blas_info(), "env": _harness.blas_env(),
               "torch": f"{torch.__version__}, {torch.get_num_threads()} threads", "numpy": np.__version__,
               "shape": shape(args.quick), "rows": []}
     samples = args.samples or (3 if args.quick else 7)
@@ -171,30 +140,25 @@ def worker(args):
         bad = {k: v for k, v in errors.items() if v > limit}
         if bad:
             raise SystemExit(f"verification failed in {dtype}: {bad} (limit {limit})")
-        times = interleaved([problem.runner(lib) for lib in LIBRARIES], samples)
+        times = _harness.interleaved([problem.runner(lib) for lib in LIBRARIES], samples)
         report["rows"].append({"dtype": dtype, "errors": errors, "samples": samples,
-                               "times": {lib: stats(t) for lib, t in zip(LIBRARIES, times)}})
+                               "times": {lib: _harness.stats(t) for lib, t in zip(LIBRARIES, times)}})
         print(f"  {dtype}: " + ", ".join(f"{lib} {np.median(t) * 1e3:.0f} ms" for lib, t in zip(LIBRARIES, times)),
               flush=True)
         del problem
-    with open(args.json, "w") as handle:
-        json.dump(report, handle)
+    _harness.write_json(report, args.json)
 
 
 # ---------------------------------------------------------------------------------------------
 # memory: one fresh process per (library, dtype)
 
 
-def _maxrss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def memory_worker(args):
     problem = Problem(args.dtype, **shape(args.quick))
     run = problem.runner(args.library)
-    baseline = _maxrss_mib()
+    baseline = _harness.peak_rss_bytes()
     run()
-    print(json.dumps({"extra_mib": _maxrss_mib() - baseline}))
+    print(json.dumps({"extra_mib": (_harness.peak_rss_bytes() - baseline) / _harness.MIB}))
 
 
 def measure_memory(args, env):
@@ -202,11 +166,8 @@ def measure_memory(args, env):
     for dtype in args.dtypes.split(","):
         row = {"dtype": dtype}
         for library in LIBRARIES:
-            cmd = [sys.executable, __file__, "--memory-worker", "--library", library, "--dtype", dtype]
-            if args.quick:
-                cmd.append("--quick")
-            out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-            row[library] = json.loads(out.strip().splitlines()[-1])["extra_mib"]
+            probe = ["--memory-worker", "--library", library, "--dtype", dtype, *_harness.flags(args, "quick")]
+            row[library] = _harness.run_probe(__file__, probe, env)["extra_mib"]
         rows.append(row)
     return rows
 
@@ -217,28 +178,20 @@ def measure_memory(args, env):
 
 def configurations(quick):
     inherited = dict(os.environ)
-    unset = {k: v for k, v in inherited.items() if k not in BLAS_VARS}
+    unset = _harness.without_blas_vars(inherited)
     if "OPENBLAS_CORETYPE" in inherited:
         configs = [("as set", inherited), ("unset (env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE)", unset)]
     else:
         configs = [("Haswell forced (the documented setting: OPENBLAS_CORETYPE=Haswell OPENBLAS_L2_SIZE=512)",
-                    {**unset, **HASWELL_ENV}),
+                    _harness.haswell_forced(inherited)),
                    ("unset (env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE)", unset)]
     return configs[:1] if quick else configs
 
 
 def run_config(label, env, args):
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "result.json")
-        cmd = [sys.executable, __file__, "--worker", "--json", path, "--dtypes", args.dtypes]
-        if args.quick:
-            cmd.append("--quick")
-        if args.samples:
-            cmd += ["--samples", str(args.samples)]
-        print(f"== {label}", flush=True)
-        subprocess.run(cmd, env=env, check=True)
-        with open(path) as handle:
-            return json.load(handle)
+    """This script's worker for one configuration; its JSON report."""
+    print(f"== {label}", flush=True)
+    return _harness.run_worker(__file__, ["--dtypes", args.dtypes, *_harness.flags(args, "quick", "samples")], env)
 
 
 def _ms(s):
@@ -266,34 +219,27 @@ def render(results, memory, args):
         "softmax / bmm, storing the L x L weights like npattn). Target (issue 5, PERFORMANCE.md): within 2-3x of "
         "torch in float32.", "",
         "## Summary", "",
-        "| configuration | BLAS kernel | dtype | ratio vs sdpa | ratio vs mha | ratio vs unfused |",
-        "|---|---|---|---|---|---|"]
+        *_harness.markdown_table(
+            ("configuration", "BLAS kernel", "dtype", "ratio vs sdpa", "ratio vs mha", "ratio vs unfused"),
+            [(label.split(" (")[0], _kernel(report), row["dtype"],
+              *(f"{row['times']['ours']['median'] / row['times'][lib]['median']:.2f}x" for lib in LIBRARIES[1:]))
+             for label, report in results for row in report["rows"]])]
     for label, report in results:
-        for row in report["rows"]:
-            t = row["times"]
-            lines.append(f"| {label.split(' (')[0]} | {_kernel(report)} | {row['dtype']} | "
-                         f"{t['ours']['median'] / t['torch sdpa']['median']:.2f}x | "
-                         f"{t['ours']['median'] / t['torch mha']['median']:.2f}x | "
-                         f"{t['ours']['median'] / t['torch unfused']['median']:.2f}x |")
-    for label, report in results:
+        header = ("dtype", "samples", "ours (ms)", "torch sdpa (ms)", "torch mha (ms)", "torch unfused (ms)",
+                  "max rel. error sdpa / mha / unfused")
+        table = [(row["dtype"], row["samples"], *(_ms(row["times"][lib]) for lib in LIBRARIES),
+                  " / ".join(f"{row['errors'][lib]:.1e}" for lib in LIBRARIES[1:])) for row in report["rows"]]
         lines += ["", f"## {label}", "",
                   f"- BLAS: {'; '.join(report['blas'])}",
                   f"- environment: {', '.join(f'{k}={v}' for k, v in report['env'].items())}",
                   f"- torch {report['torch']}; numpy {report['numpy']}", "",
-                  "| dtype | samples | ours (ms) | torch sdpa (ms) | torch mha (ms) | torch unfused (ms) | "
-                  "max rel. error sdpa / mha / unfused |", "|---|---|---|---|---|---|---|"]
-        for row in report["rows"]:
-            t, e = row["times"], row["errors"]
-            lines.append(f"| {row['dtype']} | {row['samples']} | {_ms(t['ours'])} | {_ms(t['torch sdpa'])} | "
-                         f"{_ms(t['torch mha'])} | {_ms(t['torch unfused'])} | "
-                         + " / ".join(f"{e[lib]:.1e}" for lib in LIBRARIES[1:]) + " |")
+                  *_harness.markdown_table(header, table)]
     if memory:
+        header = ("dtype", "ours", "torch sdpa", "torch mha", "torch unfused", "ours / sdpa", "ours / unfused")
+        table = [(row["dtype"], *(f"{row[lib]:.0f}" for lib in LIBRARIES), f"{row['ours'] / row['torch sdpa']:.1f}x",
+                  f"{row['ours'] / row['torch unfused']:.1f}x") for row in memory]
         lines += ["", "## Peak extra memory (MiB, fresh process per case, first configuration)", "",
-                  "| dtype | ours | torch sdpa | torch mha | torch unfused | ours / sdpa | ours / unfused |",
-                  "|---|---|---|---|---|---|---|"]
-        for row in memory:
-            lines.append(f"| {row['dtype']} | " + " | ".join(f"{row[lib]:.0f}" for lib in LIBRARIES)
-                         + f" | {row['ours'] / row['torch sdpa']:.1f}x | {row['ours'] / row['torch unfused']:.1f}x |")
+                  *_harness.markdown_table(header, table)]
         lines += ["", "npattn stores the (B, h, L, L) attention weights for the backward pass (the tape keeps the "
                   "softmax output), as an unfused reference does; torch's fused kernel keeps only per-row "
                   "log-sum-exp statistics and recomputes the weights in its backward."]
@@ -320,9 +266,7 @@ def main():
     configs = configurations(args.quick)
     results = [(label, run_config(label, env, args)) for label, env in configs]
     memory = None if args.no_memory else measure_memory(args, configs[0][1])
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as handle:
-        handle.write(render(results, memory, args))
+    _harness.write_text(args.output, render(results, memory, args))
     print(f"wrote {args.output}")
 
 
