@@ -36,21 +36,18 @@ import argparse
 import gc
 import json
 import os
-import resource
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 
+import _harness
 import numpy as np
+from _harness import MIB
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results", "mechanisms.md")
-BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-PROJECT_BLAS_ENV = {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "512"}
 CONFIG_LABELS = ("as set", "unset")
-MIB = 2.0 ** 20
 
 # targets: (float64, float32 as set, float32 unset) ratio of medians; memory ratio
 TARGETS = {"mechanism": (1.5, 2.5, 2.0), "channel-only": (1.0, 1.0, 1.0)}
@@ -244,13 +241,6 @@ def verify(case: Case, dtype, run_ours, twin) -> float:
 # timing (worker: one BLAS configuration, every case, one process)
 
 
-def _sample(fn) -> float:
-    time.sleep(0.1)
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def time_case(case: Case, dtype, samples: int, namespace: dict) -> dict:
     import torch
 
@@ -264,41 +254,32 @@ def time_case(case: Case, dtype, samples: int, namespace: dict) -> dict:
     cot_ours, cot_torch = ag.from_numpy(cot), torch.from_numpy(cot)
     ours = lambda: run_ours(cot_ours)  # noqa: E731
     theirs = lambda: twin[2](cot_torch)  # noqa: E731
-    ours(), theirs(), ours(), theirs()                     # warm both
-    t_ours, t_torch = [], []
-    for _ in range(samples):
-        t_ours.append(_sample(ours))
-        t_torch.append(_sample(theirs))
+    t_ours, t_torch = _harness.interleaved([ours, theirs], samples)
     return {"case": case.entry, "dtype": np.dtype(dtype).name, "ours": t_ours, "torch": t_torch,
             "verified": worst}
 
 
 def blas_info() -> str:
+    """Every thread pool threadpoolctl sees (torch's OpenMP too), on one line."""
     try:
-        import threadpoolctl
+        pools = _harness.thread_pools(user_api=None)
     except ImportError:
         return "unknown (pip install threadpoolctl)"
     rows = []
-    for d in threadpoolctl.threadpool_info():
+    for d in pools:
         arch = f" {d['architecture']}" if d.get("architecture") else ""
         rows.append(f"{d.get('internal_api')}{arch} ({d.get('num_threads')} threads, "
                     f"{os.path.basename(d.get('filepath', ''))})")
     return "; ".join(rows)
 
 
-def gemm_peak(dtype, n: int = 1024, repeats: int = 5) -> float:
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
-    a @ a
-    return 2.0 * n ** 3 / min(_sample(lambda: a @ a) for _ in range(repeats)) / 1e9
-
-
 def worker(args) -> None:
     import torch  # noqa: F401 - loaded before threadpoolctl looks, so its runtimes are listed too
 
     namespace = _twin_namespace()
-    report = {"env": {k: os.environ.get(k) for k in BLAS_VARS}, "load_before": os.getloadavg()[0],
-              "gemm_f32": gemm_peak(np.float32),
-              "gemm_f64": gemm_peak(np.float64), "torch_threads": torch.get_num_threads(), "timings": []}
+    report = {"env": _harness.blas_env(), "load_before": os.getloadavg()[0],
+              "gemm_f32": _harness.gemm_peak(np.float32),
+              "gemm_f64": _harness.gemm_peak(np.float64), "torch_threads": torch.get_num_threads(), "timings": []}
     for case in _table(args):
         for dtype in (np.float64, np.float32):
             report["timings"].append(time_case(case, dtype, args.samples, namespace))
@@ -307,25 +288,11 @@ def worker(args) -> None:
             print(f"  {case.entry} {row['dtype']}: {ratio:.2f}x", file=sys.stderr, flush=True)
     report["blas"] = blas_info()
     report["load_after"] = os.getloadavg()[0]
-    print(json.dumps(report))
+    _harness.write_json(report, args.json)
 
 
 # ---------------------------------------------------------------------------------------------
 # memory (fresh subprocess per case, library and dtype)
-
-
-def _rss_bytes() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def memory_worker(args) -> None:
@@ -351,33 +318,26 @@ def memory_worker(args) -> None:
             p.grad = None
         twin[1].grad = None
     gc.collect()
-    reset = _reset_peak()
-    baseline = _rss_bytes() if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
+    reset = _harness.reset_peak_rss()
+    baseline = _harness.rss_bytes() if reset else _harness.peak_rss_bytes()
     result = call()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
+    peak = _harness.peak_rss_bytes()
     del result
     print(json.dumps({"extra_bytes": peak - baseline, "reset": reset}))
 
 
 def measure_memory(case: Case, lib: str, dtype, quick: bool, env: dict) -> float:
-    cmd = [sys.executable, os.path.abspath(__file__), "--memory-worker", case.entry, "--lib", lib,
-           "--dtype", np.dtype(dtype).name] + (["--quick"] if quick else [])
+    probe = ["--memory-worker", case.entry, "--lib", lib, "--dtype", np.dtype(dtype).name]
     # a fixed mmap threshold (glibc otherwise raises it after the first large free) returns every large
     # array to the system when it is freed, so RSS follows the live arrays in both libraries
     env = {**env, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    if out.returncode != 0:
-        print(out.stderr[-2000:], file=sys.stderr)
-        return float("nan")
-    return json.loads(out.stdout.strip().splitlines()[-1])["extra_bytes"]
+    result = _harness.run_probe(__file__, probe + (["--quick"] if quick else []), env, cwd=ROOT, check=False,
+                                show_stderr=True)
+    return float("nan") if result is None else result["extra_bytes"]
 
 
 # ---------------------------------------------------------------------------------------------
 # report
-
-
-def _stats(values) -> tuple:
-    return min(values), float(np.median(values)), max(values)
 
 
 def _fmt_s(value: float) -> str:
@@ -389,7 +349,7 @@ def _fmt_mib(value: float) -> str:
 
 
 def _ratio(row) -> float:
-    return _stats(row["ours"])[1] / _stats(row["torch"])[1]
+    return _harness.min_median_max(row["ours"])[1] / _harness.min_median_max(row["torch"])[1]
 
 
 def _mark(value: float, target: float) -> str:
@@ -422,10 +382,9 @@ def render(configs: dict, memory: dict, args, started: str, table: list) -> str:
                      "tenants' load slows both libraries and makes torch's thread wake-ups erratic).")
     lines += ["", "## Summary (ratio of medians, npattn / torch)", ""]
     rows = {label: {(r["case"], r["dtype"]): r for r in configs[label]["timings"]} for label in CONFIG_LABELS}
-    header = "| mechanism | float64 (as set) | float64 (AVX-512) | float32 as set (AVX2) | float32 AVX-512 |"
-    header += " memory f64 (npattn / torch) | memory f32 (npattn / torch) | targets |"
-    lines += [header, "|---|---|---|---|---|---|---|---|"]
-    met_all, missed = 0, []
+    header = ("mechanism", "float64 (as set)", "float64 (AVX-512)", "float32 as set (AVX2)", "float32 AVX-512",
+              "memory f64 (npattn / torch)", "memory f32 (npattn / torch)", "targets")
+    summary, met_all, missed = [], 0, []
     for case in table:
         t64, t32set, t32avx = TARGETS["channel-only" if case.channel_only else "mechanism"]
         r64 = _ratio(rows["as set"][(case.entry, "float64")])
@@ -450,21 +409,22 @@ def render(configs: dict, memory: dict, args, started: str, table: list) -> str:
         met_all += all(ok)
         if not all(ok):
             missed.append(case.entry)
-        lines.append(f"| {name} | {_mark(r64, t64)} | {_mark(r64u, t64)} | {_mark(r32, t32set)} | "
-                     f"{_mark(r32u, t32avx)} | {mem_cells[0]} | {mem_cells[1]} | {verdict} |")
+        summary.append((name, _mark(r64, t64), _mark(r64u, t64), _mark(r32, t32set), _mark(r32u, t32avx),
+                        *mem_cells, verdict))
+    lines += _harness.markdown_table(header, summary)
     lines += ["", f"All targets met by {met_all} of {len(table)} entries"
               + (f"; missed: {', '.join(missed)}." if missed else "."), ""]
     for label in CONFIG_LABELS:
         report = configs[label]
-        lines += [f"## Timings, BLAS {label} (ms; min / median / max)", "",
-                  "| mechanism | dtype | npattn | torch | ratio of medians | ratio of minima | verified |",
-                  "|---|---|---|---|---|---|---|"]
+        timings = []
         for row in report["timings"]:
-            o, t = _stats(row["ours"]), _stats(row["torch"])
-            lines.append(f"| {row['case']} | {row['dtype']} | {' / '.join(_fmt_s(v) for v in o)} | "
-                         f"{' / '.join(_fmt_s(v) for v in t)} | **{o[1] / t[1]:.2f}x** | {o[0] / t[0]:.2f}x | "
-                         f"{row['verified']:.1e} |")
-        lines.append("")
+            o, t = _harness.min_median_max(row["ours"]), _harness.min_median_max(row["torch"])
+            timings.append((row["case"], row["dtype"], " / ".join(_fmt_s(v) for v in o),
+                            " / ".join(_fmt_s(v) for v in t), f"**{o[1] / t[1]:.2f}x**", f"{o[0] / t[0]:.2f}x",
+                            f"{row['verified']:.1e}"))
+        header = ("mechanism", "dtype", "npattn", "torch", "ratio of medians", "ratio of minima", "verified")
+        lines += [f"## Timings, BLAS {label} (ms; min / median / max)", "",
+                  *_harness.markdown_table(header, timings), ""]
     lines += NOTES
     if memory:
         lines += ["Memory: peak RSS of a forward + backward minus the RSS before it, in a fresh subprocess per "
@@ -502,15 +462,13 @@ NOTES = [
 
 
 def _run_worker(label: str, env: dict, args) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--samples", str(args.samples)]
-    cmd += (["--quick"] if args.quick else []) + (["--only", args.only] if args.only else [])
-    if label == "unset":
-        cmd = ["env"] + [a for var in BLAS_VARS for a in ("-u", var)] + cmd
+    """This script's worker for one configuration; its JSON report, with the torch version added."""
     print(f"BLAS configuration: {label}", file=sys.stderr, flush=True)
-    out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    if out.returncode != 0:
-        raise SystemExit(f"worker failed for BLAS {label}")
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    worker_args = ["--samples", str(args.samples), *_harness.flags(args, "quick", "only")]
+    try:
+        report = _harness.run_worker(__file__, worker_args, env, cwd=ROOT)
+    except _harness.WorkerFailed:
+        raise SystemExit(f"worker failed for BLAS {label}") from None
     import torch
 
     report["torch_version"] = torch.__version__
@@ -527,6 +485,7 @@ def main() -> None:
     parser.add_argument("--raw", default="", help="also write the raw samples (JSON) here")
     parser.add_argument("--render", default="", help="re-render the report from a --raw file (no measuring)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--json", help=argparse.SUPPRESS)
     parser.add_argument("--memory-worker", default="", help=argparse.SUPPRESS)
     parser.add_argument("--lib", default="ours", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float64", help=argparse.SUPPRESS)
@@ -550,8 +509,9 @@ def main() -> None:
     missing = registered_entries() - {c.entry for c in cases()}
     if missing:
         raise SystemExit(f"registered channel/hybrid entries without a benchmark case: {sorted(missing)}")
-    as_set = {**os.environ, **{k: os.environ.get(k, v) for k, v in PROJECT_BLAS_ENV.items()}}
-    configs = {label: _run_worker(label, as_set, args) for label in CONFIG_LABELS}
+    as_set = {**os.environ, **{k: os.environ.get(k, v) for k, v in _harness.HASWELL_ENV.items()}}
+    envs = {"as set": as_set, "unset": _harness.without_blas_vars(as_set)}
+    configs = {label: _run_worker(label, envs[label], args) for label in CONFIG_LABELS}
     memory = {}
     if not args.no_memory:
         for case in table:
@@ -570,9 +530,7 @@ def main() -> None:
 
 
 def _write(text: str, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as fh:
-        fh.write(text)
+    _harness.write_text(path, text)
     print(text)
 
 
