@@ -28,20 +28,18 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 
+import _harness
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results", "self_attention.md")
-BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-HASWELL_ENV = {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "512"}
 GIB = 1024.0 ** 3
 
 # ---------------------------------------------------------------------------------------------
@@ -232,13 +230,6 @@ def verify(case, dtype, ours, theirs):
     return {"ours": worst_ours, "torch": worst_theirs if dtype == np.float32 else None}
 
 
-def _sample(fn):
-    time.sleep(0.1)
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def time_case(case, dtype, samples, with_torch=True):
     import torch
 
@@ -257,15 +248,10 @@ def time_case(case, dtype, samples, with_torch=True):
             result["verify_error"] = str(exc)
         cot_t = torch.from_numpy(cot)
         run_theirs = lambda: theirs[2](cot_t)  # noqa: E731
-        run_ours(), run_theirs()                       # warm both
-        t_ours, t_theirs = [], []
-        for _ in range(samples):
-            t_ours.append(_sample(run_ours))
-            t_theirs.append(_sample(run_theirs))
+        t_ours, t_theirs = _harness.interleaved([run_ours, run_theirs], samples, warmup=1)
         result.update(ours=t_ours, torch=t_theirs)
     else:
-        run_ours()
-        result["ours"] = [_sample(run_ours) for _ in range(samples)]
+        result["ours"] = _harness.interleaved([run_ours], samples, warmup=1)[0]
     return result
 
 
@@ -278,20 +264,13 @@ def time_interleaved(table, dtype, samples):
         _, _, run = _setup_ours(case, dtype)
         cot = ag.from_numpy(_cotangent(case, dtype))
         runs.append((case, (lambda run=run, cot=cot: run(cot))))
-        runs[-1][1]()
-    times = {case.name: [] for case, _ in runs}
-    for _ in range(samples):
-        for case, fn in runs:
-            times[case.name].append(_sample(fn))
-    return [{"case": case.name, "dtype": np.dtype(dtype).name, "ours": times[case.name]} for case, _ in runs]
+        runs[-1][1]()                                  # warmed as it is set up
+    times = _harness.interleaved([fn for _, fn in runs], samples, warmup=0)
+    return [{"case": case.name, "dtype": np.dtype(dtype).name, "ours": t} for (case, _), t in zip(runs, times)]
 
 
 # ---------------------------------------------------------------------------------------------
 # memory (fresh subprocess per case and library)
-
-
-def _peak_rss_bytes():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
 
 
 def _run_once(case, lib, dtype):
@@ -328,18 +307,16 @@ def memory_worker(case_name, lib, dtype_name, quick, complexity):
     gc.collect()
     run = _run_once(case, lib, dtype)
     gc.collect()
-    baseline = _peak_rss_bytes()
+    baseline = _harness.peak_rss_bytes()
     run()
-    print(json.dumps({"extra_bytes": _peak_rss_bytes() - baseline}))
+    print(json.dumps({"extra_bytes": _harness.peak_rss_bytes() - baseline}))
 
 
 def measure_memory(case, lib, dtype, quick, complexity=False, env=None):
-    cmd = [sys.executable, os.path.abspath(__file__), "--memory-worker", case.name, "--lib", lib,
-           "--dtype", np.dtype(dtype).name] + (["--quick"] if quick else []) + (["--complexity"] if complexity else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    if out.returncode != 0:
-        return float("nan")
-    return json.loads(out.stdout.strip().splitlines()[-1])["extra_bytes"]
+    probe = ["--memory-worker", case.name, "--lib", lib, "--dtype", np.dtype(dtype).name]
+    probe += (["--quick"] if quick else []) + (["--complexity"] if complexity else [])
+    result = _harness.run_probe(__file__, probe, env, cwd=ROOT, check=False)
+    return float("nan") if result is None else result["extra_bytes"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,34 +333,24 @@ def _complexity_sizes(quick):
 
 def blas_info():
     try:
-        import threadpoolctl
-
-        info = [d for d in threadpoolctl.threadpool_info() if d.get("user_api") == "blas"]
         return ", ".join(f"{d.get('internal_api')} {d.get('architecture')} ({d.get('num_threads')} threads)"
-                         for d in info)
+                         for d in _harness.thread_pools())
     except ImportError:
         return "unknown (threadpoolctl missing)"
-
-
-def gemm_peak(dtype, n=1024, repeats=5):
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
-    a @ a
-    best = min(_sample(lambda: a @ a) for _ in range(repeats))
-    return 2.0 * n ** 3 / best / 1e9
 
 
 def worker(args):
     only = set(args.only.split(",")) if args.only else None
     table = [c for c in cases(**_sizes(args.quick)) if not only or c.entry in only or c.name in only]
     dtypes = [np.float32] if (args.quick or args.f32_only) else [np.float32, np.float64]
-    report = {"blas": blas_info(), "gemm_f32": gemm_peak(np.float32), "gemm_f64": gemm_peak(np.float64),
-              "env": {k: os.environ.get(k) for k in BLAS_VARS}, "timings": [], "complexity": [],
-              "load_start": os.getloadavg()[0]}
-    def save():
+    report = {"blas": blas_info(), "gemm_f32": _harness.gemm_peak(np.float32),
+              "gemm_f64": _harness.gemm_peak(np.float64), "env": _harness.blas_env(), "timings": [],
+              "complexity": [], "load_start": os.getloadavg()[0]}
+
+    def save():  # after every case: a worker that fails part-way still leaves what it finished
         report["load_end"] = os.getloadavg()[0]
         if args.json_out:
-            with open(args.json_out, "w") as fh:
-                json.dump(report, fh)
+            _harness.write_json(report, args.json_out)
 
     for dtype in dtypes:
         for case in table:
@@ -398,10 +365,6 @@ def worker(args):
             save()
             print(f"  complexity H=W={size}: done", file=sys.stderr, flush=True)
     print(json.dumps(report))
-
-
-def _stats(values):
-    return min(values), float(np.median(values)), max(values)
 
 
 def _fmt_s(value):
@@ -448,47 +411,45 @@ def render(configs, memory, complexity_memory, quick, started):
                  f"{os.cpu_count()} cores; torch threads: {_torch_threads()}.")
     lines.append("")
     for label, report in configs:
+        ratios, timings = {}, []
+        for row in report["timings"]:
+            o, t = _harness.min_median_max(row["ours"]), _harness.min_median_max(row["torch"])
+            ratios.setdefault(row["dtype"], []).append(o[1] / t[1])
+            timings.append((row["case"], row["dtype"], " / ".join(_fmt_s(v) for v in o),
+                            " / ".join(_fmt_s(v) for v in t), f"**{o[1] / t[1]:.2f}x**", _fmt_verified(row)))
+        header = ("case", "dtype", "npattn min / median / max", "torch min / median / max", "ratio", "verified")
         lines += [f"## BLAS: {label}", "",
                   f"Kernel: {report['blas']}; env {report['env']}; NumPy GEMM peak (1024^3) "
                   f"{report['gemm_f32']:.0f} GF/s f32, {report['gemm_f64']:.0f} GF/s f64.  1-minute load average "
                   f"{report.get('load_start', float('nan')):.1f} at the start, "
                   f"{report.get('load_end', float('nan')):.1f} at the end (other tenants share the "
                   f"{os.cpu_count()} cores).", "",
-                  "| case | dtype | npattn min / median / max | torch min / median / max | ratio | verified |",
-                  "|---|---|---|---|---|---|"]
-        ratios = {}
-        for row in report["timings"]:
-            o, t = _stats(row["ours"]), _stats(row["torch"])
-            ratios.setdefault(row["dtype"], []).append(o[1] / t[1])
-            lines.append(f"| {row['case']} | {row['dtype']} | {' / '.join(_fmt_s(v) for v in o)} | "
-                         f"{' / '.join(_fmt_s(v) for v in t)} | **{o[1] / t[1]:.2f}x** | {_fmt_verified(row)} |")
-        lines.append("")
+                  *_harness.markdown_table(header, timings), ""]
         for dtype, values in ratios.items():
             lines.append(f"- {dtype}: worst ratio {max(values):.2f}x, geometric mean "
                          f"{float(np.exp(np.mean(np.log(values)))):.2f}x over {len(values)} cases.")
         lines.append("")
     if memory:
-        lines += ["## Peak extra memory (fresh subprocess per case, float32, first BLAS configuration)", "",
-                  "| case | npattn | torch | ratio |", "|---|---|---|---|"]
+        table = []
         for name, ours, theirs in memory:
             ratio = ours / theirs if theirs and theirs == theirs and theirs > 0 else float("nan")
-            lines.append(f"| {name} | {_fmt_gib(ours)} | {_fmt_gib(theirs)} | {ratio:.2f}x |")
-        lines.append("")
+            table.append((name, _fmt_gib(ours), _fmt_gib(theirs), f"{ratio:.2f}x"))
+        lines += ["## Peak extra memory (fresh subprocess per case, float32, first BLAS configuration)", "",
+                  *_harness.markdown_table(("case", "npattn", "torch", "ratio"), table), ""]
     comp = configs[0][1].get("complexity") if configs else None
     if comp:
         lines += ["## Complexity: time and extra memory against H = W (npattn, float32, first BLAS configuration)",
                   "", "Non-local is the official block (2x2 max-pool sub-sampling: M = HW/4 keys) and the dense "
                   "one (M = HW); CCNet attends to H + W - 1 positions (R = 2), ANN-APNB to 110 pyramid anchors.",
                   "`attention entries` is the size of one sample's attention (positions x keys).", "",
-                  "Times: the four blocks of one size are sampled in turn (interleaved), min / median.", "",
-                  "| case | attention entries | min / median time | extra memory |", "|---|---|---|---|"]
-        mem = dict(complexity_memory)
+                  "Times: the four blocks of one size are sampled in turn (interleaved), min / median.", ""]
+        mem, table = dict(complexity_memory), []
         for row in comp:
-            extra = _fmt_gib(mem.get(row["case"], float("nan")))
-            low, mid, _ = _stats(row["ours"])
-            lines.append(f"| {row['case']} | {_attention_entries(row['case']):,} | {_fmt_s(low)} / {_fmt_s(mid)} "
-                         f"| {extra} |")
-        lines.append("")
+            low, mid, _ = _harness.min_median_max(row["ours"])
+            table.append((row["case"], f"{_attention_entries(row['case']):,}", f"{_fmt_s(low)} / {_fmt_s(mid)}",
+                          _fmt_gib(mem.get(row["case"], float("nan")))))
+        header = ("case", "attention entries", "min / median time", "extra memory")
+        lines += [*_harness.markdown_table(header, table), ""]
     return "\n".join(lines) + "\n"
 
 
@@ -529,31 +490,28 @@ def main():
 
     started = time.strftime("%Y-%m-%d %H:%M")
     inherited = dict(os.environ)
-    unset = {k: v for k, v in inherited.items() if k not in BLAS_VARS}
-    if all(k in inherited for k in BLAS_VARS):
-        plan = [("as set", inherited), ("unset (OpenBLAS picks its kernel)", unset)]
+    if all(k in inherited for k in _harness.BLAS_VARS):
+        plan = [("as set", inherited), ("unset (OpenBLAS picks its kernel)", _harness.without_blas_vars(inherited))]
     else:
         plan = [("as inherited (OPENBLAS_CORETYPE unset)", inherited),
-                ("Haswell forced (the documented project setting)", {**inherited, **HASWELL_ENV})]
+                ("Haswell forced (the documented project setting)", _harness.haswell_forced(inherited))]
     if args.quick or args.one_config:
         plan = plan[:1]
     configs = []
     for i, (label, env) in enumerate(plan):
         print(f"BLAS configuration: {label}", file=sys.stderr, flush=True)
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--samples", str(args.samples)]
-        cmd += (["--quick"] if args.quick else []) + (["--only", args.only] if args.only else [])
-        cmd += ["--f32-only"] if args.f32_only else []
-        cmd += ["--complexity-here"] if (i == 0 and not args.no_complexity) else ["--no-complexity"]
+        worker_args = ["--samples", str(args.samples), *_harness.flags(args, "quick", "only", "f32-only")]
+        worker_args += ["--complexity-here"] if (i == 0 and not args.no_complexity) else ["--no-complexity"]
         json_out = os.path.join(tempfile.gettempdir(), f"bench_self_attention_{os.getpid()}_{i}.json")
-        cmd += ["--json-out", json_out]
-        out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-        if out.returncode != 0:
+        try:  # the worker also prints its report on stdout, for a direct call: not needed here
+            report = _harness.run_worker(__file__, worker_args, env, json_flag="--json-out", json_path=json_out,
+                                         cwd=ROOT, stdout=subprocess.DEVNULL)
+        except _harness.WorkerFailed as failed:
             print(f"worker failed for {label}; reporting what it finished ({json_out})", file=sys.stderr)
-            if not os.path.exists(json_out):
+            if failed.report is None:
                 continue
-            label += " (worker failed part-way)"
-        with open(json_out) as fh:
-            configs.append((label, json.load(fh)))
+            label, report = label + " (worker failed part-way)", failed.report
+        configs.append((label, report))
     memory, complexity_memory = [], []
     if not args.no_memory:
         only = set(args.only.split(",")) if args.only else None
@@ -571,9 +529,7 @@ def main():
                 complexity_memory.append((case.name, measure_memory(case, "ours", np.float32, args.quick,
                                                                     complexity=True, env=plan[0][1])))
     text = render(configs, memory, complexity_memory, args.quick, started)
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as fh:
-        fh.write(text)
+    _harness.write_text(args.output, text)
     print(text)
 
 
