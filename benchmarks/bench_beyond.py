@@ -26,19 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
-import tempfile
 import time
 
+import _harness
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results", "beyond.md")
-BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-HASWELL_ENV = {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "512"}
 CASES = ("ocr", "iau", "fca", "rga", "gsop")
 GIB = 1024.0
 
@@ -175,32 +171,11 @@ def _error(result, reference) -> float:
     return float(max(output_error, max(np.abs(a - b).max() for a, b in pairs) / scale))
 
 
-def interleaved(ours, theirs, samples: int):
-    t_ours, t_theirs = [], []
-    for _ in range(samples):
-        for fn, times in ((ours, t_ours), (theirs, t_theirs)):
-            time.sleep(0.1)
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return t_ours, t_theirs
-
-
-def blas_info() -> list:
-    from threadpoolctl import threadpool_info
-
-    import autograd  # noqa: F401 - loads NumPy's BLAS
-
-    np.ones((4, 4)) @ np.ones((4, 4))
-    return [f"{p.get('internal_api')} {p.get('version')} kernel={p.get('architecture')} threads={p.get('num_threads')}"
-            for p in threadpool_info() if p.get("user_api") == "blas"]
-
-
 def worker(args):
     import torch
 
     samples = args.samples or (3 if args.quick else 5)
-    report = {"blas": blas_info(), "env": {k: os.environ.get(k) for k in BLAS_VARS}, "load": os.getloadavg()[0],
+    report = {"blas": _harness.blas_info(), "env": _harness.blas_env(), "load": os.getloadavg()[0],
               "torch": f"{torch.__version__}, {torch.get_num_threads()} threads", "rows": []}
     cases = [c for c in CASES if not args.filter or c in args.filter.split(",")]
     for dtype in args.dtypes.split(","):
@@ -213,14 +188,14 @@ def worker(args):
             if error > limit:
                 raise SystemExit(f"{case} {dtype}: npattn's error {error:.2e} exceeds {limit:.2e} "
                                  f"(torch: {torch_error:.2e})")
-            t_ours, t_theirs = interleaved(runner.ours, runner.theirs, samples)
+            # no separate warm-up: verify() has just run both
+            t_ours, t_theirs = _harness.interleaved([runner.ours, runner.theirs], samples, warmup=0)
             report["rows"].append({"case": case, "dtype": dtype, "what": runner.description,
                                    "error": error, "torch_error": torch_error,
                                    "ours": t_ours, "torch": t_theirs})
             print(f"  {case} {dtype}: ours {np.median(t_ours):.3f}s torch {np.median(t_theirs):.3f}s", file=sys.stderr)
             del runner
-    with open(args.json, "w") as fh:
-        json.dump(report, fh)
+    _harness.write_json(report, args.json)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,10 +205,10 @@ def worker(args):
 def memory_case(args):
     dtype = np.dtype(args.dtypes).type
     runner = Runner(args.memory_case, dtype, args.quick)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline = _harness.peak_rss_bytes()
     (runner.ours if args.lib == "ours" else runner.theirs)()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"extra_mib": (peak - baseline) / 1024.0}))
+    peak = _harness.peak_rss_bytes()
+    print(json.dumps({"extra_mib": (peak - baseline) / _harness.MIB}))
 
 
 def measure_memory(quick, env, dtypes, cases):
@@ -242,11 +217,8 @@ def measure_memory(quick, env, dtypes, cases):
         for dtype in dtypes:
             extra = {}
             for lib in ("ours", "torch"):
-                cmd = [sys.executable, __file__, "--memory-case", case, "--lib", lib, "--dtypes", dtype]
-                if quick:
-                    cmd.append("--quick")
-                out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-                extra[lib] = json.loads(out.strip().splitlines()[-1])["extra_mib"]
+                probe = ["--memory-case", case, "--lib", lib, "--dtypes", dtype] + (["--quick"] if quick else [])
+                extra[lib] = _harness.run_probe(__file__, probe, env)["extra_mib"]
             rows.append({"case": case, "dtype": dtype, **extra})
             print(f"  memory {case} {dtype}: ours {extra['ours']:.0f} MiB, torch {extra['torch']:.0f} MiB",
                   file=sys.stderr)
@@ -258,23 +230,13 @@ def measure_memory(quick, env, dtypes, cases):
 
 
 def run_config(label, env, args, dtypes):
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "result.json")
-        cmd = [sys.executable, __file__, "--worker", "--json", path, "--dtypes", dtypes]
-        if args.quick:
-            cmd.append("--quick")
-        if args.samples:
-            cmd += ["--samples", str(args.samples)]
-        if args.filter:
-            cmd += ["--filter", args.filter]
-        print(f"[{label}] {' '.join(cmd[1:])}", file=sys.stderr)
-        subprocess.run(cmd, env=env, check=True)
-        with open(path) as fh:
-            return json.load(fh)
+    """This script's worker for one configuration; its JSON report."""
+    return _harness.run_worker(__file__, ["--dtypes", dtypes, *_harness.flags(args, "quick", "samples", "filter")],
+                               env, announce=lambda cmd: print(f"[{label}] {' '.join(cmd[1:])}", file=sys.stderr))
 
 
 def _stats(times):
-    return f"{min(times) * 1e3:.0f} / {np.median(times) * 1e3:.0f} / {max(times) * 1e3:.0f}"
+    return " / ".join(f"{v * 1e3:.0f}" for v in _harness.min_median_max(times))
 
 
 def write_report(results, memory, args):
@@ -287,27 +249,22 @@ def write_report(results, memory, args):
              "over the largest max|ref| of all gradients (the worse of the two), where ref is the torch twin in "
              "float64 on the same numbers; float64 rows compare npattn with torch directly (torch: 0).", ""]
     for label, report in results:
+        header = ("mechanism", "dtype", "configuration", "npattn ms", "torch ms", "ratio", "error npattn / torch")
+        table = [(row["case"], row["dtype"], row["what"], _stats(row["ours"]), _stats(row["torch"]),
+                  f"{np.median(row['ours']) / np.median(row['torch']):.2f}x",
+                  f"{row['error']:.1e} / {row['torch_error']:.1e}") for row in report["rows"]]
         lines += [f"## BLAS {label}", "", "- NumPy BLAS: " + "; ".join(report["blas"]),
                   f"- env: {report['env']}", f"- torch {report['torch']}",
                   f"- 1-minute load average when the worker started: {report.get('load', float('nan')):.1f}", "",
-                  "| mechanism | dtype | configuration | npattn ms | torch ms | ratio | error npattn / torch |",
-                  "|---|---|---|---|---|---|---|"]
-        for row in report["rows"]:
-            ratio = np.median(row["ours"]) / np.median(row["torch"])
-            lines.append(f"| {row['case']} | {row['dtype']} | {row['what']} | {_stats(row['ours'])} | "
-                         f"{_stats(row['torch'])} | {ratio:.2f}x | {row['error']:.1e} / {row['torch_error']:.1e} |")
-        lines.append("")
+                  *_harness.markdown_table(header, table), ""]
     if memory:
+        header = ("mechanism", "dtype", "npattn MiB", "torch MiB", "ratio", "< 8 GiB")
+        table = [(row["case"], row["dtype"], f"{row['ours']:.0f}", f"{row['torch']:.0f}",
+                  f"{row['ours'] / max(row['torch'], 1.0):.2f}x", "yes" if row["ours"] < 8 * GIB else "NO")
+                 for row in memory]
         lines += ["## Peak extra memory (fresh process per case, BLAS as set)", "",
-                  "| mechanism | dtype | npattn MiB | torch MiB | ratio | < 8 GiB |", "|---|---|---|---|---|---|"]
-        for row in memory:
-            ratio = row["ours"] / max(row["torch"], 1.0)
-            lines.append(f"| {row['case']} | {row['dtype']} | {row['ours']:.0f} | {row['torch']:.0f} | {ratio:.2f}x | "
-                         f"{'yes' if row['ours'] < 8 * GIB else 'NO'} |")
-        lines.append("")
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as fh:
-        fh.write("\n".join(lines))
+                  *_harness.markdown_table(header, table), ""]
+    _harness.write_text(args.output, "\n".join(lines))
     print("\n".join(lines))
 
 
@@ -329,13 +286,12 @@ def main():
     if args.memory_case:
         return memory_case(args)
     env_set = dict(os.environ)
-    env_unset = {k: v for k, v in os.environ.items() if k not in BLAS_VARS}
     configs = [("as set", env_set, args.dtypes)]
     if not args.quick:  # float32 only: the kernel choice matters most there, and float64 RGA is slow
-        if any(k in os.environ for k in BLAS_VARS):
-            configs.append(("unset (OpenBLAS picks its kernel)", env_unset, "float32"))
+        if any(k in os.environ for k in _harness.BLAS_VARS):
+            configs.append(("unset (OpenBLAS picks its kernel)", _harness.without_blas_vars(env_set), "float32"))
         else:  # the inherited environment is already "unset": reproduce the documented project setting
-            configs.append(("Haswell (forced)", {**env_set, **HASWELL_ENV}, "float32"))
+            configs.append(("Haswell (forced)", _harness.haswell_forced(env_set), "float32"))
     results = [(label, run_config(label, env, args, dtypes)) for label, env, dtypes in configs]
     cases = [c for c in CASES if not args.filter or c in args.filter.split(",")]
     memory = [] if args.no_memory else measure_memory(args.quick, env_set, ["float32"], cases)
