@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as _np
 
+from . import backend
 from .backend import xp
 from .tensor import Tensor, as_tensor, record
 
@@ -195,11 +196,11 @@ def sigmoid(a) -> Tensor:
 
 
 def relu(a) -> Tensor:
-    """max(a, 0); the gradient at exactly 0 is 0 (as PyTorch)."""
+    """max(a, 0); the gradient at exactly 0 is 0, and NaN stays NaN (as PyTorch)."""
     a = _lift(a)
     mask = a.data > 0
     zero = xp.zeros((), a.data.dtype)
-    return record(xp.where(mask, a.data, zero), ((a, lambda g: where(mask, g, Tensor(zero))),))
+    return record(xp.maximum(a.data, zero), ((a, lambda g: where(mask, g, Tensor(zero))),))
 
 
 def leaky_relu(a, negative_slope: float = 0.01) -> Tensor:
@@ -245,7 +246,7 @@ def where(condition, a, b) -> Tensor:
     """``a`` where ``condition`` else ``b`` (condition carries no gradient)."""
     cond = _data(condition)
     a, b = _binary_operands(a, b)
-    out = xp.where(cond, a.data, b.data)
+    out = _select(cond, a.data, b.data)
     zero = Tensor(xp.zeros((), out.dtype))
     return record(
         out,
@@ -254,6 +255,40 @@ def where(condition, a, b) -> Tensor:
             (b, lambda g: sum_to(where(cond, zero, g), b.shape)),
         ),
     )
+
+
+_BITS = {_np.dtype(_np.float32): _np.int32, _np.dtype(_np.float64): _np.int64}
+
+
+def _select(cond, a, b):
+    """``xp.where(cond, a, b)``, with an exact fast path for "values or +0" on NumPy.
+
+    NumPy's where takes a branch per element, and a mask like a ReLU's (half True, at random) makes
+    the CPU mispredict half of them: on (8, 256, 28, 28) it took 6.5 ms (float32) / 5.7 ms (float64)
+    against 0.44 / 1.2 ms for ANDing the values' bits with 0 or all-ones (:func:`_keep`).  The ReLU's
+    VJP and where's own VJPs are that case.
+    """
+    if backend.name == "numpy" and isinstance(cond, _np.ndarray) and cond.dtype == bool:
+        if _positive_zero(b, a) and cond.shape == a.shape:
+            return _keep(cond, a)
+        if _positive_zero(a, b) and cond.shape == b.shape:
+            return _keep(~cond, b)
+    return xp.where(cond, a, b)
+
+
+def _positive_zero(scalar, values) -> bool:
+    """Whether ``scalar`` is a 0-d +0.0 of the float dtype of ``values`` (a bit path exists for it)."""
+    return (scalar.ndim == 0 and scalar.dtype == values.dtype and values.dtype in _BITS
+            and scalar.view(_BITS[values.dtype]) == 0)
+
+
+def _keep(mask, values):
+    """``values`` where ``mask`` else +0.0, bit for bit as ``where(mask, values, 0.0)`` (NaN, inf, -0.0 kept)."""
+    bits = _BITS[values.dtype]
+    out = mask.astype(bits)
+    xp.negative(out, out=out)  # 1 -> all ones, 0 -> 0
+    xp.bitwise_and(out, values.view(bits), out=out)
+    return out.view(values.dtype)
 
 
 def clip(a, min=None, max=None) -> Tensor:  # noqa: A002

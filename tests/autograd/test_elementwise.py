@@ -197,6 +197,32 @@ def test_where_routes_gradients_and_broadcasts(rng):
     check_grads(lambda p, q: ag.where(dev(cond), p, q), dev(a), dev(b))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("zero_side", ["b", "a"])
+def test_where_values_or_zero_is_bit_exact(rng, dtype, zero_side):
+    """where(mask, v, 0) and where(mask, 0, v) -- the ReLU VJP's form, which NumPy runs on a bit path -- give
+    xp.where's bits: NaN, +-inf and -0.0 kept where selected, +0.0 elsewhere, any memory layout."""
+    values = rng.standard_normal((6, 10)).astype(dtype)
+    values[0, :4] = [np.nan, np.inf, -np.inf, -0.0]
+    for v in (values, values[::2, 1::3], values.T):
+        mask = rng.random(v.shape) > 0.5
+        mask.flat[:4] = True
+        zero = np.zeros((), dtype)
+        args = (dev(v), dev(zero)) if zero_side == "b" else (dev(zero), dev(v))
+        got = host(ag.where(dev(mask), *args))
+        want = np.where(mask, v, zero) if zero_side == "b" else np.where(mask, zero, v)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+
+
+def test_relu_keeps_nan_and_masks_its_gradient():
+    x = tensor(np.array([np.nan, -1.0, 0.0, 2.0]), requires_grad=True)
+    y = ag.relu(x)
+    np.testing.assert_array_equal(host(y), [np.nan, 0.0, 0.0, 2.0])  # torch.relu(nan) is nan
+    y.sum().backward()
+    assert_close(x.grad, [0.0, 0.0, 0.0, 1.0], atol=0)
+
+
 def test_clip_one_sided(rng):
     x = away_from(rng, (6,), (0.0,))
     assert_close(ag.clip(dev(x), min=0.0), np.maximum(x, 0.0), atol=0)
