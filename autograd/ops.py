@@ -186,9 +186,12 @@ def sigmoid(a) -> Tensor:
     """Logistic function 1 / (1 + exp(-a)), evaluated without overflow for large |a|."""
     a = _lift(a)
     x = a.data
-    # exp of a non-positive number never overflows: use the form that needs only that.
+    # exp of a non-positive number never overflows: with e = exp(-|a|), sigmoid is 1 / (1 + e) for
+    # a >= 0 and e / (1 + e) below.  The numerator -- 1 or e -- is max(e, a >= 0) since e <= 1: no
+    # per-element branch (NumPy's where costs 3x the whole function on random signs), same bits.
     e = xp.exp(-xp.abs(x))
-    out = xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+    out = xp.maximum(e, x >= 0)
+    xp.divide(out, e + 1, out=out)
     holder = []
     result = record(out, ((a, lambda g: mul(g, mul(holder[0], sub(1.0, holder[0])))),))
     holder.append(result)
