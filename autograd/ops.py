@@ -190,8 +190,7 @@ def sigmoid(a) -> Tensor:
     # a >= 0 and e / (1 + e) below.  The numerator -- 1 or e -- is max(e, a >= 0) since e <= 1: no
     # per-element branch (NumPy's where costs 3x the whole function on random signs), same bits.
     e = xp.exp(-xp.abs(x))
-    out = xp.maximum(e, x >= 0)
-    xp.divide(out, e + 1, out=out)
+    out = xp.maximum(e, x >= 0) / (e + 1)
     holder = []
     result = record(out, ((a, lambda g: mul(g, mul(holder[0], sub(1.0, holder[0])))),))
     holder.append(result)

@@ -75,6 +75,20 @@ def test_unary_float32_stays_float32(rng, name):
     assert_close(out, reference(x.astype(np.float64)), rtol=2e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", list(UNARY))
+def test_unary_on_a_zero_dimensional_input(rng, name):
+    """A 0-d input (where NumPy ufuncs return scalars, not arrays) gives the value and gradient of the 1-d case."""
+    op, reference, derivative, sample = UNARY[name]
+    x = sample(rng, (1,))
+    t = tensor(x[0], requires_grad=True)
+    out = op(t)
+    assert out.shape == () and out.dtype == np.float64
+    assert_close(out, reference(x)[0], rtol=1e-13, atol=1e-15)
+    out.backward()
+    assert t.grad.shape == ()
+    assert_close(t.grad, derivative(x)[0], rtol=1e-12, atol=1e-15)
+
+
 # ---------------------------------------------------------------------------------------------
 # binary operations with broadcasting
 
