@@ -87,34 +87,30 @@ def sum_to(x, shape) -> Tensor:
 
 def add(a, b) -> Tensor:
     a, b = _binary_operands(a, b)
-    return record(
-        a.data + b.data, ((a, lambda g: sum_to(g, a.shape)), (b, lambda g: sum_to(g, b.shape)))
-    )
+    sa, sb = a.shape, b.shape  # the VJPs read shapes only: the operands are not kept alive
+    return record(a.data + b.data, ((a, lambda g: sum_to(g, sa)), (b, lambda g: sum_to(g, sb))))
 
 
 def sub(a, b) -> Tensor:
     a, b = _binary_operands(a, b)
-    return record(
-        a.data - b.data,
-        ((a, lambda g: sum_to(g, a.shape)), (b, lambda g: sum_to(neg(g), b.shape))),
-    )
+    sa, sb = a.shape, b.shape
+    return record(a.data - b.data, ((a, lambda g: sum_to(g, sa)), (b, lambda g: sum_to(neg(g), sb))))
 
 
 def mul(a, b) -> Tensor:
     a, b = _binary_operands(a, b)
-    return record(
-        a.data * b.data,
-        ((a, lambda g: sum_to(mul(g, b), a.shape)), (b, lambda g: sum_to(mul(g, a), b.shape))),
-    )
+    sa, sb = a.shape, b.shape  # a's VJP keeps b alive and b's keeps a, each only if it is recorded
+    return record(a.data * b.data, ((a, lambda g: sum_to(mul(g, b), sa)), (b, lambda g: sum_to(mul(g, a), sb))))
 
 
 def div(a, b) -> Tensor:
     a, b = _binary_operands(a, b)
+    sa, sb = a.shape, b.shape
     return record(
         a.data / b.data,
         (
-            (a, lambda g: sum_to(div(g, b), a.shape)),
-            (b, lambda g: sum_to(neg(div(mul(g, a), mul(b, b))), b.shape)),
+            (a, lambda g: sum_to(div(g, b), sa)),
+            (b, lambda g: sum_to(neg(div(mul(g, a), mul(b, b))), sb)),
         ),
     )
 
@@ -127,14 +123,15 @@ def neg(a) -> Tensor:
 def pow(a, b) -> Tensor:  # noqa: A001 - mirrors torch.pow
     """``a ** b``.  For a tensor exponent the gradient w.r.t. ``b`` is ``a**b * log(a)`` (a > 0)."""
     a, b = _binary_operands(a, b)
+    sa, sb = a.shape, b.shape
     holder = []
 
     def vjp_base(g):
-        return sum_to(mul(g, mul(b, pow(a, sub(b, 1)))), a.shape)
+        return sum_to(mul(g, mul(b, pow(a, sub(b, 1)))), sa)
 
     def vjp_exponent(g):
         # the result itself (not a constant copy of its value), so that second derivatives see it
-        return sum_to(mul(g, mul(holder[0], log(a))), b.shape)
+        return sum_to(mul(g, mul(holder[0], log(a))), sb)
 
     result = record(a.data ** b.data, ((a, vjp_base), (b, vjp_exponent)))
     holder.append(result)
@@ -230,11 +227,12 @@ def maximum(a, b) -> Tensor:
     out = xp.maximum(a.data, b.data)
     dtype = out.dtype
     wa = ((a.data > b.data) + 0.5 * (a.data == b.data)).astype(dtype)
+    sa, sb = a.shape, b.shape
     return record(
         out,
         (
-            (a, lambda g: sum_to(mul(g, Tensor(wa)), a.shape)),
-            (b, lambda g: sum_to(mul(g, Tensor(1.0 - wa)), b.shape)),
+            (a, lambda g: sum_to(mul(g, Tensor(wa)), sa)),
+            (b, lambda g: sum_to(mul(g, Tensor(1.0 - wa)), sb)),
         ),
     )
 
@@ -250,11 +248,12 @@ def where(condition, a, b) -> Tensor:
     a, b = _binary_operands(a, b)
     out = _select(cond, a.data, b.data)
     zero = Tensor(xp.zeros((), out.dtype))
+    sa, sb = a.shape, b.shape
     return record(
         out,
         (
-            (a, lambda g: sum_to(where(cond, g, zero), a.shape)),
-            (b, lambda g: sum_to(where(cond, zero, g), b.shape)),
+            (a, lambda g: sum_to(where(cond, g, zero), sa)),
+            (b, lambda g: sum_to(where(cond, zero, g), sb)),
         ),
     )
 
@@ -310,10 +309,11 @@ def sum(a, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     a = _lift(a)
     axes = _normalize_axis(axis, a.ndim)
     out = xp.sum(a.data, axis=axes, keepdims=keepdims)
-    kept_shape = tuple(1 if i in axes else n for i, n in enumerate(a.shape))
+    shape = a.shape
+    kept_shape = tuple(1 if i in axes else n for i, n in enumerate(shape))
 
     def vjp(g):
-        return broadcast_to(reshape(g, kept_shape), a.shape)
+        return broadcast_to(reshape(g, kept_shape), shape)
 
     return record(xp.asarray(out), ((a, vjp),))
 
@@ -349,11 +349,11 @@ def max(a, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     out = xp.max(a.data, axis=axes, keepdims=True)
     hit = (a.data == out).astype(a.data.dtype)
     share = hit / xp.sum(hit, axis=axes, keepdims=True)
-    kept_shape = out.shape
-    value = out if keepdims else xp.reshape(out, tuple(n for i, n in enumerate(a.shape) if i not in axes))
+    kept_shape, shape = out.shape, a.shape
+    value = out if keepdims else xp.reshape(out, tuple(n for i, n in enumerate(shape) if i not in axes))
 
     def vjp(g):
-        return mul(broadcast_to(reshape(g, kept_shape), a.shape), Tensor(share))
+        return mul(broadcast_to(reshape(g, kept_shape), shape), Tensor(share))
 
     return record(value, ((a, vjp),))
 
@@ -398,7 +398,8 @@ def reshape(a, shape) -> Tensor:
     if tuple(shape) == a.shape:
         return a
     out = xp.reshape(a.data, tuple(shape))
-    return record(out, ((a, lambda g: reshape(g, a.shape)),))
+    source = a.shape
+    return record(out, ((a, lambda g: reshape(g, source)),))
 
 
 def transpose(a, axes=None) -> Tensor:
@@ -426,7 +427,8 @@ def broadcast_to(a, shape) -> Tensor:
     shape = tuple(shape)
     if a.shape == shape:
         return a
-    return record(xp.broadcast_to(a.data, shape), ((a, lambda g: sum_to(g, a.shape)),))
+    source = a.shape
+    return record(xp.broadcast_to(a.data, shape), ((a, lambda g: sum_to(g, source)),))
 
 
 def expand_dims(a, axis) -> Tensor:
@@ -545,9 +547,10 @@ def tile(a, reps) -> Tensor:
     for r, n in zip(reps, shape):
         split_shape += (r, n)
     copy_axes = tuple(range(0, 2 * len(shape), 2))
+    source = a.shape
 
     def vjp(g):
-        return reshape(sum(reshape(g, split_shape), axis=copy_axes), a.shape)
+        return reshape(sum(reshape(g, split_shape), axis=copy_axes), source)
 
     return record(out, ((a, vjp),))
 
@@ -569,7 +572,8 @@ def getitem(a, index) -> Tensor:
     a = _lift(a)
     index = _index_data(index)
     out = a.data[index]
-    return record(out, ((a, lambda g: index_add(a.shape, index, g)),))
+    source = a.shape
+    return record(out, ((a, lambda g: index_add(source, index, g)),))
 
 
 def index_add(shape, index, values) -> Tensor:
@@ -603,23 +607,24 @@ def matmul(a, b) -> Tensor:
     out = xp.matmul(a.data, b.data)
     # The VJPs work on matrices: a 1-D ``a`` is a row (1, k), a 1-D ``b`` a column (k, 1), and the
     # cotangent gets back the axes numpy.matmul dropped for them.
-    a_matrix_shape = (1,) + a.shape if a.ndim == 1 else a.shape
-    b_matrix_shape = b.shape + (1,) if b.ndim == 1 else b.shape
+    a_shape, b_shape = a.shape, b.shape  # vjp_a keeps b alive and vjp_b keeps a, not their own operand
+    a_matrix_shape = (1,) + a_shape if len(a_shape) == 1 else a_shape
+    b_matrix_shape = b_shape + (1,) if len(b_shape) == 1 else b_shape
 
     def matrix_cotangent(g):
-        if a.ndim == 1:
-            g = expand_dims(g, -1 if b.ndim == 1 else -2)
-        if b.ndim == 1:
+        if len(a_shape) == 1:
+            g = expand_dims(g, -1 if len(b_shape) == 1 else -2)
+        if len(b_shape) == 1:
             g = expand_dims(g, -1)
         return g
 
     def vjp_a(g):
         grad = matmul(matrix_cotangent(g), swapaxes(reshape(b, b_matrix_shape), -1, -2))
-        return reshape(sum_to(grad, a_matrix_shape), a.shape)
+        return reshape(sum_to(grad, a_matrix_shape), a_shape)
 
     def vjp_b(g):
         grad = matmul(swapaxes(reshape(a, a_matrix_shape), -1, -2), matrix_cotangent(g))
-        return reshape(sum_to(grad, b_matrix_shape), b.shape)
+        return reshape(sum_to(grad, b_matrix_shape), b_shape)
 
     return record(out, ((a, vjp_a), (b, vjp_b)))
 
@@ -649,16 +654,18 @@ def einsum(subscripts: str, *operands) -> Tensor:
     out = xp.einsum(subscripts, *[o.data for o in operands], optimize=True)
 
     def vjp_for(i):
+        # operand i's VJP keeps the other operands alive, never operand i itself
+        others = [operands[j] for j in range(len(operands)) if j != i]
+        other_specs = [in_specs[j] for j in range(len(operands)) if j != i]
+        target, target_shape = in_specs[i], operands[i].shape
+
         def vjp(g):
-            others = [operands[j] for j in range(len(operands)) if j != i]
-            other_specs = [in_specs[j] for j in range(len(operands)) if j != i]
-            target = in_specs[i]
             missing = [ch for ch in target if ch not in output and ch not in "".join(other_specs)]
             spec = ",".join([output] + other_specs) + "->" + "".join(ch for ch in target if ch not in missing)
             grad = einsum(spec, g, *others)
             if missing:  # an index summed away by this operand alone: broadcast back
                 shape = tuple(1 if ch in missing else sizes[ch] for ch in target)
-                grad = broadcast_to(reshape(grad, shape), operands[i].shape)
+                grad = broadcast_to(reshape(grad, shape), target_shape)
             return grad
 
         return vjp
@@ -710,7 +717,8 @@ def astype(a, dtype) -> Tensor:
     a = _lift(a)
     if a.dtype == _np.dtype(dtype):
         return a
-    return record(a.data.astype(dtype), ((a, lambda g: astype(g, a.dtype)),))
+    source = a.dtype
+    return record(a.data.astype(dtype), ((a, lambda g: astype(g, source)),))
 
 
 _install_operators()

@@ -223,7 +223,8 @@ def take_along_axis(a, indices, axis: int) -> Tensor:
     a = ops._lift(a)
     axis = axis % a.ndim
     out = xp.take_along_axis(a.data, indices, axis=axis)
-    return record(out, ((a, lambda g: _put_along_axis_add(a.shape, indices, g, axis)),))
+    shape = a.shape
+    return record(out, ((a, lambda g: _put_along_axis_add(shape, indices, g, axis)),))
 
 
 def _put_along_axis_add(shape, indices, values, axis) -> Tensor:
@@ -370,7 +371,7 @@ def _spatial_mean(x: Tensor, keepdims: bool) -> Tensor:
     n, c, h, w = x.shape
     total = xp.matmul(xp.reshape(x.data, (n * c, h * w)), xp.ones((h * w,), dtype=x.dtype))
     mean = record(xp.reshape(total / (h * w), (n, c, 1, 1)),
-                  ((x, lambda g: ops.broadcast_to(ops.div(g, float(h * w)), x.shape)),))
+                  ((x, lambda g: ops.broadcast_to(ops.div(g, float(h * w)), (n, c, h, w))),))
     return mean if keepdims else ops.reshape(mean, (n, c))
 
 

@@ -1,10 +1,15 @@
 """The Tensor and its tape.
 
 A :class:`Tensor` wraps one backend array.  When an operation receives at least one tensor that
-requires a gradient (and gradient recording is on), the result remembers its *parents* and, for
-each parent, a vector-Jacobian product (VJP): a function from the result's cotangent to that
-parent's cotangent.  That parent list is the tape; :func:`backward_pass` walks it in reverse
-topological order.
+requires a gradient (and gradient recording is on), the result gets a :class:`_Node` that remembers
+its parents' nodes and, for each parent, a vector-Jacobian product (VJP): a function from the
+result's cotangent to that parent's cotangent.  Those nodes are the tape; :func:`backward_pass`
+walks it in reverse topological order.
+
+The tape links *nodes*, not tensors, and a node holds no array.  So an intermediate result lives
+only as long as the caller or a VJP closure holds it -- the closures capture exactly the values
+their backward rule reads (as PyTorch's saved tensors), and an intermediate no rule reads (the sum
+inside a residual, the input of a ReLU whose rule reads a mask) is freed during the forward pass.
 
 The VJPs are written with the same differentiable operations as the forward pass, so running the
 backward pass with recording switched on (``create_graph=True``) records the backward computation
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from typing import Iterable, Sequence
 
 import numpy as _np
@@ -55,6 +61,24 @@ def _is_float_dtype(dtype) -> bool:
     return _np.dtype(dtype).kind in "fc"
 
 
+class _Node:
+    """A tensor's place on the tape: ``parents`` is a tuple of ``(parent node, vjp)`` pairs.
+
+    A leaf's node has no parents and a weak reference to its tensor (for ``Tensor.backward``, which
+    writes ``leaf.grad``); a result's node references no tensor, so it keeps no array alive.
+    """
+
+    __slots__ = ("parents", "_leaf", "__weakref__")
+
+    def __init__(self, parents: tuple = (), leaf=None):
+        self.parents = parents
+        self._leaf = None if leaf is None else weakref.ref(leaf)
+
+    def leaf_tensor(self):
+        """The leaf tensor of this node, or None (a result's node, or a leaf since freed)."""
+        return None if self._leaf is None else self._leaf()
+
+
 class Tensor:
     """A backend array plus, when it requires grad, its place on the tape.
 
@@ -64,7 +88,7 @@ class Tensor:
         grad: for leaf tensors after :meth:`backward`, the accumulated gradient (a backend array).
     """
 
-    __slots__ = ("data", "requires_grad", "grad", "_parents", "name", "__weakref__")
+    __slots__ = ("data", "grad", "_node", "name", "__weakref__")
     _node_tag = True
     # Make NumPy defer to Tensor in ``ndarray <op> Tensor`` (binary ufuncs return NotImplemented).
     __array_ufunc__ = None
@@ -80,10 +104,14 @@ class Tensor:
                 f"only floating-point tensors can require gradients; got dtype {data.dtype}"
             )
         self.data = data
-        self.requires_grad = bool(requires_grad)
         self.grad = None
-        self._parents: tuple = ()
+        self._node = _Node(leaf=self) if requires_grad else None
         self.name = name
+
+    @property
+    def requires_grad(self) -> bool:
+        """Whether gradients flow to this tensor (it has a place on the tape)."""
+        return self._node is not None
 
     # -- array-like attributes -------------------------------------------------------------
     shape = property(lambda self: tuple(self.data.shape))
@@ -112,7 +140,8 @@ class Tensor:
 
     @property
     def is_leaf(self) -> bool:
-        return not self._parents
+        """True for a tensor no recorded operation produced (constants included, as in PyTorch)."""
+        return self._node is None or not self._node.parents
 
     def backward(self, cotangent=None, create_graph: bool = False) -> None:
         """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf that requires grad.
@@ -175,25 +204,27 @@ def record(data, parents: Sequence[tuple]) -> Tensor:
     out = Tensor(data)
     if not is_grad_enabled():
         return out
-    kept = tuple((p, f) for p, f in parents if isinstance(p, Tensor) and p.requires_grad)
+    kept = tuple((p._node, f) for p, f in parents if isinstance(p, Tensor) and p._node is not None)
     if kept:
-        out.requires_grad = True
-        out._parents = kept
+        out._node = _Node(kept)
     return out
 
 
 def _leaves(root: Tensor) -> list:
-    order = _topological_order([root])
-    return [t for t in order if t.is_leaf and t.requires_grad]
+    """The live leaf tensors that require grad and ``root`` depends on."""
+    if root._node is None:
+        return []
+    leaves = (node.leaf_tensor() for node in _topological_order([root._node]) if not node.parents)
+    return [t for t in leaves if t is not None]
 
 
-def _topological_order(roots: Iterable[Tensor]) -> list:
-    """Tensors reachable from ``roots`` through the tape, parents before children."""
+def _topological_order(roots: Iterable[_Node]) -> list:
+    """Nodes reachable from ``roots`` through the tape, parents before children."""
     order, seen = [], set()
     for root in roots:
         if id(root) in seen:
             continue
-        stack = [(root, iter(root._parents))]
+        stack = [(root, iter(root.parents))]
         seen.add(id(root))
         while stack:
             node, parents = stack[-1]
@@ -201,7 +232,7 @@ def _topological_order(roots: Iterable[Tensor]) -> list:
             for parent, _ in parents:
                 if id(parent) not in seen:
                     seen.add(id(parent))
-                    stack.append((parent, iter(parent._parents)))
+                    stack.append((parent, iter(parent.parents)))
                     advanced = True
                     break
             if not advanced:
@@ -236,20 +267,20 @@ def backward_pass(output: Tensor, cotangent, inputs: Sequence[Tensor], create_gr
         return [None for _ in inputs]
 
     # Only walk the part of the tape that leads to a requested input.
-    wanted = {id(t) for t in inputs}
-    order = _topological_order([output])
+    wanted = {id(t._node) for t in inputs if t._node is not None}
+    order = _topological_order([output._node])
     relevant = set()
     for node in order:  # parents come first, so one forward sweep suffices
-        if id(node) in wanted or any(id(p) in relevant for p, _ in node._parents):
+        if id(node) in wanted or any(id(p) in relevant for p, _ in node.parents):
             relevant.add(id(node))
 
-    grads = {id(output): cotangent}
+    grads = {id(output._node): cotangent}
     with enable_grad(create_graph):
         for node in reversed(order):
             g = grads.pop(id(node), None) if id(node) not in wanted else grads.get(id(node))
-            if g is None or not node._parents:
+            if g is None or not node.parents:
                 continue
-            for parent, vjp in node._parents:
+            for parent, vjp in node.parents:
                 if id(parent) not in relevant:
                     continue
                 contribution = vjp(g)
@@ -259,7 +290,7 @@ def backward_pass(output: Tensor, cotangent, inputs: Sequence[Tensor], create_gr
                 grads[id(parent)] = contribution if previous is None else previous + contribution
     results = []
     for t in inputs:
-        g = grads.get(id(t))
+        g = None if t._node is None else grads.get(id(t._node))
         if g is not None and not create_graph:
             g = Tensor(g.data)
         results.append(g)

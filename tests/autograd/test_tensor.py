@@ -193,7 +193,7 @@ def test_record_drops_constants_and_respects_no_grad(rng):
     x = tensor(rng.standard_normal(2), requires_grad=True)
     c = tensor(rng.standard_normal(2))
     out = record(x.data + c.data, ((x, lambda g: g), (c, lambda g: g)))
-    assert out.requires_grad and len(out._parents) == 1 and out._parents[0][0] is x
+    assert out.requires_grad and len(out._node.parents) == 1 and out._node.parents[0][0] is x._node
     assert not record(c.data, ((c, lambda g: g),)).requires_grad
     with ag.no_grad():
         assert not record(x.data, ((x, lambda g: g),)).requires_grad
@@ -222,3 +222,58 @@ def test_python_float_scalar_with_integer_tensor_is_not_truncated():
     assert_close(out, [0.5, 1.0, 1.5], atol=0)
     assert (t * 2).dtype == t.dtype and (t + 1).dtype == t.dtype
     assert_close(ag.Tensor([True, False]) + 1, [2, 1], atol=0)
+
+
+# The tape links nodes, not tensors: an intermediate that no backward rule reads is freed as soon as
+# the caller drops it, as PyTorch frees what it does not save.  Each case builds h from a leaf and an
+# op on h whose VJP (w.r.t. h) reads shapes or other operands only, so h must not outlive the forward.
+_READ_NOTHING_OF_H = {
+    "add": lambda h, c: h + c,
+    "sub": lambda h, c: c - h,
+    "mul by a constant": lambda h, c: h * c,
+    "div by a constant": lambda h, c: h / c,
+    "sum": lambda h, c: ag.sum(h, axis=1),
+    "mean": lambda h, c: ag.mean(h, axis=(0, 1)),
+    "reshape": lambda h, c: ag.reshape(h, (-1,)),
+    "broadcast_to": lambda h, c: ag.broadcast_to(h, (2,) + h.shape),
+    "getitem": lambda h, c: h[1:, ::2],
+    "matmul": lambda h, c: h @ ag.transpose(c),
+    "einsum": lambda h, c: ag.einsum("ij,kj->ik", h, c),
+    "exp (reads its output)": lambda h, c: ag.exp(h),
+    "relu (reads a mask)": lambda h, c: ag.relu(h),
+    "concatenate": lambda h, c: ag.concatenate([h, c], axis=0),
+    "global_avg_pool2d": lambda h, c: ag.global_avg_pool2d(ag.reshape(h, (1, 3, 2, 2))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_READ_NOTHING_OF_H))
+def test_the_tape_frees_intermediates_no_backward_rule_reads(rng, case):
+    import gc
+    import weakref
+
+    x = tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    c = tensor(rng.standard_normal((3, 4)) + 3.0)
+    h = x * 2.0
+    alive = weakref.ref(h)
+    out = ag.sum(_READ_NOTHING_OF_H[case](h, c))
+    del h
+    gc.collect()
+    assert alive() is None, f"{case}: the tape kept an intermediate its backward rule never reads"
+    expected = ag.grad(lambda v: ag.sum(_READ_NOTHING_OF_H[case](v * 2.0, c)))(x)
+    out.backward()
+    np.testing.assert_array_equal(host(x.grad), host(expected))
+
+
+def test_the_tape_keeps_what_a_backward_rule_reads(rng):
+    import gc
+    import weakref
+
+    x = tensor(rng.standard_normal((3, 4)) ** 2 + 1.0, requires_grad=True)
+    h = x * 2.0
+    alive = weakref.ref(h)
+    out = ag.sum(ag.log(h))  # d log(h) = g / h reads h
+    del h
+    gc.collect()
+    assert alive() is not None
+    out.backward()
+    assert_close(x.grad, 1.0 / host(x.data), rtol=1e-12, atol=0)
