@@ -18,6 +18,7 @@ itself -- which is how ``grad(grad(f))`` and Hessian-vector products work withou
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import weakref
 from typing import Iterable, Sequence
@@ -241,6 +242,61 @@ def _topological_order(roots: Iterable[_Node]) -> list:
     return order
 
 
+def _ownership_refs(t: Tensor) -> tuple:
+    """Reference counts along ``t.data``'s chain of bases: (the array, its base, the base's base, ...)."""
+    counts = [sys.getrefcount(t.data)]
+    base = t.data.base
+    while base is not None:
+        counts.append(sys.getrefcount(base))
+        base = base.base
+    return tuple(counts)
+
+
+def _calibrate_ownership_refs():
+    """What :func:`_ownership_refs` reports when a tensor alone holds its array (and a view's base is
+    held by that view alone): measured through the same function, so the comparison does not depend
+    on how an interpreter version counts references held by frames and arguments."""
+    if _INPLACE_TYPE is None:
+        return None
+    owner = _ownership_refs(Tensor(xp.empty(2)))
+    view = _ownership_refs(Tensor(xp.reshape(xp.empty(2), (1, 2))))
+    return owner[0], view[1]
+
+
+# The array type whose ``base`` tells views from owners (the strict test backend's wrapper has none).
+_INPLACE_TYPE = {"numpy": _np.ndarray, "cupy": getattr(xp, "ndarray", None)}.get(backend.name)
+_SOLE_REFS = _calibrate_ownership_refs()
+
+
+def _unshared(t: Tensor, other: Tensor) -> bool:
+    """Whether ``t.data += other.data`` is invisible to everyone else (see :func:`_accumulate`)."""
+    data = t.data
+    if not (type(data) is _INPLACE_TYPE and getattr(data.flags, "writeable", True)
+            and (data.flags.c_contiguous or data.flags.f_contiguous)  # no element aliases another
+            and data.shape == other.data.shape and data.dtype == other.data.dtype):
+        return False
+    del data
+    array_refs, *base_refs = _ownership_refs(t)
+    return array_refs <= _SOLE_REFS[0] and all(n <= _SOLE_REFS[1] for n in base_refs)
+
+
+def _accumulate(previous: Tensor, contribution: Tensor) -> Tensor:
+    """previous + contribution, in place in ``previous`` when nothing else can see its array.
+
+    A tensor used several times (x in three 1x1 convs, a residual input) gets one gradient per use.
+    Summing them into a new array keeps three full-size arrays alive at once; PyTorch adds into the
+    first buffer when no one else holds it.  Here that is: a plain NumPy/CuPy array, writeable and
+    contiguous (so no element aliases another: not a broadcast), referenced by this tensor alone, and,
+    if it is a view, whose base is referenced by that view alone -- no other tensor, view or closure
+    holds any of it (CPython's reference counts say so).  Then no caller can observe the write.
+    Anything else takes the out-of-place sum.
+    """
+    if _unshared(previous, contribution):
+        xp.add(previous.data, contribution.data, out=previous.data)
+        return previous
+    return Tensor(previous.data + contribution.data)
+
+
 def backward_pass(output: Tensor, cotangent, inputs: Sequence[Tensor], create_graph: bool = False):
     """Return d(output)/d(input) contracted with ``cotangent``, for each of ``inputs``.
 
@@ -286,8 +342,15 @@ def backward_pass(output: Tensor, cotangent, inputs: Sequence[Tensor], create_gr
                 contribution = vjp(g)
                 if contribution is None:
                     continue
-                previous = grads.get(id(parent))
-                grads[id(parent)] = contribution if previous is None else previous + contribution
+                previous = grads.pop(id(parent), None)
+                if create_graph:
+                    grads[id(parent)] = contribution if previous is None else previous + contribution
+                elif previous is None:
+                    # a Tensor of our own: a VJP may return its cotangent (or a captured tensor) itself,
+                    # and two gradients must never be one object (see _accumulate)
+                    grads[id(parent)] = Tensor(contribution.data)
+                else:
+                    grads[id(parent)] = _accumulate(previous, contribution)
     results = []
     for t in inputs:
         g = None if t._node is None else grads.get(id(t._node))

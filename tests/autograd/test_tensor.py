@@ -277,3 +277,54 @@ def test_the_tape_keeps_what_a_backward_rule_reads(rng):
     assert alive() is not None
     out.backward()
     assert_close(x.grad, 1.0 / host(x.data), rtol=1e-12, atol=0)
+
+
+# Gradients of a tensor used several times are summed in place when no one else can see the first
+# one's array (autograd.tensor._accumulate); every other case must take a new array.
+def _accumulate():
+    import sys
+
+    return sys.modules["autograd.tensor"]._accumulate
+
+
+@pytest.mark.skipif(ag.backend.name == "strict", reason="the strict wrapper is always summed out of place")
+def test_accumulate_adds_in_place_only_into_an_array_nothing_else_holds(rng):
+    accumulate = _accumulate()
+    values, more = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    fresh = ag.Tensor(dev(values) * 1.0)
+    assert accumulate(fresh, tensor(more)) is fresh  # owned by this tensor alone: in place
+    assert_close(fresh.data, values + more, rtol=0, atol=0)
+    view_of_fresh = ag.Tensor(ag.xp.reshape(dev(values) * 1.0, (4, 3)))
+    assert accumulate(view_of_fresh, tensor(more.reshape(4, 3))) is view_of_fresh  # its base is its own
+
+    held = dev(values) * 1.0
+    view_of_held = ag.Tensor(ag.xp.reshape(held, (4, 3)))
+    broadcast = ag.Tensor(ag.xp.broadcast_to(dev(values[:1] * 1.0), (3, 4)))
+    strided_slice = ag.Tensor((dev(values) * 1.0)[:, ::2])
+    for shared, name in ((ag.Tensor(held), "array held by the caller"), (view_of_held, "view of a held array"),
+                         (broadcast, "broadcast view"), (strided_slice, "strided slice")):
+        before = host(shared.data).copy()
+        other = tensor(np.ones(shared.shape))
+        out = accumulate(shared, other)
+        assert out is not shared, name
+        np.testing.assert_array_equal(host(shared.data), before, err_msg=name)
+        assert_close(out.data, before + 1.0, rtol=0, atol=0)
+    np.testing.assert_array_equal(host(held), values)
+
+
+@pytest.mark.parametrize("fn", [lambda x: x + x + x, lambda x: ag.exp(x) * x + x * 2.0 + ag.sum(x, axis=0),
+                                lambda x: ag.reshape(x, (4, 3)) @ x + ag.transpose(x) @ x])
+def test_gradients_of_tensors_used_several_times_leave_the_cotangent_alone(rng, fn):
+    x_values = rng.standard_normal((3, 4))
+    out_shape = fn(tensor(x_values)).shape
+    cotangent = dev(rng.standard_normal(out_shape))
+    kept = host(cotangent).copy()
+    _, pullback = ag.vjp(fn, tensor(x_values))
+    (first,) = pullback(cotangent)
+    (second,) = pullback(cotangent)  # the tape and the cotangent are unchanged by the first call
+    np.testing.assert_array_equal(host(cotangent), kept)
+    np.testing.assert_array_equal(host(first), host(second))
+    x = tensor(x_values, requires_grad=True)
+    fn(x).backward(cotangent)
+    np.testing.assert_array_equal(host(x.grad), host(first))
+    assert ag.gradcheck(lambda v: ag.sum(fn(v) * tensor(kept)), tensor(x_values))
