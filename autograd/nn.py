@@ -261,9 +261,8 @@ def channel_affine(x, scale, shift) -> Tensor:
     out += xp.reshape(shift.data, stat_shape)
 
     def vjp_scale(g):
-        # sum(g * x) over every axis but 1, without a full-size product: an einsum over (N, C, L) views
-        n = x.shape[0]
-        return ops.einsum("ncl,ncl->c", ops.reshape(g, (n, c, -1)), ops.reshape(x, (n, c, -1)))
+        # sum(g * x) over every axis but 1, without a full-size product
+        return ops.sum_product(g, x, axis=axes)
 
     return record(out, ((x, lambda g: ops.mul(g, ops.reshape(scale, stat_shape))),
                         (scale, vjp_scale),

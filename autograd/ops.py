@@ -100,7 +100,7 @@ def sub(a, b) -> Tensor:
 def mul(a, b) -> Tensor:
     a, b = _binary_operands(a, b)
     sa, sb = a.shape, b.shape  # a's VJP keeps b alive and b's keeps a, each only if it is recorded
-    return record(a.data * b.data, ((a, lambda g: sum_to(mul(g, b), sa)), (b, lambda g: sum_to(mul(g, a), sb))))
+    return record(a.data * b.data, ((a, lambda g: _mul_sum_to(g, b, sa)), (b, lambda g: _mul_sum_to(g, a, sb))))
 
 
 def div(a, b) -> Tensor:
@@ -308,7 +308,7 @@ def clip(a, min=None, max=None) -> Tensor:  # noqa: A002
 def sum(a, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     a = _lift(a)
     axes = _normalize_axis(axis, a.ndim)
-    out = xp.sum(a.data, axis=axes, keepdims=keepdims)
+    out = _sum_data(a.data, axes, keepdims)
     shape = a.shape
     kept_shape = tuple(1 if i in axes else n for i, n in enumerate(shape))
 
@@ -316,6 +316,106 @@ def sum(a, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
         return broadcast_to(reshape(g, kept_shape), shape)
 
     return record(xp.asarray(out), ((a, vjp),))
+
+
+#: Reductions of at least this many elements go through BLAS (:func:`_blas_layout`).
+BLAS_REDUCE_MIN = 1 << 15
+#: ... one BLAS step sums at most this many terms: BLAS accumulates a dot product in one running sum
+#: per SIMD lane, whose float32 rounding error grows with the length faster than NumPy's pairwise
+#: summation, so longer sums stay with NumPy.
+BLAS_REDUCE_MAX_TERMS = 1 << 16
+
+
+def _blas_layout(data, axes):
+    """(A, B, C) when summing ``data`` over ``axes`` is a GEMV job, else None.
+
+    NumPy's reduction runs on one core at ~6 G elements/s; a matrix-vector product with a vector of
+    ones runs in BLAS, vectorised and threaded: summing (8, 256, 28, 28) float32 over (2, 3) takes
+    0.05 ms instead of 0.28.  That needs the reduced axes to be leading and/or trailing ones of a
+    C-contiguous float array (the kept axes one block in the middle): viewed as (A, B, C), the sum
+    over A and C is ``ones(A) @ (M (A*B, C) @ ones(C))``.  Each output is then the sum of A*C terms
+    in another order than NumPy's (rounding differs in the last bits; the result is still
+    deterministic).  A trailing block longer than :data:`BLAS_REDUCE_MAX_TERMS` stays with NumPy, and
+    so does a leading one (:func:`_sum_rows`).
+    """
+    if (backend.name != "numpy" or data.dtype not in _BITS or data.size < BLAS_REDUCE_MIN
+            or not data.flags.c_contiguous or not axes):
+        return None
+    kept = [i for i in range(data.ndim) if i not in axes]
+    if kept and kept != list(range(kept[0], kept[-1] + 1)):
+        return None
+    first, end = (kept[0], kept[-1] + 1) if kept else (0, 0)
+    lead, middle, trail = (int(_np.prod(data.shape[i:j], dtype=_np.int64))
+                           for i, j in ((0, first), (first, end), (end, data.ndim)))
+    if trail > BLAS_REDUCE_MAX_TERMS:
+        return None
+    return lead, middle, trail
+
+
+def _sum_rows(rows, lead: int, middle: int):
+    """(lead*middle,) partial sums -> (middle,): the leading-axes step of :func:`_blas_layout`."""
+    if lead == 1:
+        return rows
+    if lead > BLAS_REDUCE_MAX_TERMS:
+        return xp.sum(xp.reshape(rows, (lead, middle)), axis=0)
+    return xp.matmul(xp.ones(lead, dtype=rows.dtype), xp.reshape(rows, (lead, middle)))
+
+
+def _sum_data(data, axes: tuple, keepdims: bool):
+    """``xp.sum(data, axis=axes, keepdims=keepdims)``, through BLAS where :func:`_blas_layout` allows."""
+    layout = _blas_layout(data, axes)
+    if layout is None:
+        return xp.sum(data, axis=axes, keepdims=keepdims)
+    lead, middle, trail = layout
+    rows = xp.reshape(data, (lead * middle, trail))
+    rows = xp.matmul(rows, xp.ones(trail, dtype=data.dtype)) if trail > 1 else xp.reshape(rows, (-1,))
+    return xp.reshape(_sum_rows(rows, lead, middle), _reduced_shape(data.shape, axes, keepdims))
+
+
+def _reduced_shape(shape, axes, keepdims: bool) -> tuple:
+    return tuple(1 if i in axes else n for i, n in enumerate(shape) if keepdims or i not in axes)
+
+
+def sum_product(a, b, axis=None, keepdims: bool = False) -> Tensor:
+    """``sum(a * b, axis)`` for ``a`` and ``b`` of one shape, without the full-size product.
+
+    The gradient of a broadcast factor -- SE's scale s in ``x * s`` gets ``sum over (H, W) of g * x`` --
+    is this, and the product is the largest array of the backward pass.  Where :func:`_blas_layout`
+    applies, the trailing sums are a stack of dot products (one batched matmul: (8, 256, 28, 28)
+    float32 over (2, 3) in 0.18 ms instead of 0.60), else NumPy multiplies and sums.
+    VJPs: a <- g * b and b <- g * a, g broadcast back over ``axis``.
+    """
+    a, b = _binary_operands(a, b)
+    if a.shape != b.shape:
+        raise ValueError(f"sum_product: a and b must have one shape, got {a.shape} and {b.shape}")
+    axes = _normalize_axis(axis, a.ndim)
+    layout = _blas_layout(a.data, axes) if b.data.flags.c_contiguous and a.dtype == b.dtype else None
+    if layout is None:
+        out = xp.sum(a.data * b.data, axis=axes, keepdims=keepdims)
+    else:
+        lead, middle, trail = layout
+        rows = lead * middle
+        dots = xp.matmul(xp.reshape(a.data, (rows, 1, trail)), xp.reshape(b.data, (rows, trail, 1)))
+        out = xp.reshape(_sum_rows(xp.reshape(dots, (rows,)), lead, middle),
+                         _reduced_shape(a.shape, axes, keepdims))
+    shape = a.shape
+    kept_shape = _reduced_shape(shape, axes, True)
+
+    def spread(g):
+        return broadcast_to(reshape(g, kept_shape), shape)
+
+    return record(xp.asarray(out), ((a, lambda g: mul(spread(g), b)), (b, lambda g: mul(spread(g), a))))
+
+
+def _mul_sum_to(g, other, shape) -> Tensor:
+    """``sum_to(g * other, shape)``: the VJP of one factor of a product; fused when it reduces."""
+    g, other = _lift(g), _lift(other)
+    shape = tuple(shape)
+    if g.shape == other.shape and len(shape) == g.ndim and shape != g.shape:
+        axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+        if not any(n not in (1, g.shape[i]) for i, n in enumerate(shape)):
+            return sum_product(g, other, axis=axes, keepdims=True)
+    return sum_to(mul(g, other), shape)
 
 
 def mean(a, axis=None, keepdims: bool = False) -> Tensor:
@@ -335,7 +435,7 @@ def var(a, axis=None, keepdims: bool = False, unbiased: bool = False) -> Tensor:
     for ax in axes:
         count *= a.shape[ax]
     centered = sub(a, mean(a, axis=axes, keepdims=True))
-    return div(sum(mul(centered, centered), axis=axes, keepdims=keepdims), float(count - int(unbiased)))
+    return div(sum_product(centered, centered, axis=axes, keepdims=keepdims), float(count - int(unbiased)))
 
 
 def std(a, axis=None, keepdims: bool = False, unbiased: bool = False) -> Tensor:

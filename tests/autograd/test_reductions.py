@@ -117,3 +117,74 @@ def test_reductions_of_float32_stay_float32(rng):
     x = dev(rng.standard_normal((3, 4)).astype(np.float32))
     for op in (ag.sum, ag.mean, ag.var, ag.std, ag.max, ag.min, ag.logsumexp):
         assert op(x, axis=1).dtype == np.float32
+
+
+# --- reductions through BLAS (autograd.ops._blas_layout) -------------------------------------------
+# Large sums over leading and/or trailing axes of a contiguous float array are GEMVs with a vector of
+# ones, and sum_product's trailing sums are batched dot products.  The tests lower the size threshold
+# so that small, gradcheckable arrays take that path too.
+
+@pytest.fixture
+def blas_reductions(monkeypatch):
+    monkeypatch.setattr(ag.ops, "BLAS_REDUCE_MIN", 1)
+    monkeypatch.setattr(ag.ops, "BLAS_REDUCE_MAX_TERMS", 12)  # so that the fallbacks are exercised too
+
+
+BLAS_AXES = [((2, 3), True), ((0, 2, 3), False), ((0,), True), ((3,), False), (None, False), ((1,), False),
+             ((0, 1), True), ((1, 3), False)]
+
+
+def _takes_blas_path(shape, axes) -> bool:
+    data = dev(np.zeros(shape))
+    return ag.ops._blas_layout(data, ag.ops._normalize_axis(axes, len(shape))) is not None
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-13), (np.float32, 2e-6)])
+@pytest.mark.parametrize("axes, keepdims", BLAS_AXES)
+def test_sum_and_sum_product_match_numpy_on_the_blas_path(rng, blas_reductions, dtype, rtol, axes, keepdims):
+    shape = (3, 4, 2, 5)
+    a, b = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+    for got, want in ((ag.sum(dev(a), axis=axes, keepdims=keepdims), np.sum(a, axis=axes, keepdims=keepdims)),
+                      (ag.sum_product(dev(a), dev(b), axis=axes, keepdims=keepdims),
+                       np.sum(a * b, axis=axes, keepdims=keepdims))):
+        assert got.dtype == dtype and got.shape == np.shape(want)
+        scale = np.sum(np.abs(a) * (1 + np.abs(b)), axis=axes, keepdims=keepdims)
+        np.testing.assert_array_less(np.abs(host(got.data) - want), rtol * scale + 1e-300)
+
+
+def test_a_leading_block_longer_than_the_blas_limit_is_summed_by_numpy(rng, blas_reductions):
+    a = rng.standard_normal((13, 6))  # 13 leading terms > 12: the second step is NumPy's pairwise sum
+    assert_close(ag.sum(dev(a), axis=0), np.sum(a, axis=0), rtol=1e-13, atol=1e-13)
+    assert_close(ag.sum_product(dev(a), dev(a), axis=0), np.sum(a * a, axis=0), rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.skipif(ag.backend.name != "numpy", reason="the BLAS reductions are a NumPy path")
+def test_the_blas_path_is_taken_where_the_layout_allows(blas_reductions):
+    shape = (3, 4, 2, 5)
+    # kept axes in one block: GEMV; a trailing block longer than BLAS_REDUCE_MAX_TERMS (12): NumPy
+    assert _takes_blas_path(shape, (2, 3)) and _takes_blas_path(shape, (0, 2, 3)) and _takes_blas_path(shape, 0)
+    assert not _takes_blas_path(shape, (1, 3))               # kept axes 0 and 2 are not one block
+    assert not _takes_blas_path(shape, (1, 2, 3))            # 40 trailing terms > 12
+    assert not _takes_blas_path((6, 13), 1) and _takes_blas_path((13, 6), 1)
+    transposed = ag.xp.transpose(dev(np.zeros(shape)))
+    assert ag.ops._blas_layout(transposed, (0,)) is None     # not C-contiguous
+
+
+@pytest.mark.parametrize("axes, keepdims", BLAS_AXES)
+def test_sum_product_gradients(rng, blas_reductions, axes, keepdims):
+    a, b = rng.standard_normal((2, 3, 2, 2)), rng.standard_normal((2, 3, 2, 2))
+    check_grads(lambda u, v: ag.sum_product(u, v, axis=axes, keepdims=keepdims), tensor(a), tensor(b))
+    check_grads(lambda u: ag.sum(u * u * 0.5, axis=axes, keepdims=keepdims), tensor(a))
+
+
+def test_a_broadcast_factor_gets_the_fused_gradient(rng, blas_reductions):
+    x, s = rng.standard_normal((2, 3, 2, 2)), rng.standard_normal((2, 3, 1, 1))
+    gx, gs = ag.grad(lambda x, s: ag.sum(ag.exp(x) * s), argnums=(0, 1))(tensor(x), tensor(s))
+    assert_close(gs, np.sum(np.exp(x), axis=(2, 3), keepdims=True))
+    assert_close(gx, np.exp(x) * s)
+    check_grads(lambda x, s: ag.tanh(x) * s, tensor(x), tensor(s))
+
+
+def test_sum_product_needs_one_shape():
+    with pytest.raises(ValueError, match="one shape"):
+        ag.sum_product(dev(np.ones((2, 3))), dev(np.ones((3,))))
