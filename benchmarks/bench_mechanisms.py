@@ -443,16 +443,18 @@ NOTES = [
     "libraries at their best moment) is the steadier figure; targets are judged on medians, as PERFORMANCE.md "
     "says.",
     "- Channel-only mechanisms (SE, ECA, cSE, CBAM's channel gate, GE-theta-minus) are a handful of full-size "
-    "element-wise passes and reductions.  NumPy runs each of them on one core; torch runs them on both.  With "
-    "torch at its best (ratio of minima) they come out at 1.0-1.5x in float32 -- reaching 1x needs multi-threaded "
-    "(or fewer, fused) element-wise kernels in autograd, not a different formulation in the modules.",
+    "element-wise passes and reductions.  The reductions go through BLAS (a sum over H, W is a GEMV with ones; "
+    "the gradient of a gate, sum over H, W of g * x, is a batched dot product without the full-size product), "
+    "but NumPy's element-wise passes run on one core, and a per-channel factor broadcast over H, W (x * s) runs "
+    "at about half the speed of a same-shape product.  With both libraries at their best (ratio of minima) they "
+    "come out at about 1.0-1.3x in float32.",
     "- SK, RAN, BAM and GE-theta spend most of their time in `autograd.conv2d` (grouped 3x3, 1x1 on 64/256 "
     "channels, dilated 3x3 on 16 channels, strided depth-wise 3x3), i.e. in the core's kernels.",
-    "- Memory: the tape keeps every forward intermediate alive until the backward pass ends (torch frees what "
-    "no backward needs, e.g. the products summed in a residual), eval-mode `batch_norm` stores four full-size "
-    "intermediates (sub, div, mul, add) where torch keeps only its input, a biased conv keeps its pre-bias output, and "
-    "the gradient of a tensor used several times is summed into new arrays rather than accumulated in place.  "
-    "This is where SK (8 BN-ReLU maps), RAN (27 BatchNorms), A2 (three convs of x) and BAM miss 1.5x.",
+    "- Memory: the tape links nodes, not tensors, so an intermediate lives only while a backward rule reads it "
+    "(as torch's saved tensors), and the gradients of a tensor used several times are summed in place when "
+    "nothing else holds the first one.  What remains above torch: BN-ReLU pairs keep both the BN input (for the "
+    "scale's gradient) and a ReLU mask, and full-size gradients are new arrays per rule where torch sometimes "
+    "writes in place.",
     "",
 ]
 
