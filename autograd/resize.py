@@ -19,6 +19,7 @@ import math
 import numpy as _np
 
 from . import backend, ops
+from .pooling import axis_matrices
 from .tensor import Tensor
 
 
@@ -93,14 +94,10 @@ def interpolate(x, size=None, scale_factor=None, mode: str = "nearest", align_co
         scales = (1.0 / sh, 1.0 / sw)
     if oh < 1 or ow < 1:
         raise ValueError(f"interpolate: output size must be positive, got {(oh, ow)}")
-    out = x
-    if oh != h:  # an unchanged axis is copied (PyTorch's rule), so no matrix is needed
-        rows = Tensor(resize_matrix(h, oh, mode, align_corners, scales[0], x.dtype))
-        out = ops.matmul(rows, out)
-    if ow != w:
-        cols = Tensor(resize_matrix(w, ow, mode, align_corners, scales[1], x.dtype))
-        out = ops.matmul(out, ops.transpose(cols))
-    return out
+    # an unchanged axis is copied (PyTorch's rule), so no matrix is needed
+    rows = None if oh == h else Tensor(resize_matrix(h, oh, mode, align_corners, scales[0], x.dtype))
+    cols = None if ow == w else Tensor(resize_matrix(w, ow, mode, align_corners, scales[1], x.dtype))
+    return axis_matrices(x, rows, cols)
 
 
 def _first(value):

@@ -132,8 +132,24 @@ AVG_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", AVG_CASES, ids=[str(c) for c in AVG_CASES])
-def test_avg_pool2d(rng, case):
+# Strided or large windows are two matrix products (pooling.axis_matrices), the others tap-by-tap window
+# sums (pooling._separable_avg decides): every case runs both ways.
+@pytest.fixture(params=["window sums", "separable"])
+def avg_path(request, monkeypatch):
+    monkeypatch.setattr(ag.pooling, "_separable_avg", lambda kernel, stride: request.param == "separable")
+    return request.param
+
+
+BIG_AVG_CASES = [
+    dict(kernel=7, stride=4, padding=3, count_include_pad=False),   # GE-theta-minus, extent 4
+    dict(kernel=5, stride=2, padding=2, ceil_mode=True),
+    dict(kernel=(4, 5), stride=(3, 1), padding=(2, 1), ceil_mode=True, count_include_pad=False),
+    dict(kernel=(5, 4), stride=2, divisor_override=7),
+]
+
+
+@pytest.mark.parametrize("case", AVG_CASES + BIG_AVG_CASES, ids=[str(c) for c in AVG_CASES + BIG_AVG_CASES])
+def test_avg_pool2d(rng, case, avg_path):
     x = rng.standard_normal((2, 2, 5, 7))
     kwargs = {k: v for k, v in case.items() if k != "kernel"}
     assert_close(ag.avg_pool2d(dev(x), case["kernel"], **kwargs), _loop_avg_pool2d(x, case["kernel"], **kwargs),
@@ -169,15 +185,17 @@ def test_max_pool2d_property(cfg):
 
 
 @settings(max_examples=25)
-@given(cfg=pool_configs())
-def test_avg_pool2d_property(cfg):
+@given(cfg=pool_configs(), separable=st.booleans())
+def test_avg_pool2d_property(cfg, separable):
     k, p = cfg["kernel"], cfg["padding"]
     assume(all(n + 2 * pp >= kk for n, kk, pp in zip(cfg["size"], k, p)))
     x = np.random.default_rng(cfg["seed"]).standard_normal((1, 2) + cfg["size"])
     kwargs = dict(stride=cfg["stride"], padding=p, ceil_mode=cfg["ceil_mode"],
                   count_include_pad=cfg["count_include_pad"])
-    assert_close(ag.avg_pool2d(dev(x), k, **kwargs), _loop_avg_pool2d(x, k, **kwargs), rtol=1e-13, atol=1e-15)
-    assert ag.gradcheck(lambda v: ag.avg_pool2d(v, k, **kwargs), dev(x), mode="fast", n_directions=1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ag.pooling, "_separable_avg", lambda kernel, stride: separable)
+        assert_close(ag.avg_pool2d(dev(x), k, **kwargs), _loop_avg_pool2d(x, k, **kwargs), rtol=1e-13, atol=1e-15)
+        assert ag.gradcheck(lambda v: ag.avg_pool2d(v, k, **kwargs), dev(x), mode="fast", n_directions=1)
 
 
 def test_max_pool2d_gradient_goes_to_the_first_maximum_on_ties():
