@@ -13,6 +13,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import autograd as ag
+from autograd import _conv_kernels
 
 from .helpers import assert_close, check_grads, dev
 
@@ -187,6 +188,18 @@ def test_conv2d_gradcheck(rng, case):
     x, w, b, kwargs = _conv_case(rng, case, n=1, size=(5, 5))
     args = (dev(x), dev(w)) + (() if b is None else (dev(b),))
     check_grads(lambda *a: ag.conv2d(*a, **kwargs), *args, mode="fast", n_directions=2)
+
+
+@pytest.mark.parametrize("groups, c_out", [(1, 3), (2, 4), (4, 4), (4, 8)])
+def test_conv2d_with_a_kernel_the_size_of_the_input(rng, groups, c_out):
+    # one output pixel: the _WholeMap kernel (a batched matrix product per group), e.g. GSoP's row conv
+    x, w, b = rng.standard_normal((3, 4, 5, 2)), rng.standard_normal((c_out, 4 // groups, 5, 2)), rng.standard_normal(c_out)
+    assert _conv_kernels._kernel_for(_conv_kernels.Geometry((5, 2), (1, 1), (1, 1), ((0, 0), (0, 0)), groups,
+                                                            (5, 2), (1, 1)), 4, c_out) is _conv_kernels._WholeMap
+    for stride in (1, 3):
+        out = ag.conv2d(dev(x), dev(w), dev(b), stride=stride, groups=groups)
+        assert_close(out, _loop_conv2d(x, w, b, stride=stride, groups=groups), rtol=1e-12, atol=1e-12)
+    check_grads(lambda *a: ag.conv2d(*a, groups=groups), dev(x[:2]), dev(w), dev(b), mode="full")
 
 
 def test_conv2d_full_jacobian_small(rng):
