@@ -114,6 +114,19 @@ class Tensor:
         """Whether gradients flow to this tensor (it has a place on the tape)."""
         return self._node is not None
 
+    @requires_grad.setter
+    def requires_grad(self, value: bool) -> None:
+        """Make a leaf (un)trainable, as ``torch.Tensor.requires_grad = ...``; results of ops stay on the tape."""
+        if not self.is_leaf:
+            raise ValueError("requires_grad can only be changed on a leaf tensor; use .detach() to cut a result "
+                             "from the tape")
+        if value and self._node is None:
+            if not _is_float_dtype(self.data.dtype):
+                raise TypeError(f"only floating-point tensors can require gradients; got dtype {self.data.dtype}")
+            self._node = _Node(leaf=self)
+        elif not value:
+            self._node = None
+
     # -- array-like attributes -------------------------------------------------------------
     shape = property(lambda self: tuple(self.data.shape))
     dtype = property(lambda self: self.data.dtype)

@@ -328,3 +328,17 @@ def test_gradients_of_tensors_used_several_times_leave_the_cotangent_alone(rng, 
     fn(x).backward(cotangent)
     np.testing.assert_array_equal(host(x.grad), host(first))
     assert ag.gradcheck(lambda v: ag.sum(fn(v) * tensor(kept)), tensor(x_values))
+
+
+def test_requires_grad_can_be_switched_on_a_leaf_only(rng):
+    x = tensor(rng.standard_normal(3))
+    x.requires_grad = True
+    y = ag.sum(x * x)
+    y.backward()
+    assert_close(x.grad, 2 * host(x.data))
+    x.requires_grad = False
+    assert not x.requires_grad and not ag.sum(x * x).requires_grad
+    with pytest.raises(ValueError, match="leaf"):
+        y.requires_grad = False
+    with pytest.raises(TypeError, match="floating-point"):
+        tensor(np.arange(3)).requires_grad = True
