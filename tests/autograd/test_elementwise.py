@@ -253,3 +253,15 @@ def test_astype_casts_value_and_gradient(rng):
     assert t.grad.dtype == np.float64
     assert_close(t.grad, np.full(4, 2.0), atol=0)
     check_grads(lambda v: ag.astype(ag.astype(v, np.float32), np.float64) * 0 + v * v, dev(x))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_and_tanh_vjps_are_the_composed_rules_bit_for_bit(rng, dtype):
+    # the fused VJPs (one output array) must give exactly g * (y * (1 - y)) and g * (1 - y * y)
+    x, g = rng.standard_normal((3, 5)).astype(dtype) * 3, rng.standard_normal((3, 5)).astype(dtype)
+    for op, rule in ((ag.sigmoid, lambda y: g * (y * (1 - y))), (ag.tanh, lambda y: g * (1 - y * y))):
+        y = host(op(dev(x)).data)
+        _, pullback = ag.vjp(op, dev(x))
+        (got,) = pullback(dev(g))
+        np.testing.assert_array_equal(host(got), rule(y).astype(dtype))
+        assert host(got).dtype == dtype
