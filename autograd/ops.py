@@ -347,12 +347,12 @@ def sum(a, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     axes = _normalize_axis(axis, a.ndim)
     out = _sum_data(a.data, axes, keepdims)
     shape = a.shape
-    kept_shape = tuple(1 if i in axes else n for i, n in enumerate(shape))
+    return record(xp.asarray(out), ((a, lambda g: _spread(g, shape, axes)),))
 
-    def vjp(g):
-        return broadcast_to(reshape(g, kept_shape), shape)
 
-    return record(xp.asarray(out), ((a, vjp),))
+def _spread(g, shape, axes) -> Tensor:
+    """The cotangent of a reduction over ``axes`` broadcast back to the operand's ``shape`` (a view)."""
+    return broadcast_to(reshape(g, _reduced_shape(shape, axes, True)), shape)
 
 
 #: Reductions of at least this many elements go through BLAS (:func:`_blas_layout`).
@@ -436,12 +436,8 @@ def sum_product(a, b, axis=None, keepdims: bool = False) -> Tensor:
         out = xp.reshape(_sum_rows(xp.reshape(dots, (rows,)), lead, middle),
                          _reduced_shape(a.shape, axes, keepdims))
     shape = a.shape
-    kept_shape = _reduced_shape(shape, axes, True)
-
-    def spread(g):
-        return broadcast_to(reshape(g, kept_shape), shape)
-
-    return record(xp.asarray(out), ((a, lambda g: mul(spread(g), b)), (b, lambda g: mul(spread(g), a))))
+    return record(xp.asarray(out), ((a, lambda g: mul(_spread(g, shape, axes), b)),
+                                    (b, lambda g: mul(_spread(g, shape, axes), a))))
 
 
 def _mul_sum_to(g, other, shape) -> Tensor:
@@ -486,13 +482,9 @@ def max(a, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     out = xp.max(a.data, axis=axes, keepdims=True)
     hit = (a.data == out).astype(a.data.dtype)
     share = hit / xp.sum(hit, axis=axes, keepdims=True)
-    kept_shape, shape = out.shape, a.shape
-    value = out if keepdims else xp.reshape(out, tuple(n for i, n in enumerate(shape) if i not in axes))
-
-    def vjp(g):
-        return mul(broadcast_to(reshape(g, kept_shape), shape), Tensor(share))
-
-    return record(value, ((a, vjp),))
+    shape = a.shape
+    value = out if keepdims else xp.reshape(out, _reduced_shape(shape, axes, False))
+    return record(value, ((a, lambda g: mul(_spread(g, shape, axes), Tensor(share))),))
 
 
 def min(a, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
