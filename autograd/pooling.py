@@ -428,12 +428,11 @@ def global_avg_pool2d(x, keepdims: bool = True) -> Tensor:
 
 
 def _spatial_mean(x: Tensor, keepdims: bool) -> Tensor:
-    """Mean over H and W.  The sum is (N*C, H*W) @ ones, one BLAS GEMV (multi-threaded, vectorised):
-    several times faster than NumPy's reduction.  The VJP spreads g / (H*W) as a broadcast view."""
+    """Mean over H and W as one tape node (``ops.mean`` is two: sum, then div); the sum takes ops.sum's
+    BLAS path on NumPy.  The VJP spreads g / (H*W) as a broadcast view."""
     n, c, h, w = x.shape
-    total = xp.matmul(xp.reshape(x.data, (n * c, h * w)), xp.ones((h * w,), dtype=x.dtype))
-    mean = record(xp.reshape(total / (h * w), (n, c, 1, 1)),
-                  ((x, lambda g: ops.broadcast_to(ops.div(g, float(h * w)), (n, c, h, w))),))
+    total = ops._sum_data(x.data, (2, 3), keepdims=True)
+    mean = record(total / (h * w), ((x, lambda g: ops.broadcast_to(ops.div(g, float(h * w)), (n, c, h, w))),))
     return mean if keepdims else ops.reshape(mean, (n, c))
 
 
