@@ -28,11 +28,10 @@ All array work goes through the backend namespace ``xp``.
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
-from . import backend, ops
+from . import _threads, backend, ops
+from ._threads import parallel_for
 from .backend import xp
 from .tensor import Tensor, record
 
@@ -45,34 +44,6 @@ CHUNK_BYTES = 8 << 20
 WHOLE_BATCH = backend.name != "numpy"
 #: Cap of one im2col buffer on those backends (a larger batch is still chunked).
 WHOLE_BATCH_BYTES = 1 << 30
-#: Threads for the elementwise kernels: NumPy runs each loop on one core (and releases the GIL),
-#: while BLAS -- and PyTorch -- use them all.
-THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-PARALLEL_MIN_WORK = 1 << 18
-_pool = None
-
-
-def parallel_for(fn, n: int, work: int) -> None:
-    """Call ``fn(i)`` for i in range(n) -- samples or channel blocks; on NumPy over :data:`THREADS` threads.
-
-    ``work`` (elements touched) below :data:`PARALLEL_MIN_WORK` runs serially: a thread hand-off costs
-    more than a small loop.  Each call must write only its own part of the result, computed exactly
-    as in a serial loop, so the numbers do not depend on the thread count.
-    """
-    global _pool
-    if not _threaded(n, work):
-        for i in range(n):
-            fn(i)
-        return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(THREADS, thread_name_prefix="autograd-conv")
-    for _ in _pool.map(fn, range(n)):  # consuming the results re-raises any error
-        pass
-
-
-def _threaded(n: int, work: int) -> bool:
-    """Whether :func:`parallel_for` would use the thread pool for this loop."""
-    return THREADS > 1 and n > 1 and work >= PARALLEL_MIN_WORK and backend.name == "numpy"
 
 
 def whole_batch(n: int) -> bool:
@@ -84,15 +55,6 @@ def whole_batch(n: int) -> bool:
 def fold_batch(array):
     """(N, C, ...) -> (1, N*C, ...): samples as extra channels, for a per-channel kernel run once."""
     return xp.reshape(array, (1, array.shape[0] * array.shape[1]) + tuple(array.shape[2:]))
-
-
-def _forget_pool() -> None:
-    global _pool
-    _pool = None  # a forked child inherits the pool object but not its threads
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
 
 
 class Geometry(NamedTuple):
@@ -503,7 +465,7 @@ class _Gemm:
         buffer = xp.empty(c * kh * kw * chunk * oh * ow, dtype=x.dtype)
         canvas = _zeros_padded((chunk, c), geo, x.dtype) if geo.padded else None
         # channel blocks for the threads (one block when the loop will not be threaded)
-        parts = min(THREADS, c) if _threaded(c, c * kh * kw * chunk * oh * ow) else 1
+        parts = min(_threads.THREADS, c) if _threads.threaded(c, c * kh * kw * chunk * oh * ow) else 1
         blocks = [slice(k * c // parts, (k + 1) * c // parts) for k in range(parts)]
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)

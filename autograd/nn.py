@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as _np
 
-from . import _conv_kernels, backend, ops
+from . import _threads, backend, ops
 from .backend import xp
 from .tensor import Tensor, record
 
@@ -27,14 +27,6 @@ def _mask_data(mask, shape):
         return xp.broadcast_to(mask, shape)
     except ValueError:
         raise ValueError(f"softmax: mask of shape {tuple(mask.shape)} does not broadcast to {shape}") from None
-
-
-#: Rows of the last axis are processed in blocks of about this many bytes: a block stays in the core's
-#: L2 cache through the kernel's passes, and blocks are shared among threads (NumPy backend; see
-#: _conv_kernels.parallel_for).  Smaller blocks cost more NumPy calls than they save: at (2,8,1024,1024)
-#: on 2 cores (1 MB L2 each) the forward took 22-25 ms (f32) / 50-58 ms (f64) with 256 KB blocks and
-#: 14-16 / 25-31 ms with 1 MB blocks; 2-4 MB blocks were no faster.
-SOFTMAX_BLOCK_BYTES = 1 << 20
 
 
 def softmax(x, axis: int = -1, mask=None) -> Tensor:
@@ -94,30 +86,23 @@ def _softmax_vjp_kernel(out, y, g, axis):
 
 
 def _along_rows(kernel, axis: int, *arrays):
-    """kernel(out, *arrays, axis) on a new array; by blocks of rows when ``axis`` is the last one.
+    """kernel(out, *arrays, axis) on a new array; when ``axis`` is the last one, by blocks of whole rows
+    of about :data:`_threads.BLOCK_BYTES` spread over threads (:func:`_threads.in_blocks`).
 
-    Rows are independent, so each block (and each thread) computes its rows exactly as one call over
-    the whole array would.  Launch-bound backends (CuPy) take one block.
+    Rows are independent, so each block computes its rows exactly as one call over the whole array
+    would, and a block stays in the core's cache through the kernel's passes.
     """
     shape = arrays[0].shape
     out = xp.empty(shape, dtype=arrays[0].dtype)
-    if axis != len(shape) - 1 or _conv_kernels.WHOLE_BATCH or out.size == 0:
+    if axis != len(shape) - 1 or not _threads.BLOCKED or out.size == 0:
         kernel(out, *arrays, axis)
         return out
     width = shape[-1]
     rows = out.size // width
     flat = [xp.reshape(xp.ascontiguousarray(a), (rows, width)) for a in arrays]
     out_rows = xp.reshape(out, (rows, width))
-    per_block = max(1, SOFTMAX_BLOCK_BYTES // (width * out.dtype.itemsize))
-    starts = list(range(0, rows, per_block))
-    parts = max(1, min(_conv_kernels.THREADS, len(starts)))
-
-    def run_part(k):  # one contiguous range of blocks per thread
-        for start in starts[k * len(starts) // parts: (k + 1) * len(starts) // parts]:
-            block = slice(start, min(rows, start + per_block))
-            kernel(out_rows[block], *(a[block] for a in flat), 1)
-
-    _conv_kernels.parallel_for(run_part, parts, out.size)
+    per_block = max(1, _threads.BLOCK_BYTES // (width * out.dtype.itemsize))
+    _threads.in_blocks(lambda a, b: kernel(out_rows[a:b], *(x[a:b] for x in flat), 1), rows, per_block, out.size)
     return out
 
 

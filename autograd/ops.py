@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as _np
 
-from . import backend
+from . import _threads, backend
 from .backend import xp
 from .tensor import Tensor, as_tensor, record
 
@@ -174,61 +174,84 @@ def sign(a) -> Tensor:
 def tanh(a) -> Tensor:
     a = _lift(a)
     holder = []
-    result = record(xp.tanh(a.data), ((a, lambda g: _tanh_vjp(holder[0], g)),))
+    out = _threads.elementwise(lambda out, x: xp.tanh(x, out=out), _float_data(a))  # threads: tanh is compute-bound
+    result = record(out, ((a, lambda g: _tanh_vjp(holder[0], g)),))
     holder.append(result)
     return result
+
+
+def _float_data(a: Tensor):
+    """``a.data``, with integers and booleans cast to the float dtype NumPy's ``exp`` would return for them."""
+    data = a.data
+    if data.dtype.kind in "fc":
+        return data
+    return data.astype(_np.exp(_np.zeros((), data.dtype)).dtype)
 
 
 def _tanh_vjp(y, g) -> Tensor:
     """g * (1 - y * y), tanh's VJP from its output y, as one primitive with one output array.
 
     The composed rule allocates three full-size arrays (and on this VM a fresh array costs its page
-    faults); this one computes the same bits into one.  Its own VJPs (higher orders), for a cotangent
-    a: g <- a * (1 - y * y) (this function again), y <- -2 a g y.
+    faults); this one computes the same bits into one, in cache-sized blocks on threads
+    (:func:`_threads.elementwise`).  Its own VJPs (higher orders), for a cotangent a:
+    g <- a * (1 - y * y) (this function again), y <- -2 a g y.
     """
     y, g = _lift(y), _lift(g)
     if g.shape != y.shape or g.dtype != y.dtype:
         return mul(g, sub(1.0, mul(y, y)))
-    out = xp.asarray(xp.multiply(y.data, y.data))
-    xp.subtract(y.data.dtype.type(1), out, out=out)
-    xp.multiply(g.data, out, out=out)
+    out = _threads.elementwise(_tanh_vjp_kernel, y.data, g.data)
     return record(out, ((g, lambda a: _tanh_vjp(y, a)), (y, lambda a: mul(mul(a, g), mul(y, -2.0)))))
 
 
+def _tanh_vjp_kernel(out, y, g):
+    xp.multiply(y, y, out=out)
+    xp.subtract(y.dtype.type(1), out, out=out)
+    xp.multiply(g, out, out=out)
+
+
 def sigmoid(a) -> Tensor:
-    """Logistic function 1 / (1 + exp(-a)), evaluated without overflow for large |a|."""
+    """Logistic function 1 / (1 + exp(-a)), evaluated without overflow for large |a|.
+
+    Computed in cache-sized blocks on threads (:func:`_threads.elementwise`): its six passes then
+    stay in cache and its temporaries are block-sized (float64 (8, 256, 28, 28): 4.6 -> 2.3 ms).
+    """
     a = _lift(a)
-    x = a.data
-    # exp of a non-positive number never overflows: with e = exp(-|a|), sigmoid is 1 / (1 + e) for
-    # a >= 0 and e / (1 + e) below.  The numerator -- 1 or e -- is max(e, a >= 0) since e <= 1: no
+    holder = []
+    result = record(_threads.elementwise(_sigmoid_kernel, _float_data(a)), ((a, lambda g: _sigmoid_vjp(holder[0], g)),))
+    holder.append(result)
+    return result
+
+
+def _sigmoid_kernel(out, x):
+    # exp of a non-positive number never overflows: with e = exp(-|x|), sigmoid is 1 / (1 + e) for
+    # x >= 0 and e / (1 + e) below.  The numerator -- 1 or e -- is max(e, x >= 0) since e <= 1: no
     # per-element branch (NumPy's where costs 3x the whole function on random signs), same bits.
-    # (in place where the bits allow: two full-size arrays instead of five)
     e = xp.asarray(xp.abs(x))
     xp.negative(e, out=e)
     xp.exp(e, out=e)
-    out = xp.asarray(xp.maximum(e, x >= 0))
+    xp.maximum(e, x >= 0, out=out)
     e += 1
     xp.divide(out, e, out=out)
-    holder = []
-    result = record(out, ((a, lambda g: _sigmoid_vjp(holder[0], g)),))
-    holder.append(result)
-    return result
 
 
 def _sigmoid_vjp(y, g) -> Tensor:
     """g * y * (1 - y), sigmoid's VJP from its output y, as one primitive with one output array.
 
     The same bits as the composed rule ``g * (y * (1 - y))`` with one full-size array instead of
-    three.  Its own VJPs (higher orders), for a cotangent a: g <- a * y * (1 - y) (this function
-    again), y <- a * g * (1 - 2 y).
+    three, in cache-sized blocks on threads.  Its own VJPs (higher orders), for a cotangent a:
+    g <- a * y * (1 - y) (this function again), y <- a * g * (1 - 2 y).
     """
     y, g = _lift(y), _lift(g)
     if g.shape != y.shape or g.dtype != y.dtype:
         return mul(g, mul(y, sub(1.0, y)))
-    out = xp.asarray(xp.subtract(y.data.dtype.type(1), y.data))
-    xp.multiply(out, y.data, out=out)   # (1 - y) y: the same bits as y (1 - y)
-    xp.multiply(g.data, out, out=out)
+    out = _threads.elementwise(_sigmoid_vjp_kernel, y.data, g.data)
     return record(out, ((g, lambda a: _sigmoid_vjp(y, a)), (y, lambda a: mul(mul(a, g), sub(1.0, mul(y, 2.0))))))
+
+
+def _sigmoid_vjp_kernel(out, y, g):
+    xp.subtract(y.dtype.type(1), y, out=out)
+    xp.multiply(out, y, out=out)   # (1 - y) y: the same bits as y (1 - y)
+    xp.multiply(g, out, out=out)
 
 
 def relu(a) -> Tensor:

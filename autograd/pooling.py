@@ -16,7 +16,8 @@ import numpy as _np
 
 from . import backend, ops
 from . import _conv_kernels
-from ._conv_kernels import Geometry, Phases, parallel_for
+from ._conv_kernels import Geometry, Phases
+from ._threads import parallel_for
 from .backend import xp
 from .conv import _check_ndim, _pair
 from .tensor import Tensor, is_grad_enabled, record

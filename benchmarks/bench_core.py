@@ -241,10 +241,10 @@ def worker(args):
     import torch
 
     if os.environ.get(CPU_TIME_FLAG):
-        from autograd import _conv_kernels
+        from autograd import _threads
 
         torch.set_num_threads(1)
-        _conv_kernels.THREADS = 1
+        _threads.THREADS = 1
     if GPU:  # compare like with like: CuPy's GEMMs do not use TF32, torch's cuDNN convs do by default
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False

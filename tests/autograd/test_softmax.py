@@ -143,7 +143,7 @@ def test_softmax_keeps_dtype(rng, dtype):
 @pytest.mark.parametrize("threads", [1, 3])
 def test_row_blocks_and_threads_do_not_change_the_numbers(monkeypatch, rng, threads):
     """Softmax and its VJP over the last axis run by blocks of rows (several threads on NumPy)."""
-    from autograd import _conv_kernels, nn
+    from autograd import _threads
 
     x = rng.standard_normal((3, 5, 7, 11))
     mask = rng.random((7, 11)) > 0.3
@@ -155,12 +155,12 @@ def test_row_blocks_and_threads_do_not_change_the_numbers(monkeypatch, rng, thre
         (gx,) = pullback(dev(g))
         return host(out), host(gx)
 
-    monkeypatch.setattr(_conv_kernels, "WHOLE_BATCH", True)  # one call over the whole array
+    monkeypatch.setattr(_threads, "BLOCKED", False)  # one call over the whole array
     whole = run()
-    monkeypatch.setattr(_conv_kernels, "WHOLE_BATCH", False)
-    monkeypatch.setattr(_conv_kernels, "THREADS", threads)
-    monkeypatch.setattr(_conv_kernels, "PARALLEL_MIN_WORK", 0)
-    monkeypatch.setattr(nn, "SOFTMAX_BLOCK_BYTES", 3 * 11 * 8)  # blocks of 3 rows: 105 rows -> 35 blocks
+    monkeypatch.setattr(_threads, "BLOCKED", True)
+    monkeypatch.setattr(_threads, "THREADS", threads)
+    monkeypatch.setattr(_threads, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(_threads, "BLOCK_BYTES", 3 * 11 * 8)  # blocks of 3 rows: 105 rows -> 35 blocks
     blocked = run()
     for a, b in zip(whole, blocked):
         np.testing.assert_array_equal(a, b)

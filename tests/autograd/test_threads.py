@@ -1,15 +1,18 @@
-"""The threaded paths of the conv / pooling kernels give bit-identical results for any thread count,
-and the whole-batch path of launch-bound backends (CuPy) gives the numbers of the per-sample path.
+"""The threaded and blocked paths (autograd._threads) give bit-identical results for any thread count
+and block size -- conv and pooling kernels, and the blocked elementwise primitives -- and the
+whole-batch path of launch-bound backends (CuPy) gives the numbers of the per-sample path.
 
-Small test inputs stay below ``PARALLEL_MIN_WORK`` and run serially everywhere else in the suite, so
-here the threshold is lowered to zero to force the thread pool (on the NumPy backend; other backends
-always run serially, and then this test checks the serial path against itself).
+Small test inputs stay below ``PARALLEL_MIN_WORK`` / ``BLOCK_BYTES`` and run serially and unblocked
+everywhere else in the suite, so here the thresholds are lowered to force the thread pool and the
+blocks (``BLOCKED`` is forced on as well, so the strict backend runs the blocked path here too).
 """
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import autograd as ag
-from autograd import _conv_kernels
+from autograd import _conv_kernels, _threads
 
 from .helpers import dev, host
 
@@ -28,8 +31,8 @@ CASES = {
 }
 
 
-def _values_and_grads(f, x, w, g_seed):
-    out, pullback = ag.vjp(f, dev(x), dev(w))
+def _values_and_grads(f, *args, g_seed):
+    out, pullback = ag.vjp(f, *(dev(a) for a in args))
     g = np.random.default_rng(g_seed).standard_normal(out.shape)
     return [host(out)] + [host(v) for v in pullback(dev(g))]
 
@@ -38,10 +41,10 @@ def _values_and_grads(f, x, w, g_seed):
 def test_thread_count_does_not_change_the_numbers(monkeypatch, rng, name):
     x = rng.standard_normal((5, 8, 9, 7))
     w = rng.standard_normal((8, 8, 3, 3))
-    monkeypatch.setattr(_conv_kernels, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(_threads, "PARALLEL_MIN_WORK", 0)
     results = []
     for threads in (1, 2, 3):
-        monkeypatch.setattr(_conv_kernels, "THREADS", threads)
+        monkeypatch.setattr(_threads, "THREADS", threads)
         results.append(_values_and_grads(CASES[name], x, w, g_seed=7))
     for other in results[1:]:
         for serial, threaded in zip(results[0], other):
@@ -111,3 +114,67 @@ def test_shifted_kernel_gradgradcheck(monkeypatch, rng, groups):
     f = lambda x, w: ag.conv2d(x, w, padding=1, dilation=(1, 2), groups=groups)  # noqa: E731
     assert ag.gradcheck(f, x, w)
     assert ag.gradgradcheck(f, x, w, mode="fast")
+
+
+# ---------------------------------------------------------------------------------------------
+# blocks: in_blocks and the elementwise primitives
+
+
+@settings(max_examples=60, deadline=None)
+@given(count=st.integers(0, 60), per_block=st.integers(1, 70), threads=st.integers(1, 4))
+def test_in_blocks_visits_every_index_once_in_ranges_of_per_block(count, per_block, threads):
+    seen = []
+    saved = _threads.THREADS, _threads.PARALLEL_MIN_WORK
+    _threads.THREADS, _threads.PARALLEL_MIN_WORK = threads, 0
+    try:
+        _threads.in_blocks(lambda a, b: seen.append((a, b)), count, per_block, work=count)
+    finally:
+        _threads.THREADS, _threads.PARALLEL_MIN_WORK = saved
+    assert sorted(i for a, b in seen for i in range(a, b)) == list(range(count))
+    assert all(b - a == per_block or b == count for a, b in seen)
+
+
+ELEMENTWISE = {
+    "sigmoid": ag.sigmoid,
+    "tanh": ag.tanh,
+    "sigmoid (float32)": lambda x: ag.sigmoid(ag.astype(x, np.float32)),
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("name", sorted(ELEMENTWISE))
+def test_blocked_elementwise_gives_the_numbers_of_one_call(monkeypatch, rng, name, threads):
+    """Values and gradients bit for bit, whole vs blocks of 7 elements (the last one shorter)."""
+    x = rng.standard_normal((3, 4, 5, 6)) * 8
+    x[0, 0, 0, :3] = [0.0, -0.0, 800.0]
+    f = ELEMENTWISE[name]
+    monkeypatch.setattr(_threads, "BLOCKED", False)
+    whole = _values_and_grads(lambda x: f(x), x, g_seed=11)
+    monkeypatch.setattr(_threads, "BLOCKED", True)
+    monkeypatch.setattr(_threads, "THREADS", threads)
+    monkeypatch.setattr(_threads, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(_threads, "BLOCK_BYTES", 7 * 8)
+    blocked = _values_and_grads(lambda x: f(x), x, g_seed=11)
+    for a, b in zip(whole, blocked):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(b, a)
+
+
+def test_elementwise_calls_the_kernel_once_on_non_contiguous_or_small_inputs(monkeypatch, rng):
+    monkeypatch.setattr(_threads, "BLOCKED", True)
+    monkeypatch.setattr(_threads, "BLOCK_BYTES", 8 * 8)
+    calls = []
+
+    def kernel(out, x):
+        calls.append(x.shape)
+        out[...] = x * 2
+
+    x = rng.standard_normal((6, 5))
+    out = _threads.elementwise(kernel, dev(x.T))  # not C-contiguous: one call on the whole array
+    assert calls == [(5, 6)] and np.array_equal(host(out), x.T * 2)
+    calls.clear()
+    _threads.elementwise(kernel, dev(x[:2, :4]))  # 8 elements: one block's worth
+    assert calls == [(2, 4)]
+    calls.clear()
+    out = _threads.elementwise(kernel, dev(x))  # 30 elements: blocks of 8
+    assert calls == [(8,), (8,), (8,), (6,)] and np.array_equal(host(out), x * 2)
