@@ -191,6 +191,18 @@ def test_sigmoid_and_softplus_do_not_overflow():
     np.testing.assert_allclose(host(ag.sigmoid(dev(x.astype(np.float32)))), scipy.special.expit(x), rtol=1e-6)
 
 
+def test_sigmoid_and_tanh_of_integers_give_numpys_float_dtype():
+    """Integer and boolean inputs are promoted as NumPy's own exp/tanh promote them."""
+    ints = np.array([-3, 0, 2])
+    s = host(ag.sigmoid(dev(ints)))
+    assert s.dtype == np.float64
+    np.testing.assert_allclose(s, scipy.special.expit(ints), rtol=1e-15, atol=0)
+    for values in (ints.astype(np.int8), np.array([True, False])):
+        t = host(ag.tanh(dev(values)))
+        assert t.dtype == np.tanh(values).dtype
+        np.testing.assert_array_equal(t, np.tanh(values))
+
+
 def test_sign_has_no_gradient(rng):
     x = tensor(np.array([-2.0, 0.0, 3.0]), requires_grad=True)
     s = ag.sign(x)
