@@ -62,6 +62,11 @@ def _is_float_dtype(dtype) -> bool:
     return _np.dtype(dtype).kind in "fc"
 
 
+def _check_trainable(dtype) -> None:
+    if not _is_float_dtype(dtype):
+        raise TypeError(f"only floating-point tensors can require gradients; got dtype {dtype}")
+
+
 class _Node:
     """A tensor's place on the tape: ``parents`` is a tuple of ``(parent node, vjp)`` pairs.
 
@@ -100,10 +105,8 @@ class Tensor:
             data = data.data
         elif not backend.is_array(data):
             data = _coerce_to_backend(data)
-        if requires_grad and not _is_float_dtype(data.dtype):
-            raise TypeError(
-                f"only floating-point tensors can require gradients; got dtype {data.dtype}"
-            )
+        if requires_grad:
+            _check_trainable(data.dtype)
         self.data = data
         self.grad = None
         self._node = _Node(leaf=self) if requires_grad else None
@@ -121,8 +124,7 @@ class Tensor:
             raise ValueError("requires_grad can only be changed on a leaf tensor; use .detach() to cut a result "
                              "from the tape")
         if value and self._node is None:
-            if not _is_float_dtype(self.data.dtype):
-                raise TypeError(f"only floating-point tensors can require gradients; got dtype {self.data.dtype}")
+            _check_trainable(self.data.dtype)
             self._node = _Node(leaf=self)
         elif not value:
             self._node = None
