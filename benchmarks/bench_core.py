@@ -634,22 +634,19 @@ def main():
     if args.alone_case:
         return alone_worker(args)
     if args.alone:
-        report = run_alone(args)
-        output = args.output or (None if args.quick else RESULTS_ALONE)
-        if output is None:
-            print(report)
-        else:
-            _harness.write_text(output, report)
-            print(f"wrote {output}")
-        return
+        return _deliver(run_alone(args), args, RESULTS_ALONE)
     available = configurations(args.gpu)
     names = (args.configs.split(",") if args.configs and not args.gpu
              else (["set"] if args.quick and not args.gpu else list(available)))
     configs = [available[name] for name in names if name in available]
     results = [(label, run_config(label, env, args)) for label, env in configs]
     memory = [] if args.no_memory or args.filter or args.gpu else measure_memory(args.quick, configs[0][1])
-    report = render(results, memory, args)
-    output = args.output or (None if args.quick else (RESULTS_GPU if args.gpu else RESULTS))
+    _deliver(render(results, memory, args), args, RESULTS_GPU if args.gpu else RESULTS)
+
+
+def _deliver(report: str, args, default_path: str) -> None:
+    """Write the report to --output, else to ``default_path``; a --quick run without --output prints it."""
+    output = args.output or (None if args.quick else default_path)
     if output is None:
         print(report)
         return
