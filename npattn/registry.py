@@ -14,6 +14,8 @@ Each mechanism module registers itself at import::
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -76,8 +78,19 @@ class Mechanism:
     min_spatial: int = 1
 
     def apply(self, params, *inputs, train: bool = False, **kwargs):
-        """Run the mechanism: ``apply_fn(params, *inputs, train=train, **options, **kwargs)``."""
-        return self.apply_fn(params, *inputs, train=train, **{**self.options, **kwargs})
+        """Run the mechanism: ``apply_fn(params, *inputs, train=train, **structure, **options, **kwargs)``.
+
+        ``structure`` is the part of ``config`` that ``apply_fn`` also takes as keywords (a bias, an
+        optional branch, a layer count: see :mod:`npattn.params`), so the entry's variant reaches both
+        ``init`` and ``apply`` from one place; ``kwargs`` override it for parameters of another configuration.
+        """
+        return self.apply_fn(params, *inputs, train=train, **{**self.structure, **self.options, **kwargs})
+
+    @property
+    def structure(self) -> dict:
+        """The entries of ``config`` that are keyword arguments of ``apply_fn`` too."""
+        accepted = _keywords(self.apply_fn)
+        return {k: v for k, v in self.config.items() if k in accepted}
 
     @property
     def module(self) -> str:
@@ -86,6 +99,12 @@ class Mechanism:
     def default_params(self, seed: int = 0, dtype=np.float64) -> dict:
         """Parameters of the default configuration from ``numpy.random.default_rng(seed)``."""
         return self.init(np.random.default_rng(seed), dtype=dtype, **self.config)
+
+
+@functools.lru_cache(maxsize=None)
+def _keywords(fn: Callable) -> frozenset:
+    parameters = inspect.signature(fn).parameters.values()
+    return frozenset(p.name for p in parameters if p.kind == p.KEYWORD_ONLY)
 
 
 _REGISTRY: dict[str, Mechanism] = {}
