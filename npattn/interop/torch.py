@@ -183,7 +183,8 @@ def _check_against_init(mech, params: dict, settings: dict) -> None:
     for key, value in expected.items():
         if tuple(params[key].shape) != tuple(value.shape):
             raise ValueError(f"{mech.name}: parameter {key!r} must have shape {tuple(value.shape)} for configuration "
-                             f"{settings}, got {tuple(params[key].shape)}")
+                             f"{settings}, got {tuple(params[key].shape)} (pass config={{...}} with the configuration "
+                             "the module was built with)")
         if (np.dtype(params[key].dtype).kind == "f") != (np.dtype(value.dtype).kind == "f"):
             raise TypeError(f"{mech.name}: parameter {key!r} must be of a {np.dtype(value.dtype).kind!r}-kind dtype "
                             f"like {np.dtype(value.dtype)}, got {np.dtype(params[key].dtype)}")
