@@ -227,6 +227,9 @@ def _stored_dtype(path: str, arrays: dict) -> np.dtype:
     return np.dtype(kinds[0])
 
 
+_PREFIXES = ("input.", "param.", "grad.input.", "grad.param.")
+
+
 def _entries(arrays: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
@@ -264,6 +267,9 @@ def _check_layout(path: str, mech: Mechanism, meta: dict, arrays: dict, dtype: n
                           f"{mech.name!r} on these inputs, which differentiates {list(diff)}")
     if "cotangent" not in arrays:
         raise GoldenError(f"{path}: missing entry 'cotangent'")
+    unknown = sorted(k for k in arrays if k not in ("output", "cotangent") and not k.startswith(_PREFIXES))
+    if unknown:  # e.g. a misspelt gradient ('grad_param.x') that nobody would compare
+        raise GoldenError(f"{path}: entries outside the golden format: {unknown}")
     # the entries this npattn produces: output, every differentiable input's and float parameter's gradient
     wanted = {"output": None}
     wanted.update({f"grad.input.{i}": inputs[i].shape for i in diff})

@@ -68,6 +68,10 @@ def test_a_file_with_an_entry_it_should_not_hold_is_an_error(se_file, capsys):
     arrays["grad.param.fc3.weight"] = arrays["grad.param.fc1.weight"]
     np.savez(se_file, **arrays)
     _error(se_file, capsys, "unexpected ['grad.param.fc3.weight']")
+    del arrays["grad.param.fc3.weight"]
+    arrays["grad_param.fc1.weight"] = arrays["grad.param.fc1.weight"]  # misspelt: would never be compared
+    np.savez(se_file, **arrays)
+    _error(se_file, capsys, "outside the golden format: ['grad_param.fc1.weight']")
 
 
 @pytest.mark.parametrize("name", npattn.names())
