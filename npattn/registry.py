@@ -139,3 +139,24 @@ def get(name: str) -> Mechanism:
         close = difflib.get_close_matches(name.lower(), list(_REGISTRY), n=3, cutoff=0.4)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise KeyError(f"unknown mechanism {name!r}{hint} (npattn.names() lists all)") from None
+
+
+def apply_keywords(mech: Mechanism, config: dict | None = None, options: dict | None = None) -> dict:
+    """The keywords that make ``mech.apply`` run the variant ``mech.init(**config)`` built, plus ``options``.
+
+    A structural option (a bias, an optional branch, a variant) is a keyword of both ``init`` and
+    ``apply_fn`` with the same name; the entries of ``config`` that ``apply_fn`` accepts are passed on, so
+    parameters made for another configuration are applied as that configuration (the verdict tools use
+    this for the configuration a user's module or a golden file was built with).  ``options`` may not
+    contradict ``config``: ``config={"bias": False}`` with ``options={"bias": True}`` is a ValueError.
+    """
+    import inspect
+
+    config, options = dict(config or {}), dict(options or {})
+    accepted = {p.name for p in inspect.signature(mech.apply_fn).parameters.values() if p.kind == p.KEYWORD_ONLY}
+    structure = {k: v for k, v in config.items() if k in accepted}
+    clashes = {k: (structure[k], options[k]) for k in structure.keys() & options.keys() if structure[k] != options[k]}
+    if clashes:
+        raise ValueError(f"{mech.name}: config and options disagree on {', '.join(clashes)}: "
+                         + ", ".join(f"config {k}={c!r}, options {k}={o!r}" for k, (c, o) in clashes.items()))
+    return {**structure, **options}

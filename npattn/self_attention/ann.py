@@ -34,7 +34,8 @@ The official APNB calls its shared ``f_query``/``f_key`` module twice per forwar
 mode that BatchNorm's running statistics advance twice (momentum applied twice, counter + 2).  Query and
 key are one computation here and advance it once by default; ``query_key_bn_updates=2`` reproduces the
 official buffers exactly.  The official state_dict lists the shared tensors under both
-``stages.0.f_key.*`` and ``stages.0.f_query.*``; :func:`official_state_dict` adds the alias.
+``stages.0.f_key.*`` and ``stages.0.f_query.*``; :func:`official_state_dict` adds the alias and
+:func:`from_official_state_dict` removes it (checking that both names hold equal tensors).
 
 Dropout2d (official p = 0.05 in the network) is off by default (``dropout=0.0``); a positive ``dropout``
 in training mode needs ``rng`` (a ``numpy.random.Generator``).  BatchNorm: eps 1e-5, momentum 0.1.
@@ -147,13 +148,50 @@ def init_afnb(rng, low_channels: int, high_channels: int, *, out_channels: int |
     return params
 
 
+#: The official APNB lists its one query/key transform under two names: official alias prefix -> npattn prefix.
+OFFICIAL_ALIASES = {f"{STAGE}.f_query.": f"{STAGE}.f_key."}
+
+
 def official_state_dict(params: dict) -> dict:
     """APNB parameters with the shared ``f_key`` tensors also listed as ``f_query`` (the official keys)."""
     out = dict(params)
-    for key, value in params.items():
-        if key.startswith(f"{STAGE}.f_key."):
-            out[key.replace(".f_key.", ".f_query.", 1)] = value
+    for alias, shared in OFFICIAL_ALIASES.items():
+        for key, value in params.items():
+            if key.startswith(shared):
+                out[alias + key[len(shared):]] = value
     return out
+
+
+def from_official_state_dict(state_dict: dict) -> dict:
+    """APNB parameters from an official state_dict: the inverse of :func:`official_state_dict`.
+
+    Each ``stages.0.f_query.*`` entry is the same tensor as its ``stages.0.f_key.*`` twin in the official
+    module (one ``f_key`` module, called twice); it is dropped after checking that both hold equal arrays
+    (shape, dtype and values).  A differing pair is a ValueError and an alias without its twin a KeyError,
+    both naming the keys: a state_dict whose query and key transforms differ is not an APNB.
+    """
+    out = dict(state_dict)
+    for alias, shared in OFFICIAL_ALIASES.items():
+        for key in [k for k in state_dict if k.startswith(alias)]:
+            twin = shared + key[len(alias):]
+            if twin not in state_dict:
+                raise KeyError(f"{NAME}-apnb: state_dict has {key!r} but not {twin!r}, the tensor it aliases "
+                               "(the official APNB shares one query/key transform)")
+            if not _same_array(state_dict[key], state_dict[twin]):
+                raise ValueError(f"{NAME}-apnb: {key!r} and {twin!r} differ; the official APNB shares one query/key "
+                                 "transform, so they must be equal tensors")
+            del out[key]
+    return out
+
+
+def _same_array(a, b) -> bool:
+    """Equal shape, dtype and values (NaN equal to NaN) of two host, backend or torch arrays."""
+    from ..testing import to_host
+
+    a, b = to_host(a), to_host(b)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
 
 
 # ---------------------------------------------------------------------------------------------
