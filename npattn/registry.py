@@ -89,8 +89,7 @@ class Mechanism:
     @property
     def structure(self) -> dict:
         """The entries of ``config`` that are keyword arguments of ``apply_fn`` too."""
-        accepted = _keywords(self.apply_fn)
-        return {k: v for k, v in self.config.items() if k in accepted}
+        return _structure(self.apply_fn, self.config)
 
     @property
     def module(self) -> str:
@@ -105,6 +104,12 @@ class Mechanism:
 def _keywords(fn: Callable) -> frozenset:
     parameters = inspect.signature(fn).parameters.values()
     return frozenset(p.name for p in parameters if p.kind == p.KEYWORD_ONLY)
+
+
+def _structure(apply_fn: Callable, config: dict) -> dict:
+    """The entries of ``config`` that ``apply_fn`` also takes as keyword-only arguments."""
+    accepted = _keywords(apply_fn)
+    return {k: v for k, v in config.items() if k in accepted}
 
 
 _REGISTRY: dict[str, Mechanism] = {}
@@ -150,11 +155,8 @@ def apply_keywords(mech: Mechanism, config: dict | None = None, options: dict | 
     this for the configuration a user's module or a golden file was built with).  ``options`` may not
     contradict ``config``: ``config={"bias": False}`` with ``options={"bias": True}`` is a ValueError.
     """
-    import inspect
-
     config, options = dict(config or {}), dict(options or {})
-    accepted = {p.name for p in inspect.signature(mech.apply_fn).parameters.values() if p.kind == p.KEYWORD_ONLY}
-    structure = {k: v for k, v in config.items() if k in accepted}
+    structure = _structure(mech.apply_fn, config)
     clashes = {k: (structure[k], options[k]) for k in structure.keys() & options.keys() if structure[k] != options[k]}
     if clashes:
         raise ValueError(f"{mech.name}: config and options disagree on {', '.join(clashes)}: "
