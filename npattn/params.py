@@ -57,8 +57,38 @@ def trainable(params: Mapping) -> dict:
     return {k: v for k, v in params.items() if not is_buffer(k) and np.dtype(v.dtype).kind == "f"}
 
 
+def _edit_distance(a: str, b: str) -> int:
+    """Optimal-string-alignment distance: insertions, deletions, substitutions and adjacent transpositions."""
+    previous2, previous = None, list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        current = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                current[j] = min(current[j], previous2[j - 2] + 1)
+        previous2, previous = previous, current
+    return previous[-1]
+
+
+def _close_names(name: str, candidates, n: int = 3) -> list:
+    """Up to ``n`` candidates that look like misspellings of ``name``, most likely first.
+
+    A candidate with the same letters (a transposition: ``bais`` / ``bias``) ranks first, then by edit
+    distance, so a typo beats a sibling layer's name (``fc2.bias``) that differs by one substitution too.
+    """
+    letters = sorted(name)
+    limit = max(2, len(name) // 4)
+    scored = []
+    for candidate in candidates:
+        distance = _edit_distance(name, candidate)
+        if distance <= limit:
+            similarity = difflib.SequenceMatcher(None, name, candidate).ratio()
+            scored.append((sorted(candidate) != letters, distance, -similarity, candidate))
+    return [c for *_, c in sorted(scored)[:n]]
+
+
 def _closest(name: str, candidates) -> str:
-    close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
+    close = _close_names(name, candidates, n=1)
     return close[0] if close else ""
 
 
@@ -143,8 +173,7 @@ class Params:
 
     def _missing_message(self, key: str) -> str:
         # Keys not read *yet* may still be read later, so name the few closest, not one verdict.
-        close = difflib.get_close_matches(key, sorted(k for k in self._values if k not in self._read), n=3,
-                                          cutoff=0.6)
+        close = _close_names(key, [k for k in self._values if k not in self._read])
         hint = f" (params has {', '.join(map(repr, close))}, not read so far: a misspelling?)" if close else ""
         return (f"{self.mechanism}: parameter {key!r} is missing{hint}; a variant without it is chosen by an "
                 f"option of init and apply, never by leaving keys out")
