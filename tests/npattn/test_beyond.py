@@ -250,7 +250,7 @@ def test_rga_relation_feature_stacks_incoming_then_outgoing_relations():
 
     rga_mod.conv_bn = spy
     try:
-        rga_mod.rga(incoming_only, x)
+        rga_mod.rga(incoming_only, x, use_channel=False)
     finally:
         rga_mod.conv_bn = original
     np.testing.assert_allclose(captured["relations"][:, :n], relations_in, rtol=1e-12, atol=1e-12)

@@ -219,8 +219,11 @@ def test_danet_gamma_zero_is_identity(variant):
 
 def test_danet_variant_and_parameters_must_match():
     params = danet.init(np.random.default_rng(0), 16, variant="cam")
-    with pytest.raises(ValueError, match="danet.*variant 'pam'"):
+    with pytest.raises(KeyError, match="danet: parameter 'value_conv.weight' is missing"):
         danet.danet(params, _x((2, 16, 4, 4)), variant="pam")
+    pam = danet.init(np.random.default_rng(0), 16, variant="pam")
+    with pytest.raises(KeyError, match="danet.*does not use: 'query_conv.weight'"):   # never a silent CAM
+        danet.danet(pam, _x((2, 16, 4, 4)), variant="cam")
     with pytest.raises(ValueError, match="danet"):
         danet.init(np.random.default_rng(0), 16, variant="head")            # PAM on 16 // 4 = 4 channels
 
@@ -236,7 +239,8 @@ def test_nonlocal_official_init_is_identity(mode, train):
     x = _x((2, 16, 6, 6))
     for bn_layer in (True, False):
         params = non_local.init(np.random.default_rng(0), 16, mode=mode, bn_layer=bn_layer)
-        assert np.array_equal(host(non_local.non_local(params, x, train=train, mode=mode)), host(x))
+        out = non_local.non_local(params, x, train=train, mode=mode, bn_layer=bn_layer)
+        assert np.array_equal(host(out), host(x))
 
 
 def test_nonlocal_pairwise_forms():
@@ -281,10 +285,15 @@ def test_nonlocal_option_errors():
     x = _x((2, 16, 6, 6))
     with pytest.raises(ValueError, match="nonlocal.*mode"):
         non_local.non_local(params, x, mode="cosine")
-    with pytest.raises(ValueError, match="nonlocal.*gaussian"):
+    # the mode is the structure: parameters of another mode are missing or unused keys, never a silent variant
+    with pytest.raises(KeyError, match="nonlocal.*does not use: 'theta.weight'"):
         non_local.non_local(params, x, mode="gaussian")
-    with pytest.raises(ValueError, match="nonlocal.*concat_project"):
+    with pytest.raises(KeyError, match="nonlocal: parameter 'concat_project.weight' is missing"):
         non_local.non_local(params, x, mode="concatenation")
+    with pytest.raises(KeyError, match="nonlocal: parameter 'W_bn.weight' is missing"):
+        non_local.non_local(non_local.init(np.random.default_rng(0), 16, bn_layer=False), x)
+    with pytest.raises(KeyError, match="nonlocal.*does not use: 'W_bn.weight'"):
+        non_local.non_local(params, x, bn_layer=False)
     dot = non_local.init(np.random.default_rng(0), 16, mode="dot_product")
     with pytest.raises(ValueError, match="nonlocal.*scale"):
         non_local.non_local(dot, x, mode="dot_product", scale=0.5)
@@ -309,7 +318,7 @@ def test_gcnet_official_init_and_fusion():
     assert add["channel_add_conv.1.weight"].shape == (2, 1, 1)
     assert np.array_equal(host(gcnet.gcnet(add, x)), host(x))               # last conv at 0: identity
     mul = gcnet.init(np.random.default_rng(0), 32, fusion_types=("channel_mul",))
-    np.testing.assert_array_equal(host(gcnet.gcnet(mul, x)), host(x) * 0.5)  # sigmoid(0)
+    np.testing.assert_array_equal(host(gcnet.gcnet(mul, x, fusion_types=("channel_mul",))), host(x) * 0.5)  # sigmoid(0)
     std = host(add["conv_mask.weight"]).std()
     assert 0.15 < std < 0.35                                                 # kaiming fan_in: sqrt(2/32) = 0.25
 
@@ -323,7 +332,8 @@ def test_gcnet_attention_pooling_reference():
                                np.einsum("bcn,bn->bc", hx.reshape(2, 32, 30), alpha), atol=1e-14)
     avg = gcnet.init(np.random.default_rng(0), 32, pooling_type="avg")
     assert "conv_mask.weight" not in avg
-    np.testing.assert_allclose(host(gcnet.context(avg, x))[:, :, 0, 0], hx.mean(axis=(2, 3)), atol=1e-15)
+    np.testing.assert_allclose(host(gcnet.context(avg, x, pooling_type="avg"))[:, :, 0, 0], hx.mean(axis=(2, 3)),
+                               atol=1e-15)
     with pytest.raises(ValueError, match="gcnet"):
         gcnet.init(np.random.default_rng(0), 8, ratio=1 / 16)
 

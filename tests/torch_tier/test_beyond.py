@@ -300,7 +300,7 @@ def test_fca(method, dct, size):
     # the filters from the core's DCT basis equal the official explicit-cosine construction
     np.testing.assert_allclose(to_host(params["dct_layer.weight"]), twin.dct_layer.weight.numpy(), rtol=0, atol=1e-15)
     (x,) = _inputs((2, 32) + size)
-    _check(twin, "fca", params, (x,), False)
+    _check(twin, "fca", params, (x,), False, dct_h=dct, dct_w=dct)
 
 
 # ---------------------------------------------------------------------------------------------

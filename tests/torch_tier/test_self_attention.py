@@ -424,7 +424,7 @@ def test_nonlocal_without_bn_and_custom_inter(train):
     params = non_local.init(np.random.default_rng(0), 12, inter_channels=5, bn_layer=False, zero_init=False,
                             conv_std=0.2)
     twin = TorchNonLocal(12, 5, bn_layer=False)
-    check_twin(twin, apply_of("nonlocal"), params, [example(2, (2, 12, 6, 4))], train)
+    check_twin(twin, apply_of("nonlocal", bn_layer=False), params, [example(2, (2, 12, 6, 4))], train)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -525,7 +525,8 @@ def test_gcnet(pooling_type, fusion_types):
     params = {**params, **{k: ag.from_numpy(np.random.default_rng(5).uniform(0.5, 1.5, host(v).shape))
                            for k, v in params.items() if k.endswith((".1.weight", ".1.bias"))}}
     twin = TorchContextBlock(32, 1 / 4, pooling_type, fusion_types)
-    check_twin(twin, apply_of("gcnet"), params, [example(2, (2, 32, 6, 7))], False)
+    check_twin(twin, apply_of("gcnet", pooling_type=pooling_type, fusion_types=fusion_types), params,
+               [example(2, (2, 32, 6, 7))], False)
 
 
 def test_gcnet_ratio_truncates():
