@@ -32,7 +32,10 @@ included (``object_context_block.f_pixel.0.weight``, ``object_context_block.f_pi
 * Dropout2d zeroes whole channels of the output in training (HRNet-OCR uses p = 0.05; the module's own
   default is 0.1).  It is the identity in eval mode.  In training with ``dropout > 0`` the apply needs an
   explicit ``rng`` (numpy Generator).  The registry entry binds ``dropout=0.0`` so that its training mode
-  is deterministic.
+  is deterministic.  A ``dropout`` outside [0, 1) is an error in eval mode too.
+
+Every parameter's shape is checked against (C, Ck, C_out) before anything is computed, also by
+:func:`pixel_region_relation`, which takes the whole parameter dict.
 """
 from __future__ import annotations
 

@@ -37,7 +37,10 @@ official buffers exactly.  The official state_dict lists the shared tensors unde
 ``stages.0.f_key.*`` and ``stages.0.f_query.*``; :func:`official_state_dict` adds the alias.
 
 Dropout2d (official p = 0.05 in the network) is off by default (``dropout=0.0``); a positive ``dropout``
-in training mode needs ``rng`` (a ``numpy.random.Generator``).  BatchNorm: eps 1e-5, momentum 0.1.
+in training mode needs ``rng`` (a ``numpy.random.Generator``); ``dropout`` outside [0, 1) is an error in
+eval mode too.  BatchNorm: eps 1e-5, momentum 0.1.  ``psp_sizes`` is a non-empty tuple of positive ints
+(an empty pyramid leaves nothing to attend to: ValueError).  Every parameter's shape is checked against
+C (the fusion conv's output), Ck and Cv before anything is computed.
 """
 from __future__ import annotations
 
