@@ -143,7 +143,7 @@ def _checked(params, x, dct_h, dct_w) -> ag.Tensor:
                          f"{params.shape('dct_layer.weight')}; pass fca the dct_h, dct_w given to init")
     take_all(params, {**linear_shapes("fc.0", hidden, channels, bias=False),
                       **linear_shapes("fc.2", channels, hidden, bias=False)})
-    x = check_input(NAME, x, channels=channels)
+    x = check_input(NAME, x, channels=channels, min_size=1)
     check_dtype(NAME, x, params)
     return x
 

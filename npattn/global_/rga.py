@@ -155,7 +155,7 @@ def _sizes(params, use_spatial: bool, use_channel: bool) -> tuple[int, int]:
 
 def _checked(params, x, use_spatial: bool, use_channel: bool) -> ag.Tensor:
     channels, positions = _sizes(params, use_spatial, use_channel)
-    x = check_input(NAME, x, channels=channels)
+    x = check_input(NAME, x, channels=channels, min_size=1)
     check_dtype(NAME, x, params)
     if x.shape[2] * x.shape[3] != positions:
         raise ValueError(f"{NAME}: x has H*W = {x.shape[2] * x.shape[3]} positions (shape {x.shape}) but the "

@@ -104,7 +104,7 @@ def _checked(params, x, stride) -> ag.Tensor:
                       **batch_norm_shapes("row_bn", att_dim),
                       **conv_shapes("row_conv_group", ROW_FILTERS * att_dim, att_dim, (att_dim, 1), groups=att_dim),
                       **conv_shapes("fc_adapt_channels", channels, ROW_FILTERS * att_dim)})
-    x = check_input(NAME, x, channels=channels)
+    x = check_input(NAME, x, channels=channels, min_size=1)
     check_dtype(NAME, x, params)
     return x
 

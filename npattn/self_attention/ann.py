@@ -241,7 +241,7 @@ def _context(params, query, key_map, value_map, out_shape, sizes):
 
 def _check_apnb(params, x):
     channels, _, _ = _apnb_channels(params)
-    x = check_input(NAME, x, channels=channels)
+    x = check_input(NAME, x, channels=channels, min_size=1)
     check_dtype(NAME, x, params)
     return x
 
@@ -287,8 +287,8 @@ def ann_afnb(params, low, high, *, train: bool = False, psp_sizes=PSP_SIZES, dro
     (B, C_high, H, W); returns (B, C_out, H, W).
     """
     low_channels, high_channels, _ = _afnb_channels(params)
-    low = check_input(NAME, low, arg="low", channels=low_channels)
-    high = check_input(NAME, high, arg="high", channels=high_channels)
+    low = check_input(NAME, low, arg="low", channels=low_channels, min_size=1)
+    high = check_input(NAME, high, arg="high", channels=high_channels, min_size=1)
     check_dtype(NAME, low, params, arg="low")
     check_dtype(NAME, high, params, arg="high")
     if low.shape[0] != high.shape[0]:

@@ -155,7 +155,7 @@ def ccnet(params, x, *, train: bool = False, recurrence: int = 2) -> ag.Tensor:
 
     ``train`` has no effect (no BatchNorm or dropout in the attention module).
     """
-    x = check_input(NAME, x, channels=_channels(params))
+    x = check_input(NAME, x, channels=_channels(params), min_size=1)
     check_dtype(NAME, x, params)
     if isinstance(recurrence, bool) or not isinstance(recurrence, (int, np.integer)) or recurrence < 1:
         raise ValueError(f"{NAME}: recurrence must be an int of at least 1, got {recurrence!r}")

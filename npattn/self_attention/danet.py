@@ -196,7 +196,7 @@ def danet(params, x, *, train: bool = False, variant: str = "head", cam_form: st
     _check_variant(variant)
     if cam_form not in CAM_FORMS:
         raise ValueError(f"{NAME}: cam_form must be one of {CAM_FORMS}, got {cam_form!r}")
-    x = check_input(NAME, x, channels=_channels(params, variant))
+    x = check_input(NAME, x, channels=_channels(params, variant), min_size=1)
     check_dtype(NAME, x, params)
     if variant == "pam":
         return position_attention(params, x)

@@ -155,7 +155,7 @@ def gcnet(params, x, *, train: bool = False, pooling_type: str = "att",
     ``pooling_type`` and ``fusion_types``: the structure, as given to :func:`init`.
     """
     fusions = _check_structure(pooling_type, fusion_types)
-    x = check_input(NAME, x, channels=_channels(params, pooling_type, fusions))
+    x = check_input(NAME, x, channels=_channels(params, pooling_type, fusions), min_size=1)
     check_dtype(NAME, x, params)
     ctx = context(params, x, pooling_type=pooling_type)
     out = x

@@ -215,6 +215,10 @@ def _to_official(params, x, layout: str) -> ag.Tensor:
     if x.shape[axis] != channels:
         raise ValueError(f"{NAME}: x must have {channels} channels (axis {axis} of {shape_text}) to match the "
                          f"parameters, got shape {x.shape}")
+    frames = x.shape[3 - axis]
+    if frames < 1 or min(x.shape[3:]) < 1:
+        raise ValueError(f"{NAME}: x must have at least one frame and a non-empty H x W {shape_text}, got shape "
+                         f"{x.shape}")
     check_dtype(NAME, x, params)
     return ag.swapaxes(x, 1, 2) if layout == "btchw" else x
 

@@ -403,3 +403,19 @@ def test_gsop_stride_is_checked():
     for stride in (0, 1.5, True):
         with pytest.raises(ValueError, match="gsop: stride must be a positive int"):
             gsop_mod.gsop(params, _normal((2, 16, 5, 5)), stride=stride)
+
+
+@pytest.mark.parametrize("name", ["ocr", "fca", "rga", "rga-s", "rga-c", "gsop"])
+@pytest.mark.parametrize("size", [(0, 0), (0, 8), (8, 0)])
+def test_an_empty_map_is_refused_by_name(name, size):
+    mech = npattn.get(name)
+    inputs = [dev(np.zeros(host(x).shape[:2] + size)) for x in mech.example_input(np.random.default_rng(7))]
+    with pytest.raises(ValueError, match=rf"{name.split('-')[0]}: (feats|x) (spatial size|has H\*W = 0)"):
+        mech.apply(mech.default_params(), *inputs)
+
+
+@pytest.mark.parametrize("layout,shape", [("btchw", (2, 0, 16, 4, 4)), ("btchw", (2, 3, 16, 0, 4)),
+                                          ("bcthw", (2, 16, 0, 4, 4)), ("bcthw", (2, 16, 3, 4, 0))])
+def test_iau_refuses_an_empty_clip_by_name(layout, shape):
+    with pytest.raises(ValueError, match="iau: x must have at least one frame and a non-empty H x W"):
+        npattn.get("iau").apply(npattn.get("iau").default_params(), dev(np.zeros(shape)), layout=layout)

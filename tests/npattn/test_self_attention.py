@@ -516,3 +516,17 @@ def test_gcnet_wider_bottleneck_does_not_warn():
         warnings.simplefilter("error")
         params = gcnet.init(np.random.default_rng(0), 32)                                # P = 2
         gcnet.gcnet(params, _x((1, 32, 3, 3)))
+
+
+@pytest.mark.parametrize("name", [m.name for m in npattn.mechanisms("self_attention")])
+@pytest.mark.parametrize("size", [(0, 0), (0, 5), (5, 0)])
+def test_an_empty_map_is_refused_by_name(name, size):
+    """min_spatial = 1 (2 with the Non-local's sub-sampling): a 0 x W map is a ValueError naming the mechanism
+    and the argument, not conv2d's (DANet's CAM alone would otherwise return an empty map)."""
+    mech = npattn.get(name)
+    inputs = list(mech.example_input(np.random.default_rng(7)))
+    for i in range(len(inputs)):                      # AFNB: each of low and high in turn
+        cut = list(inputs)
+        cut[i] = ag.from_numpy(np.zeros(host(inputs[i]).shape[:2] + size))
+        with pytest.raises(ValueError, match=rf"{name.split('-')[0]}: \w+ spatial size .* is too small"):
+            mech.apply(mech.default_params(), *cut)
