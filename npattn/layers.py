@@ -129,6 +129,45 @@ def layer_norm(params, prefix: str, x, normalized_shape, eps: float = 1e-5, *, a
 
 
 # ---------------------------------------------------------------------------------------------
+# the shapes a configuration's parameters must have
+#
+# A mechanism can check every parameter up front against the shapes its configuration implies, so that an
+# error names the key that is wrong (not the next layer whose input it broke), kernel sizes are checked
+# too, and a public function that uses part of the block (an attention map) still reads the whole dict.
+
+
+def conv_shapes(prefix: str, out_channels: int, in_channels: int, kernel_size=1, *, groups: int = 1,
+                bias: bool = True) -> dict:
+    """``{prefix}.weight: (out, in/groups, kh, kw)`` [and ``{prefix}.bias: (out,)``], as :func:`init_conv`."""
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    shapes = {f"{prefix}.weight": (out_channels, in_channels // groups, kh, kw)}
+    if bias:
+        shapes[f"{prefix}.bias"] = (out_channels,)
+    return shapes
+
+
+def linear_shapes(prefix: str, out_features: int, in_features: int, *, bias: bool = True) -> dict:
+    """``{prefix}.weight: (out, in)`` [and ``{prefix}.bias: (out,)``], as :func:`init_linear`."""
+    shapes = {f"{prefix}.weight": (out_features, in_features)}
+    if bias:
+        shapes[f"{prefix}.bias"] = (out_features,)
+    return shapes
+
+
+def batch_norm_shapes(prefix: str, channels: int) -> dict:
+    """The five BatchNorm entries of :func:`init_batch_norm`: four (C,) and ``num_batches_tracked`` ()."""
+    shapes = {f"{prefix}.{name}": (channels,) for name in ("weight", "bias", "running_mean", "running_var")}
+    shapes[f"{prefix}.num_batches_tracked"] = ()
+    return shapes
+
+
+def take_all(params, shapes: dict) -> None:
+    """Read every key of ``shapes`` from ``params`` and check its shape (ValueError naming the key)."""
+    for key, shape in shapes.items():
+        _take(params, key, shape)
+
+
+# ---------------------------------------------------------------------------------------------
 # BatchNorm and the running-statistics channel
 
 _running_updates: contextvars.ContextVar = contextvars.ContextVar("npattn_running_updates", default=None)
@@ -213,6 +252,15 @@ def check_input(mechanism: str, x, *, arg: str = "x", ndim: int = 4, channels: i
             f"least {min_size}"
         )
     return t
+
+
+def check_dropout(mechanism: str, p) -> float:
+    """``p`` as a float in [0, 1) (checked in eval mode too: a bad value is a bug whatever the mode)."""
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{mechanism}: dropout must be a number in [0, 1), got {p!r}")
+    if not 0.0 <= float(p) < 1.0:                      # NaN fails both comparisons
+        raise ValueError(f"{mechanism}: dropout must be in [0, 1), got {p}")
+    return float(p)
 
 
 def param_dtype(params):

@@ -250,6 +250,17 @@ def test_iau_zero_init_is_identity_and_single_frame_works():
     _check(TorchIAU(8), "iau", params, (single,), False, config)
 
 
+@pytest.mark.parametrize("train", MODES)
+@pytest.mark.parametrize("frames,parts", [(1, 1), (2, 1), (1, 2)])
+def test_iau_few_nodes_match_the_official_fill(frames, parts, train):
+    """T = P = 1 leaves the single node no allowed neighbour: the official -1e8 fill gives it its own weight 1,
+    and npattn agrees with the twin's literal ``logits - W_init * 1e8`` (a zero-weight mask would not)."""
+    config = {"in_channels": 8, "num_parts": parts, "zero_init": False}
+    params = _randomised(npattn.get("iau").init(np.random.default_rng(1), **config))
+    (clip,) = _inputs((3, frames, 8, 3, 3), scale=0.5)
+    _check(TorchIAU(8, parts=parts), "iau", params, (clip,), train, config)
+
+
 # ---------------------------------------------------------------------------------------------
 # FcaNet
 
