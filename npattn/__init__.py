@@ -36,7 +36,7 @@ from .registry import FAMILIES, Mechanism, Paper, get, mechanisms, names, regist
 
 # Importing a family subpackage registers its mechanisms.
 for _family in ("origins", "channel", "hybrid", "self_attention", "category", "temporal", "frequency",
-                "global_", "higher_order"):
+                "global_", "higher_order", "transformer"):
     try:
         _importlib.import_module(f"{__name__}.{_family}")
     except ModuleNotFoundError as _exc:

@@ -21,9 +21,10 @@ from typing import Callable
 
 import numpy as np
 
-#: The survey's families, in its order (the registry lists mechanisms in this order).
+#: The survey's families, in its order (the registry lists mechanisms in this order), then ``transformer``:
+#: the attention core with every major library's conventions and the vision-transformer attention after it.
 FAMILIES = ("origins", "channel", "hybrid", "self_attention", "category", "temporal", "frequency",
-            "global", "higher_order")
+            "global", "higher_order", "transformer")
 
 
 @dataclass(frozen=True)
