@@ -99,11 +99,12 @@ def test_transformer_in_batch_blocks_gives_the_same_numbers(rng, monkeypatch):
     params = _transformer()
     src, tgt = _x(rng, (3, 6, D_MODEL)), _x(rng, (3, 5, D_MODEL))
     pads = (_padding([6, 4, 3], 6), _padding([5, 5, 2], 5))
-    whole = host(tf.transformer(params, src, tgt, *pads, heads=HEADS))
+    whole = host(tf.transformer(params, src, tgt, *pads, heads=HEADS, num_layers=2))
     monkeypatch.setattr(tf, "BLOCK_BYTES", 1)
-    np.testing.assert_allclose(host(tf.transformer(params, src, tgt, *pads, heads=HEADS)), whole, rtol=0, atol=1e-13)
-    assert ag.gradcheck(lambda p, s: tf.transformer(p, s, tgt, *pads, heads=HEADS), params, src, mode="fast",
-                        n_directions=2)
+    blocked = host(tf.transformer(params, src, tgt, *pads, heads=HEADS, num_layers=2))
+    np.testing.assert_allclose(blocked, whole, rtol=0, atol=1e-13)
+    assert ag.gradcheck(lambda p, s: tf.transformer(p, s, tgt, *pads, heads=HEADS, num_layers=2), params, src,
+                        mode="fast", n_directions=2)
 
 
 def test_mha_masked_weights_are_exact_zeros(rng):
@@ -232,7 +233,7 @@ def test_transformer_decoder_is_causal_and_ignores_padding(rng):
     src_pad[1, 4:] = True
 
     def run(src, tgt):
-        return host(tf.transformer(params, dev(src), dev(tgt), dev(src_pad), dev(tgt_pad), heads=HEADS))
+        return host(tf.transformer(params, dev(src), dev(tgt), dev(src_pad), dev(tgt_pad), heads=HEADS, num_layers=2))
 
     base = run(src, tgt)
     future = tgt.copy()
@@ -255,7 +256,7 @@ def test_transformer_embedding_scale_and_layer_count(rng):
                               prefix="encoder.layers.0", heads=HEADS)
     expected = tf.decoder_layer(params, ag.as_tensor(tgt) * scale + tf.positional_encoding(3, D_MODEL), memory,
                                 prefix="decoder.layers.0", heads=HEADS)
-    out = tf.transformer(params, src, tgt, heads=HEADS)
+    out = tf.transformer(params, src, tgt, heads=HEADS, num_layers=1)
     np.testing.assert_array_equal(host(out), host(expected))
 
 
@@ -264,7 +265,7 @@ def test_cross_attention_weights_match_a_host_reference(rng):
     params = _transformer(layers=2)
     src, tgt = rng.standard_normal((2, 6, D_MODEL)), rng.standard_normal((2, 4, D_MODEL))
     src_pad = np.arange(6)[None, :] >= np.array([[6], [4]])
-    maps = tf.cross_attention_weights(params, dev(src), dev(tgt), dev(src_pad), heads=HEADS)
+    maps = tf.cross_attention_weights(params, dev(src), dev(tgt), dev(src_pad), heads=HEADS, num_layers=2)
     assert [tuple(m.shape) for m in maps] == [(2, HEADS, 4, 6)] * 2
 
     scale = math.sqrt(D_MODEL)
@@ -297,14 +298,14 @@ def test_cross_attention_weights_match_a_host_reference(rng):
 def test_transformer_dropout_train_vs_eval(rng):
     params = _transformer(layers=1)
     src, tgt = _x(rng, (2, 4, D_MODEL)), _x(rng, (2, 3, D_MODEL))
-    eval_out = host(tf.transformer(params, src, tgt, heads=HEADS))
+    eval_out = host(tf.transformer(params, src, tgt, heads=HEADS, num_layers=1))
     with pytest.raises(ValueError, match="transformer.*rng"):
-        tf.transformer(params, src, tgt, heads=HEADS, train=True)
-    a = host(tf.transformer(params, src, tgt, heads=HEADS, train=True, rng=np.random.default_rng(5)))
-    b = host(tf.transformer(params, src, tgt, heads=HEADS, train=True, rng=np.random.default_rng(5)))
+        tf.transformer(params, src, tgt, heads=HEADS, num_layers=1, train=True)
+    a = host(tf.transformer(params, src, tgt, heads=HEADS, num_layers=1, train=True, rng=np.random.default_rng(5)))
+    b = host(tf.transformer(params, src, tgt, heads=HEADS, num_layers=1, train=True, rng=np.random.default_rng(5)))
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, eval_out)
-    no_drop = tf.transformer(params, src, tgt, heads=HEADS, train=True, dropout=0.0)
+    no_drop = tf.transformer(params, src, tgt, heads=HEADS, num_layers=1, train=True, dropout=0.0)
     np.testing.assert_array_equal(host(no_drop), eval_out)
 
 
@@ -315,8 +316,8 @@ def test_transformer_gradcheck_with_all_dropouts_in_train_mode(rng):
     pads = (_padding([4, 2], 4), _padding([3, 2], 3))
 
     def f(params, src, tgt):
-        return tf.transformer(params, src, tgt, *pads, heads=HEADS, train=True, rng=np.random.default_rng(9),
-                              attention_dropout=0.2, relu_dropout=0.2, pe_layout="concat")
+        return tf.transformer(params, src, tgt, *pads, heads=HEADS, num_layers=1, train=True,
+                              rng=np.random.default_rng(9), attention_dropout=0.2, relu_dropout=0.2, pe_layout="concat")
 
     assert ag.gradcheck(f, params, src, tgt, mode="fast", n_directions=2)
 
