@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 
@@ -61,9 +60,9 @@ import autograd as ag
 from autograd import backend
 
 from ..layers import example, init_layer_norm, init_linear, layer_norm, linear
-from ..params import Params, uses_params
+from ..params import uses_params
 from ..registry import Mechanism, Paper, register
-from ._sequence import check_batch, check_padding_mask, check_sequence, keep_from_padding
+from ._sequence import check_batch, check_padding_mask, check_sequence, keep_from_padding, prefix_view
 
 NAME = "transformer"
 NAME_MHA = "mha"
@@ -376,21 +375,6 @@ def _regime(heads, train, rng, dropout, attention_dropout, relu_dropout, eps, d_
                    relu_dropout=rates[2], eps=float(eps), attn_bias=_check_flag(NAME, "attn_bias", attn_bias))
 
 
-def _layer_params(params, prefix: str):
-    """(view, owned): the parameters of one layer as a :class:`Params` view.
-
-    Called by the user with a whole dict, the view holds the keys under ``prefix`` (every key when
-    ``prefix`` is "") and ``owned`` is True: the caller then checks that the layer read all of them.
-    Called inside the stack with a view, the outermost call checks the whole dict.
-    """
-    if isinstance(params, Params):
-        return params, False
-    if not isinstance(params, Mapping):
-        raise TypeError(f"{NAME}: params must be a dict of arrays, got {type(params).__name__}")
-    head = f"{prefix}." if prefix else ""
-    return Params(NAME, {k: v for k, v in params.items() if k.startswith(head)}), True
-
-
 def encoder_layer(params: dict, x, src_key_padding_mask=None, *, prefix: str = "", heads: int,
                   train: bool = False, rng=None, dropout: float = 0.0, attention_dropout: float = 0.0,
                   relu_dropout: float = 0.0, eps: float = 1e-6, attn_bias: bool = False) -> ag.Tensor:
@@ -400,7 +384,7 @@ def encoder_layer(params: dict, x, src_key_padding_mask=None, *, prefix: str = "
     with ``norm_first=False`` (parameter names match its state_dict except w_q/w_k/w_v/w_o).
     Reads the keys under ``prefix`` (all of them must be used); ``attn_bias`` as in :func:`init_encoder_layer`.
     """
-    view, owned = _layer_params(params, prefix)
+    view, owned = prefix_view(NAME, params, prefix)
     d_model = view.shape(_key(prefix, "self_attn.w_q.weight"))[1]
     x = check_sequence(NAME, x, view, arg="x", features=d_model, layout="(B, L, d_model)")
     padding = check_padding_mask(NAME, src_key_padding_mask, arg="src_key_padding_mask", shape=x.shape[:2])
@@ -420,7 +404,7 @@ def decoder_layer(params: dict, x, memory, tgt_key_padding_mask=None, memory_key
     x = LN1(x + Dropout(MaskedSelfAttn(x)));  x = LN2(x + Dropout(Attn(x, memory)));  x = LN3(x + Dropout(FFN(x))).
     Reads the keys under ``prefix`` (all of them must be used); ``attn_bias`` as in :func:`init_decoder_layer`.
     """
-    view, owned = _layer_params(params, prefix)
+    view, owned = prefix_view(NAME, params, prefix)
     d_model = view.shape(_key(prefix, "self_attn.w_q.weight"))[1]
     x = check_sequence(NAME, x, view, arg="x", features=d_model, layout="(B, L, d_model)")
     memory = check_sequence(NAME, memory, view, arg="memory", features=d_model, layout="(B, L, d_model)")
