@@ -521,8 +521,8 @@ def test_sat_variants(rng, flags):
     params = _sat(**flags)
     features, captions, padding = _sat_inputs(rng)
     assert ("decoder.W_sel.weight" in params) == flags.get("selector", True)
-    assert ag.gradcheck(lambda p, f: sat.show_attend_tell(p, f, captions, padding, prev2out=False), params, features,
-                        mode="fast", n_directions=2)
+    assert ag.gradcheck(lambda p, f: sat.show_attend_tell(p, f, captions, padding, prev2out=False, **flags), params,
+                        features, mode="fast", n_directions=2)
 
 
 def test_sat_sampling_is_seeded_one_hot_and_inside_the_support(rng):
