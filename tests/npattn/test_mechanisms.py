@@ -204,6 +204,31 @@ def _name_pattern(mech):
     return mech.name.split("-")[0]
 
 
+#: Registry-wide checks that are wrong for an entry *by its semantics* (the check is not weakened for it):
+#: {(test, entry): reason}.  Each reason names where the entry's own test covers the point instead.
+EXEMPT = {
+    ("unknown_key", "itti"): "no parameters, so no key to misspell; an extra key is a KeyError saying the model "
+                             "has none (test_origins_vision.py::test_itti_rejects_any_parameter)",
+    ("another_dtype", "itti"): "no parameters to give another dtype",
+    ("nan_input", "ram"): "hard attention reads only the glimpsed patches and the example's NaN pixel lies outside "
+                          "all three (test_origins_vision.py::test_ram_nan_reaches_the_output_only_inside_a_glimpse)",
+}
+
+
+def _skip_if_exempt(test, mech):
+    reason = EXEMPT.get((test, mech.name))
+    if reason:
+        pytest.skip(f"exempt: {reason}")
+
+
+def test_exemptions_name_registered_entries_and_real_tests():
+    names = set(IDS)
+    tests = {name for name in globals() if name.startswith("test_")}
+    for test, entry in EXEMPT:
+        assert entry in names, f"EXEMPT names {entry!r}, which is not registered"
+        assert any(test in name for name in tests), f"EXEMPT names test {test!r}, which does not exist"
+
+
 @pytest.mark.parametrize("mech", MECHANISMS, ids=IDS)
 def test_every_missing_key_is_a_key_error(mech):
     params, inputs = _params(mech), _inputs(mech)
@@ -217,6 +242,7 @@ def test_every_missing_key_is_a_key_error(mech):
 
 @pytest.mark.parametrize("mech", MECHANISMS, ids=IDS)
 def test_unknown_key_is_a_key_error_with_a_suggestion(mech):
+    _skip_if_exempt("unknown_key", mech)
     params, inputs = _params(mech), _inputs(mech)
     key = sorted(params)[0]
     with pytest.raises(KeyError, match=f"{_name_pattern(mech)}.*'extra_layer.weight'"):
@@ -244,6 +270,7 @@ def test_every_wrong_shaped_parameter_names_a_parameter(mech):
 
 @pytest.mark.parametrize("mech", MECHANISMS, ids=IDS)
 def test_parameters_of_another_dtype_are_a_type_error(mech):
+    _skip_if_exempt("another_dtype", mech)
     params, inputs = _params(mech), _inputs(mech)
     key = _float_keys(params)[-1]
     with pytest.raises(TypeError, match=rf"{_name_pattern(mech)}.*float32"):
@@ -315,6 +342,7 @@ def test_read_only_and_non_contiguous_arrays(mech):
 @pytest.mark.parametrize("mech", MECHANISMS, ids=IDS)
 def test_nan_input_reaches_the_output(mech):
     """A NaN in the input never comes back as a finite, silently wrong result everywhere."""
+    _skip_if_exempt("nan_input", mech)
     params, inputs = _params(mech), list(_inputs(mech))
     x = host(inputs[0]).copy()
     x.flat[x.size // 2] = np.nan
