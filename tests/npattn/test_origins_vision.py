@@ -384,8 +384,9 @@ def test_ram_nan_reaches_the_output_only_inside_a_glimpse():
     clamped = np.clip(host(locations), -1.0, 1.0)
     read = np.zeros((2, 12, 12), bool)                      # pixels each sample's glimpses read
     for t in range(locations.shape[1] - 1):
-        for side in ram.patch_sides(4, 2, 2):
-            rows, cols = ram.patch_starts(clamped[:, t], side, 12)
+        for side in (4, 8):                                 # g = 4, k = 2, s = 2
+            centre = np.floor(0.5 * (clamped[:, t] + 1.0) * 12).astype(int)     # the port's start, H on both axes
+            rows, cols = centre[:, 1] - side // 2, centre[:, 0] - side // 2
             for n in range(2):
                 read[n, max(rows[n], 0):rows[n] + side, max(cols[n], 0):cols[n] + side] = True
     assert read[1].any() and not read[1].all()
