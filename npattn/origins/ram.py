@@ -200,7 +200,7 @@ def _check_image(params, x, glimpse: dict) -> ag.Tensor:
         raise ValueError(f"{NAME}: sensor.fc1 takes {in_features} inputs, not a multiple of k g^2 = {per_channel}; "
                          "patch_size/num_patches do not match the parameters")
     patch_sides(glimpse["patch_size"], glimpse["num_patches"], glimpse["glimpse_scale"])
-    x = check_input(NAME, x, channels=in_features // per_channel)
+    x = check_input(NAME, x, channels=in_features // per_channel, min_size=1)   # a 0-size image has no pixel
     check_dtype(NAME, x, params)
     return x
 

@@ -778,6 +778,8 @@ def test_sat_loss_options_and_captions_are_checked(rng):
         sat.loss(params, features, captions, padding, alpha_c=0.0, regulariser="papr")
     with pytest.raises(ValueError, match="show-attend-tell: alpha_c"):
         sat.loss(params, features, captions, padding, alpha_c=np.nan)
+    with pytest.raises(ValueError, match="show-attend-tell: features must have at least one location"):
+        sat.show_attend_tell(params, features[:, :, :0], captions, padding)
     with pytest.raises(ValueError, match="show-attend-tell: captions must have at least one word"):
         sat.show_attend_tell(params, features, captions[:, :0])
     wrong = {**params, "decoder.U.weight": dev(np.zeros((25, 6)))}                 # 4n = 24

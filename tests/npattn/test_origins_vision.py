@@ -443,6 +443,9 @@ def test_ram_sizes_are_structure_and_options_are_checked():
     for bad in (dict(std=0.0), dict(reinforce_weight=np.inf)):
         with pytest.raises(ValueError, match="ram: (std|reinforce_weight)"):
             ram.reinforce_loss(params, x, locations, labels, **mech.structure, **mech.options, **bad)
+    for size in ((0, 0), (0, 5), (5, 0)):
+        with pytest.raises(ValueError, match="ram: x spatial size .* too small"):
+            mech.apply(params, dev(np.zeros((2, 1) + size)), locations)
     with pytest.raises(ValueError, match="ram: num_glimpses"):
         ram.sample_locations(params, x, np.random.default_rng(0), 0, **mech.structure, **mech.options)
     with pytest.raises(ValueError, match="ram: advantage of shape"):
