@@ -206,13 +206,13 @@ def test_ge_theta_minus_is_avg_pool_then_nearest(extent, size):
     expected = x * _sigmoid(_nearest_reference(gathered, size))
     params = gather_excite.init(np.random.default_rng(0), 3, variant="theta_minus", extent=extent)
     assert params == {}
-    out = gather_excite.gather_excite(params, dev(x), extent=extent)
+    out = gather_excite.gather_excite(params, dev(x), variant="theta_minus", extent=extent)
     np.testing.assert_allclose(host(out), expected, rtol=1e-13, atol=1e-14)
 
 
 def test_ge_theta_minus_global_is_sigmoid_of_the_mean():
     x = np.random.default_rng(6).standard_normal((2, 5, 4, 6))
-    out = gather_excite.gather_excite({}, dev(x), extent=0)
+    out = gather_excite.gather_excite({}, dev(x), variant="theta_minus", extent=0)
     np.testing.assert_allclose(host(out), x * _sigmoid(x.mean(axis=(2, 3), keepdims=True)), rtol=1e-13)
 
 
@@ -223,7 +223,7 @@ def test_ge_theta_stages_and_gathered_size(extent, stages, cells):
     assert sorted(k for k in params if k.endswith("weight") and "conv" in k) == [
         f"gather.conv{i}.weight" for i in range(1, stages + 1)]
     x = _x(rng, (2, 8, 9, 7))
-    assert gather_excite.gather(params, ag.Tensor(x), extent, train=False).shape == (2, 8) + cells
+    assert gather_excite.gather(params, x, extent=extent).shape == (2, 8) + cells
     assert gather_excite.gather_excite(params, x, extent=extent).shape == (2, 8, 9, 7)
 
 
@@ -253,12 +253,48 @@ def test_ge_theta_global_needs_feat_size_and_exact_input():
         gather_excite.init(rng, 4, variant="theta", extent=0)
     params = gather_excite.init(rng, 4, variant="theta", extent=0, feat_size=(5, 6))
     assert params["gather.conv1.weight"].shape == (4, 1, 5, 6)
-    assert gather_excite.gather(params, ag.Tensor(_x(rng, (2, 4, 5, 6))), 0, train=False).shape == (2, 4, 1, 1)
-    with pytest.raises(ValueError, match="ge-theta"):
+    assert gather_excite.gather(params, _x(rng, (2, 4, 5, 6)), extent=0).shape == (2, 4, 1, 1)
+    with pytest.raises(ValueError, match="ge-theta: global extent.*x must be \\(5, 6\\)"):
         gather_excite.gather_excite(params, _x(rng, (2, 4, 6, 6)), extent=0)
-    with pytest.raises(ValueError, match="ge-theta.*stage"):
-        gather_excite.gather_excite(gather_excite.init(rng, 4, variant="theta", extent=4), _x(rng, (2, 4, 8, 8)),
-                                    extent=8)
+
+
+def test_ge_stage_count_comes_from_the_extent_never_from_the_keys():
+    """Parameters of another extent are a KeyError naming the missing (or unused) stage, not another gather."""
+    rng = np.random.default_rng(9)
+    params = gather_excite.init(rng, 4, variant="theta", extent=4)          # two stages
+    x = _x(rng, (2, 4, 8, 8))
+    with pytest.raises(KeyError, match="ge-theta: parameter 'gather.conv3.weight' is missing"):
+        gather_excite.gather_excite(params, x, extent=8)
+    with pytest.raises(KeyError, match="ge-theta: params has 6 key.*'gather.conv2.weight'"):
+        gather_excite.gather_excite(params, x, extent=2)
+    plus = gather_excite.init(rng, 4, variant="theta_plus", extent=4, reduction=2)
+    with pytest.raises(KeyError, match="ge-theta: params has 4 key.*'mlp_down.weight'"):
+        gather_excite.gather_excite(plus, x, extent=4)                     # variant theta: the MLP is unused
+    with pytest.raises(KeyError, match="ge-theta-plus: parameter 'mlp_down.weight' is missing"):
+        gather_excite.gather_excite(params, x, variant="theta_plus", extent=4)
+    with pytest.raises(ValueError, match="ge: variant must be one of"):
+        gather_excite.gather_excite(params, x, variant="theta-plus", extent=4)
+    with pytest.raises(KeyError, match="ge-theta-minus: params has 12 key"):
+        gather_excite.gather_excite(params, x, variant="theta_minus", extent=4)
+    # a 3x3 stage kernel is checked: a global-extent kernel of another size is a shape error
+    wrong = {**params, "gather.conv2.weight": params["gather.conv2.weight"][:, :, :2]}
+    with pytest.raises(ValueError, match="ge-theta: parameter 'gather.conv2.weight' must have shape \\(4, 1, 3, 3\\)"):
+        gather_excite.gather_excite(wrong, x, extent=4)
+
+
+@pytest.mark.parametrize("variant", ["theta", "theta_plus"])
+def test_ge_global_gather_trained_on_a_batch_of_one_names_the_layer(variant):
+    """One value per channel reaches BatchNorm 'gather.bn1' (a whole-map kernel, N = 1): torch refuses to train it."""
+    rng = np.random.default_rng(12)
+    params = gather_excite.init(rng, 8, variant=variant, extent=0, feat_size=5, reduction=4)
+    x = _x(rng, (1, 8, 5, 5))
+    name = gather_excite.NAMES[variant]
+    with pytest.raises(ValueError, match=f"^{name}: BatchNorm 'gather.bn1' in training needs more than one value "
+                                         "per channel, got input shape \\(1, 8, 1, 1\\)"):
+        gather_excite.gather_excite(params, x, variant=variant, extent=0, train=True)
+    assert gather_excite.gather_excite(params, x, variant=variant, extent=0).shape == (1, 8, 5, 5)   # eval is fine
+    assert gather_excite.gather_excite(params, _x(rng, (2, 8, 5, 5)), variant=variant, extent=0,
+                                       train=True).shape == (2, 8, 5, 5)
 
 
 def test_ge_theta_plus_gather_relu_option():
@@ -266,12 +302,12 @@ def test_ge_theta_plus_gather_relu_option():
     params = gather_excite.init(rng, 16, variant="theta_plus", extent=2, reduction=4)
     assert params["mlp_down.weight"].shape == (4, 16, 1, 1) and params["mlp_up.bias"].shape == (16,)
     x = _x(rng, (2, 16, 6, 6))
-    official = host(gather_excite.gather_excite(params, x, extent=2))
-    timm_form = host(gather_excite.gather_excite(params, x, extent=2, gather_relu=False))
+    official = host(gather_excite.gather_excite(params, x, variant="theta_plus", extent=2))
+    timm_form = host(gather_excite.gather_excite(params, x, variant="theta_plus", extent=2, gather_relu=False))
     assert not np.allclose(official, timm_form)
     # timm's form by hand from the theta gather: MLP straight on the BN output
     theta = {k: v for k, v in params.items() if k.startswith("gather.")}
-    g = host(gather_excite.gather(theta, ag.Tensor(x), 2, train=False))
+    g = host(gather_excite.gather(theta, x, extent=2))
     down, up = host(params["mlp_down.weight"])[:, :, 0, 0], host(params["mlp_up.weight"])[:, :, 0, 0]
     hidden = np.maximum(np.einsum("dc,nchw->ndhw", down, g) + host(params["mlp_down.bias"])[None, :, None, None], 0)
     logits = np.einsum("cd,ndhw->nchw", up, hidden) + host(params["mlp_up.bias"])[None, :, None, None]
@@ -286,7 +322,8 @@ def test_ge_gradcheck_all_extents(variant, extent):
                            rng)
     x = _x(rng, (3, 8, 6, 5))
     for train in (False, True):
-        assert ag.gradcheck(lambda p, v: gather_excite.gather_excite(p, v, extent=extent, train=train), params, x,
+        assert ag.gradcheck(lambda p, v: gather_excite.gather_excite(p, v, variant=variant, extent=extent,
+                                                                     train=train), params, x,
                             mode="fast", n_directions=3)
 
 
@@ -451,7 +488,8 @@ def test_ran_fusion_is_one_plus_mask_times_trunk():
     np.testing.assert_allclose(host(residual_attention.ran(without_post, x)), (1 + mask) * trunk, rtol=1e-13)
 
 
-@pytest.mark.parametrize("size, gate_size", [((28, 28), (7, 7)), ((12, 9), (4, 3)), ((27, 14), (7, 4)), ((8, 8), (1, 1))])
+@pytest.mark.parametrize("size, gate_size",
+                         [((28, 28), (7, 7)), ((12, 9), (4, 3)), ((27, 14), (7, 4)), ((8, 8), (1, 1))])
 def test_ge_block_product_equals_upsample_then_multiply(size, gate_size):
     """scale_by_gate's block-view product (when nearest upsampling repeats blocks) = interpolate, then multiply."""
     rng = np.random.default_rng(8)

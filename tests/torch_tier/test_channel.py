@@ -7,6 +7,7 @@ statistics are randomised first (the defaults are an identity).  In float64, for
 output, the gradient of every input, the gradient of every torch parameter and -- in train mode -- every
 updated BatchNorm buffer must agree to 1e-10.
 """
+import inspect
 import math
 
 import numpy as np
@@ -244,11 +245,11 @@ for _variant in ("theta_minus", "theta", "theta_plus"):
     for _extent in (0, 2, 4, 8):
         _kwargs = {"channels": 8, "variant": _variant, "extent": _extent, "feat_size": (7, 6), "reduction": 4}
         CASES.append((f"ge-{_variant}-e{_extent}", gather_excite.gather_excite, gather_excite.init, _kwargs,
-                      {"extent": _extent}, [(3, 8, 7, 6)],
+                      {}, [(3, 8, 7, 6)],
                       lambda v=_variant, e=_extent: TorchGE(8, v, e, (7, 6), 4)))
 CASES.append(("ge-theta_plus-e4-timm", gather_excite.gather_excite, gather_excite.init,
               {"channels": 8, "variant": "theta_plus", "extent": 4, "reduction": 4},
-              {"extent": 4, "gather_relu": False}, [(3, 8, 9, 7)],
+              {"gather_relu": False}, [(3, 8, 9, 7)],
               lambda: TorchGE(8, "theta_plus", 4, reduction=4, gather_relu=False)))
 
 
@@ -304,6 +305,12 @@ def compare_with_twin(apply, params, inputs, module, train, options):
     return worst
 
 
+def _structure(apply, init_kwargs):
+    """The init keywords that apply takes too (variant, extent, branches, ...): they reach both, as in the registry."""
+    accepted = {p.name for p in inspect.signature(apply).parameters.values() if p.kind == p.KEYWORD_ONLY}
+    return {k: v for k, v in init_kwargs.items() if k in accepted}
+
+
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_twin(case, train):
@@ -311,7 +318,7 @@ def test_twin(case, train):
     rng = np.random.default_rng(5)
     params = _randomize_bn(init(rng, **kwargs), rng)
     inputs = [dev(rng.standard_normal(shape)) for shape in shapes]
-    worst = compare_with_twin(apply, params, inputs, twin(), train, options)
+    worst = compare_with_twin(apply, params, inputs, twin(), train, {**_structure(apply, kwargs), **options})
     print(f"{case[0]} {'train' if train else 'eval'}: max |diff| {worst:.3g}")
 
 
