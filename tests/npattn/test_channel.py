@@ -400,12 +400,30 @@ def test_sk_dilated_branch_equals_explicit_dilated_conv():
 
 
 def test_ran_caffe_pooled_sizes():
-    for size in range(3, 40):
+    for size in range(2, 40):
         caffe = int(math.ceil((size - 3) / 2)) + 1          # Caffe: ceil((H + 2 pad - k) / s) + 1, pad 0
-        assert residual_attention.pooled_size(size) == caffe
+        assert residual_attention.pooled_size(size) == caffe >= 1
         pooled = ag.max_pool2d(dev(np.zeros((1, 1, size, size))), 3, stride=2, padding=0, ceil_mode=True)
         assert pooled.shape[2:] == (caffe, caffe)
-    assert [residual_attention.min_input_size(n) for n in (1, 2, 3)] == [3, 6, 12]
+    assert residual_attention.pooled_size(1) == 0           # Caffe's formula gives an empty map: undefined
+    with pytest.raises(ValueError, match="max_pool2d"):
+        ag.max_pool2d(dev(np.zeros((1, 1, 1, 1))), 3, stride=2, padding=0, ceil_mode=True)
+
+
+@pytest.mark.parametrize("n_down", [1, 2, 3, 4])
+def test_ran_min_input_size_is_where_every_caffe_pooling_is_defined(n_down):
+    """The smallest size whose n_down successive ceil-mode poolings all give a non-empty map (Caffe's formula,
+    pooling defined from 2 x 2 up): 2 ** n_down, so 4 x 4 and 5 x 5 are accepted with n_down = 2."""
+    def defined(size):
+        for _ in range(n_down):
+            size = int(math.ceil((size - 3) / 2)) + 1
+            if size < 1:
+                return False
+        return True
+
+    smallest = next(size for size in range(1, 64) if defined(size))
+    assert residual_attention.min_input_size(n_down) == smallest == 2 ** n_down
+    assert not defined(smallest - 1)
 
 
 def test_ran_caffe_max_pool_windows():
@@ -436,17 +454,73 @@ def test_ran_caffe_interp_is_align_corners():
     np.testing.assert_allclose(host(resized), expected, rtol=1e-13, atol=1e-14)
 
 
-@pytest.mark.parametrize("n_down,size", [(1, (3, 4)), (2, (6, 9)), (3, (12, 13)), (3, (16, 16))])
+@pytest.mark.parametrize("n_down,size", [(1, (2, 3)), (1, (3, 4)), (2, (4, 4)), (2, (5, 5)), (2, (6, 9)),
+                                         (3, (8, 9)), (3, (12, 13)), (3, (16, 16))])
 def test_ran_output_and_mask_sizes(n_down, size):
     rng = np.random.default_rng(7)
     params = residual_attention.init(rng, 8, n_down=n_down)
     x = _x(rng, (2, 8) + size)
-    assert residual_attention.ran(params, x).shape == (2, 8) + size
-    mask = host(residual_attention.soft_mask(params, x))
+    for train in (False, True):
+        assert residual_attention.ran(params, x, n_down=n_down, train=train).shape == (2, 8) + size
+    mask = host(residual_attention.soft_mask(params, x, n_down=n_down))
     assert mask.shape == (2, 8) + size and np.all((mask > 0) & (mask < 1))
     small = x[..., : residual_attention.min_input_size(n_down) - 1, :]
-    with pytest.raises(ValueError, match="ran"):
-        residual_attention.ran(params, small)
+    with pytest.raises(ValueError, match=f"ran: x spatial size .* too small; this configuration needs at least "
+                                         f"{2 ** n_down}"):
+        residual_attention.ran(params, small, n_down=n_down)
+
+
+def test_ran_structure_comes_from_the_options_never_from_the_keys():
+    rng = np.random.default_rng(7)
+    params = residual_attention.init(rng, 8, n_down=3)
+    x = _x(rng, (2, 8, 8, 8))
+    # n_down = 2 wants 2r = 2 units at level 1 (the bottom), the n_down = 3 parameters have r = 1 there
+    with pytest.raises(KeyError, match=r"ran: parameter 'down\.1\.1\.bn1\.weight' is missing \(params has "
+                                       r"'down\.2\.1\.bn1\.weight'"):
+        residual_attention.ran(params, x, n_down=2)
+    with pytest.raises(KeyError, match=r"ran: parameter 'pre\.1\.bn1\.weight' is missing"):
+        residual_attention.ran(params, x, n_down=3, p=2)
+    # fewer units than the parameters hold: the unused ones are named before anything is computed
+    with pytest.raises(KeyError, match=r"ran: params has 36 key\(s\) this configuration does not use: "
+                                       r"'pre\.0\.bn1\.weight'"):
+        residual_attention.ran(params, x, n_down=3, p=0)
+    # a dropped unit is named, never a shallower mask branch; a misspelt key is pointed at
+    dropped = {k: v for k, v in params.items() if not k.startswith("up.0.0.")}
+    with pytest.raises(KeyError, match=r"ran: parameter 'up\.0\.0\.bn1\.weight' is missing"):
+        residual_attention.ran(dropped, x, n_down=3)
+    typo = {("down.1.0.conv2.wieght" if k == "down.1.0.conv2.weight" else k): v for k, v in params.items()}
+    with pytest.raises(KeyError, match=r"'down\.1\.0\.conv2\.weight' is missing \(params has "
+                                       r"'down\.1\.0\.conv2\.wieght'"):
+        residual_attention.ran(typo, x, n_down=3)
+    for option, value in (("n_down", 0), ("r", 0), ("p", -1), ("t", 1.5), ("n_down", True)):
+        with pytest.raises(ValueError, match=f"ran: {option} must be an integer >= [01], got {value!r}"):
+            residual_attention.ran(params, x, **{"n_down": 3, option: value})
+
+
+def test_ran_every_shape_is_checked_before_computing():
+    """A bottleneck conv of the wrong kernel, or a unit of another width, names its key (not a broadcast error)."""
+    rng = np.random.default_rng(7)
+    params = residual_attention.init(rng, 8, n_down=2)
+    x = _x(rng, (2, 8, 6, 6))
+    wrong = {**params, "trunk.1.conv2.weight": dev(rng.standard_normal((2, 2, 1, 1)))}
+    with pytest.raises(ValueError, match=r"ran: parameter 'trunk\.1\.conv2\.weight' must have shape \(2, 2, 3, 3\)"):
+        residual_attention.ran(wrong, x)
+    wrong = {**params, "post.0.conv1.weight": dev(rng.standard_normal((3, 8, 1, 1)))}
+    with pytest.raises(ValueError, match=r"ran: parameter 'post\.0\.conv1\.weight' must have shape \(2, 8, 1, 1\)"):
+        residual_attention.soft_mask(wrong, x)       # soft_mask checks the units it does not compute too
+
+
+def test_ran_training_a_1x1_bottom_level_on_one_sample_names_the_layer():
+    """4 x 4 with n_down = 2: the bottom level is 1 x 1, one value per channel with N = 1 -- torch refuses to
+    train its BatchNorm, and so does npattn, naming the layer; eval mode and N = 2 are fine."""
+    rng = np.random.default_rng(7)
+    params = residual_attention.init(rng, 8, n_down=2)
+    x = _x(rng, (1, 8, 4, 4))
+    with pytest.raises(ValueError, match=r"^ran: BatchNorm 'down\.1\.0\.bn1' in training needs more than one value "
+                                         r"per channel, got input shape \(1, 8, 1, 1\)"):
+        residual_attention.ran(params, x, train=True)
+    assert residual_attention.ran(params, x).shape == (1, 8, 4, 4)
+    assert residual_attention.ran(params, _x(rng, (2, 8, 4, 4)), train=True).shape == (2, 8, 4, 4)
 
 
 def test_ran_unit_counts_follow_p_t_r():
@@ -479,13 +553,15 @@ def test_ran_mask_branch_starts_from_the_pre_unit():
 
 def test_ran_fusion_is_one_plus_mask_times_trunk():
     rng = np.random.default_rng(9)
-    params = residual_attention.init(rng, 8, n_down=1, p=1, t=1)
-    without_post = {k: v for k, v in params.items() if not k.startswith("post.")}
+    structure = {"n_down": 1, "p": 1, "t": 1}
+    params = residual_attention.init(rng, 8, **structure)
     x = _x(rng, (2, 8, 5, 5))
     h = residual_attention.unit(params, "pre.0", ag.Tensor(x), train=False)
     trunk = host(residual_attention.unit(params, "trunk.0", h, train=False))
-    mask = host(residual_attention.soft_mask(params, x))
-    np.testing.assert_allclose(host(residual_attention.ran(without_post, x)), (1 + mask) * trunk, rtol=1e-13)
+    mask = host(residual_attention.soft_mask(params, x, **structure))
+    fused = residual_attention.unit(params, "post.0", ag.Tensor(dev((1 + mask) * trunk)), train=False)
+    np.testing.assert_allclose(host(residual_attention.ran(params, x, **structure)), host(fused), rtol=1e-13,
+                               atol=1e-14)
 
 
 @pytest.mark.parametrize("size, gate_size",

@@ -239,6 +239,13 @@ CASES = [_registry_case(name) for name in REGISTRY_TWINS] + [
      {}, [(2, 8, 5, 4)], lambda: TorchRAN(8, 1, 1, 1, 2)),
     ("ran-n3-p2", residual_attention.ran, residual_attention.init,
      {"channels": 8, "n_down": 3, "p": 2, "t": 1, "r": 1}, {}, [(2, 8, 13, 12)], lambda: TorchRAN(8, 3, 2, 1, 1)),
+    # the smallest inputs whose Caffe poolings are all defined (2 ** n_down): windows longer than the map
+    ("ran-n1-2x3-min", residual_attention.ran, residual_attention.init,
+     {"channels": 8, "n_down": 1, "p": 1, "t": 1, "r": 1}, {}, [(2, 8, 2, 3)], lambda: TorchRAN(8, 1, 1, 1, 1)),
+    ("ran-n2-4x5-min", residual_attention.ran, residual_attention.init,
+     {"channels": 8, "n_down": 2, "p": 1, "t": 1, "r": 1}, {}, [(2, 8, 4, 5)], lambda: TorchRAN(8, 2, 1, 1, 1)),
+    ("ran-n3-8x9-min", residual_attention.ran, residual_attention.init,
+     {"channels": 8, "n_down": 3, "p": 1, "t": 1, "r": 1}, {}, [(2, 8, 8, 9)], lambda: TorchRAN(8, 3, 1, 1, 1)),
 ]
 
 for _variant in ("theta_minus", "theta", "theta_plus"):
@@ -339,3 +346,21 @@ def test_sk_selection_weights_match_twin():
         z = F.relu(module.fc_bn(module.fc(F.adaptive_avg_pool2d(sum(feats), 1))))
         expected = torch.softmax(module.fc_select(z).view(2, 3, 16), dim=1)
     assert_close(host(sk.attention(params, dev(x))), expected, rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("n_down", [1, 2, 3])
+def test_ran_min_input_size_is_where_torch_accepts_the_twin(n_down):
+    """The twin (F.max_pool2d(3, 2, 0, ceil_mode=True), Caffe's pooling) runs from min_input_size(n_down) up and
+    refuses one less; npattn accepts and refuses the same sizes."""
+    smallest = residual_attention.min_input_size(n_down)
+    rng = np.random.default_rng(8)
+    params = residual_attention.init(rng, 8, n_down=n_down, t=1)
+    module = TorchRAN(8, n_down, 1, 1, 1).double().eval()
+    module.load_state_dict(_torch_state(params), strict=True)
+    with torch.no_grad():
+        module(torch.zeros(1, 8, smallest, smallest + 1, dtype=torch.float64))
+        with pytest.raises(RuntimeError, match="too small"):
+            module(torch.zeros(1, 8, smallest - 1, smallest + 1, dtype=torch.float64))
+    residual_attention.ran(params, dev(np.zeros((1, 8, smallest, smallest + 1))), n_down=n_down, t=1)
+    with pytest.raises(ValueError, match=f"ran: .*needs at least {smallest}"):
+        residual_attention.ran(params, dev(np.zeros((1, 8, smallest - 1, smallest + 1))), n_down=n_down, t=1)
