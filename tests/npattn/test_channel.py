@@ -355,7 +355,7 @@ def test_sk_paper_two_matrix_select_form():
     params = sk.init(rng, 16, branches=3, groups=4, reduction=4, min_hidden=6)
     assert params["fc.weight"].shape == (6, 16, 1, 1) and params["fc_select.weight"].shape == (48, 6, 1, 1)
     x = _x(rng, (2, 16, 5, 5))
-    features = sk.split(params, ag.Tensor(x), train=False)
+    features = sk.split(params, ag.Tensor(x), train=False, branches=3)
     fused = sum(host(u) for u in features)
     s = fused.mean(axis=(2, 3))
     fc = host(params["fc.weight"])[:, :, 0, 0]
@@ -363,9 +363,9 @@ def test_sk_paper_two_matrix_select_form():
     blocks = np.split(host(params["fc_select.weight"])[:, :, 0, 0], 3, axis=0)
     logits = np.stack([z @ a.T for a in blocks], axis=1)
     expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(host(sk.attention(params, x)), expected, rtol=1e-12)
+    np.testing.assert_allclose(host(sk.attention(params, x, branches=3)), expected, rtol=1e-12)
     out = sum(expected[:, m, :, None, None] * host(features[m]) for m in range(3))
-    np.testing.assert_allclose(host(sk.sk(params, x)), out, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(host(sk.sk(params, x, branches=3)), out, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("dilated,kernels", [(True, [3, 3, 3]), (False, [3, 5, 7])])
@@ -375,8 +375,43 @@ def test_sk_branch_forms_and_stride(dilated, kernels):
     assert [params[f"convs.{m}.weight"].shape[-1] for m in range(3)] == kernels
     assert params["convs.0.weight"].shape == (8, 4, kernels[0], kernels[0])
     x = _x(rng, (2, 8, 7, 6))
-    assert sk.sk(params, x).shape == (2, 8, 7, 6)
-    assert sk.sk(params, x, stride=2).shape == (2, 8, 4, 3)
+    structure = {"branches": 3, "dilated": dilated}
+    assert sk.sk(params, x, **structure).shape == (2, 8, 7, 6)
+    assert sk.sk(params, x, stride=2, **structure).shape == (2, 8, 4, 3)
+    # the form is the option's, never guessed from the kernels: the other form's kernels are a shape error
+    other = {"branches": 3, "dilated": not dilated}
+    with pytest.raises(ValueError, match=r"sk: parameter 'convs\.1\.weight' must have shape \(8, \*, [35], [35]\)"):
+        sk.sk(params, x, **other)
+
+
+def test_sk_branch_count_comes_from_the_option():
+    rng = np.random.default_rng(3)
+    params = sk.init(rng, 8, branches=3, groups=2, min_hidden=4)
+    x = _x(rng, (2, 8, 5, 5))
+    with pytest.raises(KeyError, match=r"sk: params has 6 key.*'convs\.2\.weight'"):
+        sk.sk(params, x, branches=2)         # named before fc_select's shape (3C rows for 2C), the consequence
+    with pytest.raises(KeyError, match=r"sk: parameter 'convs\.3\.weight' is missing"):
+        sk.sk(params, x, branches=4)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match=f"sk: branches must be an integer >= 1, got {bad!r}"):
+            sk.sk(params, x, branches=bad)
+    with pytest.raises(ValueError, match="sk: stride must be a positive integer, got 0"):
+        sk.sk(params, x, branches=3, stride=0)
+    with pytest.raises(ValueError, match=r"sk: parameter 'convs\.1\.weight' must have shape \(8, C/G, k, k\) "
+                                         r"with one C/G"):
+        sk.sk({**params, "convs.1.weight": dev(rng.standard_normal((8, 8, 3, 3)))}, x, branches=3)
+
+
+def test_sk_training_on_a_batch_of_one_names_the_fuse_batchnorm():
+    """The fuse FC's BatchNorm sees one value per channel per sample: torch refuses to train it at N = 1."""
+    mech = npattn.get("sk")
+    params = mech.default_params()
+    (x,) = mech.example_input(np.random.default_rng(1))
+    with pytest.raises(ValueError, match=r"^sk: BatchNorm 'fc_bn' in training needs more than one value per "
+                                         r"channel, got input shape \(1, 8, 1, 1\)"):
+        mech.apply(params, x[:1], train=True)
+    assert mech.apply(params, x[:1]).shape == (1,) + tuple(x.shape[1:])        # eval mode is fine
+    assert mech.apply(params, x[:2], train=True).shape == (2,) + tuple(x.shape[1:])
 
 
 def test_sk_dilated_branch_equals_explicit_dilated_conv():
@@ -391,7 +426,7 @@ def test_sk_dilated_branch_equals_explicit_dilated_conv():
         for i in range(3):
             for j in range(3):
                 conv[0, c] += weight[c, 0, i, j] * padded[0, c, 2 * i:2 * i + 6, 2 * j:2 * j + 6]
-    branch = host(sk.split(params, ag.Tensor(dev(x)), train=False)[1])
+    branch = host(sk.split(params, ag.Tensor(dev(x)), train=False, branches=2)[1])
     np.testing.assert_allclose(branch, np.maximum(conv / np.sqrt(1 + 1e-5), 0), rtol=1e-12, atol=1e-14)
 
 

@@ -345,7 +345,7 @@ def test_sk_selection_weights_match_twin():
         feats = [F.relu(bn(conv(x_t))) for conv, bn in zip(module.convs, module.bns)]
         z = F.relu(module.fc_bn(module.fc(F.adaptive_avg_pool2d(sum(feats), 1))))
         expected = torch.softmax(module.fc_select(z).view(2, 3, 16), dim=1)
-    assert_close(host(sk.attention(params, dev(x))), expected, rtol=TOL, atol=TOL)
+    assert_close(host(sk.attention(params, dev(x), branches=3)), expected, rtol=TOL, atol=TOL)
 
 
 @pytest.mark.parametrize("n_down", [1, 2, 3])
