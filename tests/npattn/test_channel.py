@@ -174,6 +174,21 @@ def test_spa_psppse_gate_from_the_block_input():
         spa.spa(params, dev(x), dev(source[:, :15]))
 
 
+def test_spa_parameter_shapes_against_the_inputs():
+    rng = np.random.default_rng(4)
+    params = spa.init(rng, 24, reduction=4, in_channels=16)
+    source, x = _x(rng, (2, 16, 6, 6)), _x(rng, (2, 24, 3, 3))
+    with pytest.raises(ValueError, match=r"spa: parameter 'fc1\.weight' must have shape \(C_in // r, 21 \* C_in\).*"
+                                         r"got \(4, 337\)"):
+        spa.spa({**params, "fc1.weight": dev(rng.standard_normal((4, 337)))}, x, source)
+    with pytest.raises(ValueError, match=r"spa: without `source`.*16 channels.*PSPPSE form"):
+        spa.spa(params, x)
+    with pytest.raises(ValueError, match=r"spa: x must have 24 channels"):
+        spa.spa(params, x[:, :20], source)
+    with pytest.raises(ValueError, match=r"spa: parameter 'fc2\.weight' must have shape \(24, 4\), got \(24, 5\)"):
+        spa.spa({**params, "fc2.weight": dev(rng.standard_normal((24, 5)))}, x, source)
+
+
 # ---------------------------------------------------------------------------------------------
 # Gather-Excite
 
