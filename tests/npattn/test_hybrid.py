@@ -76,7 +76,7 @@ def test_cbam_channel_gate_matches_numpy(pool_types):
              "lse": np.log(np.exp(flat).sum(2))}
     raw = sum(_mlp(p, "mlp.0", "mlp.2", pools[t]) for t in pool_types)   # summed *before* the sigmoid
     expected = xh * _sigmoid(raw)[:, :, None, None]
-    got = host(cbam.cbam(params, x, pool_types=pool_types))
+    got = host(cbam.cbam(params, x, pool_types=pool_types, no_spatial=True))
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
@@ -106,7 +106,8 @@ def test_cbam_orders_are_a_channel_swap_of_the_kernel():
 def test_cbam_paper_form_without_bn():
     _, params, x = _setup("cbam", spatial_bn=False)
     assert not any(k.startswith("spatial_bn") for k in params)
-    train, eval_ = (host(cbam.cbam(params, x, train=t, spatial_order="mean-max")) for t in (True, False))
+    train, eval_ = (host(cbam.cbam(params, x, train=t, spatial_order="mean-max", spatial_bn=False))
+                    for t in (True, False))
     np.testing.assert_array_equal(train, eval_)   # nothing depends on the mode without BN
 
 
@@ -116,7 +117,7 @@ def test_cbam_output_is_product_of_gates():
     expected = host(x) * host(channel_gate)[:, :, None, None] * host(spatial_gate)
     np.testing.assert_allclose(host(cbam.cbam(params, x)), expected, rtol=1e-13, atol=1e-14)
     _, channel_params, _ = _setup("cbam-channel")
-    assert cbam.attention_maps(channel_params, x)[1] is None
+    assert cbam.attention_maps(channel_params, x, no_spatial=True)[1] is None
 
 
 def test_cbam_spatial_bn_momentum_is_0_01():
@@ -180,21 +181,47 @@ def test_bam_extra_layers_and_dilation():
     assert host(params["ch_fc1.weight"]).shape == (4, 4) and "ch_bn1.running_mean" in params
     assert "sp_di2.weight" in params and "sp_di3.weight" not in params
     x = dev(np.random.default_rng(1).standard_normal((2, 16, 3, 5)))
+    structure = {"num_layers": 2, "dilation_conv_num": 3}
     for dilation in (1, 4):
-        assert bam.bam(params, x, train=True, dilation=dilation).shape == (2, 16, 3, 5)
+        assert bam.bam(params, x, train=True, dilation=dilation, **structure).shape == (2, 16, 3, 5)
     with npattn.track_running_stats() as stats:
-        bam.bam(params, x, train=True)
+        bam.bam(params, x, train=True, **structure)
     assert {k.rsplit(".", 1)[0] for k in stats} == {"ch_bn0", "ch_bn1", "sp_bn_reduce", "sp_bn_di0",
                                                     "sp_bn_di1", "sp_bn_di2"}
 
 
 def test_bam_errors():
     _, params, x = _setup("bam")
-    with pytest.raises(ValueError, match="bam.*batch of at least 2"):
+    # BatchNorm1d over the (N, C/r) channel descriptor has one value per channel when N == 1 (torch refuses)
+    with pytest.raises(ValueError, match=r"^bam: BatchNorm 'ch_bn0' in training needs more than one value per "
+                                         r"channel, got input shape \(1, 8\)"):
         bam.bam(params, x[:1], train=True)
     assert bam.bam(params, x[:1]).shape == (1,) + tuple(x.shape[1:])   # eval mode is fine with N = 1
     with pytest.raises(ValueError, match="bam.*combine"):
         bam.bam(params, x, combine="max")
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match=f"bam: dilation must be a positive integer, got {bad!r}"):
+            bam.bam(params, x, dilation=bad)
+    with pytest.raises(ValueError, match="bam: num_layers must be an integer >= 1, got 0"):
+        bam.bam(params, x, num_layers=0)
+    with pytest.raises(ValueError, match="bam: dilation_conv_num must be an integer >= 0, got -1"):
+        bam.bam(params, x, dilation_conv_num=-1)
+
+
+def test_bam_layer_counts_come_from_the_options_never_from_the_keys():
+    params = bam.init(np.random.default_rng(0), 16, reduction=4, num_layers=2, dilation_conv_num=1)
+    x = dev(np.random.default_rng(1).standard_normal((2, 16, 3, 5)))
+    with pytest.raises(KeyError, match=r"bam: params has 7 key.*'ch_fc1\.weight'"):
+        bam.bam(params, x, dilation_conv_num=1)                      # num_layers=1: the second FC-BN is unused
+    with pytest.raises(KeyError, match=r"bam: parameter 'sp_di1\.weight' is missing"):
+        bam.bam(params, x, num_layers=2)                             # dilation_conv_num=2: one conv-BN short
+    with pytest.raises(KeyError, match=r"bam: params has 7 key.*'sp_di0\.weight'"):
+        bam.attention_maps(params, x, num_layers=2, dilation_conv_num=0)
+    bam.attention_maps(params, x, num_layers=2, dilation_conv_num=1)
+    # a hidden FC of the wrong width names its key
+    wrong = {**params, "ch_fc1.weight": dev(np.zeros((4, 5)))}
+    with pytest.raises(ValueError, match=r"bam: parameter 'ch_fc1\.weight' must have shape \(4, 4\), got \(4, 5\)"):
+        bam.bam(wrong, x, num_layers=2, dilation_conv_num=1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -258,14 +258,14 @@ def test_cbam_paper_form(train):
     mech, params, x = _setup("cbam", spatial_bn=False)
     assert not any(k.startswith("spatial_bn") for k in params)
     twin = TorchCBAM(32, mech.config["reduction"], spatial_bn=False, order="mean-max")
-    check_twin(twin, "cbam", params, x, train, spatial_order="mean-max")
+    check_twin(twin, "cbam", params, x, train, spatial_order="mean-max", spatial_bn=False)
 
 
 def test_cbam_spatial_bias_mean_max_with_bn():
     """timm's ordering with BN, and a biased spatial conv."""
     mech, params, x = _setup("cbam", spatial_bias=True)
     twin = TorchCBAM(32, mech.config["reduction"], spatial_bias=True, order="mean-max")
-    check_twin(twin, "cbam", params, x, True, spatial_order="mean-max")
+    check_twin(twin, "cbam", params, x, True, spatial_order="mean-max", spatial_bias=True)
 
 
 # ---------------------------------------------------------------------------------------------
