@@ -307,19 +307,21 @@ def test_scse_max_tie_splits_the_gradient():
     _, params, x = _setup("scse-max")
     params = {**params, "cse.fc2.weight": dev(np.zeros((32, 16))), "cse.fc2.bias": dev(np.full(32, 0.25)),
               "sse.conv.weight": dev(np.zeros((1, 32, 1, 1))), "sse.conv.bias": dev(np.full(1, 0.25))}
-    cse_out, sse_out = (host(m) for m in (scse.scse({k: v for k, v in params.items() if k.startswith(b)}, x)
-                                          for b in ("cse", "sse")))
+    def branch(b):
+        return {k: v for k, v in params.items() if k.startswith(b)}
+
+    cse_out, sse_out = (host(scse.scse(branch(b), x, branches=(b,))) for b in ("cse", "sse"))
     np.testing.assert_array_equal(cse_out, sse_out)   # an exact tie everywhere
 
     def loss(p, combine="max"):
         return ag.sum(scse.scse(p, x, combine=combine) * x)
 
-    def branch_loss(p):
-        return ag.sum(scse.scse(p, x) * x)
+    def branch_loss(b):
+        return lambda p: ag.sum(scse.scse(p, x, branches=(b,)) * x)
 
     grads = ag.grad(loss)(params)
-    cse_only = ag.grad(branch_loss)({k: v for k, v in params.items() if k.startswith("cse")})
-    sse_only = ag.grad(branch_loss)({k: v for k, v in params.items() if k.startswith("sse")})
+    cse_only = ag.grad(branch_loss("cse"))(branch("cse"))
+    sse_only = ag.grad(branch_loss("sse"))(branch("sse"))
     for key in ("cse.fc2.bias", "cse.fc2.weight", "cse.fc1.weight"):
         np.testing.assert_allclose(host(grads[key]), 0.5 * host(cse_only[key]), rtol=1e-13, atol=1e-15)
     for key in ("sse.conv.bias", "sse.conv.weight"):
@@ -339,3 +341,23 @@ def test_scse_errors_name_the_entry():
         scse.scse(params, x, combine="mul")
     with pytest.raises(ValueError, match="scse.*branches"):
         scse.init(np.random.default_rng(0), 32, branches=("cse", "ese"))
+    with pytest.raises(ValueError, match="scse.*branches"):
+        scse.scse(params, x, branches=())
+
+
+def test_scse_branches_come_from_the_option_never_from_the_keys():
+    """Dropping the sSE weights is a KeyError, never a silent cSE; the single-branch entries name themselves."""
+    _, params, x = _setup("scse")
+    cse_only = {k: v for k, v in params.items() if k.startswith("cse.")}
+    with pytest.raises(KeyError, match="^scse: parameter 'sse.conv.weight' is missing"):
+        scse.scse(cse_only, x)
+    with pytest.raises(KeyError, match=r"^cse: params has 2 key.*'sse\.conv\.weight'"):
+        scse.scse(params, x, branches="cse")
+    with pytest.raises(KeyError, match=r"^sse: params has 4 key.*'cse\.fc1\.weight'"):
+        scse.scse(params, x, branches=("sse",))
+    # branch order does not matter; the result is the entry's
+    np.testing.assert_array_equal(host(scse.scse(params, x, branches=("sse", "cse"))), host(scse.scse(params, x)))
+    with pytest.raises(ValueError, match=r"^sse: parameter 'sse\.conv\.weight' must have shape \(1, 32, 1, 1\), "
+                                         r"got \(1, 32, 3, 3\)"):
+        scse.scse({"sse.conv.weight": dev(np.zeros((1, 32, 3, 3))), "sse.conv.bias": params["sse.conv.bias"]}, x,
+                  branches="sse")
