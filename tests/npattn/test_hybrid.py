@@ -80,6 +80,30 @@ def test_cbam_channel_gate_matches_numpy(pool_types):
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("pool_types", [("lp",), ("lp", "avg")])
+def test_cbam_lp_gradient_on_an_all_zero_channel_is_finite(pool_types):
+    """||x|| has no derivative at 0, and sqrt'(0) * 0 gave NaN; F.lp_pool2d's gradient there is 0 (the
+    subgradient central differences also see).  So the input gradient of a zero channel is the gate alone:
+    d/dx [x * Mc(x)] = Mc + x * dMc/dx, and x = 0."""
+    _, params, x = _setup("cbam-channel")
+    x = host(x).copy()
+    x[0, 3] = 0.0
+    cotangent = np.random.default_rng(5).standard_normal(x.shape)
+    grad = host(ag.grad(lambda v: ag.sum(cbam.cbam(params, v, pool_types=pool_types, no_spatial=True)
+                                         * dev(cotangent)))(dev(x)))
+    assert np.all(np.isfinite(grad))
+    gate = host(cbam.attention_maps(params, dev(x), pool_types=pool_types, no_spatial=True)[0])
+    if pool_types == ("lp",):
+        np.testing.assert_allclose(grad[0, 3], cotangent[0, 3] * gate[0, 3], rtol=1e-14, atol=1e-15)
+    # away from that channel the gradient is the ordinary x / ||x||: central differences agree everywhere
+    small = dev(x[:, :, :3, :3])
+    assert ag.gradcheck(lambda v: cbam.cbam(params, v, pool_types=pool_types, no_spatial=True), small, mode="full")
+    # a NaN still reaches the output through the L2 descriptor
+    x[1, 5, 0, 0] = np.nan
+    out = host(cbam.cbam(params, dev(x), pool_types=("lp",), no_spatial=True))
+    assert np.isnan(out[1]).all() and np.isfinite(out[0]).all()
+
+
 @pytest.mark.parametrize("order", ["max-mean", "mean-max"])
 def test_cbam_channel_pool_order(order):
     """A kernel that reads only input channel 0 (centre tap) sees the channel max (official) or the mean."""

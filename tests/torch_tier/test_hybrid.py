@@ -14,6 +14,7 @@ F = torch.nn.functional
 
 import autograd as ag  # noqa: E402
 import npattn  # noqa: E402
+from npattn.hybrid import cbam  # noqa: E402
 from tests.conftest import host  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -250,6 +251,31 @@ def test_cbam_pool_types(train, pool_types):
     mech, params, x = _setup("cbam")
     check_twin(TorchCBAM(32, mech.config["reduction"], pool_types=pool_types), "cbam", params, x, train,
                pool_types=pool_types)
+
+
+def test_lp_pool2d_gradient_at_an_all_zero_window_is_zero_in_torch_and_npattn():
+    """The reference itself: F.lp_pool2d(p=2) over a window of zeros has value 0 and gradient 0 (its ReLU's
+    backward zeroes the inf of pow(0, 0.5)); npattn's CBAM descriptor gives the same, and x / ||x|| elsewhere."""
+    x = np.zeros((1, 2, 3, 4))
+    x[0, 1] = np.random.default_rng(0).standard_normal((3, 4))
+    x_t = torch.tensor(x, requires_grad=True)
+    F.lp_pool2d(x_t, 2, (3, 4), stride=(3, 4)).sum().backward()
+    assert np.array_equal(x_t.grad.numpy()[0, 0], np.zeros((3, 4)))
+    grad = host(ag.grad(lambda v: ag.sum(cbam._channel_descriptor(v, "lp")))(ag.from_numpy(x)))
+    _assert_close("lp descriptor grad", grad, x_t.grad.numpy())
+    np.testing.assert_allclose(grad[0, 1], x[0, 1] / np.linalg.norm(x[0, 1]), rtol=1e-14)
+
+
+@MODES
+@pytest.mark.parametrize("pool_types", [("lp",), ("lp", "avg", "max")], ids="+".join)
+def test_cbam_lp_with_an_all_zero_channel(train, pool_types):
+    """A zero channel (e.g. after a ReLU): output, input gradient (finite) and parameter gradients as torch."""
+    mech, params, x = _setup("cbam")
+    x = host(x).copy()
+    x[0, 3] = 0.0
+    x[1, 7] = 0.0
+    check_twin(TorchCBAM(32, mech.config["reduction"], pool_types=pool_types), "cbam", params, ag.from_numpy(x),
+               train, pool_types=pool_types)
 
 
 @MODES
