@@ -635,3 +635,34 @@ def test_ge_block_product_equals_upsample_then_multiply(size, gate_size):
 def test_ge_block_path_is_taken_only_where_nearest_repeats_blocks():
     assert gather_excite._repeats_blocks(7, 28) and gather_excite._repeats_blocks(3, 9)
     assert not gather_excite._repeats_blocks(7, 27) and not gather_excite._repeats_blocks(4, 6)
+
+
+# ---------------------------------------------------------------------------------------------
+# channel counts not divisible by the reduction ratio: hidden widths are C // r (floor), as the official code
+
+
+#: name -> (init config at C = 30, r = 4, the shapes it must give: hidden width 30 // 4 = 7)
+INDIVISIBLE = {
+    "se": ({"reduction": 4}, {"fc1.weight": (7, 30), "fc1.bias": (7,), "fc2.weight": (30, 7), "fc2.bias": (30,)}),
+    "spa": ({"reduction": 4}, {"fc1.weight": (7, 21 * 30), "fc2.weight": (30, 7)}),
+    "ge-theta-plus": ({"reduction": 4, "extent": 2, "feat_size": None},
+                      {"mlp_down.weight": (7, 30, 1, 1), "mlp_down.bias": (7,), "mlp_up.weight": (30, 7, 1, 1),
+                       "gather.conv1.weight": (30, 1, 3, 3)}),
+    "sk": ({"reduction": 4, "groups": 6, "min_hidden": 2},
+           {"convs.0.weight": (30, 5, 3, 3), "fc.weight": (7, 30, 1, 1), "fc_bn.running_var": (7,),
+            "fc_select.weight": (60, 7, 1, 1)}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INDIVISIBLE))
+def test_channel_counts_not_divisible_by_the_reduction(name):
+    mech = npattn.get(name)
+    overrides, expected = INDIVISIBLE[name]
+    config = {**mech.config, "channels": 30, **overrides}
+    params = mech.init(np.random.default_rng(0), **config)
+    for key, shape in expected.items():
+        assert tuple(params[key].shape) == shape, key
+    structure = {k: v for k, v in config.items() if k in {"variant", "extent", "branches", "dilated"}}
+    x = _x(np.random.default_rng(1), (2, 30, 5, 6))
+    assert mech.apply_fn(params, x, **structure).shape == (2, 30, 5, 6)
+    assert ag.gradcheck(lambda p, v: mech.apply_fn(p, v, **structure), params, x, mode="fast", n_directions=2)

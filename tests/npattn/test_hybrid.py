@@ -385,3 +385,28 @@ def test_scse_branches_come_from_the_option_never_from_the_keys():
                                          r"got \(1, 32, 3, 3\)"):
         scse.scse({"sse.conv.weight": dev(np.zeros((1, 32, 3, 3))), "sse.conv.bias": params["sse.conv.bias"]}, x,
                   branches="sse")
+
+
+# ---------------------------------------------------------------------------------------------
+# channel counts not divisible by the reduction ratio: hidden widths are C // r (floor), as the official code
+
+
+INDIVISIBLE = {
+    "cbam": {"mlp.0.weight": (7, 30), "mlp.0.bias": (7,), "mlp.2.weight": (30, 7), "spatial_conv.weight": (1, 2, 7, 7)},
+    "cbam-channel": {"mlp.0.weight": (7, 30), "mlp.2.weight": (30, 7), "mlp.2.bias": (30,)},
+    "bam": {"ch_fc0.weight": (7, 30), "ch_bn0.running_mean": (7,), "ch_fc_final.weight": (30, 7),
+            "sp_reduce.weight": (7, 30, 1, 1), "sp_di1.weight": (7, 7, 3, 3), "sp_final.weight": (1, 7, 1, 1)},
+    "scse": {"cse.fc1.weight": (7, 30), "cse.fc2.weight": (30, 7), "sse.conv.weight": (1, 30, 1, 1)},
+    "cse": {"cse.fc1.weight": (7, 30), "cse.fc1.bias": (7,), "cse.fc2.weight": (30, 7)},
+}
+
+
+@pytest.mark.parametrize("name", sorted(INDIVISIBLE))
+def test_channel_counts_not_divisible_by_the_reduction(name):
+    mech = npattn.get(name)
+    params = mech.init(np.random.default_rng(0), **{**mech.config, "channels": 30, "reduction": 4})
+    for key, shape in INDIVISIBLE[name].items():
+        assert tuple(params[key].shape) == shape, key
+    x = dev(np.random.default_rng(1).standard_normal((3, 30, 5, 6)))
+    assert mech.apply(params, x).shape == (3, 30, 5, 6)
+    assert ag.gradcheck(lambda p, v: mech.apply(p, v), params, x, mode="fast", n_directions=2)

@@ -248,6 +248,21 @@ CASES = [_registry_case(name) for name in REGISTRY_TWINS] + [
      {"channels": 8, "n_down": 3, "p": 1, "t": 1, "r": 1}, {}, [(2, 8, 8, 9)], lambda: TorchRAN(8, 3, 1, 1, 1)),
 ]
 
+# channel counts not divisible by the reduction ratio (hidden width 30 // 4 = 7): strict loading into twins
+# built with C // r checks every shape, and the numbers must agree as everywhere
+CASES += [
+    ("se-c30-r4", se.se, se.init, {"channels": 30, "reduction": 4}, {}, [(2, 30, 4, 3)], lambda: TorchSE(30, 4)),
+    ("spa-c30-r4", spa.spa, spa.init, {"channels": 30, "reduction": 4}, {}, [(2, 30, 5, 6)],
+     lambda: TorchSPA(30, 30, 4)),
+    ("spa-psppse-c20-in30-r8", spa.spa, spa.init, {"channels": 20, "reduction": 8, "in_channels": 30}, {},
+     [(2, 20, 3, 3), (2, 30, 6, 5)], lambda: TorchSPA(30, 20, 8)),
+    ("ge-theta_plus-c30-r4", gather_excite.gather_excite, gather_excite.init,
+     {"channels": 30, "variant": "theta_plus", "extent": 2, "reduction": 4}, {}, [(2, 30, 5, 6)],
+     lambda: TorchGE(30, "theta_plus", 2, reduction=4)),
+    ("sk-c30-r4", sk.sk, sk.init, {"channels": 30, "groups": 6, "reduction": 4, "min_hidden": 2}, {},
+     [(2, 30, 5, 6)], lambda: TorchSK(30, 2, 6, 7)),
+]
+
 for _variant in ("theta_minus", "theta", "theta_plus"):
     for _extent in (0, 2, 4, 8):
         _kwargs = {"channels": 8, "variant": _variant, "extent": _extent, "feat_size": (7, 6), "reduction": 4}

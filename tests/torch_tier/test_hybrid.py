@@ -345,3 +345,27 @@ def test_a2(train, residual):
     mech, params, x = _setup("a2")
     twin = TorchA2(32, mech.config["c_m"], mech.config["c_n"], residual=residual)
     check_twin(twin, "a2", params, x, train, residual=residual)
+
+
+# ---------------------------------------------------------------------------------------------
+# channel counts not divisible by the reduction ratio (30 // 4 = 7): strict loading checks every shape
+
+INDIVISIBLE = {
+    "cbam": lambda: TorchCBAM(30, 4),
+    "cbam-channel": lambda: TorchCBAM(30, 4, spatial=False),
+    "bam": lambda: TorchBAM(30, 4),
+    "scse": lambda: TorchSCSE(30, 4),
+    "scse-max": lambda: TorchSCSE(30, 4, combine="max"),
+    "cse": lambda: TorchSCSE(30, 4, branches=("cse",)),
+}
+
+
+@MODES
+@pytest.mark.parametrize("name", sorted(INDIVISIBLE))
+def test_channel_counts_not_divisible_by_the_reduction(train, name):
+    mech = npattn.get(name)
+    params = mech.init(np.random.default_rng(0), **{**mech.config, "channels": 30, "reduction": 4})
+    if any(k.endswith("running_mean") for k in params):
+        params = _perturb_bn(params, np.random.default_rng(1))
+    x = ag.from_numpy(np.random.default_rng(2).standard_normal((4, 30, 5, 6)))
+    check_twin(INDIVISIBLE[name](), name, params, x, train, **mech.options)
