@@ -84,7 +84,7 @@ def _gate(params, x: ag.Tensor) -> ag.Tensor:
 
 
 def _check(x, params) -> ag.Tensor:
-    x = check_input(NAME, x)
+    x = check_input(NAME, x, min_size=1)
     check_dtype(NAME, x, params)
     return x
 

@@ -159,7 +159,7 @@ def _check(params, x, variant: str, extent: int) -> ag.Tensor:
     """x (N, C, H, W); the channel count C is the input's, and every parameter is checked against it."""
     name = _check_variant(variant)
     _stages(extent, name)
-    x = check_input(name, x)
+    x = check_input(name, x, min_size=1)
     if variant == "theta_minus":
         return x             # no parameters to agree with: any floating dtype and channel count
     check_dtype(name, x, params)

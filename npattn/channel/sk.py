@@ -125,7 +125,7 @@ def _check(params, x, branches: int, dilated: bool, stride) -> ag.Tensor:
     if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
         raise ValueError(f"{NAME}: stride must be a positive integer, got {stride!r}")
     channels = params.shape("fc.weight")[1]
-    x = check_input(NAME, x, channels=channels)
+    x = check_input(NAME, x, channels=channels, min_size=1)
     check_dtype(NAME, x, params)
     hidden = params.shape("fc.weight")[0]
     shapes = {}

@@ -109,7 +109,7 @@ def _source_channels(params) -> int:
 def _check(params, x, source):
     in_channels = _source_channels(params)
     if source is None:
-        x = check_input(NAME, x)
+        x = check_input(NAME, x, min_size=1)
         if x.shape[1] != in_channels:
             psppse = params.shape("fc2.weight")[0] != in_channels
             raise ValueError(f"{NAME}: without `source`, x is the source: it must have the {in_channels} channels "
@@ -118,9 +118,9 @@ def _check(params, x, source):
                                 "`source`" if psppse else ""))
         check_dtype(NAME, x, params)
         return x, x
-    x = check_input(NAME, x, channels=params.shape("fc2.weight")[0])
+    x = check_input(NAME, x, channels=params.shape("fc2.weight")[0], min_size=1)
     check_dtype(NAME, x, params)
-    source = check_input(NAME, source, arg="source", channels=in_channels)
+    source = check_input(NAME, source, arg="source", channels=in_channels, min_size=1)
     check_dtype(NAME, source, params, arg="source")
     if source.shape[0] != x.shape[0]:
         raise ValueError(f"spa: source batch {source.shape[0]} does not match x batch {x.shape[0]}")

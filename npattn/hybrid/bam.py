@@ -134,7 +134,7 @@ def _validate(params, x, combine: str, dilation, num_layers, dilation_conv_num) 
     if isinstance(dilation, bool) or not isinstance(dilation, (int, np.integer)) or dilation < 1:
         raise ValueError(f"{NAME}: dilation must be a positive integer, got {dilation!r}")
     channels, hidden = params.shape("ch_fc0.weight")[1], params.shape("ch_fc0.weight")[0]
-    x = check_input(NAME, x, channels=channels)
+    x = check_input(NAME, x, channels=channels, min_size=1)
     check_dtype(NAME, x, params)
     take_all(params, _schema(channels, hidden, num_layers, dilation_conv_num), complete=True)
     return x

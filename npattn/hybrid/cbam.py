@@ -156,7 +156,7 @@ def _spatial_attention(params, refined: ag.Tensor, train: bool, spatial_order: s
 
 
 def _validate(params, x, pool_types, spatial_order):
-    x = check_input(NAME, x, channels=params.shape("mlp.0.weight")[1])
+    x = check_input(NAME, x, channels=params.shape("mlp.0.weight")[1], min_size=1)
     check_dtype(NAME, x, params)
     if spatial_order not in SPATIAL_ORDERS:
         raise ValueError(f"{NAME}: spatial_order must be one of {SPATIAL_ORDERS}, got {spatial_order!r}")

@@ -96,7 +96,7 @@ def scse(params, x, *, train: bool = False, combine: str = "add", branches=BRANC
 def _scse(params, x, combine: str, branches: tuple) -> ag.Tensor:
     name = params.mechanism
     channels = params.shape("cse.fc1.weight")[1] if "cse" in branches else params.shape("sse.conv.weight")[1]
-    x = check_input(name, x, channels=channels)
+    x = check_input(name, x, channels=channels, min_size=1)
     check_dtype(name, x, params)
     if combine not in COMBINES:
         raise ValueError(f"{name}: combine must be one of {COMBINES}, got {combine!r}")

@@ -666,3 +666,26 @@ def test_channel_counts_not_divisible_by_the_reduction(name):
     x = _x(np.random.default_rng(1), (2, 30, 5, 6))
     assert mech.apply_fn(params, x, **structure).shape == (2, 30, 5, 6)
     assert ag.gradcheck(lambda p, v: mech.apply_fn(p, v, **structure), params, x, mode="fast", n_directions=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# min_spatial is the smallest accepted size; 0 x W and H x 0 maps are refused by name
+
+
+def _spatial_input(mech, size, other):
+    (x,) = mech.example_input(np.random.default_rng(0))
+    return dev(np.random.default_rng(1).standard_normal(tuple(x.shape[:2]) + (size, other)))
+
+
+@pytest.mark.parametrize("mech", npattn.mechanisms("channel"), ids=lambda m: m.name)
+def test_min_spatial_is_the_smallest_accepted_size(mech):
+    params = mech.default_params()
+    smallest = mech.min_spatial
+    exact = mech.name == "ge-theta-plus"          # the global gather's kernel is the whole (7, 7) map
+    assert mech.apply(params, _spatial_input(mech, smallest, smallest if exact else smallest + 1)).shape[2:] == (
+        smallest, smallest if exact else smallest + 1)
+    for size, other in ((smallest - 1, smallest), (0, 3), (3, 0)):
+        if size == other == smallest:
+            continue
+        with pytest.raises(ValueError, match=f"^{mech.name}: x spatial size|^{mech.name}: global extent"):
+            mech.apply(params, _spatial_input(mech, size, other))

@@ -410,3 +410,21 @@ def test_channel_counts_not_divisible_by_the_reduction(name):
     x = dev(np.random.default_rng(1).standard_normal((3, 30, 5, 6)))
     assert mech.apply(params, x).shape == (3, 30, 5, 6)
     assert ag.gradcheck(lambda p, v: mech.apply(p, v), params, x, mode="fast", n_directions=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# min_spatial (1 for every hybrid entry) is the smallest accepted size; 0 x W and H x 0 maps are refused by name
+
+
+@pytest.mark.parametrize("mech", npattn.mechanisms("hybrid"), ids=lambda m: m.name)
+def test_min_spatial_is_the_smallest_accepted_size(mech):
+    params = mech.default_params()
+    (x,) = mech.example_input(np.random.default_rng(0))
+    assert mech.min_spatial == 1
+    one = dev(np.random.default_rng(1).standard_normal(tuple(x.shape[:2]) + (1, 1)))
+    out = mech.apply(params, one)
+    assert out.shape == tuple(x.shape[:2]) + (1, 1) and np.all(np.isfinite(host(out)))
+    for size in ((0, 3), (3, 0), (0, 0)):
+        empty = dev(np.zeros(tuple(x.shape[:2]) + size))
+        with pytest.raises(ValueError, match=f"^{mech.name.split('-')[0]}: x spatial size"):
+            mech.apply(params, empty)
