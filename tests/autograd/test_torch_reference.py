@@ -175,3 +175,14 @@ def test_pool_output_sizes_and_refusals_match_torch():
                 continue
             np.testing.assert_allclose(host(ours(dev(x), k, s, p, ceil_mode=ceil)), expected, rtol=1e-13, atol=1e-15,
                                        err_msg=f"{ours.__name__} size={size} k={k} s={s} p={p} ceil={ceil}")
+
+
+def test_batch_norm_training_on_an_empty_batch_matches_torch():
+    rm, rv = np.full(3, 0.5), np.full(3, 2.0)
+    rm_t, rv_t = torch.tensor(rm), torch.tensor(rv)
+    x = np.zeros((0, 3, 2, 2))
+    expected = F.batch_norm(torch.tensor(x), rm_t, rv_t, training=True)
+    y, new_mean, new_var = ag.batch_norm(dev(x), dev(rm), dev(rv), training=True, return_running=True)
+    assert tuple(y.shape) == tuple(expected.shape)
+    np.testing.assert_array_equal(host(new_mean), rm_t.numpy())       # torch left them unchanged too
+    np.testing.assert_array_equal(host(new_var), rv_t.numpy())

@@ -71,7 +71,7 @@ class TorchSPA(nn.Module):
         b, c = source.shape[:2]
         pooled = [nn.AdaptiveAvgPool2d(s)(source).view(b, s * s * c) for s in (1, 2, 4)]
         gate = torch.sigmoid(self.fc2(F.relu(self.fc1(torch.cat(pooled, 1)))))
-        return x * gate.view(b, -1, 1, 1).expand_as(x)
+        return x * gate.view(b, gate.shape[1], 1, 1).expand_as(x)
 
 
 class TorchGE(nn.Module):
@@ -379,3 +379,16 @@ def test_ran_min_input_size_is_where_torch_accepts_the_twin(n_down):
     residual_attention.ran(params, dev(np.zeros((1, 8, smallest, smallest + 1))), n_down=n_down, t=1)
     with pytest.raises(ValueError, match=f"ran: .*needs at least {smallest}"):
         residual_attention.ran(params, dev(np.zeros((1, 8, smallest - 1, smallest + 1))), n_down=n_down, t=1)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name", sorted(REGISTRY_TWINS))
+def test_empty_batch_matches_twin(name, train):
+    """N = 0, as torch: an empty output, zero parameter gradients, and in training unchanged running
+    statistics with num_batches_tracked + 1 (the module counts the call)."""
+    case = _registry_case(name)
+    _, apply, init, kwargs, options, shapes, twin = case
+    rng = np.random.default_rng(5)
+    params = _randomize_bn(init(rng, **kwargs), rng)
+    inputs = [dev(np.zeros((0,) + shape[1:])) for shape in shapes]
+    compare_with_twin(apply, params, inputs, twin(), train, {**_structure(apply, kwargs), **options})

@@ -145,7 +145,7 @@ class TorchA2(nn.Module):
         attention_maps = F.softmax(self.convB(x).flatten(2), dim=-1)
         attention_vectors = F.softmax(self.convV(x).flatten(2), dim=1)
         descriptors = torch.bmm(features, attention_maps.transpose(1, 2))
-        out = torch.bmm(descriptors, attention_vectors).view(n, -1, h, w)
+        out = torch.bmm(descriptors, attention_vectors).view(n, features.shape[1], h, w)
         out = self.conv_reconstruct(out)
         return x + out if self.residual else out
 
@@ -369,3 +369,29 @@ def test_channel_counts_not_divisible_by_the_reduction(train, name):
         params = _perturb_bn(params, np.random.default_rng(1))
     x = ag.from_numpy(np.random.default_rng(2).standard_normal((4, 30, 5, 6)))
     check_twin(INDIVISIBLE[name](), name, params, x, train, **mech.options)
+
+
+# ---------------------------------------------------------------------------------------------
+# empty batches: as torch, an empty output, zero gradients, unchanged running statistics (counter + 1)
+
+EMPTY = {
+    "cbam": lambda: TorchCBAM(32, 8),
+    "cbam-channel": lambda: TorchCBAM(32, 8, spatial=False),
+    "bam": lambda: TorchBAM(32, 4),
+    "scse": lambda: TorchSCSE(32, 16),
+    "scse-max": lambda: TorchSCSE(32, 2, combine="max"),
+    "cse": lambda: TorchSCSE(32, 16, branches=("cse",)),
+    "sse": lambda: TorchSCSE(32, 16, branches=("sse",)),
+    "a2": lambda: TorchA2(32, 12, 8),
+}
+
+
+def test_every_hybrid_entry_has_an_empty_batch_twin():
+    assert set(EMPTY) == {m.name for m in npattn.mechanisms("hybrid")}
+
+
+@MODES
+@pytest.mark.parametrize("name", sorted(EMPTY))
+def test_empty_batch(train, name):
+    mech, params, x = _setup(name)
+    check_twin(EMPTY[name](), name, params, ag.from_numpy(np.zeros((0,) + tuple(x.shape[1:]))), train)
