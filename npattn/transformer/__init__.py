@@ -2,4 +2,4 @@
 conventions) and the vision-transformer attention that followed the survey (windowed, neighborhood,
 deformable, ...). One module per mechanism; importing this package registers them."""
 
-from . import nat  # noqa: F401,E402
+from . import nat, vit  # noqa: F401

@@ -53,20 +53,27 @@ def softmax_attention(query, key, value, *, scale: float, bias=None, mask=None,
 
 
 def attention_weights(query, key, *, scale: float, bias=None, mask=None, masked_rows: str = "zero") -> ag.Tensor:
-    """softmax_j(scale q_i . k_j + bias_ij) over the keys: (..., N, d), (..., M, d) -> (..., N, M)."""
-    logits = ag.matmul(query * scale, ag.swapaxes(key, -1, -2))          # (q scale) k^T, scale on q first
+    """softmax_j(scale q_i . k_j + bias_ij) over the keys: (..., N, d), (..., M, d) -> (..., N, M).
+
+    ``mask`` (boolean, True = attend) leaves out keys; a row without any key is all zeros with zero gradient
+    (``masked_rows="zero"``) or NaN (``"nan"``).
+    """
+    logits = ag.matmul(query * scale, ag.swapaxes(key, -1, -2))          # (q scale) k^T: the scale on q first
     if bias is not None:
         logits = logits + bias
-    weights = ag.softmax(logits, axis=-1, mask=mask)
     if mask is not None and masked_rows == "nan":
-        empty = ~ag.xp.any(ag.xp.broadcast_to(_array(mask), logits.shape), axis=-1, keepdims=True)
-        weights = weights + ag.from_numpy(np.zeros((), dtype=np.dtype(weights.dtype))) * ag.xp.where(
-            empty, ag.xp.nan, 0.0)
-    return weights
+        keep = mask.data if isinstance(mask, ag.Tensor) else mask
+        return _manual_softmax(logits + ag.where(keep, 0.0, ag.from_numpy(np.array(-np.inf, dtype=logits.dtype))))
+    return ag.softmax(logits, axis=-1, mask=mask)
 
 
-def _array(value):
-    return value.data if isinstance(value, ag.Tensor) else value
+def _manual_softmax(logits) -> ag.Tensor:
+    """exp(x - max) / sum over the last axis, composed, as an unmasked framework softmax: a row of -inf is
+    exp(-inf + inf) = NaN, forward and backward (timm's manual path; the core's softmax gives 0 there)."""
+    shift = ag.Tensor(ag.xp.max(logits.data, axis=-1, keepdims=True))          # a constant, as in torch
+    with np.errstate(invalid="ignore"):
+        exps = ag.exp(logits - shift)
+        return exps / ag.sum(exps, axis=-1, keepdims=True)
 
 
 def split_heads(t, heads: int) -> ag.Tensor:
