@@ -95,5 +95,6 @@ register(Mechanism(
     init=init, apply_fn=attention_pool,
     config={"spacial_dim": 3, "embed_dim": 16, "num_heads": 4, "output_dim": 12},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 16, 3, 3), dtype),),
+    min_spatial=3,
     description="CLIP attention pooling: the mean token queries all tokens (+ learnt positions) through MHA",
 ))
