@@ -31,6 +31,8 @@ RUNS = {
                        "| gcnet | float32 |"),
     "beyond": (["bench_beyond.py", *QUICK, "--filter", "fca", "--dtypes", "float64"], "| fca | float64 |"),
     "mha": (["bench_mha.py", *QUICK, "--dtypes", "float64"], "| float64 |"),
+    "vision-attention": (["bench_vision_attention.py", *QUICK, "--filter", "mobilevit-v2", "--dtypes", "float64",
+                          "--no-memory"], "| mobilevit-v2 | float64 |"),
 }
 
 
