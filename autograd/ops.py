@@ -706,7 +706,8 @@ def window_partition(x, window_size) -> Tensor:
     if height % wh or width % ww:
         raise ValueError(f"window_partition: window ({wh}, {ww}) must divide the map ({height}, {width})")
     blocks = reshape(x, (batch, height // wh, wh, width // ww, ww, channels))
-    return reshape(transpose(blocks, (0, 1, 3, 2, 4, 5)), (-1, wh, ww, channels))
+    count = batch * (height // wh) * (width // ww)
+    return reshape(transpose(blocks, (0, 1, 3, 2, 4, 5)), (count, wh, ww, channels))
 
 
 def window_reverse(windows, window_size, height: int, width: int) -> Tensor:
@@ -719,8 +720,9 @@ def window_reverse(windows, window_size, height: int, width: int) -> Tensor:
     if windows.ndim != 4 or windows.shape[1:3] != (wh, ww) or windows.shape[0] % per_image:
         raise ValueError(f"window_reverse: windows must be (B * {per_image}, {wh}, {ww}, C), got shape {windows.shape}")
     channels = windows.shape[-1]
-    blocks = reshape(windows, (-1, height // wh, width // ww, wh, ww, channels))
-    return reshape(transpose(blocks, (0, 1, 3, 2, 4, 5)), (-1, height, width, channels))
+    batch = windows.shape[0] // per_image
+    blocks = reshape(windows, (batch, height // wh, width // ww, wh, ww, channels))
+    return reshape(transpose(blocks, (0, 1, 3, 2, 4, 5)), (batch, height, width, channels))
 
 
 def _pair(op: str, size) -> tuple:
