@@ -2,4 +2,4 @@
 conventions) and the vision-transformer attention that followed the survey (windowed, neighborhood,
 deformable, ...). One module per mechanism; importing this package registers them."""
 
-from . import swin, swin_v2  # noqa: F401
+from . import msdeform, swin, swin_v2  # noqa: F401
