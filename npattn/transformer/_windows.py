@@ -210,7 +210,12 @@ def merge_heads(t) -> ag.Tensor:
 
 
 def softmax_attention(query, key, value, *, scale, bias=None) -> ag.Tensor:
-    """softmax((q * scale) k^T + bias) v over the keys: (..., N, d) x3 -> (..., N, d).
+    """softmax((q * scale) k^T + bias) v over the keys: (..., N, d) x3 -> (..., N, d)."""
+    return ag.matmul(attention_weights(query, key, scale=scale, bias=bias), value)
+
+
+def attention_weights(query, key, *, scale, bias=None) -> ag.Tensor:
+    """softmax((q * scale) k^T + bias) over the keys: (..., N, d), (..., M, d) -> (..., N, M).
 
     The logits + additive bias + softmax step of Swin v1 and v2, in one place so that it can be routed
     through the core's scaled-dot-product attention.  The scale multiplies q **before** the product, as
@@ -220,7 +225,7 @@ def softmax_attention(query, key, value, *, scale, bias=None) -> ag.Tensor:
     logits = ag.matmul(ag.mul(query, scale), ag.swapaxes(key, -1, -2))
     if bias is not None:
         logits = ag.add(logits, bias)
-    return ag.matmul(ag.softmax(logits, axis=-1), value)
+    return ag.softmax(logits, axis=-1)
 
 
 def check_tokens(mechanism: str, x, params, channels: int) -> ag.Tensor:

@@ -115,6 +115,27 @@ def swin(params, x, *, train: bool = False, num_heads: int, window_size=7, shift
     the parameters must be those ``init`` made with the same values); ``qk_scale`` replaces d^-1/2;
     ``mask_value`` is -100 (official) or -inf.  ``train`` has no effect (no dropout, no BatchNorm).
     """
+    window_plan, (q, k, v), scale, bias = _heads(params, x, num_heads, window_size, shift_size, rule, qkv_bias,
+                                                 qk_scale, mask_value)
+    attended = windows_.softmax_attention(q, k, v, scale=scale, bias=bias)         # (B, nW, heads, N, d)
+    batch, count = attended.shape[:2]
+    merged = windows_.merge_heads(ag.reshape(attended, (batch * count,) + attended.shape[2:]))
+    out = linear(params, "attn.proj", merged)                                      # (B nW, N, C)
+    return windows_.from_windows(out, window_plan, x.shape[1], x.shape[2])
+
+
+@uses_params(NAME)
+def attention_weights(params, x, *, num_heads: int, window_size=7, shift_size=0, rule: str = "official",
+                      qkv_bias: bool = True, qk_scale=None, mask_value: float = windows_.MASK_VALUE):
+    """(A (B, nW, heads, N, N), the :class:`WindowPlan`): each window's attention weights, windows row-major
+    over the padded, shifted map and tokens row-major inside a window (for pictures; reads the whole dict)."""
+    window_plan, (q, k, _), scale, bias = _heads(params, x, num_heads, window_size, shift_size, rule, qkv_bias,
+                                                 qk_scale, mask_value)
+    return windows_.attention_weights(q, k, scale=scale, bias=bias), window_plan
+
+
+def _heads(params, x, num_heads, window_size, shift_size, rule, qkv_bias, qk_scale, mask_value):
+    """Every check, then (plan, [q, k, v] each (B, nW, heads, N, d), scale, bias (nW or 1, heads, N, N))."""
     channels = params.shape("attn.qkv.weight")[1]
     _check_heads(channels, num_heads)
     windows_.check_rule(NAME, rule)
@@ -128,11 +149,8 @@ def swin(params, x, *, train: bool = False, num_heads: int, window_size=7, shift
     bias = attention_bias(params, window_plan, num_heads, mask_value, x.dtype)
     tokens = windows_.to_windows(x, window_plan)                                  # (B nW, N, C)
     qkv = linear(params, "attn.qkv", tokens, bias=qkv_bias)                        # (B nW, N, 3C)
-    q, k, v = windows_.per_window(windows_.split_heads(qkv, num_heads), batch, window_plan.count)
-    attended = windows_.softmax_attention(q, k, v, scale=scale, bias=bias)
-    merged = windows_.merge_heads(ag.reshape(attended, (tokens.shape[0],) + attended.shape[2:]))
-    out = linear(params, "attn.proj", merged)                                      # (B nW, N, C)
-    return windows_.from_windows(out, window_plan, height, width)
+    heads = windows_.per_window(windows_.split_heads(qkv, num_heads), batch, window_plan.count)
+    return window_plan, heads, scale, bias
 
 
 def _scale(head_dim: int, qk_scale) -> float:

@@ -454,3 +454,19 @@ def test_swin_v2_window_of_one_is_refused():
                                         pretrained_window_size=4)
     assert swin_v2.swin_v2(params, _x((1, 2, 2, 4)), num_heads=1, window_size=1, pretrained_window_size=4).shape == (
         1, 2, 2, 4)
+
+
+def test_swin_attention_weights():
+    """The public attention map: rows sum to 1, it is the map the output is made of, and with mask_value=-inf
+    the weights between the regions of a shifted window are exactly 0."""
+    params = _params("swin", dim=8, num_heads=2, window_size=4, shift_size=2)
+    x = _x((2, 7, 10, 8))
+    kw = dict(num_heads=2, window_size=4, shift_size=2)
+    weights, window_plan = swin.attention_weights(params, x, **kw)
+    weights = host(weights)
+    assert weights.shape == (2, window_plan.count, 2, 16, 16)
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-14)
+    exact, _ = swin.attention_weights(params, x, mask_value=-math.inf, **kw)
+    masked = np.broadcast_to(_windows.shift_mask(window_plan, -100.0, np.float64)[None, :, None] != 0, weights.shape)
+    assert masked.any() and (host(exact)[masked] == 0).all()
+    assert (weights[masked] < 1e-40).all() and (weights[masked] > 0).all()     # exp(-100): tiny, not 0
