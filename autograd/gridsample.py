@@ -74,12 +74,12 @@ def grid_sample(input, grid, mode: str = "bilinear", padding_mode: str = "zeros"
         ix = source_coordinates(ops.getitem(grid, (Ellipsis, 0)), width, padding_mode, align_corners)
         iy = source_coordinates(ops.getitem(grid, (Ellipsis, 1)), height, padding_mode, align_corners)
         if mode == "bilinear":
-            index, weights = _bilinear_taps(ix, iy, height, width)
+            index, valid, weights = _bilinear_taps(ix, iy, height, width)
         else:
-            index, weights = _nearest_tap(ix, iy, height, width)
+            index, valid, weights = _nearest_tap(ix, iy, height, width)
     # the image as rows of C values (channels-last), so a tap reads one contiguous row
     rows = ops.reshape(ops.transpose(input, (0, 2, 3, 1)), (batch, height * width, channels))
-    sampled = sample_rows(rows, weights, Taps(index, height * width))                 # (N, Q, C)
+    sampled = sample_rows(rows, weights, Taps(index, height * width, valid))          # (N, Q, C)
     out = ops.transpose(ops.reshape(sampled, (batch, out_h, out_w, channels)), (0, 3, 1, 2))
     return _non_finite_to_nan(out, ix, iy)
 
@@ -185,7 +185,7 @@ def _corner_index(corner, size: int):
 
 
 def _bilinear_taps(ix: Tensor, iy: Tensor, height: int, width: int):
-    """(index (N, Q, 4), weights Tensor (N, Q, 4)) of the corners nw, ne, sw, se.
+    """(index (N, Q, 4), valid (N, Q, 4), weights Tensor (N, Q, 4)) of the corners nw, ne, sw, se.
 
     Weights as PyTorch's CPU kernel: with fx = ix - floor(ix) and fy likewise,
     nw = (1 - fy)(1 - fx), ne = (1 - fy) fx, sw = fy (1 - fx), se = fy fx; a corner outside the image
@@ -195,7 +195,7 @@ def _bilinear_taps(ix: Tensor, iy: Tensor, height: int, width: int):
     west, north = xp.floor(ix.data), xp.floor(iy.data)
     frac_x, frac_y = ops.sub(ix, Tensor(west)), ops.sub(iy, Tensor(north))   # d frac / d coordinate = 1
     east_w, south_w = ops.sub(1.0, frac_x), ops.sub(1.0, frac_y)
-    indices, weights = [], []
+    indices, valids, weights = [], [], []
     zero = Tensor(xp.zeros((), ix.dtype))
     for dy, weight_y in ((0, south_w), (1, frac_y)):
         valid_y, row = _corner_index(north + dy, height)
@@ -203,19 +203,22 @@ def _bilinear_taps(ix: Tensor, iy: Tensor, height: int, width: int):
             valid_x, col = _corner_index(west + dx, width)
             valid = valid_x & valid_y
             indices.append(xp.where(valid, row * width + col, 0))
+            valids.append(valid)
             weights.append(ops.where(valid, ops.mul(weight_y, weight_x), zero))
     index = xp.reshape(xp.stack(indices, axis=-1), (batch, queries, 4))
-    return index, ops.reshape(ops.stack(weights, axis=-1), (batch, queries, 4))
+    valid = xp.reshape(xp.stack(valids, axis=-1), (batch, queries, 4))
+    return index, valid, ops.reshape(ops.stack(weights, axis=-1), (batch, queries, 4))
 
 
 def _nearest_tap(ix: Tensor, iy: Tensor, height: int, width: int):
-    """(index (N, Q, 1), constant weights (N, Q, 1)): the nearest pixel (round half to even), 0 outside."""
+    """(index, valid, constant weights), each (N, Q, 1): the nearest pixel (round half to even), 0 outside."""
     batch, queries = ix.shape[0], ix.size // max(ix.shape[0], 1)
     valid_x, col = _corner_index(xp.rint(ix.data), width)
     valid_y, row = _corner_index(xp.rint(iy.data), height)
     valid = valid_x & valid_y
     index = xp.reshape(xp.where(valid, row * width + col, 0), (batch, queries, 1))
-    return index, Tensor(xp.reshape(valid.astype(ix.dtype), (batch, queries, 1)))
+    valid = xp.reshape(valid, (batch, queries, 1))
+    return index, valid, Tensor(valid.astype(ix.dtype))
 
 
 def _non_finite_to_nan(out: Tensor, ix: Tensor, iy: Tensor) -> Tensor:
@@ -237,18 +240,19 @@ def _non_finite_to_nan(out: Tensor, ix: Tensor, iy: Tensor) -> Tensor:
 
 
 class Taps:
-    """The fixed part of a sampling: integer row indices (B, Q, K) into B images of ``rows`` rows each.
+    """The fixed part of a sampling: integer row indices (B, Q, K) into B images of ``rows`` rows each, and
+    which taps are real (``valid``; None = all).  A tap outside the image has weight 0 and is never read:
+    0 * NaN would put a NaN pixel into outputs that do not sample it.
 
-    On NumPy it also builds the block-diagonal sparse matrix S (B*Q, B*R) with K entries per row --
-    row (b, q) holds the K taps of output q of image b -- so that sampling is ``S @ V`` and its
-    adjoint ``S.T @ g``.
+    On NumPy it also builds the block-diagonal sparse matrix S (B*Q, B*R) of the valid taps -- row (b, q)
+    holds output q of image b -- so that sampling is ``S @ V`` and its adjoint ``S.T @ g``.
     """
 
-    __slots__ = ("index", "rows", "_columns")
+    __slots__ = ("index", "rows", "valid", "_columns", "_structure")
 
-    def __init__(self, index, rows: int):
-        self.index, self.rows = index, int(rows)
-        self._columns = None
+    def __init__(self, index, rows: int, valid=None):
+        self.index, self.rows, self.valid = index, int(rows), valid
+        self._columns = self._structure = None
 
     @property
     def shape(self) -> tuple:
@@ -262,23 +266,29 @@ class Taps:
             self._columns = (self.index + offsets).reshape(batch * queries, taps)
         return self._columns
 
+    def _csr_structure(self):
+        """(which entries of the flattened (B*Q*K,) taps are kept, their columns, indptr) of S."""
+        if self._structure is None:
+            batch, queries, taps = self.shape
+            columns = self.columns().reshape(-1)
+            if self.valid is None:
+                keep = None
+                indptr = _np.arange(0, batch * queries * taps + 1, taps, dtype=_np.int64)
+            else:
+                keep = self.valid.reshape(-1)
+                columns = columns[keep]
+                indptr = _np.concatenate([[0], _np.cumsum(self.valid.reshape(batch * queries, taps).sum(axis=1))])
+            self._structure = keep, columns, indptr
+        return self._structure
+
     def sparse(self, data):
-        """S with the entries ``data`` (B, Q, K) (NumPy only): a SciPy CSR matrix (B*Q, B*R)."""
-        import scipy.sparse
-
-        batch, queries, taps = self.shape
-        indptr = _np.arange(0, batch * queries * taps + 1, taps, dtype=_np.int64)
-        return scipy.sparse.csr_matrix((_np.ascontiguousarray(data).reshape(-1), self.columns().reshape(-1), indptr),
-                                       shape=(batch * queries, batch * self.rows))
-
-    def selection(self, tap: int, dtype):
-        """The 0/1 matrix (B*Q, B*R) that picks every output's ``tap``-th row (NumPy only): a row gather."""
+        """S with the entries ``data`` (B, Q, K) at the valid taps (NumPy only): a SciPy CSR matrix (B*Q, B*R)."""
         import scipy.sparse
 
         batch, queries, _ = self.shape
-        columns = _np.ascontiguousarray(self.columns()[:, tap])
-        return scipy.sparse.csr_matrix((_np.ones(batch * queries, dtype=dtype), columns,
-                                        _np.arange(batch * queries + 1, dtype=_np.int64)),
+        keep, columns, indptr = self._csr_structure()
+        data = _np.ascontiguousarray(data).reshape(-1)
+        return scipy.sparse.csr_matrix((data if keep is None else data[keep], columns, indptr),
                                        shape=(batch * queries, batch * self.rows))
 
     def flat(self):
@@ -286,6 +296,16 @@ class Taps:
         batch = self.shape[0]
         offsets = xp.reshape(xp.arange(batch, dtype=self.index.dtype) * self.rows, (batch, 1, 1))
         return xp.reshape(self.index + offsets, (-1,))
+
+    def gather(self, values):
+        """values (B, R, C) at every tap, 0 at the invalid ones (generic path): (B, Q, K, C)."""
+        batch, queries, count = self.shape
+        channels = values.shape[-1]
+        stacked = xp.reshape(values, (batch * self.rows, channels))
+        gathered = xp.reshape(xp.take(stacked, self.flat(), axis=0), (batch, queries, count, channels))
+        if self.valid is None:
+            return gathered
+        return xp.where(self.valid[..., None], gathered, xp.zeros((), gathered.dtype))
 
 
 #: Outputs per block when :func:`tap_products` gathers the taps' rows (K * C values each).
@@ -306,7 +326,7 @@ def sample_rows(values, weights, taps: Taps) -> Tensor:
         stacked = _np.ascontiguousarray(v).reshape(batch * taps.rows, channels)
         out = (taps.sparse(w) @ stacked).reshape(batch, queries, channels)
     else:
-        gathered = xp.reshape(xp.take(xp.reshape(v, (batch * taps.rows, channels)), taps.flat(), axis=0), w.shape + (channels,))
+        gathered = taps.gather(v)
         out = xp.sum(gathered * w[..., None], axis=2) if gathered.size else xp.zeros(
             (batch, queries, channels), dtype=v.dtype)
     return record(out, ((values, lambda g: scatter_rows(g, weights, taps)),
@@ -326,9 +346,11 @@ def scatter_rows(grad, weights, taps: Taps) -> Tensor:
         out = (taps.sparse(w).T @ stacked).reshape(batch, taps.rows, channels)
     else:
         out = xp.zeros((batch * taps.rows, channels), dtype=g.dtype)
-        contributions = xp.reshape(g[:, :, None, :] * w[..., None], (w.size, channels))
+        contributions = g[:, :, None, :] * w[..., None]
+        if taps.valid is not None:   # an invalid tap writes nothing (its weight is 0, but g may hold NaN)
+            contributions = xp.where(taps.valid[..., None], contributions, xp.zeros((), g.dtype))
         if contributions.size:
-            xp.add.at(out, taps.flat(), contributions)
+            xp.add.at(out, taps.flat(), xp.reshape(contributions, (w.size, channels)))
         out = xp.reshape(out, (batch, taps.rows, channels))
     return record(out, ((grad, lambda a: sample_rows(a, weights, taps)),
                         (weights, lambda a: tap_products(grad, a, taps))))
@@ -351,9 +373,10 @@ def tap_products(grad, values, taps: Taps) -> Tensor:
             gathered = _np.take(stacked, columns[first:last], axis=0)          # (q, K, C)
             out[first:last] = _np.einsum("qkc,qc->qk", gathered, flat_grad[first:last])
         out = out.reshape(batch, queries, count)
+        if taps.valid is not None:   # an invalid tap read row 0 in place of nothing: its product is 0
+            out = _np.where(taps.valid, out, out.dtype.type(0))
     else:
-        gathered = xp.reshape(xp.take(xp.reshape(v, (batch * taps.rows, channels)), taps.flat(), axis=0),
-                              (batch, queries, count, channels))
+        gathered = taps.gather(v)
         out = xp.sum(gathered * g[:, :, None, :], axis=-1) if gathered.size else xp.zeros(
             (batch, queries, count), dtype=v.dtype)
     return record(out, ((grad, lambda b: sample_rows(values, b, taps)),

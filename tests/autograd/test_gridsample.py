@@ -301,6 +301,24 @@ def test_nan_grid_gives_nan_pixels_only(rng, mode, padding, align_corners):
     np.testing.assert_allclose(out[finite], reference(x, clean, mode, padding, align_corners)[0][finite], atol=1e-12)
 
 
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "generic"])
+@pytest.mark.parametrize("mode", MODES)
+def test_nan_pixel_reaches_only_the_outputs_that_read_it(rng, monkeypatch, mode, sparse):
+    """A NaN in the image reaches the outputs whose in-bounds taps read it, and no other: out-of-image taps
+    are never read (their weight is 0, and 0 * NaN would be NaN), in the output and in both gradients."""
+    monkeypatch.setattr(gridsample, "_sparse_path", lambda *a: sparse and ag.backend.name == "numpy")
+    x = rng.standard_normal((1, 2, 3, 4))
+    x[0, :, 0, 0] = np.nan
+    # pixel (0, 0); far outside (its clamped index would be 0); inside away from (0, 0); the corner edge
+    pixels = np.array([[0.0, 0.0], [-5.0, -3.0], [2.2, 1.6], [-0.7, -0.7]])
+    grid = np.stack([_pixel_to_grid(pixels[:, 0], 4, False), _pixel_to_grid(pixels[:, 1], 3, False)], -1)
+    out, grad_x, grad_grid = _run(x, grid[None, None], mode, "zeros", False, np.ones((1, 2, 1, 4)))
+    reads_nan = [True, False, False, mode == "bilinear"]   # (-0.7, -0.7): its se corner is pixel (0, 0)
+    assert (np.isnan(out[0, :, 0]).all(axis=0) == reads_nan).all()
+    assert np.isfinite(grad_x).all()
+    assert np.isfinite(grad_grid[0, 0, 1]).all() and np.isfinite(grad_grid[0, 0, 2]).all()
+
+
 @pytest.mark.parametrize("padding,nan_expected", [("zeros", True), ("border", False), ("reflection", True)])
 def test_infinite_grid(rng, padding, nan_expected):
     x = rng.standard_normal((1, 1, 3, 4))

@@ -31,6 +31,8 @@ RUNS = {
                        "| gcnet | float32 |"),
     "beyond": (["bench_beyond.py", *QUICK, "--filter", "fca", "--dtypes", "float64"], "| fca | float64 |"),
     "mha": (["bench_mha.py", *QUICK, "--dtypes", "float64"], "| float64 |"),
+    "windows-deformable": (["bench_windows_deformable.py", *QUICK, "--filter", "grid_sample", "--dtypes", "float64",
+                            "--no-memory"], "| grid_sample | float64 |"),
 }
 
 

@@ -164,8 +164,8 @@ class OfficialBlockAttention(nn.Module):
         cls = WindowAttention if version == 1 else WindowAttentionV2
         self.attn = cls(dim, (self.window_size, self.window_size), num_heads, **kwargs)
 
-    def mask(self, Hp, Wp):
-        img_mask = torch.zeros((1, Hp, Wp, 1), dtype=torch.float64)
+    def mask(self, Hp, Wp, dtype):
+        img_mask = torch.zeros((1, Hp, Wp, 1), dtype=dtype)
         h_slices = (slice(0, -self.window_size), slice(-self.window_size, -self.shift_size),
                     slice(-self.shift_size, None))
         w_slices = (slice(0, -self.window_size), slice(-self.window_size, -self.shift_size),
@@ -187,7 +187,7 @@ class OfficialBlockAttention(nn.Module):
         _, Hp, Wp, _ = x.shape
         if self.shift_size > 0:
             shifted_x = torch.roll(x, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
-            attn_mask = self.mask(Hp, Wp)
+            attn_mask = self.mask(Hp, Wp, x.dtype)
         else:
             shifted_x, attn_mask = x, None
         x_windows = window_partition(shifted_x, self.window_size).view(-1, self.window_size * self.window_size, C)
