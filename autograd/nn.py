@@ -206,7 +206,12 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     stat_shape = (1, c) + (1,) * (x.ndim - 2)
     axes = (0,) + tuple(range(2, x.ndim))
     new_mean, new_var = running_mean, running_var
-    if training:
+    if training and x.size == 0:
+        # an empty batch: as PyTorch, an empty output and unchanged running statistics (zero gradients);
+        # the statistics used are placeholders -- they multiply nothing
+        mean = Tensor(xp.zeros(stat_shape, dtype=x.dtype))
+        var = Tensor(xp.ones(stat_shape, dtype=x.dtype))
+    elif training:
         count = x.size // c
         if count < 2:
             raise ValueError(f"batch_norm: training needs more than 1 value per channel, got input shape {x.shape}")
