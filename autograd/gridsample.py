@@ -35,6 +35,10 @@ G), and H gathers the tapped rows in cache-sized blocks for a row-wise dot; all 
 (on this 2-core VM, splitting them over threads was slower).  On other backends they are gathers and
 ``add.at`` scatters.  The image is read channels-last (rows of C values) in both cases.
 
+``sampling_taps`` (the taps, their differentiable weights, and the non-finite points of a grid) and
+``sample_rows`` are the building blocks other samplers share (multi-scale deformable attention reads all
+its levels in one ``sample_rows``).
+
 **Non-finite coordinates** (a deliberate, documented policy): a NaN source coordinate, or an infinite
 one that the padding rule does not bring back into the image (``zeros``, ``reflection``), gives NaN in
 every channel of that output pixel, and NaN in its grid gradient.  PyTorch's CPU kernels agree for
@@ -70,18 +74,36 @@ def grid_sample(input, grid, mode: str = "bilinear", padding_mode: str = "zeros"
     input, grid = _checked(input, grid, mode, padding_mode, align_corners)
     batch, channels, height, width = input.shape
     out_h, out_w = grid.shape[1:3]
+    taps, weights, bad = sampling_taps(grid, height, width, mode, padding_mode, align_corners)
+    # the image as rows of C values (channels-last), so a tap reads one contiguous row
+    sampled = sample_rows(channels_last(input), weights, taps)                         # (N, Q, C)
+    out = ops.transpose(ops.reshape(sampled, (batch, out_h, out_w, channels)), (0, 3, 1, 2))
+    return nan_where(out, None if bad is None else ops.reshape(bad, (batch, 1, out_h, out_w)))
+
+
+def sampling_taps(grid, height: int, width: int, mode: str = "bilinear", padding_mode: str = "zeros",
+                  align_corners: bool = False):
+    """What ``grid_sample`` reads for ``grid`` (N, ..., 2) on an H x W image, as (taps, weights, bad):
+
+    * ``taps``: :class:`Taps` with the pixel indices (N, Q, K) into the image's H W rows (Q = the grid's
+      points, K = 4 bilinear corners nw, ne, sw, se, or 1 nearest pixel) and which of them lie inside;
+    * ``weights``: the taps' weights (N, Q, K), a differentiable function of the grid (0 outside);
+    * ``bad``: a Tensor (N, Q) of the points whose source coordinate is not finite: 0 where fine, NaN
+      times the coordinates there (:func:`nan_where` turns it into NaN outputs and NaN grid gradients).
+
+    The building block of ``grid_sample`` that other samplers (deformable attention) share.
+    """
+    grid = ops._lift(grid)
+    batch, queries = grid.shape[0], grid.size // max(2 * grid.shape[0], 1)
+    flat = ops.reshape(grid, (batch, queries, 2))
     with _np.errstate(invalid="ignore"):   # inf - inf in the weights of infinite points: NaN by design
-        ix = source_coordinates(ops.getitem(grid, (Ellipsis, 0)), width, padding_mode, align_corners)
-        iy = source_coordinates(ops.getitem(grid, (Ellipsis, 1)), height, padding_mode, align_corners)
+        ix = source_coordinates(ops.getitem(flat, (Ellipsis, 0)), width, padding_mode, align_corners)
+        iy = source_coordinates(ops.getitem(flat, (Ellipsis, 1)), height, padding_mode, align_corners)
         if mode == "bilinear":
             index, valid, weights = _bilinear_taps(ix, iy, height, width)
         else:
             index, valid, weights = _nearest_tap(ix, iy, height, width)
-    # the image as rows of C values (channels-last), so a tap reads one contiguous row
-    rows = ops.reshape(ops.transpose(input, (0, 2, 3, 1)), (batch, height * width, channels))
-    sampled = sample_rows(rows, weights, Taps(index, height * width, valid))          # (N, Q, C)
-    out = ops.transpose(ops.reshape(sampled, (batch, out_h, out_w, channels)), (0, 3, 1, 2))
-    return _non_finite_to_nan(out, ix, iy)
+    return Taps(index, height * width, valid), weights, _non_finite(ix, iy)
 
 
 def _checked(input, grid, mode, padding_mode, align_corners):  # noqa: A002
@@ -221,18 +243,64 @@ def _nearest_tap(ix: Tensor, iy: Tensor, height: int, width: int):
     return index, valid, Tensor(valid.astype(ix.dtype))
 
 
-def _non_finite_to_nan(out: Tensor, ix: Tensor, iy: Tensor) -> Tensor:
-    """``out`` with NaN in every channel of the pixels whose source coordinate is not finite.
-
-    Adds ``m * (ix + iy)`` with m NaN at those pixels (where ix and iy are kept) and 0 elsewhere (where
-    they are replaced by 0), so the grid gradient of both coordinates is NaN there and unchanged elsewhere.
-    """
+def _non_finite(ix: Tensor, iy: Tensor):
+    """(N, Q): ``nan * (ix + iy)`` where a source coordinate is not finite (ix, iy kept there), 0 elsewhere
+    (where they are replaced by 0); None when every coordinate is finite."""
     bad = ~(xp.isfinite(ix.data) & xp.isfinite(iy.data))
     if not bool(xp.any(bad)):
-        return out
+        return None
     nan = xp.where(bad, xp.asarray(xp.nan, dtype=ix.dtype), xp.zeros((), ix.dtype))
-    term = ops.mul(Tensor(nan), ops.add(ops.where(bad, ix, 0.0), ops.where(bad, iy, 0.0)))
-    return ops.add(out, ops.expand_dims(term, 1))
+    return ops.mul(Tensor(nan), ops.add(ops.where(bad, ix, 0.0), ops.where(bad, iy, 0.0)))
+
+
+def nan_where(out: Tensor, bad) -> Tensor:
+    """``out + bad`` (``bad`` from :func:`sampling_taps`, broadcast): NaN in every channel of the outputs of
+    non-finite points, with a NaN grid gradient there; ``out`` itself when there are none."""
+    return out if bad is None else ops.add(out, bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# layouts
+
+
+def channels_last(image) -> Tensor:
+    """(N, C, H, W) -> a C-contiguous (N, H W, C): the image as rows of C values, one copy (the sampling
+    kernels read rows); VJP: the transpose back (a view)."""
+    image = ops._lift(image)
+    batch, channels, height, width = image.shape
+    data = xp.ascontiguousarray(xp.transpose(image.data, (0, 2, 3, 1))).reshape(batch, height * width, channels)
+
+    def vjp(g):
+        return ops.transpose(ops.reshape(g, (batch, height, width, channels)), (0, 3, 1, 2))
+
+    return record(data, ((image, vjp),))
+
+
+def contiguous(t) -> Tensor:
+    """``t`` with C-contiguous data (a copy only when needed; VJP: the identity)."""
+    t = ops._lift(t)
+    if backend.name != "numpy" or t.data.flags.c_contiguous:
+        return t
+    return record(_np.ascontiguousarray(t.data), ((t, lambda g: g),))
+
+
+class _ContiguousOnce:
+    """``t`` as a C-contiguous Tensor, copied once however many VJPs ask for the same cotangent (the
+    cotangent of a sampling arrives as a transposed view; its adjoints in the image and the weights both
+    read it as rows).  The copy is an identity on the tape."""
+
+    __slots__ = ("source", "value")
+
+    def __init__(self):
+        self.source = self.value = None
+
+    def __call__(self, t) -> Tensor:
+        t = ops._lift(t)
+        if backend.name != "numpy" or t.data.flags.c_contiguous:
+            return t
+        if self.source is not t:
+            self.source, self.value = t, record(_np.ascontiguousarray(t.data), ((t, lambda a: a),))
+        return self.value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,8 +397,9 @@ def sample_rows(values, weights, taps: Taps) -> Tensor:
         gathered = taps.gather(v)
         out = xp.sum(gathered * w[..., None], axis=2) if gathered.size else xp.zeros(
             (batch, queries, channels), dtype=v.dtype)
-    return record(out, ((values, lambda g: scatter_rows(g, weights, taps)),
-                        (weights, lambda g: tap_products(g, values, taps))))
+    rows = _ContiguousOnce()
+    return record(out, ((values, lambda g: scatter_rows(rows(g), weights, taps)),
+                        (weights, lambda g: tap_products(rows(g), values, taps))))
 
 
 def scatter_rows(grad, weights, taps: Taps) -> Tensor:

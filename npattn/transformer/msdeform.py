@@ -12,10 +12,12 @@ S = sum_l H_l W_l, with M heads of D = C / M channels and P points per head and 
     y       = concat_m(out_m) W_o^T + b_o                                       (N, Lq, C)
 
 bilinear() is ``grid_sample(V_l, 2 loc - 1, mode="bilinear", padding_mode="zeros", align_corners=False)``:
-pixel = loc W - 0.5, each corner outside the map reads 0 -- exactly the official PyTorch core
-``ms_deform_attn_core_pytorch``, which this module follows level by level on ``autograd.grid_sample``
-(the CUDA kernel computes the same: ``h_im = loc_h H - 0.5``, per-corner bounds).  The sampled value is
-continuous in loc but not differentiable where loc W - 0.5 (or loc H - 0.5) is an integer.
+pixel = loc W - 0.5, each corner outside the map reads 0 -- the official PyTorch core
+``ms_deform_attn_core_pytorch`` (:func:`official_core`, on ``autograd.grid_sample``, one call per level).
+:func:`deformable_core` computes the same sums with grid_sample's own sampler in one pass over all levels,
+as the CUDA kernel does (``h_im = loc_h H - 0.5``, per-corner bounds); the two are tested equal.  The
+sampled value is continuous in loc but not differentiable where loc W - 0.5 (or loc H - 0.5) is an integer.
+A non-finite location or attention weight gives NaN for its query and head (grid_sample's policy).
 
 Follows ``fundamentalvision/Deformable-DETR`` ``models/ops/modules/ms_deform_attn.py`` (spec sheet section 3):
 the forward signature ``(query, reference_points, input_flatten, input_spatial_shapes,
@@ -37,7 +39,8 @@ import math
 import numpy as np
 
 import autograd as ag
-from autograd import backend
+from autograd import backend, gridsample
+from autograd.backend import xp
 
 from ..layers import check_dtype, check_input, example, linear, linear_shapes, take_all
 from ..params import uses_params
@@ -186,8 +189,55 @@ def sampling_points(params, query, reference_points, shapes: list, n_heads: int,
 
 
 def deformable_core(value, shapes: list, locations, weights) -> ag.Tensor:
-    """The official ``ms_deform_attn_core_pytorch``: value (N, S, M, D), locations (N, Lq, M, L, P, 2),
-    weights (N, Lq, M, L, P) -> (N, Lq, M D), by one ``grid_sample`` per level."""
+    """sum_{l, p} A * bilinear(V_l, loc): value (N, S, M, D), locations (N, Lq, M, L, P, 2), weights A
+    (N, Lq, M, L, P) -> (N, Lq, M D), in one sampling over all levels (as the CUDA kernel).
+
+    Every level's taps come from ``grid_sample``'s own sampler (``gridsample.sampling_taps``: pixel =
+    loc W - 0.5, the four corners, 0 outside) at the grid 2 loc - 1; their indices are offset to the level's
+    rows of the stacked value, their weights multiplied by A, and all L P 4 taps of a query are read by one
+    ``sample_rows`` -- the same sums as :func:`official_core`'s one ``grid_sample`` per level (tested equal),
+    without the per-level slices, channel-first copies and the stacked (N M, D, Lq, L P) samples.
+    """
+    batch, total, heads, depth = value.shape
+    queries, levels, points = locations.shape[1], locations.shape[3], locations.shape[4]
+    rows = gridsample.contiguous(ag.reshape(ag.transpose(value, (0, 2, 1, 3)), (batch * heads, total, depth)))
+    grids = ag.transpose(ag.sub(ag.mul(locations, 2.0), 1.0), (0, 2, 1, 3, 4, 5))    # (N, M, Lq, L, P, 2)
+    grids = ag.reshape(grids, (batch * heads, queries, levels, points, 2))
+    attention = ag.reshape(ag.transpose(weights, (0, 2, 1, 3, 4)), (batch * heads, queries, levels, points, 1))
+    starts = np.cumsum([0] + [h * w for h, w in shapes])
+    indices, valids, tap_weights, bad = [], [], [], None
+    for level, (height, width) in enumerate(shapes):
+        grid = ag.getitem(grids, (slice(None), slice(None), level))                   # (N M, Lq, P, 2)
+        taps, bilinear, level_bad = gridsample.sampling_taps(grid, height, width)     # (N M, Lq P, 4) each
+        indices.append(xp.reshape(taps.index + int(starts[level]), (batch * heads, queries, points * 4)))
+        valids.append(xp.reshape(taps.valid, (batch * heads, queries, points * 4)))
+        level_weights = ag.mul(ag.reshape(bilinear, (batch * heads, queries, points, 4)),
+                               ag.getitem(attention, (slice(None), slice(None), level)))   # A_lp * w_k
+        tap_weights.append(ag.reshape(level_weights, (batch * heads, queries, points * 4)))
+        if level_bad is not None:   # a non-finite location: NaN for its query and head (grid_sample's policy)
+            level_bad = ag.sum(ag.reshape(level_bad, (batch * heads, queries, points)), axis=-1, keepdims=True)
+            bad = level_bad if bad is None else ag.add(bad, level_bad)
+    taps = gridsample.Taps(xp.concatenate(indices, axis=-1), total, xp.concatenate(valids, axis=-1))
+    sampled = gridsample.sample_rows(rows, ag.concatenate(tap_weights, axis=-1), taps)   # (N M, Lq, D)
+    sampled = gridsample.nan_where(sampled, _nan_attention(attention, bad))
+    out = ag.transpose(ag.reshape(sampled, (batch, heads, queries, depth)), (0, 2, 1, 3))
+    return ag.reshape(out, (batch, queries, heads * depth))
+
+
+def _nan_attention(attention, bad):
+    """``bad`` plus NaN where an attention weight is NaN: in the official core NaN * (a sample of 0 outside
+    the map) is NaN, while the sampler never reads taps outside the map."""
+    broken = ~xp.isfinite(attention.data).all(axis=(2, 3))                          # (N M, Lq, 1)
+    if not bool(xp.any(broken)):
+        return bad
+    nan = ag.Tensor(xp.where(broken, xp.asarray(xp.nan, dtype=attention.dtype), xp.zeros((), attention.dtype)))
+    return nan if bad is None else ag.add(bad, nan)
+
+
+def official_core(value, shapes: list, locations, weights) -> ag.Tensor:
+    """The official ``ms_deform_attn_core_pytorch`` on ``autograd.grid_sample``, one call per level: value
+    (N, S, M, D), locations (N, Lq, M, L, P, 2), weights (N, Lq, M, L, P) -> (N, Lq, M D).  The readable
+    reference of :func:`deformable_core` (same numbers up to rounding; slower)."""
     batch, _, heads, depth = value.shape
     queries, levels, points = locations.shape[1], locations.shape[3], locations.shape[4]
     grids = ag.sub(ag.mul(locations, 2.0), 1.0)                                     # [0, 1] -> [-1, 1]

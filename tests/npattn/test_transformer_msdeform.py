@@ -258,3 +258,43 @@ def test_msdeform_gradcheck_full():
 
     assert ag.gradcheck(f, params, ag.from_numpy(query), ag.from_numpy(ref), ag.from_numpy(flat))
     assert ag.gradgradcheck(f, params, ag.from_numpy(query), ag.from_numpy(ref), ag.from_numpy(flat), mode="fast")
+
+
+# ---------------------------------------------------------------------------------------------
+# the fused core against the official per-level grid_sample core
+
+
+@given(levels=st.integers(1, 3), heads=st.sampled_from([1, 2]), points=st.integers(1, 3), queries=st.integers(1, 4),
+       batch=st.integers(0, 2), seed=st.integers(0, 1000))
+def test_fused_core_equals_the_official_grid_sample_core(levels, heads, points, queries, batch, seed):
+    """One sampling over all levels = one grid_sample per level: outputs and every gradient."""
+    rng = np.random.default_rng(seed)
+    shapes = [tuple(int(n) for n in rng.integers(1, 6, 2)) for _ in range(levels)]
+    total = sum(h * w for h, w in shapes)
+    value = ag.from_numpy(rng.standard_normal((batch, total, heads, 3)))
+    locations = ag.from_numpy(rng.uniform(-0.3, 1.3, (batch, queries, heads, levels, points, 2)))
+    logits = rng.standard_normal((batch, queries, heads, levels * points))
+    weights = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    weights = ag.from_numpy(weights.reshape(batch, queries, heads, levels, points))
+    cotangent = ag.from_numpy(rng.standard_normal((batch, queries, heads * 3)))
+    results = []
+    for core in (msdeform.deformable_core, msdeform.official_core):
+        out, pullback = ag.vjp(lambda v, loc, a, core=core: core(v, shapes, loc, a), value, locations, weights)
+        results.append([host(out)] + [host(g) for g in pullback(cotangent)])
+    for fused, official in zip(*results):
+        np.testing.assert_allclose(fused, official, rtol=1e-12, atol=1e-12)
+
+
+def test_non_finite_locations_and_weights_give_nan_for_their_query_and_head_only():
+    rng = np.random.default_rng(4)
+    shapes = [(4, 3), (2, 2)]
+    value = ag.from_numpy(rng.standard_normal((1, 16, 2, 3)))
+    locations = rng.uniform(0, 1, (1, 3, 2, 2, 2, 2))
+    weights = np.full((1, 3, 2, 2, 2), 0.25)
+    locations[0, 1, 0, 1, 0, 0] = np.nan            # query 1, head 0
+    weights[0, 2, 1, 0, 1] = np.nan                 # query 2, head 1
+    for core in (msdeform.deformable_core, msdeform.official_core):
+        out = host(core(value, shapes, ag.from_numpy(locations), ag.from_numpy(weights))).reshape(1, 3, 2, 3)
+        nan = np.isnan(out).all(axis=-1)[0]
+        np.testing.assert_array_equal(nan, [[False, False], [True, False], [False, True]])
+        assert np.isfinite(out[0][~nan]).all()
