@@ -170,7 +170,7 @@ def test_norm_rejects_bad_arguments(call, pattern):
 # linear
 
 
-@pytest.mark.parametrize("x_shape", [(5,), (3, 5), (2, 3, 5)])
+@pytest.mark.parametrize("x_shape", [(5,), (3, 5), (2, 3, 5), (2, 1, 3, 5), (0, 3, 5)])
 def test_linear(rng, x_shape):
     x, w, b = rng.standard_normal(x_shape), rng.standard_normal((4, 5)), rng.standard_normal(4)
     expected = np.einsum("...i,oi->...o", x, w) + b

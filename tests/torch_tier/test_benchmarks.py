@@ -33,6 +33,8 @@ RUNS = {
     "mha": (["bench_mha.py", *QUICK, "--dtypes", "float64"], "| float64 |"),
     "vision-attention": (["bench_vision_attention.py", *QUICK, "--filter", "mobilevit-v2", "--dtypes", "float64",
                           "--no-memory"], "| mobilevit-v2 | float64 |"),
+    "windows-deformable": (["bench_windows_deformable.py", *QUICK, "--filter", "grid_sample", "--dtypes", "float64",
+                            "--no-memory"], "| grid_sample | float64 |"),
 }
 
 
