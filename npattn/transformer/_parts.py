@@ -1,5 +1,5 @@
-"""Pieces shared by the vision-transformer attention modules (ViT, neighborhood, pooling, axial, outlook,
-separable, BoTNet): initialisers the shared layers lack, the dense softmax-attention step, head splitting,
+"""Pieces shared by the vision-transformer attention modules (Swin, ViT, neighborhood, pooling, axial,
+outlook, separable, BoTNet): initialisers the shared layers lack, the dense softmax-attention step, head splitting,
 and input checks for token maps.
 
 Layout: multi-head operands are ``(B, heads, N, d)`` (timm / torch ``scaled_dot_product_attention``), so
@@ -12,7 +12,7 @@ import numpy as np
 import autograd as ag
 from autograd import backend
 
-from ..layers import check_dtype, check_input, linear
+from ..layers import check_dtype, check_input
 
 # ---------------------------------------------------------------------------------------------
 # initialisers
@@ -32,22 +32,6 @@ def trunc_normal(rng, shape, std: float, dtype, lower: float = -2.0, upper: floa
 def normal(rng, shape, std: float, dtype, mean: float = 0.0):
     """N(mean, std^2) on the host, moved to the backend."""
     return backend.from_numpy(rng.normal(mean, std, size=shape).astype(dtype))
-
-
-# ---------------------------------------------------------------------------------------------
-# layers
-
-
-def token_linear(params, prefix: str, x, *, bias: bool = True, out: int | None = None) -> ag.Tensor:
-    """:func:`npattn.layers.linear` on (..., C) tokens, applied as one (tokens, C) matrix product.
-
-    ``ag.linear`` on a (B, N, C) input broadcasts the weight over B, and its weight gradient is then a
-    (B, out, C) stack summed over B; flattening the tokens first makes both one GEMM (the same numbers up
-    to the summation order).
-    """
-    lead = x.shape[:-1]
-    y = linear(params, prefix, ag.reshape(x, (-1, x.shape[-1])) if x.ndim != 2 else x, bias=bias, out=out)
-    return ag.reshape(y, lead + (y.shape[-1],)) if x.ndim != 2 else y
 
 
 # ---------------------------------------------------------------------------------------------

@@ -199,35 +199,6 @@ def per_window(qkv, batch: int, count: int) -> list:
     return [ag.reshape(ag.getitem(qkv, i), shape) for i in range(3)]
 
 
-def merge_heads(t) -> ag.Tensor:
-    """(B', heads, N, d) -> (B', N, heads * d)."""
-    windows, heads, count, d = t.shape
-    return ag.reshape(ag.transpose(t, (0, 2, 1, 3)), (windows, count, heads * d))
-
-
-# ---------------------------------------------------------------------------------------------
-# the attention step
-
-
-def softmax_attention(query, key, value, *, scale, bias=None) -> ag.Tensor:
-    """softmax((q * scale) k^T + bias) v over the keys: (..., N, d) x3 -> (..., N, d)."""
-    return ag.matmul(attention_weights(query, key, scale=scale, bias=bias), value)
-
-
-def attention_weights(query, key, *, scale, bias=None) -> ag.Tensor:
-    """softmax((q * scale) k^T + bias) over the keys: (..., N, d), (..., M, d) -> (..., N, M).
-
-    The logits + additive bias + softmax step of Swin v1 and v2, in one place so that it can be routed
-    through the core's scaled-dot-product attention.  The scale multiplies q **before** the product, as
-    the official code (v1: d^-1/2 or qk_scale; v2 passes normalised q and k and the per-head logit scale
-    (heads, 1, 1), whose official form multiplies after the product -- equal up to rounding).
-    """
-    logits = ag.matmul(ag.mul(query, scale), ag.swapaxes(key, -1, -2))
-    if bias is not None:
-        logits = ag.add(logits, bias)
-    return ag.softmax(logits, axis=-1)
-
-
 def check_tokens(mechanism: str, x, params, channels: int) -> ag.Tensor:
     """x (B, H, W, C) as a Tensor of the parameters' dtype; errors name the mechanism."""
     t = check_input(mechanism, x, ndim=4, layout="(B, H, W, C)")

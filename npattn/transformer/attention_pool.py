@@ -28,10 +28,10 @@ import numpy as np
 import autograd as ag
 from autograd import backend
 
-from ..layers import check_dtype, check_input, example, init_linear, linear_shapes, take_all
+from ..layers import check_dtype, check_input, example, init_linear, linear, linear_shapes, take_all
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
-from ._parts import check_positive_int, merge_heads, normal, softmax_attention, split_heads, token_linear
+from ._parts import check_positive_int, merge_heads, normal, softmax_attention, split_heads
 
 NAME = "attention-pool"
 PROJECTIONS = ("q_proj", "k_proj", "v_proj")
@@ -81,11 +81,11 @@ def attention_pool(params, x, *, train: bool = False, num_heads: int, output_dim
     tokens = ag.swapaxes(ag.reshape(x, (batch, dim, height * width)), 1, 2)            # (B, HW, C)
     tokens = ag.concatenate([ag.mean(tokens, axis=1, keepdims=True), tokens], axis=1)  # [mean; x], raw tokens
     tokens = tokens + params["positional_embedding"]                                  # + P on every token
-    query = split_heads(token_linear(params, "q_proj", tokens[:, :1]), heads)              # (B, h, 1, d): mean token
-    key = split_heads(token_linear(params, "k_proj", tokens), heads)                        # (B, h, HW + 1, d)
-    value = split_heads(token_linear(params, "v_proj", tokens), heads)
+    query = split_heads(linear(params, "q_proj", tokens[:, :1]), heads)              # (B, h, 1, d): mean token
+    key = split_heads(linear(params, "k_proj", tokens), heads)                        # (B, h, HW + 1, d)
+    value = split_heads(linear(params, "v_proj", tokens), heads)
     pooled = softmax_attention(query, key, value, scale=(dim // heads) ** -0.5)      # softmax(d^-1/2 q k^T) v
-    return token_linear(params, "c_proj", merge_heads(pooled)[:, 0], out=out)
+    return linear(params, "c_proj", merge_heads(pooled)[:, 0], out=out)
 
 
 register(Mechanism(

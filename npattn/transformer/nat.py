@@ -46,10 +46,10 @@ import autograd as ag
 from autograd.backend import xp
 from autograd.tensor import record
 
-from ..layers import example, init_linear, linear_shapes, take_all
+from ..layers import example, init_linear, linear, linear_shapes, take_all
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
-from ._parts import check_pair, check_positive_int, check_scale, check_tokens, token_linear, trunc_normal
+from ._parts import check_pair, check_positive_int, check_scale, check_tokens, trunc_normal
 
 # ---------------------------------------------------------------------------------------------
 # the neighbourhood, one axis at a time
@@ -198,7 +198,7 @@ def _neighborhood_weights(query, keys, bias) -> ag.Tensor:
 def _qkv(params, x, heads: int, qkv_bias: bool) -> tuple:
     """q, k, v (B, h, H, W, d) from x (B, H, W, C): [q | k | v] thirds, heads inside each."""
     b, height, width, dim = x.shape
-    qkv = token_linear(params, "qkv", x, bias=qkv_bias, out=3 * dim)
+    qkv = linear(params, "qkv", x, bias=qkv_bias, out=3 * dim)
     qkv = ag.transpose(ag.reshape(qkv, (b, height, width, 3, heads, dim // heads)), (3, 0, 4, 1, 2, 5))
     return qkv[0], qkv[1], qkv[2]
 
@@ -230,7 +230,7 @@ def _attend(params, x, *, num_heads, kernel_size, dilation, qkv_bias, rel_pos_bi
     context = ag.sum(ag.expand_dims(weights, -1) * values, axis=(3, 5))             # sum_j a_ij v_j
     context = ag.reshape(ag.transpose(context, (0, 2, 3, 1, 4)), (batch, padded_h, padded_w, dim))
     context = context[:, :height, :width]                                           # crop the padding
-    return token_linear(params, "proj", context, out=dim)
+    return linear(params, "proj", context, out=dim)
 
 
 _DOC = """Apply {what} to x (B, H, W, C); returns (B, H, W, C).

@@ -28,10 +28,10 @@ import numpy as np
 
 import autograd as ag
 
-from ..layers import example, init_linear, linear_shapes, take_all
+from ..layers import example, init_linear, linear, linear_shapes, take_all
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
-from ._parts import check_positive_int, check_scale, check_tokens, token_linear
+from ._parts import check_positive_int, check_scale, check_tokens
 
 NAME = "outlook"
 
@@ -75,7 +75,7 @@ def _outlook_weights(params, centres, heads: int, kernel: int, scale: float) -> 
     centres (B, h, w, C) -> (B, M, hw, k^2, k^2): row i mixes the k^2 values of the window into position i.
     """
     batch, h, w, _ = centres.shape
-    logits = token_linear(params, "attn", centres, out=kernel ** 4 * heads)            # (B, h, w, k^4 M)
+    logits = linear(params, "attn", centres, out=kernel ** 4 * heads)            # (B, h, w, k^4 M)
     logits = ag.transpose(ag.reshape(logits, (batch, h * w, heads, kernel ** 2, kernel ** 2)), (0, 2, 1, 3, 4))
     return ag.softmax(logits * scale, axis=-1)
 
@@ -97,7 +97,7 @@ def outlook(params, x, *, train: bool = False, num_heads: int, kernel_size: int 
     batch, height, width, _ = x.shape
     h, w = _grid((height, width), kernel, padding, stride)
     head_dim = dim // heads
-    value = ag.transpose(token_linear(params, "v", x, bias=qkv_bias, out=dim), (0, 3, 1, 2))          # (B, C, H, W)
+    value = ag.transpose(linear(params, "v", x, bias=qkv_bias, out=dim), (0, 3, 1, 2))          # (B, C, H, W)
     value = ag.unfold(value, kernel, padding=padding, stride=stride)                             # (B, C k^2, hw)
     value = ag.transpose(ag.reshape(value, (batch, heads, head_dim, kernel ** 2, h * w)), (0, 1, 4, 3, 2))
     centres = x
@@ -108,7 +108,7 @@ def outlook(params, x, *, train: bool = False, num_heads: int, kernel_size: int 
     mixed = ag.matmul(weights, value)                                                              # a v
     mixed = ag.reshape(ag.transpose(mixed, (0, 1, 4, 3, 2)), (batch, dim * kernel ** 2, h * w))
     out = ag.fold(mixed, (height, width), kernel, padding=padding, stride=stride)                  # sum overlaps
-    return token_linear(params, "proj", ag.transpose(out, (0, 2, 3, 1)), out=dim)
+    return linear(params, "proj", ag.transpose(out, (0, 2, 3, 1)), out=dim)
 
 
 register(Mechanism(

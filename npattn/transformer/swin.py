@@ -38,23 +38,15 @@ from autograd import backend
 from ..layers import example, init_linear, linear, linear_shapes, take_all
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from . import _parts as parts
 from . import _windows as windows_
+from ._parts import merge_heads, softmax_attention, trunc_normal
 
 NAME = "swin"
 PAPER = Paper("Liu, Lin, Cao, Hu, Wei, Zhang, Lin, Guo",
               "Swin Transformer: Hierarchical Vision Transformer using Shifted Windows", "ICCV", 2021)
 TABLE = "attn.relative_position_bias_table"
 INDEX = "attn.relative_position_index"
-
-
-def trunc_normal(rng, shape, std: float, dtype, bound: float = 2.0):
-    """N(0, std^2) redrawn outside the absolute bounds [-bound, bound] (timm's ``trunc_normal_(std=s)``)."""
-    values = rng.normal(0.0, std, size=shape)
-    outside = np.abs(values) > bound
-    while outside.any():
-        values[outside] = rng.normal(0.0, std, size=int(outside.sum()))
-        outside = np.abs(values) > bound
-    return backend.from_numpy(values.astype(dtype))
 
 
 def table_rows(window: tuple) -> int:
@@ -117,9 +109,9 @@ def swin(params, x, *, train: bool = False, num_heads: int, window_size=7, shift
     """
     window_plan, (q, k, v), scale, bias = _heads(params, x, num_heads, window_size, shift_size, rule, qkv_bias,
                                                  qk_scale, mask_value)
-    attended = windows_.softmax_attention(q, k, v, scale=scale, bias=bias)         # (B, nW, heads, N, d)
+    attended = softmax_attention(q, k, v, scale=scale, bias=bias)         # (B, nW, heads, N, d)
     batch, count = attended.shape[:2]
-    merged = windows_.merge_heads(ag.reshape(attended, (batch * count,) + attended.shape[2:]))
+    merged = merge_heads(ag.reshape(attended, (batch * count,) + attended.shape[2:]))
     out = linear(params, "attn.proj", merged)                                      # (B nW, N, C)
     return windows_.from_windows(out, window_plan, x.shape[1], x.shape[2])
 
@@ -131,7 +123,7 @@ def attention_weights(params, x, *, num_heads: int, window_size=7, shift_size=0,
     over the padded, shifted map and tokens row-major inside a window (for pictures; reads the whole dict)."""
     window_plan, (q, k, _), scale, bias = _heads(params, x, num_heads, window_size, shift_size, rule, qkv_bias,
                                                  qk_scale, mask_value)
-    return windows_.attention_weights(q, k, scale=scale, bias=bias), window_plan
+    return parts.attention_weights(q, k, scale=scale, bias=bias), window_plan
 
 
 def _heads(params, x, num_heads, window_size, shift_size, rule, qkv_bias, qk_scale, mask_value):

@@ -43,6 +43,7 @@ from ..params import uses_params
 from ..registry import Mechanism, Paper, register
 from . import _windows as windows_
 from . import swin as swin_v1
+from ._parts import merge_heads, softmax_attention
 
 NAME = "swin-v2"
 PAPER = Paper("Liu, Hu, Lin, Yao, Xie, Wei, Ning, Cao, Zhang, Dong, Wei, Guo",
@@ -153,8 +154,8 @@ def swin_v2(params, x, *, train: bool = False, num_heads: int, window_size=8, sh
     qkv = ag.linear(tokens, params["attn.qkv.weight"], _qkv_bias(params, channels, qkv_bias))
     q, k, v = windows_.per_window(windows_.split_heads(qkv, num_heads), batch, window_plan.count)
     logit_scale = ag.exp(ag.clip(params["attn.logit_scale"], max=MAX_LOGIT_SCALE))  # t (heads, 1, 1)
-    attended = windows_.softmax_attention(_normalize(q), _normalize(k), v, scale=logit_scale, bias=bias)
-    merged = windows_.merge_heads(ag.reshape(attended, (tokens.shape[0],) + attended.shape[2:]))
+    attended = softmax_attention(_normalize(q), _normalize(k), v, scale=logit_scale, bias=bias)
+    merged = merge_heads(ag.reshape(attended, (tokens.shape[0],) + attended.shape[2:]))
     out = ag.linear(merged, params["attn.proj.weight"], params["attn.proj.bias"])
     return windows_.from_windows(out, window_plan, height, width)
 

@@ -27,7 +27,7 @@ import numpy as np
 
 import autograd as ag
 
-from ..layers import example, init_layer_norm, init_linear, layer_norm, linear_shapes, take_all
+from ..layers import example, init_layer_norm, init_linear, layer_norm, linear, linear_shapes, take_all
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
 from ._parts import (
@@ -37,7 +37,6 @@ from ._parts import (
     merge_heads,
     softmax_attention,
     split_heads,
-    token_linear,
 )
 
 NAME = "vit-attention"
@@ -121,7 +120,7 @@ def vit_attention(params, x, *, train: bool = False, num_heads: int, attn_head_d
     _check_all(params, dim, head_dim, width, out, qkv_bias, qk_norm, scale_norm, proj_bias)
     x = check_tokens(NAME, x, params, channels=dim, ndim=3, layout="(B, N, C)")
     keep, bias = _mask(attn_mask, is_causal, x.shape[1], params.dtype)
-    qkv = token_linear(params, "qkv", x, bias=qkv_bias, out=3 * width)                     # (B, N, 3A)
+    qkv = linear(params, "qkv", x, bias=qkv_bias, out=3 * width)                     # (B, N, 3A)
     query, key, value = (split_heads(part, heads) for part in ag.split(qkv, 3, axis=-1))   # (B, h, N, d)
     if qk_norm:
         query = layer_norm(params, "q_norm", query, head_dim, norm_eps)               # LN over d, shared by heads
@@ -131,7 +130,7 @@ def vit_attention(params, x, *, train: bool = False, num_heads: int, attn_head_d
     context = merge_heads(context)                                                    # (B, N, A)
     if scale_norm:
         context = layer_norm(params, "norm", context, width, norm_eps)
-    return token_linear(params, "proj", context, bias=proj_bias, out=out)
+    return linear(params, "proj", context, bias=proj_bias, out=out)
 
 
 register(Mechanism(
