@@ -1,0 +1,96 @@
+"""What the registry matrix cannot check for the CNN attention modules after the survey (issue 17): each
+mechanism's equations against an independent NumPy reference written from the paper / official code, its
+width rules and options, odd and tiny maps, and its errors.  (The PyTorch twins are in
+tests/torch_tier/test_cnn_beyond.py.)"""
+import numpy as np
+import pytest
+
+import autograd as ag
+from npattn.channel import coord
+from tests.conftest import dev, host
+from tests.npattn.test_channel import _randomize_bn
+
+
+def _normal(shape, seed=0, scale=1.0):
+    return np.random.default_rng(seed).standard_normal(shape) * scale
+
+
+def _host_params(params):
+    return {k: host(v) for k, v in params.items()}
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _bn_eval(p, prefix, z, eps=1e-5):
+    """BatchNorm in eval mode over axis 1 of z, NumPy."""
+    shape = (1, -1) + (1,) * (z.ndim - 2)
+    mean, var = p[f"{prefix}.running_mean"].reshape(shape), p[f"{prefix}.running_var"].reshape(shape)
+    return (z - mean) / np.sqrt(var + eps) * p[f"{prefix}.weight"].reshape(shape) + p[f"{prefix}.bias"].reshape(shape)
+
+
+def _gradcheck_both_modes(fn, params, x, train_modes=(False, True)):
+    for train in train_modes:
+        assert ag.gradcheck(lambda p, v: fn(p, v, train=train), params, dev(x), mode="fast", n_directions=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Coordinate Attention
+
+
+def test_coord_width_rule_is_official():
+    """mip = max(8, C // 32): 16 for C = 512, 8 for C = 100 (3 by the ratio), 40 for C = 1280."""
+    for channels, mip in ((512, 16), (100, 8), (1280, 40), (8, 8)):
+        params = coord.init(np.random.default_rng(0), channels)
+        assert params["conv1.weight"].shape == (mip, channels, 1, 1)
+        assert params["conv_h.weight"].shape == params["conv_w.weight"].shape == (channels, mip, 1, 1)
+    assert coord.init(np.random.default_rng(0), 64, reduction=4, min_mip=2)["conv1.weight"].shape[0] == 16
+
+
+def _coord_reference(p, x):
+    """Coordinate Attention in eval mode, NumPy, from the paper's equations with the official layers."""
+    h = x.shape[2]
+    z = np.concatenate([x.mean(axis=3), x.mean(axis=2)], axis=2)               # [z^h; z^w]  (N, C, H + W)
+    f = np.einsum("mc,ncl->nml", p["conv1.weight"][:, :, 0, 0], z) + p["conv1.bias"][None, :, None]
+    f = _bn_eval(p, "bn1", f)
+    f = f * np.clip(f + 3, 0, 6) / 6                                            # h_swish
+
+    def gate(prefix, strip):
+        logits = np.einsum("cm,nml->ncl", p[f"{prefix}.weight"][:, :, 0, 0], strip)
+        return _sigmoid(logits + p[f"{prefix}.bias"][:, None])
+
+    g_h, g_w = gate("conv_h", f[:, :, :h]), gate("conv_w", f[:, :, h:])
+    return x * g_h[:, :, :, None] * g_w[:, :, None, :]
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 5, 7), (1, 16, 1, 1), (3, 16, 1, 6), (2, 16, 4, 1)])
+def test_coord_matches_numpy_reference(shape):
+    rng = np.random.default_rng(3)
+    params = _randomize_bn(coord.init(rng, 16, reduction=4, min_mip=2), rng)
+    x = _normal(shape, seed=4)
+    expected = _coord_reference(_host_params(params), x)
+    np.testing.assert_allclose(host(coord.coord(params, dev(x))), expected, rtol=1e-12, atol=1e-12)
+    a_h, a_w = coord.attention_maps(params, dev(x))
+    assert a_h.shape == shape[:3] + (1,) and a_w.shape == shape[:2] + (1, shape[3])
+    np.testing.assert_allclose(host(a_h) * host(a_w) * x, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 1, 1), (1, 8, 3, 1), (2, 8, 2, 5)])
+def test_coord_gradcheck_tiny_maps(shape):
+    rng = np.random.default_rng(5)
+    params = _randomize_bn(coord.init(rng, 8, reduction=2, min_mip=2, bias=False), rng)
+    _gradcheck_both_modes(lambda p, v, train: coord.coord(p, v, train=train, bias=False), params, _normal(shape, 6))
+
+
+def test_coord_options_and_structure_errors():
+    params = coord.init(np.random.default_rng(0), 8, bias=False)
+    x = dev(_normal((1, 8, 3, 3)))
+    with pytest.raises(ValueError, match="coord.*act.*'relu'"):
+        coord.coord(params, x, bias=False, act="relu")
+    with pytest.raises(KeyError, match="coord.*'conv1.bias'"):
+        coord.coord(params, x)                         # parameters without biases, bias=True asked for
+    np.testing.assert_array_equal(host(coord.coord(params, x, bias=False, act="hardswish")),
+                                  host(coord.coord(params, x, bias=False)))
+    with pytest.raises(ValueError, match="coord.*positive"):
+        coord.init(np.random.default_rng(0), 8, reduction=0)

@@ -1,0 +1,145 @@
+"""Cross-framework tier for the CNN attention modules after the survey (issue 17): Coordinate Attention, SimAM,
+SGE, Triplet Attention, Polarized Self-Attention, External Attention, CoTNet's CotLayer, GCT, SRM, ResNeSt
+Split-Attention, SA-Net Shuffle Attention.
+
+Each twin is an independent torch.nn module written from the authors' official code (the file named in its
+docstring), with the official submodule and parameter names, so npattn's parameters load with
+``load_state_dict(strict=True)`` and the twin's ``state_dict`` loads into npattn with
+``npattn.interop.torch.from_torch_state_dict`` (a key map only where npattn's names differ).  BatchNorm
+parameters and running statistics are randomised first.  In float64, for one random cotangent, the output, the
+gradient of every input and of every torch parameter and -- in train mode -- every updated BatchNorm buffer must
+agree to 1e-10 (``tests/torch_tier/test_channel.py: compare_with_twin``).
+"""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+import autograd as ag  # noqa: E402
+import npattn  # noqa: E402
+from npattn.channel import coord  # noqa: E402
+from npattn.interop.torch import from_torch_state_dict  # noqa: E402
+from npattn.testing import assert_close  # noqa: E402
+from tests.conftest import dev, host  # noqa: E402
+from tests.npattn.test_channel import _randomize_bn  # noqa: E402
+from tests.torch_tier.test_channel import compare_with_twin  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+TOL = 1e-10
+
+
+# ---------------------------------------------------------------------------------------------
+# twins, from the official code
+
+
+class TorchHSwish(nn.Module):
+    """houqb/CoordAttention h_swish: x * ReLU6(x + 3) / 6."""
+
+    def forward(self, x):
+        return x * (F.relu6(x + 3) / 6)
+
+
+class TorchCoordAtt(nn.Module):
+    """houqb/CoordAttention coordatt.py CoordAtt(inp, oup, reduction): pools, shared conv1-bn1-h_swish, two gates."""
+
+    def __init__(self, inp, reduction=32, min_mip=8, bias=True, act="h_swish"):
+        super().__init__()
+        mip = max(min_mip, inp // reduction)
+        self.conv1 = nn.Conv2d(inp, mip, 1, bias=bias)
+        self.bn1 = nn.BatchNorm2d(mip)
+        self.act = TorchHSwish() if act == "h_swish" else nn.Hardswish()
+        self.conv_h = nn.Conv2d(mip, inp, 1, bias=bias)
+        self.conv_w = nn.Conv2d(mip, inp, 1, bias=bias)
+
+    def forward(self, x):
+        h, w = x.shape[2:]
+        x_h = F.adaptive_avg_pool2d(x, (None, 1))
+        x_w = F.adaptive_avg_pool2d(x, (1, None)).permute(0, 1, 3, 2)
+        y = self.act(self.bn1(self.conv1(torch.cat([x_h, x_w], dim=2))))
+        y_h, y_w = torch.split(y, [h, w], dim=2)
+        a_h = self.conv_h(y_h).sigmoid()
+        a_w = self.conv_w(y_w.permute(0, 1, 3, 2)).sigmoid()
+        return x * a_w * a_h
+
+
+# ---------------------------------------------------------------------------------------------
+# cases: (id, npattn apply, npattn init, init kwargs, apply options, input shapes, twin factory)
+
+#: a twin for every registry entry of this issue, built for its default config
+REGISTRY_TWINS = {
+    "coord": lambda: TorchCoordAtt(16, reduction=4, min_mip=2),
+}
+
+
+def _registry_case(name):
+    mech = npattn.get(name)
+    shapes = [tuple(x.shape) for x in mech.example_input(np.random.default_rng(0))]
+    return (name, mech.apply_fn, mech.init, mech.config, mech.options, shapes, REGISTRY_TWINS[name])
+
+
+CASES = [_registry_case(name) for name in REGISTRY_TWINS] + [
+    ("coord-official-c64", coord.coord, coord.init, {"channels": 64}, {}, [(3, 64, 6, 5)],
+     lambda: TorchCoordAtt(64)),
+    ("coord-nobias-hardswish", coord.coord, coord.init, {"channels": 16, "reduction": 4, "bias": False},
+     {"bias": False, "act": "hardswish"}, [(2, 16, 4, 3)], lambda: TorchCoordAtt(16, 4, bias=False, act="hardswish")),
+    ("coord-1x1-map", coord.coord, coord.init, {"channels": 8}, {}, [(3, 8, 1, 1)], lambda: TorchCoordAtt(8)),
+    ("coord-1x9-map", coord.coord, coord.init, {"channels": 8}, {}, [(2, 8, 1, 9)], lambda: TorchCoordAtt(8)),
+]
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_twin(case, train):
+    _, apply, init, kwargs, options, shapes, twin = case
+    rng = np.random.default_rng(5)
+    params = _randomize_bn(init(rng, **kwargs), rng)
+    inputs = [dev(rng.standard_normal(shape)) for shape in shapes]
+    worst = compare_with_twin(apply, params, inputs, twin(), train, options)
+    print(f"{case[0]} {'train' if train else 'eval'}: max |diff| {worst:.3g}")
+
+
+NEW_ENTRIES = ("coord",)
+
+
+def test_every_entry_of_the_issue_has_a_twin():
+    assert set(REGISTRY_TWINS) == set(NEW_ENTRIES)
+    assert all(name in npattn.names() for name in NEW_ENTRIES)
+
+
+@pytest.mark.parametrize("name", NEW_ENTRIES)
+def test_official_state_dict_loads(name):
+    """The twin's own (official-named) state_dict loads into npattn and gives the twin's output."""
+    module = REGISTRY_TWINS[name]().double().eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            if tensor.dtype.is_floating_point:
+                tensor.uniform_(0.5, 1.5)   # positive: running_var stays valid
+    mech = npattn.get(name)
+    params = from_torch_state_dict(name, module.state_dict(), key_map=OFFICIAL_KEY_MAPS.get(name))
+    x = mech.example_input(np.random.default_rng(1))
+    expected = module(*[torch.from_numpy(host(v)) for v in x])
+    assert_close(host(mech.apply(params, *x)), expected, rtol=TOL, atol=TOL)
+
+
+#: official state_dict key -> npattn key, where the official module nests its names differently
+OFFICIAL_KEY_MAPS: dict = {}
+
+
+# ---------------------------------------------------------------------------------------------
+# pieces and kinks
+
+
+def test_coord_h_swish_kinks_match_torch():
+    """h_swish's gradient at t = -3 is 0 and at t = +3 is 1, in npattn, the official form and nn.Hardswish."""
+    t = np.array([-4.0, -3.0, -1.0, 0.0, 3.0, 5.0])
+    grad = host(ag.grad(lambda v: ag.sum(coord.h_swish(v)))(dev(t)))
+    for form in (TorchHSwish(), nn.Hardswish()):
+        t_torch = torch.tensor(t, requires_grad=True)
+        form(t_torch).sum().backward()
+        assert_close(grad, t_torch.grad, rtol=1e-15, atol=1e-15)
+        assert t_torch.grad[1] == 0.0 and t_torch.grad[4] == 1.0
+    assert grad[1] == 0.0 and grad[4] == 1.0
