@@ -7,6 +7,7 @@ import pytest
 
 import autograd as ag
 from npattn.channel import coord
+from npattn.hybrid import simam
 from tests.conftest import dev, host
 from tests.npattn.test_channel import _randomize_bn
 
@@ -94,3 +95,62 @@ def test_coord_options_and_structure_errors():
                                   host(coord.coord(params, x, bias=False)))
     with pytest.raises(ValueError, match="coord.*positive"):
         coord.init(np.random.default_rng(0), 8, reduction=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# SimAM
+
+
+def test_simam_hand_case():
+    """Map [0, 2]: mu = 1, d = [1, 1], n = 1, sigma^2 = 2 -> [0, 2 sigmoid(1 / (4 (2 + lambda)) + 0.5)]."""
+    x = np.array([0.0, 2.0]).reshape(1, 1, 1, 2)
+    expected = [0.0, 2.0 * _sigmoid(1.0 / (4.0 * (2.0 + 1e-4)) + 0.5)]
+    np.testing.assert_allclose(host(simam.simam({}, dev(x))).ravel(), expected, rtol=1e-15, atol=0)
+
+
+def _simam_reference(x, e_lambda=1e-4, unbiased=True):
+    """The paper's minimal energy, map by map in a loop: e* = 4(s2 + l) / ((t - mu)^2 + 2 s2 + 2 l)."""
+    out = np.empty_like(x)
+    for n_, c_ in np.ndindex(*x.shape[:2]):
+        t = x[n_, c_]
+        mu = t.mean()
+        s2 = ((t - mu) ** 2).sum() / (t.size - (1 if unbiased else 0))
+        energy = 4 * (s2 + e_lambda) / ((t - mu) ** 2 + 2 * s2 + 2 * e_lambda)
+        out[n_, c_] = t * _sigmoid(1.0 / energy)
+    return out
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 4), (1, 1, 1, 2), (2, 2, 3, 1), (1, 4, 9, 9)])
+def test_simam_matches_the_paper_energy(shape, unbiased):
+    x = _normal(shape, seed=2, scale=3.0)
+    np.testing.assert_allclose(host(simam.simam({}, dev(x), unbiased=unbiased)), _simam_reference(x, unbiased=unbiased),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(host(simam.attention_maps({}, dev(x), unbiased=unbiased)) * x,
+                               _simam_reference(x, unbiased=unbiased), rtol=1e-12, atol=1e-12)
+
+
+def test_simam_denominator_matters_and_1x1_is_nan():
+    x = _normal((1, 2, 5, 4), seed=3)
+    official, biased = host(simam.simam({}, dev(x))), host(simam.simam({}, dev(x), unbiased=False))
+    assert 1e-3 < np.abs(official - biased).max() < 0.1
+    one = dev(_normal((2, 3, 1, 1), seed=4))
+    assert np.isnan(host(simam.simam({}, one))).all()            # official: 0 / 0
+    np.testing.assert_allclose(host(simam.simam({}, one, unbiased=False)), host(one) * _sigmoid(0.5), rtol=1e-15)
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 1, 2), (1, 3, 3, 1), (2, 2, 3, 4)])
+def test_simam_gradcheck_small_maps(shape):
+    x = dev(_normal(shape, seed=5))
+    for unbiased in (True, False):
+        assert ag.gradcheck(lambda v: simam.simam({}, v, unbiased=unbiased), x, mode="full")
+
+
+def test_simam_rejects_parameters_and_bad_lambda():
+    x = dev(_normal((1, 2, 3, 3)))
+    with pytest.raises(KeyError, match="simam.*'weight'"):
+        simam.simam({"weight": x}, x)
+    with pytest.raises(ValueError, match="simam.*e_lambda"):
+        simam.simam({}, x, e_lambda=-1.0)
+    assert simam.init(np.random.default_rng(0), 16) == {}
+    assert simam.simam({}, dev(_normal((1, 2, 3, 3)), dtype=np.float32)).dtype == np.float32

@@ -210,6 +210,10 @@ EXEMPT = {
     ("unknown_key", "itti"): "no parameters, so no key to misspell; an extra key is a KeyError saying the model "
                              "has none (test_origins_vision.py::test_itti_rejects_any_parameter)",
     ("another_dtype", "itti"): "no parameters to give another dtype",
+    ("unknown_key", "simam"): "parameter-free (official simam_module): no key to misspell; any key is a KeyError "
+                              "(test_cnn_beyond.py::test_simam_rejects_parameters_and_bad_lambda)",
+    ("another_dtype", "simam"): "no parameters to give another dtype; float32 inputs stay float32 "
+                                "(test_cnn_beyond.py::test_simam_rejects_parameters_and_bad_lambda)",
     ("nan_input", "ram"): "hard attention reads only the glimpsed patches and the example's NaN pixel lies outside "
                           "all three (test_origins_vision.py::test_ram_nan_reaches_the_output_only_inside_a_glimpse)",
 }

@@ -20,6 +20,7 @@ F = torch.nn.functional
 import autograd as ag  # noqa: E402
 import npattn  # noqa: E402
 from npattn.channel import coord  # noqa: E402
+from npattn.hybrid import simam  # noqa: E402
 from npattn.interop.torch import from_torch_state_dict  # noqa: E402
 from npattn.testing import assert_close  # noqa: E402
 from tests.conftest import dev, host  # noqa: E402
@@ -65,12 +66,27 @@ class TorchCoordAtt(nn.Module):
         return x * a_w * a_h
 
 
+class TorchSimAM(nn.Module):
+    """ZjjConan/SimAM simam_module: n = H*W - 1, lambda = 1e-4 (``unbiased=False``: n = H*W)."""
+
+    def __init__(self, e_lambda=1e-4, unbiased=True):
+        super().__init__()
+        self.e_lambda, self.unbiased = e_lambda, unbiased
+
+    def forward(self, x):
+        n = x.shape[2] * x.shape[3] - (1 if self.unbiased else 0)
+        x_minus_mu_square = (x - x.mean(dim=[2, 3], keepdim=True)).pow(2)
+        y = x_minus_mu_square / (4 * (x_minus_mu_square.sum(dim=[2, 3], keepdim=True) / n + self.e_lambda)) + 0.5
+        return x * torch.sigmoid(y)
+
+
 # ---------------------------------------------------------------------------------------------
 # cases: (id, npattn apply, npattn init, init kwargs, apply options, input shapes, twin factory)
 
 #: a twin for every registry entry of this issue, built for its default config
 REGISTRY_TWINS = {
     "coord": lambda: TorchCoordAtt(16, reduction=4, min_mip=2),
+    "simam": lambda: TorchSimAM(),
 }
 
 
@@ -88,6 +104,12 @@ CASES = [_registry_case(name) for name in REGISTRY_TWINS] + [
     ("coord-1x1-map", coord.coord, coord.init, {"channels": 8}, {}, [(3, 8, 1, 1)], lambda: TorchCoordAtt(8)),
     ("coord-1x9-map", coord.coord, coord.init, {"channels": 8}, {}, [(2, 8, 1, 9)], lambda: TorchCoordAtt(8)),
 ]
+CASES += [
+    ("simam-biased-lambda", simam.simam, simam.init, {}, {"unbiased": False, "e_lambda": 0.3}, [(2, 3, 4, 5)],
+     lambda: TorchSimAM(0.3, unbiased=False)),
+    ("simam-1x2-map", simam.simam, simam.init, {}, {}, [(3, 2, 1, 2)], TorchSimAM),
+    ("simam-3x1-map", simam.simam, simam.init, {}, {}, [(1, 2, 3, 1)], TorchSimAM),
+]
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
@@ -101,7 +123,7 @@ def test_twin(case, train):
     print(f"{case[0]} {'train' if train else 'eval'}: max |diff| {worst:.3g}")
 
 
-NEW_ENTRIES = ("coord",)
+NEW_ENTRIES = ("coord", "simam")
 
 
 def test_every_entry_of_the_issue_has_a_twin():
@@ -143,3 +165,12 @@ def test_coord_h_swish_kinks_match_torch():
         assert_close(grad, t_torch.grad, rtol=1e-15, atol=1e-15)
         assert t_torch.grad[1] == 0.0 and t_torch.grad[4] == 1.0
     assert grad[1] == 0.0 and grad[4] == 1.0
+
+
+def test_simam_1x1_map_is_nan_as_official():
+    """H*W = 1: the official n = 0 gives 0/0 = NaN in both; n = H*W gives x * sigmoid(0.5)."""
+    x = np.random.default_rng(0).standard_normal((2, 3, 1, 1))
+    expected = TorchSimAM()(torch.from_numpy(x)).numpy()
+    assert np.isnan(expected).all() and np.isnan(host(simam.simam({}, dev(x)))).all()
+    assert_close(host(simam.simam({}, dev(x), unbiased=False)), TorchSimAM(unbiased=False)(torch.from_numpy(x)),
+                 rtol=TOL, atol=TOL)
