@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import autograd as ag
-from npattn.channel import coord
+from npattn.channel import coord, sge
 from npattn.hybrid import simam
 from tests.conftest import dev, host
 from tests.npattn.test_channel import _randomize_bn
@@ -154,3 +154,69 @@ def test_simam_rejects_parameters_and_bad_lambda():
         simam.simam({}, x, e_lambda=-1.0)
     assert simam.init(np.random.default_rng(0), 16) == {}
     assert simam.simam({}, dev(_normal((1, 2, 3, 3)), dtype=np.float32)).dtype == np.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# SGE
+
+
+def _sge_params(channels, groups, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"weight": dev(rng.standard_normal((1, groups, 1, 1))), "bias": dev(rng.standard_normal((1, groups, 1, 1)))}
+
+
+def _sge_reference(p, x, unbiased=True):
+    """SGE with explicit loops over samples, groups and positions (contiguous groups)."""
+    n, c, h, w = x.shape
+    groups = p["weight"].shape[1]
+    size = c // groups
+    out = np.empty_like(x)
+    for n_, g in np.ndindex(n, groups):
+        block = x[n_, g * size:(g + 1) * size]                                  # (C/G, H, W)
+        mean_vector = block.mean(axis=(1, 2))
+        similarity = np.array([[block[:, i, j] @ mean_vector for j in range(w)] for i in range(h)])
+        centred = similarity - similarity.mean()
+        std = np.sqrt((centred ** 2).sum() / (h * w - (1 if unbiased else 0)))
+        gate = _sigmoid(p["weight"][0, g, 0, 0] * centred / (std + 1e-5) + p["bias"][0, g, 0, 0])
+        out[n_, g * size:(g + 1) * size] = block * gate
+    return out
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+@pytest.mark.parametrize("shape, groups", [((2, 12, 5, 6), 3), ((1, 4, 1, 2), 4), ((3, 6, 3, 1), 1)])
+def test_sge_matches_loop_reference(shape, groups, unbiased):
+    params = _sge_params(shape[1], groups)
+    x = _normal(shape, seed=1)
+    expected = _sge_reference(_host_params(params), x, unbiased)
+    np.testing.assert_allclose(host(sge.sge(params, dev(x), unbiased=unbiased)), expected, rtol=1e-12, atol=1e-12)
+    gate = host(sge.attention_maps(params, dev(x), unbiased=unbiased))
+    assert gate.shape == (shape[0], groups) + shape[2:]
+
+
+def test_sge_official_init_and_1x1_maps():
+    params = sge.init(np.random.default_rng(0), 8, groups=2)
+    assert np.all(host(params["weight"]) == 0) and np.all(host(params["bias"]) == 1)
+    x = _normal((2, 8, 4, 5), seed=2)
+    np.testing.assert_allclose(host(sge.sge(params, dev(x))), x * _sigmoid(1.0), rtol=1e-15)
+    one = dev(_normal((2, 8, 1, 1), seed=3))
+    assert np.isnan(host(sge.sge(_sge_params(8, 2), one))).all()              # unbiased std of one value
+    np.testing.assert_allclose(host(sge.sge(params, one, unbiased=False)), host(one) * _sigmoid(1.0), rtol=1e-15)
+
+
+def test_sge_std_divisor_matters():
+    params, x = _sge_params(8, 2, seed=4), dev(_normal((1, 8, 5, 6), seed=5))
+    assert 1e-4 < np.abs(host(sge.sge(params, x)) - host(sge.sge(params, x, unbiased=False))).max() < 0.1
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 1, 2), (1, 6, 3, 3)])
+def test_sge_gradcheck_small_maps(shape):
+    params = _sge_params(6, 3, seed=6)
+    for unbiased in (True, False):
+        assert ag.gradcheck(lambda p, v: sge.sge(p, v, unbiased=unbiased), params, dev(_normal(shape, 7)), mode="full")
+
+
+def test_sge_groups_must_divide_channels():
+    with pytest.raises(ValueError, match="sge.*10 channels.*groups=4"):
+        sge.init(np.random.default_rng(0), 10, groups=4)
+    with pytest.raises(ValueError, match="sge.*10 channels.*groups=4"):
+        sge.sge(_sge_params(8, 4), dev(_normal((1, 10, 3, 3))))

@@ -19,7 +19,7 @@ F = torch.nn.functional
 
 import autograd as ag  # noqa: E402
 import npattn  # noqa: E402
-from npattn.channel import coord  # noqa: E402
+from npattn.channel import coord, sge  # noqa: E402
 from npattn.hybrid import simam  # noqa: E402
 from npattn.interop.torch import from_torch_state_dict  # noqa: E402
 from npattn.testing import assert_close  # noqa: E402
@@ -80,6 +80,27 @@ class TorchSimAM(nn.Module):
         return x * torch.sigmoid(y)
 
 
+class TorchSGE(nn.Module):
+    """implus/PytorchInsight resnet_sge.py SpatialGroupEnhance(groups): unbiased std + 1e-5 (``unbiased=False``:
+    the biased std)."""
+
+    def __init__(self, groups=64, unbiased=True):
+        super().__init__()
+        self.groups, self.unbiased = groups, unbiased
+        self.weight = nn.Parameter(torch.zeros(1, groups, 1, 1))
+        self.bias = nn.Parameter(torch.ones(1, groups, 1, 1))
+
+    def forward(self, x):
+        b, c, h, w = x.size()
+        x = x.view(b * self.groups, -1, h, w)
+        xn = (x * F.adaptive_avg_pool2d(x, 1)).sum(dim=1, keepdim=True)
+        t = xn.view(b * self.groups, -1)
+        t = t - t.mean(dim=1, keepdim=True)
+        t = t / (t.std(dim=1, keepdim=True, unbiased=self.unbiased) + 1e-5)
+        t = t.view(b, self.groups, h, w) * self.weight + self.bias
+        return (x * torch.sigmoid(t.view(b * self.groups, 1, h, w))).view(b, c, h, w)
+
+
 # ---------------------------------------------------------------------------------------------
 # cases: (id, npattn apply, npattn init, init kwargs, apply options, input shapes, twin factory)
 
@@ -87,6 +108,7 @@ class TorchSimAM(nn.Module):
 REGISTRY_TWINS = {
     "coord": lambda: TorchCoordAtt(16, reduction=4, min_mip=2),
     "simam": lambda: TorchSimAM(),
+    "sge": lambda: TorchSGE(4),
 }
 
 
@@ -94,6 +116,15 @@ def _registry_case(name):
     mech = npattn.get(name)
     shapes = [tuple(x.shape) for x in mech.example_input(np.random.default_rng(0))]
     return (name, mech.apply_fn, mech.init, mech.config, mech.options, shapes, REGISTRY_TWINS[name])
+
+
+def _random_affine(init):
+    """``init`` with every parameter redrawn from N(0, 1): the official zero/one inits hide parts of the map."""
+
+    def random_init(rng, **kwargs):
+        return {k: dev(rng.standard_normal(v.shape)) for k, v in init(rng, **kwargs).items()}
+
+    return random_init
 
 
 CASES = [_registry_case(name) for name in REGISTRY_TWINS] + [
@@ -110,6 +141,14 @@ CASES += [
     ("simam-1x2-map", simam.simam, simam.init, {}, {}, [(3, 2, 1, 2)], TorchSimAM),
     ("simam-3x1-map", simam.simam, simam.init, {}, {}, [(1, 2, 3, 1)], TorchSimAM),
 ]
+CASES += [
+    ("sge-random-affine", sge.sge, _random_affine(sge.init), {"channels": 24, "groups": 3}, {}, [(2, 24, 5, 6)],
+     lambda: TorchSGE(3)),
+    ("sge-biased-std", sge.sge, _random_affine(sge.init), {"channels": 8, "groups": 8}, {"unbiased": False},
+     [(3, 8, 4, 3)], lambda: TorchSGE(8, unbiased=False)),
+    ("sge-one-group-1x2-map", sge.sge, _random_affine(sge.init), {"channels": 5, "groups": 1}, {}, [(2, 5, 1, 2)],
+     lambda: TorchSGE(1)),
+]
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
@@ -123,7 +162,7 @@ def test_twin(case, train):
     print(f"{case[0]} {'train' if train else 'eval'}: max |diff| {worst:.3g}")
 
 
-NEW_ENTRIES = ("coord", "simam")
+NEW_ENTRIES = ("coord", "simam", "sge")
 
 
 def test_every_entry_of_the_issue_has_a_twin():
