@@ -4,10 +4,11 @@ width rules and options, odd and tiny maps, and its errors.  (The PyTorch twins 
 tests/torch_tier/test_cnn_beyond.py.)"""
 import numpy as np
 import pytest
+import scipy.signal
 
 import autograd as ag
 from npattn.channel import coord, sge
-from npattn.hybrid import simam
+from npattn.hybrid import simam, triplet
 from tests.conftest import dev, host
 from tests.npattn.test_channel import _randomize_bn
 
@@ -220,3 +221,63 @@ def test_sge_groups_must_divide_channels():
         sge.init(np.random.default_rng(0), 10, groups=4)
     with pytest.raises(ValueError, match="sge.*10 channels.*groups=4"):
         sge.sge(_sge_params(8, 4), dev(_normal((1, 10, 3, 3))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Triplet Attention
+
+
+def _plane_gate(p, branch, u):
+    """sigmoid(BN(conv_k([max; mean] over axis 1))) of u (N, D, P, Q) -> (N, P, Q); scipy conv, zero padding."""
+    z = np.stack([u.max(axis=1), u.mean(axis=1)], axis=1)
+    weight = p[f"{branch}.conv.conv.weight"][0]
+    logits = np.stack([sum(scipy.signal.correlate2d(z[n, i], weight[i], mode="same") for i in range(2))
+                       for n in range(u.shape[0])])[:, None]
+    return _sigmoid(_bn_eval(p, f"{branch}.conv.bn", logits))[:, 0]
+
+
+def _triplet_reference(p, x, no_spatial=False):
+    """The official permute - gate - permute-back form, in NumPy."""
+    gate_cw = _plane_gate(p, "cw", x.transpose(0, 2, 1, 3))                     # (N, C, W)
+    gate_hc = _plane_gate(p, "hc", x.transpose(0, 3, 2, 1))                     # (N, H, C)
+    out_cw = x * gate_cw[:, :, None, :]
+    out_hc = x * gate_hc.transpose(0, 2, 1)[:, :, :, None]
+    if no_spatial:
+        return (out_cw + out_hc) / 2
+    return (x * _plane_gate(p, "hw", x)[:, None] + out_cw + out_hc) / 3
+
+
+@pytest.mark.parametrize("no_spatial", [False, True])
+@pytest.mark.parametrize("shape", [(2, 6, 5, 7), (1, 1, 1, 1), (2, 9, 2, 1), (1, 3, 8, 8)])
+def test_triplet_matches_numpy_reference(shape, no_spatial):
+    rng = np.random.default_rng(8)
+    params = _randomize_bn(triplet.init(rng, no_spatial=no_spatial), rng)
+    x = _normal(shape, seed=9)
+    expected = _triplet_reference(_host_params(params), x, no_spatial)
+    np.testing.assert_allclose(host(triplet.triplet(params, dev(x), no_spatial=no_spatial)), expected,
+                               rtol=1e-12, atol=1e-12)
+    gates = triplet.attention_maps(params, dev(x), no_spatial=no_spatial)
+    n, c, h, w = shape
+    assert gates["cw"].shape == (n, c, 1, w) and gates["hc"].shape == (n, c, h, 1)
+    assert ("hw" in gates) != no_spatial
+
+
+def test_triplet_gradcheck_both_modes():
+    rng = np.random.default_rng(10)
+    params = _randomize_bn(triplet.init(rng, kernel_size=3), rng)
+    _gradcheck_both_modes(triplet.triplet, params, _normal((2, 4, 3, 5), seed=11))
+
+
+def test_triplet_structure_and_kernel_errors():
+    x = dev(_normal((1, 4, 5, 5)))
+    with pytest.raises(ValueError, match="triplet.*odd"):
+        triplet.init(np.random.default_rng(0), kernel_size=4)
+    params = triplet.init(np.random.default_rng(0), no_spatial=True)
+    with pytest.raises(KeyError, match="triplet.*'hw.conv.conv.weight'"):
+        triplet.triplet(params, x)
+    with pytest.raises(KeyError, match="triplet.*hw"):
+        triplet.triplet(triplet.init(np.random.default_rng(0)), x, no_spatial=True)
+    even = dict(params, **{"cw.conv.conv.weight": dev(np.ones((1, 2, 4, 4)))})
+    with pytest.raises(ValueError, match="triplet.*odd size"):
+        triplet.triplet(even, x, no_spatial=True)
+    assert set(triplet.models_key_map().values()) == set(triplet.init(np.random.default_rng(0)))

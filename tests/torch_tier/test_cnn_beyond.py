@@ -20,7 +20,7 @@ F = torch.nn.functional
 import autograd as ag  # noqa: E402
 import npattn  # noqa: E402
 from npattn.channel import coord, sge  # noqa: E402
-from npattn.hybrid import simam  # noqa: E402
+from npattn.hybrid import simam, triplet  # noqa: E402
 from npattn.interop.torch import from_torch_state_dict  # noqa: E402
 from npattn.testing import assert_close  # noqa: E402
 from tests.conftest import dev, host  # noqa: E402
@@ -101,6 +101,75 @@ class TorchSGE(nn.Module):
         return (x * torch.sigmoid(t.view(b * self.groups, 1, h, w))).view(b, c, h, w)
 
 
+class TorchBasicConv(nn.Module):
+    """landskape-ai/triplet-attention BasicConv(2, 1, 7, padding=3, relu=False): conv without bias, BN momentum 0.01."""
+
+    def __init__(self, kernel_size=7):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
+        self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01, affine=True)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+class TorchAttentionGate(nn.Module):
+    """AttentionGate: ZPool [max; mean] over dim 1, BasicConv, sigmoid, scale."""
+
+    def __init__(self, kernel_size=7):
+        super().__init__()
+        self.conv = TorchBasicConv(kernel_size)
+
+    def forward(self, x):
+        z = torch.cat((torch.max(x, 1)[0].unsqueeze(1), torch.mean(x, 1).unsqueeze(1)), dim=1)
+        return x * torch.sigmoid(self.conv(z))
+
+
+class TorchTriplet(nn.Module):
+    """triplet_attention.py (root) TripletAttention(no_spatial): cw on x.permute(0, 2, 1, 3), hc on
+    x.permute(0, 3, 2, 1), hw on x; 1/3 (hw + cw + hc)."""
+
+    def __init__(self, no_spatial=False, kernel_size=7):
+        super().__init__()
+        self.cw, self.hc = TorchAttentionGate(kernel_size), TorchAttentionGate(kernel_size)
+        self.no_spatial = no_spatial
+        if not no_spatial:
+            self.hw = TorchAttentionGate(kernel_size)
+
+    def forward(self, x):
+        out_cw = self.cw(x.permute(0, 2, 1, 3).contiguous()).permute(0, 2, 1, 3).contiguous()
+        out_hc = self.hc(x.permute(0, 3, 2, 1).contiguous()).permute(0, 3, 2, 1).contiguous()
+        if self.no_spatial:
+            return 1 / 2 * (out_cw + out_hc)
+        return 1 / 3 * (self.hw(x) + out_cw + out_hc)
+
+
+class TorchModelsSpatialGate(nn.Module):
+    """MODELS/triplet_attention.py SpatialGate: the same gate, its BasicConv named ``spatial``."""
+
+    def __init__(self):
+        super().__init__()
+        self.spatial = TorchBasicConv()
+
+    def forward(self, x):
+        z = torch.cat((torch.max(x, 1)[0].unsqueeze(1), torch.mean(x, 1).unsqueeze(1)), dim=1)
+        return x * torch.sigmoid(self.spatial(z))
+
+
+class TorchTripletModels(nn.Module):
+    """MODELS/triplet_attention.py TripletAttention: ChannelGateH, ChannelGateW, SpatialGate."""
+
+    def __init__(self):
+        super().__init__()
+        self.ChannelGateH, self.ChannelGateW, self.SpatialGate = (TorchModelsSpatialGate(), TorchModelsSpatialGate(),
+                                                                  TorchModelsSpatialGate())
+
+    def forward(self, x):
+        out_h = self.ChannelGateH(x.permute(0, 2, 1, 3).contiguous()).permute(0, 2, 1, 3).contiguous()
+        out_w = self.ChannelGateW(x.permute(0, 3, 2, 1).contiguous()).permute(0, 3, 2, 1).contiguous()
+        return (1 / 3) * (self.SpatialGate(x) + out_h + out_w)
+
+
 # ---------------------------------------------------------------------------------------------
 # cases: (id, npattn apply, npattn init, init kwargs, apply options, input shapes, twin factory)
 
@@ -109,6 +178,7 @@ REGISTRY_TWINS = {
     "coord": lambda: TorchCoordAtt(16, reduction=4, min_mip=2),
     "simam": lambda: TorchSimAM(),
     "sge": lambda: TorchSGE(4),
+    "triplet": lambda: TorchTriplet(),
 }
 
 
@@ -149,6 +219,13 @@ CASES += [
     ("sge-one-group-1x2-map", sge.sge, _random_affine(sge.init), {"channels": 5, "groups": 1}, {}, [(2, 5, 1, 2)],
      lambda: TorchSGE(1)),
 ]
+CASES += [
+    ("triplet-no-spatial", triplet.triplet, triplet.init, {"no_spatial": True}, {"no_spatial": True},
+     [(3, 5, 4, 6)], lambda: TorchTriplet(no_spatial=True)),
+    ("triplet-c1-h1", triplet.triplet, triplet.init, {}, {}, [(2, 1, 1, 5)], TorchTriplet),
+    ("triplet-k3-wide", triplet.triplet, triplet.init, {"kernel_size": 3}, {}, [(2, 9, 3, 11)],
+     lambda: TorchTriplet(kernel_size=3)),
+]
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
@@ -162,7 +239,7 @@ def test_twin(case, train):
     print(f"{case[0]} {'train' if train else 'eval'}: max |diff| {worst:.3g}")
 
 
-NEW_ENTRIES = ("coord", "simam", "sge")
+NEW_ENTRIES = ("coord", "simam", "sge", "triplet")
 
 
 def test_every_entry_of_the_issue_has_a_twin():
@@ -213,3 +290,28 @@ def test_simam_1x1_map_is_nan_as_official():
     assert np.isnan(expected).all() and np.isnan(host(simam.simam({}, dev(x)))).all()
     assert_close(host(simam.simam({}, dev(x), unbiased=False)), TorchSimAM(unbiased=False)(torch.from_numpy(x)),
                  rtol=TOL, atol=TOL)
+
+
+def test_triplet_models_file_names_load_with_the_key_map():
+    """The older MODELS/triplet_attention.py state_dict loads through triplet.models_key_map()."""
+    module = TorchTripletModels().double().eval()
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            if tensor.dtype.is_floating_point:
+                tensor.uniform_(0.5, 1.5) if "running_var" in name else tensor.normal_()
+    params = from_torch_state_dict("triplet", module.state_dict(), key_map=triplet.models_key_map())
+    x = np.random.default_rng(2).standard_normal((2, 6, 5, 7))
+    assert_close(host(triplet.triplet(params, dev(x))), module(torch.from_numpy(x)), rtol=TOL, atol=TOL)
+
+
+def test_triplet_hc_orientation_matters():
+    """Transposing the hc branch's (H, C) plane gives other numbers: the twin would catch a wrong orientation."""
+    rng = np.random.default_rng(3)
+    params = _randomize_bn(triplet.init(rng), rng)
+    x = rng.standard_normal((2, 6, 6, 5))
+    module = TorchTriplet().double().eval()
+    module.load_state_dict({k: torch.from_numpy(host(v).copy()) for k, v in params.items()})
+    transposed = dict(params, **{"hc.conv.conv.weight": dev(np.swapaxes(host(params["hc.conv.conv.weight"]), 2, 3))})
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    assert np.abs(host(triplet.triplet(transposed, dev(x))) - expected).max() > 1e-3
