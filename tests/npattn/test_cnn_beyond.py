@@ -8,7 +8,7 @@ import scipy.signal
 
 import autograd as ag
 from npattn.channel import coord, sge
-from npattn.hybrid import simam, triplet
+from npattn.hybrid import psa, simam, triplet
 from tests.conftest import dev, host
 from tests.npattn.test_channel import _randomize_bn
 
@@ -281,3 +281,109 @@ def test_triplet_structure_and_kernel_errors():
     with pytest.raises(ValueError, match="triplet.*odd size"):
         triplet.triplet(even, x, no_spatial=True)
     assert set(triplet.models_key_map().values()) == set(triplet.init(np.random.default_rng(0)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Polarized Self-Attention
+
+
+def _softmax(z, axis):
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _layer_norm(z, weight, bias, eps=1e-5):
+    """LayerNorm over every axis but the first (NumPy)."""
+    axes = tuple(range(1, z.ndim))
+    mean, var = z.mean(axis=axes, keepdims=True), z.var(axis=axes, keepdims=True)
+    return (z - mean) / np.sqrt(var + eps) * weight + bias
+
+
+def _psa_reference(p, x, layout, form, qkv_bias):
+    """PSA in NumPy with einsum, branch by branch as the module docstring's equations."""
+    b, c, h, w = x.shape
+    flat = x.reshape(b, c, h * w)
+
+    def conv(prefix, inp):       # 1x1 conv on (B, C, N)
+        out = np.einsum("oc,bcn->bon", p[f"{prefix}.weight"][:, :, 0, 0], inp)
+        return out + p[f"{prefix}.bias"][None, :, None] if f"{prefix}.bias" in p else out
+
+    def channel_gate(inp):
+        z = np.einsum("bin,bn->bi", conv("conv_v_right", inp), _softmax(conv("conv_q_right", inp)[:, 0], axis=1))
+        if form == "paper":
+            z = _layer_norm(conv("conv_up.0", z[:, :, None])[:, :, :, None], p["conv_up.1.weight"], p["conv_up.1.bias"])
+        elif layout == "parallel":
+            z = conv("conv_up", z[:, :, None])
+        else:
+            hidden = _layer_norm(conv("conv_up.0", z[:, :, None])[:, :, :, None], p["conv_up.1.weight"],
+                                 p["conv_up.1.bias"])
+            z = conv("conv_up.3", np.maximum(hidden[:, :, :, 0], 0))
+        return _sigmoid(z.reshape(b, c, 1))
+
+    def spatial_gate(inp):
+        g, t = conv("conv_q_left", inp).mean(axis=2), conv("conv_v_left", inp)            # (B, IC), (B, IC, N)
+        if form == "paper":
+            logits = np.einsum("bi,bin->bn", _softmax(g, axis=1), t)
+        elif layout == "parallel":
+            logits = _softmax(np.einsum("bi,bin->bn", g, t), axis=1)
+        else:
+            logits = np.einsum("bi,bin->bn", g, _softmax(t, axis=2))
+        return _sigmoid(logits)[:, None, :]
+
+    if layout == "parallel":
+        out = flat * channel_gate(flat) + flat * spatial_gate(flat)
+    else:
+        refined = flat * channel_gate(flat)
+        out = refined * spatial_gate(refined)
+    return out.reshape(x.shape)
+
+
+PSA_STRUCTURES = [dict(layout=lay, form=f, qkv_bias=bias) for lay in ("parallel", "sequential")
+                  for f in ("official", "paper") for bias in (False, True)]
+
+
+@pytest.mark.parametrize("structure", PSA_STRUCTURES, ids=lambda s: "-".join(map(str, s.values())))
+def test_psa_matches_numpy_reference(structure):
+    rng = np.random.default_rng(12)
+    params = {k: dev(rng.standard_normal(v.shape)) for k, v in psa.init(rng, 16, **structure).items()}
+    x = _normal((2, 16, 5, 6), seed=13)
+    expected = _psa_reference(_host_params(params), x, **structure)
+    np.testing.assert_allclose(host(psa.psa(params, dev(x), **structure)), expected, rtol=1e-11, atol=1e-11)
+
+
+def test_psa_official_parallel_spatial_gate_range():
+    """softmax over positions inside the sigmoid: the PSA_p gate lies in (0.5, 0.731), near 0.5 for many positions."""
+    rng = np.random.default_rng(14)
+    params = psa.init(rng, 8)
+    _, small = psa.attention_maps(params, dev(_normal((2, 8, 2, 3), seed=15)))
+    _, large = psa.attention_maps(params, dev(_normal((2, 8, 32, 32), seed=15)))
+    small = host(small)
+    assert 0.5 < small.min() and small.max() < _sigmoid(1.0)
+    np.testing.assert_allclose(np.log(small / (1 - small)).sum(axis=(1, 2, 3)), 1.0, rtol=1e-12)  # softmax inside
+    assert np.abs(host(large) - 0.5).max() < 0.05
+    channel_gate, _ = psa.attention_maps(params, dev(_normal((2, 8, 2, 2))))
+    assert channel_gate.shape == (2, 8, 1, 1)
+
+
+def test_psa_forms_differ_and_gradcheck():
+    rng = np.random.default_rng(16)
+    x = _normal((1, 8, 3, 4), seed=17)
+    outputs = {}
+    for structure in PSA_STRUCTURES:
+        params = {k: dev(rng.standard_normal(v.shape) * 0.5) for k, v in psa.init(rng, 8, **structure).items()}
+        assert ag.gradcheck(lambda p, v, s=structure: psa.psa(p, v, **s), params, dev(x), mode="fast", n_directions=3)
+        outputs[tuple(structure.values())] = host(psa.psa(params, dev(x), **structure))
+    assert len({round(float(o.sum()), 6) for o in outputs.values()}) == len(outputs)
+
+
+def test_psa_structure_errors():
+    with pytest.raises(ValueError, match="psa.*channels=6.*sequential"):
+        psa.init(np.random.default_rng(0), 6, layout="sequential")
+    assert "conv_up.1.weight" in psa.init(np.random.default_rng(0), 6, layout="sequential", form="paper")
+    with pytest.raises(ValueError, match="psa.*layout.*'serial'"):
+        psa.init(np.random.default_rng(0), 8, layout="serial")
+    params = psa.init(np.random.default_rng(0), 8)
+    with pytest.raises(ValueError, match="psa.*form.*'code'"):
+        psa.psa(params, dev(_normal((1, 8, 2, 2))), form="code")
+    with pytest.raises(KeyError, match="psa.*conv_up.0.weight"):
+        psa.psa(params, dev(_normal((1, 8, 2, 2))), form="paper")

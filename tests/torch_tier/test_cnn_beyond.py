@@ -20,7 +20,7 @@ F = torch.nn.functional
 import autograd as ag  # noqa: E402
 import npattn  # noqa: E402
 from npattn.channel import coord, sge  # noqa: E402
-from npattn.hybrid import simam, triplet  # noqa: E402
+from npattn.hybrid import psa, simam, triplet  # noqa: E402
 from npattn.interop.torch import from_torch_state_dict  # noqa: E402
 from npattn.testing import assert_close  # noqa: E402
 from tests.conftest import dev, host  # noqa: E402
@@ -170,6 +170,59 @@ class TorchTripletModels(nn.Module):
         return (1 / 3) * (self.SpatialGate(x) + out_h + out_w)
 
 
+class TorchPSA(nn.Module):
+    """DeLightCMU/PSA network/PSA.py PSA_p / PSA_s (planes = inplanes), with the method names swapped as in the
+    official file: ``spatial_pool`` is the channel-only branch, ``channel_pool`` the spatial-only one.
+
+    ``form="paper"``: conv_up = Conv(IC -> C) + LayerNorm([C, 1, 1]); the pooled query softmaxed over IC before the
+    product.  ``qkv_bias``: a bias on every 1x1 conv.
+    """
+
+    def __init__(self, planes, layout="parallel", form="official", qkv_bias=False):
+        super().__init__()
+        self.layout, self.form = layout, form
+        self.inter_planes = planes // 2
+        self.conv_q_right = nn.Conv2d(planes, 1, 1, bias=qkv_bias)
+        self.conv_v_right = nn.Conv2d(planes, self.inter_planes, 1, bias=qkv_bias)
+        if form == "paper":
+            self.conv_up = nn.Sequential(nn.Conv2d(self.inter_planes, planes, 1, bias=qkv_bias),
+                                         nn.LayerNorm([planes, 1, 1]))
+        elif layout == "parallel":
+            self.conv_up = nn.Conv2d(self.inter_planes, planes, 1, bias=qkv_bias)
+        else:
+            self.conv_up = nn.Sequential(nn.Conv2d(self.inter_planes, self.inter_planes // 4, 1),
+                                         nn.LayerNorm([self.inter_planes // 4, 1, 1]), nn.ReLU(inplace=True),
+                                         nn.Conv2d(self.inter_planes // 4, planes, 1))
+        self.conv_q_left = nn.Conv2d(planes, self.inter_planes, 1, bias=qkv_bias)
+        self.conv_v_left = nn.Conv2d(planes, self.inter_planes, 1, bias=qkv_bias)
+
+    def spatial_pool(self, x):
+        input_x = self.conv_v_right(x)
+        batch, channel, height, width = input_x.size()
+        input_x = input_x.view(batch, channel, height * width)
+        context_mask = F.softmax(self.conv_q_right(x).view(batch, 1, height * width), dim=2)
+        context = torch.matmul(input_x, context_mask.transpose(1, 2)).unsqueeze(-1)
+        return x * torch.sigmoid(self.conv_up(context))
+
+    def channel_pool(self, x):
+        g_x = self.conv_q_left(x)
+        batch, channel, height, width = g_x.size()
+        avg_x = F.adaptive_avg_pool2d(g_x, 1).view(batch, channel, 1).permute(0, 2, 1)
+        theta_x = self.conv_v_left(x).view(batch, self.inter_planes, height * width)
+        if self.form == "paper":
+            context = torch.matmul(F.softmax(avg_x, dim=2), theta_x)
+        elif self.layout == "parallel":
+            context = F.softmax(torch.matmul(avg_x, theta_x), dim=2)
+        else:
+            context = torch.matmul(avg_x, F.softmax(theta_x, dim=2))
+        return x * torch.sigmoid(context.view(batch, 1, height, width))
+
+    def forward(self, x):
+        if self.layout == "parallel":
+            return self.channel_pool(x) + self.spatial_pool(x)
+        return self.channel_pool(self.spatial_pool(x))
+
+
 # ---------------------------------------------------------------------------------------------
 # cases: (id, npattn apply, npattn init, init kwargs, apply options, input shapes, twin factory)
 
@@ -179,13 +232,16 @@ REGISTRY_TWINS = {
     "simam": lambda: TorchSimAM(),
     "sge": lambda: TorchSGE(4),
     "triplet": lambda: TorchTriplet(),
+    "psa-p": lambda: TorchPSA(16, "parallel"),
+    "psa-s": lambda: TorchPSA(16, "sequential"),
 }
 
 
 def _registry_case(name):
     mech = npattn.get(name)
     shapes = [tuple(x.shape) for x in mech.example_input(np.random.default_rng(0))]
-    return (name, mech.apply_fn, mech.init, mech.config, mech.options, shapes, REGISTRY_TWINS[name])
+    options = {**mech.structure, **mech.options}
+    return (name, mech.apply_fn, mech.init, mech.config, options, shapes, REGISTRY_TWINS[name])
 
 
 def _random_affine(init):
@@ -226,6 +282,17 @@ CASES += [
     ("triplet-k3-wide", triplet.triplet, triplet.init, {"kernel_size": 3}, {}, [(2, 9, 3, 11)],
      lambda: TorchTriplet(kernel_size=3)),
 ]
+for _layout in ("parallel", "sequential"):
+    for _form, _bias in (("official", True), ("paper", False), ("paper", True)):
+        _structure = {"layout": _layout, "form": _form, "qkv_bias": _bias}
+        CASES.append((f"psa-{_layout}-{_form}{'-bias' if _bias else ''}", psa.psa, _random_affine(psa.init),
+                      {"channels": 12, **_structure}, _structure, [(2, 12, 5, 6)],
+                      lambda lay=_layout, f=_form, b=_bias: TorchPSA(12, lay, f, b)))
+CASES += [
+    ("psa-p-odd-c-1x1", psa.psa, psa.init, {"channels": 7}, {}, [(3, 7, 1, 1)], lambda: TorchPSA(7)),
+    ("psa-s-c8-1x3", psa.psa, psa.init, {"channels": 8, "layout": "sequential"}, {"layout": "sequential"},
+     [(2, 8, 1, 3)], lambda: TorchPSA(8, "sequential")),
+]
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
@@ -239,7 +306,7 @@ def test_twin(case, train):
     print(f"{case[0]} {'train' if train else 'eval'}: max |diff| {worst:.3g}")
 
 
-NEW_ENTRIES = ("coord", "simam", "sge", "triplet")
+NEW_ENTRIES = ("coord", "simam", "sge", "triplet", "psa-p", "psa-s")
 
 
 def test_every_entry_of_the_issue_has_a_twin():
