@@ -9,6 +9,7 @@ import scipy.signal
 import autograd as ag
 from npattn.channel import coord, sge
 from npattn.hybrid import psa, simam, triplet
+from npattn.self_attention import external
 from tests.conftest import dev, host
 from tests.npattn.test_channel import _randomize_bn
 
@@ -387,3 +388,69 @@ def test_psa_structure_errors():
         psa.psa(params, dev(_normal((1, 8, 2, 2))), form="code")
     with pytest.raises(KeyError, match="psa.*conv_up.0.weight"):
         psa.psa(params, dev(_normal((1, 8, 2, 2))), form="paper")
+
+
+# ---------------------------------------------------------------------------------------------
+# External Attention
+
+
+def _external_reference(p, x, bare=False, eps=1e-9):
+    """External attention as the paper's equations, NumPy (BN in eval mode)."""
+    b, c, h, w = x.shape
+    flat = x.reshape(b, c, h * w)
+    if not bare:
+        flat = np.einsum("oc,bcn->bon", p["conv1.weight"][:, :, 0, 0], flat) + p["conv1.bias"][:, None]
+    features = flat
+    attention = _softmax(np.einsum("sc,bcn->bsn", p["linear_0.weight"][:, :, 0], features), axis=2)
+    attention = attention / (eps + attention.sum(axis=1, keepdims=True))
+    out = np.einsum("cs,bsn->bcn", p["linear_1.weight"][:, :, 0], attention)
+    if bare:
+        return out.reshape(x.shape)
+    out = np.einsum("oc,bcn->bon", p["conv2.0.weight"][:, :, 0, 0], out).reshape(x.shape)
+    return np.maximum(_bn_eval(p, "conv2.1", out) + x, 0)
+
+
+@pytest.mark.parametrize("bare", [False, True])
+@pytest.mark.parametrize("shape", [(2, 8, 4, 5), (1, 8, 1, 1), (3, 8, 1, 6)])
+def test_external_matches_numpy_reference(shape, bare):
+    rng = np.random.default_rng(18)
+    params = _randomize_bn(external.init(rng, 8, k=6, bare=bare), rng)
+    x = _normal(shape, seed=19)
+    expected = _external_reference(_host_params(params), x, bare)
+    np.testing.assert_allclose(host(external.external(params, dev(x), bare=bare)), expected, rtol=1e-12, atol=1e-12)
+    attention = host(external.attention_maps(params, dev(x), bare=bare))
+    assert attention.shape == (shape[0], 6, shape[2] * shape[3])
+    np.testing.assert_allclose(attention.sum(axis=1), 1.0, rtol=1e-6)          # l1 over the units (up to eps)
+
+
+def test_external_official_init_ties_the_memories():
+    params = external.init(np.random.default_rng(0), 32)
+    assert params["linear_0.weight"].shape == (64, 32, 1)                      # k = 64
+    np.testing.assert_array_equal(host(params["linear_1.weight"]), host(params["linear_0.weight"]).transpose(1, 0, 2))
+    assert abs(host(params["linear_0.weight"]).std() - np.sqrt(2 / 64)) < 0.02  # N(0, 2 / (k * 1))
+    assert set(external.init(np.random.default_rng(0), 8, bare=True)) == {"linear_0.weight", "linear_1.weight"}
+
+
+def test_external_normalisation_axes_matter_and_gradcheck():
+    rng = np.random.default_rng(20)
+    params = _randomize_bn(external.init(rng, 6, k=4), rng)
+    x = _normal((2, 6, 3, 4), seed=21)
+    p = _host_params(params)
+    swapped = np.einsum("sc,bcn->bsn", p["linear_0.weight"][:, :, 0],
+                        np.einsum("oc,bcn->bon", p["conv1.weight"][:, :, 0, 0], x.reshape(2, 6, 12))
+                        + p["conv1.bias"][:, None])
+    swapped = _softmax(swapped, axis=1)
+    swapped = swapped / swapped.sum(axis=2, keepdims=True)
+    assert np.abs(host(external.attention_maps(params, dev(x))) - swapped).max() > 1e-2
+    _gradcheck_both_modes(external.external, params, x)
+
+
+def test_external_errors():
+    params = external.init(np.random.default_rng(0), 4, k=3)
+    x = dev(_normal((1, 4, 2, 2)))
+    with pytest.raises(ValueError, match="external.*eps"):
+        external.external(params, x, eps=-1.0)
+    with pytest.raises(KeyError, match="external.*conv1"):
+        external.external(params, x, bare=True)
+    with pytest.raises(ValueError, match="external.*positive"):
+        external.init(np.random.default_rng(0), 4, k=0)

@@ -22,6 +22,7 @@ import npattn  # noqa: E402
 from npattn.channel import coord, sge  # noqa: E402
 from npattn.hybrid import psa, simam, triplet  # noqa: E402
 from npattn.interop.torch import from_torch_state_dict  # noqa: E402
+from npattn.self_attention import external  # noqa: E402
 from npattn.testing import assert_close  # noqa: E402
 from tests.conftest import dev, host  # noqa: E402
 from tests.npattn.test_channel import _randomize_bn  # noqa: E402
@@ -223,6 +224,33 @@ class TorchPSA(nn.Module):
         return self.channel_pool(self.spatial_pool(x))
 
 
+class TorchExternal(nn.Module):
+    """MenghaoGuo/EANet model_torch.py External_attention(c) with k memory units (nn.BatchNorm2d for the
+    synchronized BN); ``bare``: linear_0, the double normalisation and linear_1 only."""
+
+    def __init__(self, c, k=64, bare=False, eps=1e-9):
+        super().__init__()
+        self.bare, self.eps = bare, eps
+        if not bare:
+            self.conv1 = nn.Conv2d(c, c, 1)
+        self.linear_0 = nn.Conv1d(c, k, 1, bias=False)
+        self.linear_1 = nn.Conv1d(k, c, 1, bias=False)
+        if not bare:
+            self.conv2 = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        idn = x
+        if not self.bare:
+            x = self.conv1(x)
+        b, c, h, w = x.size()
+        attn = F.softmax(self.linear_0(x.view(b, c, h * w)), dim=-1)
+        attn = attn / (self.eps + attn.sum(dim=1, keepdim=True))
+        x = self.linear_1(attn).view(b, c, h, w)
+        if self.bare:
+            return x
+        return F.relu(self.conv2(x) + idn)
+
+
 # ---------------------------------------------------------------------------------------------
 # cases: (id, npattn apply, npattn init, init kwargs, apply options, input shapes, twin factory)
 
@@ -234,6 +262,7 @@ REGISTRY_TWINS = {
     "triplet": lambda: TorchTriplet(),
     "psa-p": lambda: TorchPSA(16, "parallel"),
     "psa-s": lambda: TorchPSA(16, "sequential"),
+    "external": lambda: TorchExternal(16, 8),
 }
 
 
@@ -289,6 +318,11 @@ for _layout in ("parallel", "sequential"):
                       {"channels": 12, **_structure}, _structure, [(2, 12, 5, 6)],
                       lambda lay=_layout, f=_form, b=_bias: TorchPSA(12, lay, f, b)))
 CASES += [
+    ("external-k64", external.external, external.init, {"channels": 8}, {}, [(2, 8, 4, 5)], lambda: TorchExternal(8)),
+    ("external-bare", external.external, external.init, {"channels": 8, "k": 5, "bare": True}, {"bare": True},
+     [(2, 8, 3, 7)], lambda: TorchExternal(8, 5, bare=True)),
+    ("external-bare-eps0-1x1", external.external, external.init, {"channels": 4, "k": 3, "bare": True},
+     {"bare": True, "eps": 0.0}, [(3, 4, 1, 1)], lambda: TorchExternal(4, 3, bare=True, eps=0.0)),
     ("psa-p-odd-c-1x1", psa.psa, psa.init, {"channels": 7}, {}, [(3, 7, 1, 1)], lambda: TorchPSA(7)),
     ("psa-s-c8-1x3", psa.psa, psa.init, {"channels": 8, "layout": "sequential"}, {"layout": "sequential"},
      [(2, 8, 1, 3)], lambda: TorchPSA(8, "sequential")),
@@ -306,7 +340,7 @@ def test_twin(case, train):
     print(f"{case[0]} {'train' if train else 'eval'}: max |diff| {worst:.3g}")
 
 
-NEW_ENTRIES = ("coord", "simam", "sge", "triplet", "psa-p", "psa-s")
+NEW_ENTRIES = ("coord", "simam", "sge", "triplet", "psa-p", "psa-s", "external")
 
 
 def test_every_entry_of_the_issue_has_a_twin():
