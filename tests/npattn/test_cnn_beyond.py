@@ -9,7 +9,7 @@ import scipy.signal
 import autograd as ag
 from npattn.channel import coord, sge
 from npattn.hybrid import psa, simam, triplet
-from npattn.self_attention import external
+from npattn.self_attention import cot, external
 from tests.conftest import dev, host
 from tests.npattn.test_channel import _randomize_bn
 
@@ -454,3 +454,92 @@ def test_external_errors():
         external.external(params, x, bare=True)
     with pytest.raises(ValueError, match="external.*positive"):
         external.init(np.random.default_rng(0), 4, k=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# CoTNet's CotLayer
+
+
+def _aggregation_loops(values, weights, k):
+    """The official aggregation_zeropad kernel's definition as loops: weight group c mod C/8, zero padding."""
+    share, p = weights.shape[1], (k - 1) // 2
+    padded = np.pad(values, ((0, 0), (0, 0), (p, p), (p, p)))
+    out = np.zeros_like(values)
+    for n_, ch, h, w in np.ndindex(*values.shape):
+        for kh, kw in np.ndindex(k, k):
+            out[n_, ch, h, w] += weights[n_, ch % share, kh * k + kw, h, w] * padded[n_, ch, h + kh, w + kw]
+    return out
+
+
+@pytest.mark.parametrize("k, channels, share, size", [(3, 8, 2, (4, 5)), (5, 6, 3, (3, 2)), (1, 4, 1, (2, 2))])
+def test_cot_local_aggregation_matches_kernel_loops(k, channels, share, size):
+    values = _normal((2, channels) + size, seed=22)
+    weights = _normal((2, share, k * k) + size, seed=23)
+    got = host(cot.local_aggregation(dev(values), dev(weights), k))
+    np.testing.assert_allclose(got, _aggregation_loops(values, weights, k), rtol=1e-12, atol=1e-12)
+    if share > 1:   # reading the sharing as contiguous blocks (group c // (C / share)) is another map
+        blocks = np.repeat(weights, channels // share, axis=1)          # channel c -> group c // (C / share)
+        contiguous = _aggregation_loops(values, blocks, k)               # loops with C groups: group c for channel c
+        assert np.abs(got - contiguous).max() > 1e-2
+
+
+def _cot_reference(p, x):
+    """CotLayer in eval mode, NumPy (scipy for the grouped k x k conv)."""
+    b, c, h, w = x.shape
+    k = p["key_embed.0.weight"].shape[-1]
+
+    def conv1x1(prefix, z, bias=True):
+        out = np.einsum("oi,bihw->bohw", p[f"{prefix}.weight"][:, :, 0, 0], z)
+        return out + p[f"{prefix}.bias"][None, :, None, None] if bias else out
+
+    per_group = c // 4
+    static = np.zeros_like(x)
+    for n_, o in np.ndindex(b, c):
+        g = o // per_group
+        static[n_, o] = sum(scipy.signal.correlate2d(x[n_, g * per_group + i], p["key_embed.0.weight"][o, i],
+                                                     mode="same") for i in range(per_group))
+    static = np.maximum(_bn_eval(p, "key_embed.1", static), 0)
+    hidden = np.maximum(_bn_eval(p, "embed.1", conv1x1("embed.0", np.concatenate([x, static], axis=1), False)), 0)
+    logits = conv1x1("embed.3", hidden).reshape(b, c // 8, k * k * h * w)
+    logits = (logits - logits.mean(axis=2, keepdims=True)) / np.sqrt(logits.var(axis=2, keepdims=True) + 1e-5)
+    logits = logits.reshape(b, -1, h, w) * p["embed.4.weight"][:, None, None] + p["embed.4.bias"][:, None, None]
+    values = _bn_eval(p, "conv1x1.1", conv1x1("conv1x1.0", x, False))
+    aggregated = _bn_eval(p, "bn", _aggregation_loops(values, logits.reshape(b, c // 8, k * k, h, w), k))
+    dynamic = aggregated * _sigmoid(aggregated)
+    pooled = (dynamic + static).mean(axis=(2, 3), keepdims=True)
+    radix = conv1x1("se.3", np.maximum(_bn_eval(p, "se.1", conv1x1("se.0", pooled)), 0)).reshape(b, c, 2)
+    radix = _softmax(radix, axis=2)
+    return dynamic * radix[:, :, 0, None, None] + static * radix[:, :, 1, None, None]
+
+
+@pytest.mark.parametrize("k, shape", [(3, (2, 16, 5, 6)), (5, (1, 8, 3, 4)), (3, (2, 8, 1, 1))])
+def test_cot_matches_numpy_reference(k, shape):
+    rng = np.random.default_rng(24)
+    params = _randomize_bn(cot.init(rng, shape[1], kernel_size=k), rng)
+    params["embed.4.weight"] = dev(rng.uniform(0.5, 1.5, params["embed.4.weight"].shape))
+    x = _normal(shape, seed=25)
+    expected = _cot_reference(_host_params(params), x)
+    np.testing.assert_allclose(host(cot.cot(params, dev(x))), expected, rtol=1e-11, atol=1e-11)
+    maps = cot.attention_maps(params, dev(x))
+    np.testing.assert_allclose(host(maps["radix"]).sum(axis=2), 1.0, rtol=1e-14)
+    assert maps["static"].shape == maps["dynamic"].shape == shape
+
+
+def test_cot_widths_and_errors():
+    params = cot.init(np.random.default_rng(0), 64)
+    assert params["se.0.weight"].shape == (32, 64, 1, 1) and params["se.3.weight"].shape == (128, 32, 1, 1)
+    assert cot.init(np.random.default_rng(0), 128)["se.0.weight"].shape[0] == 64       # max(2C // 4, 32)
+    assert params["embed.3.weight"].shape == (9 * 64 // 8, 32, 1, 1)
+    with pytest.raises(ValueError, match="cot.*12 channels.*multiple of 8"):
+        cot.init(np.random.default_rng(0), 12)
+    with pytest.raises(ValueError, match="cot.*odd"):
+        cot.init(np.random.default_rng(0), 8, kernel_size=2)
+    small = cot.init(np.random.default_rng(0), 8)
+    with pytest.raises(ValueError, match="cot.*'se.1'.*more than one value"):
+        cot.cot(small, dev(_normal((1, 8, 3, 3))), train=True)                       # B = 1 in training, as torch
+
+
+def test_cot_gradcheck_both_modes():
+    rng = np.random.default_rng(26)
+    params = _randomize_bn(cot.init(rng, 8), rng)
+    _gradcheck_both_modes(cot.cot, params, _normal((2, 8, 3, 4), seed=27))

@@ -22,7 +22,7 @@ import npattn  # noqa: E402
 from npattn.channel import coord, sge  # noqa: E402
 from npattn.hybrid import psa, simam, triplet  # noqa: E402
 from npattn.interop.torch import from_torch_state_dict  # noqa: E402
-from npattn.self_attention import external  # noqa: E402
+from npattn.self_attention import cot, external  # noqa: E402
 from npattn.testing import assert_close  # noqa: E402
 from tests.conftest import dev, host  # noqa: E402
 from tests.npattn.test_channel import _randomize_bn  # noqa: E402
@@ -251,6 +251,51 @@ class TorchExternal(nn.Module):
         return F.relu(self.conv2(x) + idn)
 
 
+def torch_aggregation_zeropad(x, w, kernel_size):
+    """JDAI-CV/CoTNet cupy_layers/aggregation_zeropad.py, as its own test_aggregation_zeropad computes it
+    with unfold (asserted there to equal the CUDA kernel to 1e-9): x (n, c_x, H, W), w (n, heads, c_w, k², H, W)."""
+    n, c_x, height, width = x.shape
+    _, heads, c_w = w.shape[:3]
+    unfold_j = nn.Unfold(kernel_size=kernel_size, dilation=1, padding=(kernel_size - 1) // 2, stride=1)
+    x2 = unfold_j(x).view(n, c_x // c_w, c_w, kernel_size * kernel_size, height, width)
+    return (w.unsqueeze(2) * x2.unsqueeze(1)).sum(-3).view(n, heads * c_x, height, width)
+
+
+class TorchCotLayer(nn.Module):
+    """JDAI-CV/CoTNet models/cotnet.py CotLayer(dim, kernel_size), LocalConvolution as its unfold expression."""
+
+    def __init__(self, dim, kernel_size=3):
+        super().__init__()
+        self.dim, self.kernel_size = dim, kernel_size
+        self.key_embed = nn.Sequential(
+            nn.Conv2d(dim, dim, kernel_size, stride=1, padding=kernel_size // 2, groups=4, bias=False),
+            nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
+        share_planes, factor = 8, 2
+        self.embed = nn.Sequential(
+            nn.Conv2d(2 * dim, dim // factor, 1, bias=False), nn.BatchNorm2d(dim // factor), nn.ReLU(inplace=True),
+            nn.Conv2d(dim // factor, pow(kernel_size, 2) * dim // share_planes, kernel_size=1),
+            nn.GroupNorm(num_groups=dim // share_planes, num_channels=pow(kernel_size, 2) * dim // share_planes))
+        self.conv1x1 = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
+        self.bn = nn.BatchNorm2d(dim)
+        self.act = nn.SiLU(inplace=True)
+        self.radix = 2
+        attn_chs = max(dim * self.radix // 4, 32)
+        self.se = nn.Sequential(nn.Conv2d(dim, attn_chs, 1), nn.BatchNorm2d(attn_chs), nn.ReLU(inplace=True),
+                                nn.Conv2d(attn_chs, self.radix * dim, 1))
+
+    def forward(self, x):
+        k = self.key_embed(x)
+        qk = torch.cat([x, k], dim=1)
+        b, c, qk_hh, qk_ww = qk.size()
+        w = self.embed(qk).view(b, 1, -1, self.kernel_size * self.kernel_size, qk_hh, qk_ww)
+        x = self.act(self.bn(torch_aggregation_zeropad(self.conv1x1(x), w, self.kernel_size)))
+        B, C, H, W = x.shape
+        x = torch.cat([x.view(B, C, 1, H, W), k.view(B, C, 1, H, W)], dim=2)
+        x_attn = self.se(x.sum(dim=2).mean((2, 3), keepdim=True)).view(B, C, self.radix)
+        x_attn = F.softmax(x_attn, dim=2)
+        return (x * x_attn.reshape((B, C, self.radix, 1, 1))).sum(dim=2)
+
+
 # ---------------------------------------------------------------------------------------------
 # cases: (id, npattn apply, npattn init, init kwargs, apply options, input shapes, twin factory)
 
@@ -263,6 +308,7 @@ REGISTRY_TWINS = {
     "psa-p": lambda: TorchPSA(16, "parallel"),
     "psa-s": lambda: TorchPSA(16, "sequential"),
     "external": lambda: TorchExternal(16, 8),
+    "cot": lambda: TorchCotLayer(16),
 }
 
 
@@ -318,6 +364,11 @@ for _layout in ("parallel", "sequential"):
                       {"channels": 12, **_structure}, _structure, [(2, 12, 5, 6)],
                       lambda lay=_layout, f=_form, b=_bias: TorchPSA(12, lay, f, b)))
 CASES += [
+    ("cot-k5", cot.cot, cot.init, {"channels": 16, "kernel_size": 5}, {}, [(2, 16, 6, 5)],
+     lambda: TorchCotLayer(16, 5)),
+    ("cot-c72-wide-se", cot.cot, cot.init, {"channels": 72}, {}, [(2, 72, 4, 3)], lambda: TorchCotLayer(72)),
+    ("cot-1x1-map", cot.cot, cot.init, {"channels": 8}, {}, [(3, 8, 1, 1)], lambda: TorchCotLayer(8)),
+    ("cot-k1", cot.cot, cot.init, {"channels": 8, "kernel_size": 1}, {}, [(2, 8, 3, 2)], lambda: TorchCotLayer(8, 1)),
     ("external-k64", external.external, external.init, {"channels": 8}, {}, [(2, 8, 4, 5)], lambda: TorchExternal(8)),
     ("external-bare", external.external, external.init, {"channels": 8, "k": 5, "bare": True}, {"bare": True},
      [(2, 8, 3, 7)], lambda: TorchExternal(8, 5, bare=True)),
@@ -340,7 +391,7 @@ def test_twin(case, train):
     print(f"{case[0]} {'train' if train else 'eval'}: max |diff| {worst:.3g}")
 
 
-NEW_ENTRIES = ("coord", "simam", "sge", "triplet", "psa-p", "psa-s", "external")
+NEW_ENTRIES = ("coord", "simam", "sge", "triplet", "psa-p", "psa-s", "external", "cot")
 
 
 def test_every_entry_of_the_issue_has_a_twin():
@@ -416,3 +467,20 @@ def test_triplet_hc_orientation_matters():
     with torch.no_grad():
         expected = module(torch.from_numpy(x)).numpy()
     assert np.abs(host(triplet.triplet(transposed, dev(x))) - expected).max() > 1e-3
+
+
+def test_cot_local_aggregation_is_the_official_kernel_sum():
+    """npattn.cot.local_aggregation equals the official kernel's unfold expression, values and gradients."""
+    rng = np.random.default_rng(4)
+    for k, c, share in ((3, 8, 2), (5, 12, 3)):
+        values, weights = rng.standard_normal((2, c, 4, 5)), rng.standard_normal((2, share, k * k, 4, 5))
+        cotangent = rng.standard_normal(values.shape)
+        got, pullback = ag.vjp(lambda v, w: cot.local_aggregation(v, w, k), dev(values), dev(weights))
+        values_t = torch.tensor(values, requires_grad=True)
+        weights_t = torch.tensor(weights, requires_grad=True)
+        official = torch_aggregation_zeropad(values_t, weights_t[:, None], k)
+        official.backward(torch.from_numpy(cotangent))
+        assert_close(host(got), official, rtol=1e-12, atol=1e-12)
+        grad_values, grad_weights = pullback(dev(cotangent))
+        assert_close(host(grad_values), values_t.grad, rtol=1e-12, atol=1e-12)
+        assert_close(host(grad_weights), weights_t.grad, rtol=1e-12, atol=1e-12)
