@@ -7,7 +7,7 @@ import pytest
 import scipy.signal
 
 import autograd as ag
-from npattn.channel import coord, sge
+from npattn.channel import coord, gct, sge
 from npattn.hybrid import psa, simam, triplet
 from npattn.self_attention import cot, external
 from tests.conftest import dev, host
@@ -543,3 +543,71 @@ def test_cot_gradcheck_both_modes():
     rng = np.random.default_rng(26)
     params = _randomize_bn(cot.init(rng, 8), rng)
     _gradcheck_both_modes(cot.cot, params, _normal((2, 8, 3, 4), seed=27))
+
+
+# ---------------------------------------------------------------------------------------------
+# GCT
+
+
+def _gct_params(channels, seed):
+    rng = np.random.default_rng(seed)
+    return {k: dev(rng.standard_normal((1, channels, 1, 1))) for k in ("alpha", "gamma", "beta")}
+
+
+def test_gct_hand_case():
+    """l2, eps = 0, alpha = gamma = 1, beta = 0, x = [3, 4] on 1x1 maps: n = 1 / sqrt(12.5)."""
+    ones = np.ones((1, 2, 1, 1))
+    params = {"alpha": dev(ones), "gamma": dev(ones), "beta": dev(0 * ones)}
+    x = np.array([3.0, 4.0]).reshape(1, 2, 1, 1)
+    expected = [3 * (1 + np.tanh(3 / np.sqrt(12.5))), 4 * (1 + np.tanh(4 / np.sqrt(12.5)))]
+    np.testing.assert_allclose(host(gct.gct(params, dev(x), epsilon=0.0)).ravel(), expected, rtol=1e-15)
+
+
+def _gct_reference(p, x, mode, after_relu, eps):
+    """The official forward with the paper's notation, NumPy, channel by channel."""
+    alpha, gamma, beta = (p[k][0, :, 0, 0] for k in ("alpha", "gamma", "beta"))
+    out = np.empty_like(x)
+    for n_ in range(x.shape[0]):
+        if mode == "l2":
+            s = alpha * np.sqrt((x[n_] ** 2).sum(axis=(1, 2)) + eps)
+            s_hat = s * gamma / np.sqrt((s ** 2).mean() + eps)
+        else:
+            s = alpha * (x[n_] if after_relu else np.abs(x[n_])).sum(axis=(1, 2))
+            s_hat = s * gamma / (np.abs(s).mean() + eps)
+        out[n_] = x[n_] * (1 + np.tanh(s_hat + beta))[:, None, None]
+    return out
+
+
+@pytest.mark.parametrize("mode, after_relu", [("l2", False), ("l1", False), ("l1", True)])
+@pytest.mark.parametrize("shape", [(2, 6, 4, 5), (1, 1, 1, 1), (3, 4, 1, 3)])
+def test_gct_matches_reference(shape, mode, after_relu):
+    params = _gct_params(shape[1], seed=28)
+    x = _normal(shape, seed=29)
+    if after_relu:
+        x = np.maximum(x, 0)
+    for eps in (1e-5, 0.3):
+        expected = _gct_reference(_host_params(params), x, mode, after_relu, eps)
+        got = gct.gct(params, dev(x), mode=mode, after_relu=after_relu, epsilon=eps)
+        np.testing.assert_allclose(host(got), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_gct_identity_at_init_and_mean_over_channels():
+    x = _normal((2, 8, 3, 3), seed=30)
+    np.testing.assert_array_equal(host(gct.gct(gct.init(np.random.default_rng(0), 8), dev(x))), x)
+    params = _gct_params(8, seed=31)
+    p = _host_params(params)
+    s = p["alpha"] * np.sqrt((x ** 2).sum(axis=(2, 3), keepdims=True))                    # (N, C, 1, 1)
+    summed = x * (1 + np.tanh(s * p["gamma"] / np.sqrt((s ** 2).sum(axis=1, keepdims=True)) + p["beta"]))
+    assert np.abs(host(gct.gct(params, dev(x), epsilon=0.0)) - summed).max() > 1e-2   # mean, not sum, over C
+
+
+def test_gct_gradcheck_and_errors():
+    params, x = _gct_params(5, seed=32), dev(_normal((2, 5, 2, 3), seed=33))
+    for mode in ("l2", "l1"):
+        assert ag.gradcheck(lambda p, v, m=mode: gct.gct(p, v, mode=m), params, x, mode="full")
+    with pytest.raises(ValueError, match="gct.*mode.*'l3'"):
+        gct.gct(params, x, mode="l3")
+    with pytest.raises(ValueError, match="gct.*epsilon"):
+        gct.gct(params, x, epsilon=-1)
+    with pytest.raises(ValueError, match="gct.*'gamma'.*shape"):
+        gct.gct(dict(params, gamma=dev(np.ones((1, 4, 1, 1)))), x)

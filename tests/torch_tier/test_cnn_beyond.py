@@ -19,7 +19,7 @@ F = torch.nn.functional
 
 import autograd as ag  # noqa: E402
 import npattn  # noqa: E402
-from npattn.channel import coord, sge  # noqa: E402
+from npattn.channel import coord, gct, sge  # noqa: E402
 from npattn.hybrid import psa, simam, triplet  # noqa: E402
 from npattn.interop.torch import from_torch_state_dict  # noqa: E402
 from npattn.self_attention import cot, external  # noqa: E402
@@ -296,6 +296,28 @@ class TorchCotLayer(nn.Module):
         return (x * x_attn.reshape((B, C, self.radix, 1, 1))).sum(dim=2)
 
 
+class TorchGCT(nn.Module):
+    """z-x-yang/GCT PyTorch/GCT.py GCT(num_channels, epsilon, mode, after_relu)."""
+
+    def __init__(self, num_channels, epsilon=1e-5, mode="l2", after_relu=False):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, num_channels, 1, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, num_channels, 1, 1))
+        self.beta = nn.Parameter(torch.zeros(1, num_channels, 1, 1))
+        self.epsilon, self.mode, self.after_relu = epsilon, mode, after_relu
+
+    def forward(self, x):
+        if self.mode == "l2":
+            embedding = (x.pow(2).sum((2, 3), keepdim=True) + self.epsilon).pow(0.5) * self.alpha
+            norm = self.gamma / (embedding.pow(2).mean(dim=1, keepdim=True) + self.epsilon).pow(0.5)
+        else:
+            _x = x if self.after_relu else torch.abs(x)
+            embedding = _x.sum((2, 3), keepdim=True) * self.alpha
+            norm = self.gamma / (torch.abs(embedding).mean(dim=1, keepdim=True) + self.epsilon)
+        gate = 1.0 + torch.tanh(embedding * norm + self.beta)
+        return x * gate
+
+
 # ---------------------------------------------------------------------------------------------
 # cases: (id, npattn apply, npattn init, init kwargs, apply options, input shapes, twin factory)
 
@@ -309,6 +331,7 @@ REGISTRY_TWINS = {
     "psa-s": lambda: TorchPSA(16, "sequential"),
     "external": lambda: TorchExternal(16, 8),
     "cot": lambda: TorchCotLayer(16),
+    "gct": lambda: TorchGCT(16),
 }
 
 
@@ -364,6 +387,13 @@ for _layout in ("parallel", "sequential"):
                       {"channels": 12, **_structure}, _structure, [(2, 12, 5, 6)],
                       lambda lay=_layout, f=_form, b=_bias: TorchPSA(12, lay, f, b)))
 CASES += [
+    ("gct-l2", gct.gct, _random_affine(gct.init), {"channels": 12}, {}, [(2, 12, 4, 5)], lambda: TorchGCT(12)),
+    ("gct-l2-eps0.1-1x1", gct.gct, _random_affine(gct.init), {"channels": 3}, {"epsilon": 0.1}, [(2, 3, 1, 1)],
+     lambda: TorchGCT(3, epsilon=0.1)),
+    ("gct-l1", gct.gct, _random_affine(gct.init), {"channels": 6}, {"mode": "l1"}, [(3, 6, 3, 2)],
+     lambda: TorchGCT(6, mode="l1")),
+    ("gct-l1-after-relu", gct.gct, _random_affine(gct.init), {"channels": 6}, {"mode": "l1", "after_relu": True},
+     [(2, 6, 2, 3)], lambda: TorchGCT(6, mode="l1", after_relu=True)),
     ("cot-k5", cot.cot, cot.init, {"channels": 16, "kernel_size": 5}, {}, [(2, 16, 6, 5)],
      lambda: TorchCotLayer(16, 5)),
     ("cot-c72-wide-se", cot.cot, cot.init, {"channels": 72}, {}, [(2, 72, 4, 3)], lambda: TorchCotLayer(72)),
@@ -391,7 +421,7 @@ def test_twin(case, train):
     print(f"{case[0]} {'train' if train else 'eval'}: max |diff| {worst:.3g}")
 
 
-NEW_ENTRIES = ("coord", "simam", "sge", "triplet", "psa-p", "psa-s", "external", "cot")
+NEW_ENTRIES = ("coord", "simam", "sge", "triplet", "psa-p", "psa-s", "external", "cot", "gct")
 
 
 def test_every_entry_of_the_issue_has_a_twin():
