@@ -13,7 +13,8 @@ after_relu=False)``; ``TensorFlow/convnet_builder.py`` computes the same), which
   sqrt(mean_C s² + ε) = sqrt(Σ s² + Cε) / √C: the paper's √C / ‖s‖₂ up to where ε sits (a shift of order ε,
   documented, not an option).  Summing instead of averaging over C would change outputs by ~1.7.
 * l1: s = α · Σ_HW |x| (``after_relu=True``: Σ_HW x, no abs);  n = γ / (mean_C |s| + ε) (ε outside, no sqrt).
-* ε = 1e-5; init α = 1, γ = 0, β = 0, so the block is exactly the identity at init.  GCT-ResNets put it
+* ε = 1e-5; init α = 1, γ = 0, β = 0, so the block is exactly the identity at init (``init(...,
+  official_init=False)`` draws them from N(0, 1), as the registry config does).  GCT-ResNets put it
   before every conv; the official README excludes β from weight decay.  An unknown mode calls ``sys.exit()``
   in the official file (without importing sys); here it is a ValueError.
 
@@ -36,11 +37,17 @@ MODES = ("l2", "l1")
 EPSILON = 1e-5
 
 
-def init(rng, channels: int, *, dtype=np.float64) -> dict:
-    """Parameters ``alpha`` = 1, ``gamma`` = 0, ``beta`` = 0, each (1, C, 1, 1) (official init; ``rng`` unused)."""
+def init(rng, channels: int, *, official_init: bool = True, dtype=np.float64) -> dict:
+    """Parameters ``alpha`` = 1, ``gamma`` = 0, ``beta`` = 0, each (1, C, 1, 1) (the official init).
+
+    ``official_init=False`` draws all three from N(0, 1) with ``rng`` instead, so that tests and golden vectors
+    see more than the identity (the registry entry's config does).
+    """
     if channels < 1:
         raise ValueError(f"{NAME}: channels must be positive, got {channels}")
     shape = (1, channels, 1, 1)
+    if not official_init:
+        return {key: backend.from_numpy(rng.standard_normal(shape).astype(dtype)) for key in ("alpha", "gamma", "beta")}
     return {"alpha": backend.from_numpy(np.ones(shape, dtype=dtype)),
             "gamma": backend.from_numpy(np.zeros(shape, dtype=dtype)),
             "beta": backend.from_numpy(np.zeros(shape, dtype=dtype))}
@@ -94,7 +101,7 @@ def gct(params, x, *, train: bool = False, mode: str = "l2", after_relu: bool = 
 register(Mechanism(
     name=NAME, family="channel",
     paper=Paper("Yang, Zhu, Wu, Yang", "Gated Channel Transformation for Visual Recognition", "CVPR", 2020),
-    init=init, apply_fn=gct, config={"channels": 16},
+    init=init, apply_fn=gct, config={"channels": 16, "official_init": False},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 16, 5, 6), dtype),),
     description="channel gate 1 + tanh(gamma * normalised l2 embedding + beta); the identity at init",
 ))

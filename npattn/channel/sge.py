@@ -12,7 +12,8 @@ well each position's vector matches the group's average vector::
 Follows the official code (``implus/PytorchInsight``, ``classification/models/imagenet/resnet_sge.py``,
 ``SpatialGroupEnhance(groups=64)``): the standard deviation is **unbiased** (``Tensor.std``, divisor
 H·W − 1) and ε is added to the std, not the variance; init γ = ``weight`` = 0, β = ``bias`` = 1 (the gate
-starts at sigmoid(1) everywhere).  A 1x1 map has no unbiased std: its output is NaN, as the official
+starts at sigmoid(1) everywhere; ``init(..., official_init=False)`` draws them from N(0, 1), as the registry
+config does).  A 1x1 map has no unbiased std: its output is NaN, as the official
 module's is.  ``unbiased=False`` uses the biased std (changes outputs by ~1e-2 on a 5x6 map).  In
 SGE-ResNets the module sits after bn3 with G = 64, before the residual add.
 
@@ -40,11 +41,17 @@ def _check_groups(channels: int, groups: int, where: str) -> None:
                          "(the official view (N*G, C/G, H, W) needs C % G == 0)")
 
 
-def init(rng, channels: int, *, groups: int = 64, dtype=np.float64) -> dict:
-    """Parameters ``weight`` (1, G, 1, 1) = 0 and ``bias`` (1, G, 1, 1) = 1 (the official init; ``rng`` unused)."""
+def init(rng, channels: int, *, groups: int = 64, official_init: bool = True, dtype=np.float64) -> dict:
+    """Parameters ``weight`` (1, G, 1, 1) = 0 and ``bias`` (1, G, 1, 1) = 1 (the official init).
+
+    ``official_init=False`` draws both from N(0, 1) with ``rng`` instead, so that every part of the map shows in
+    tests and golden vectors (the registry entry's config does).
+    """
     _check_groups(channels, groups, "init:")
-    return {"weight": backend.from_numpy(np.zeros((1, groups, 1, 1), dtype=dtype)),
-            "bias": backend.from_numpy(np.ones((1, groups, 1, 1), dtype=dtype))}
+    shape = (1, groups, 1, 1)
+    weight = np.zeros(shape) if official_init else rng.standard_normal(shape)
+    bias = np.ones(shape) if official_init else rng.standard_normal(shape)
+    return {"weight": backend.from_numpy(weight.astype(dtype)), "bias": backend.from_numpy(bias.astype(dtype))}
 
 
 def _normalised_similarity(x, groups: int, unbiased: bool):
@@ -96,7 +103,7 @@ register(Mechanism(
     name=NAME, family="channel",
     paper=Paper("Li, Hu, Yang", "Spatial Group-wise Enhance: Improving Semantic Feature Learning in "
                 "Convolutional Networks", "arXiv 1905.09646", 2019),
-    init=init, apply_fn=sge, config={"channels": 16, "groups": 4},
+    init=init, apply_fn=sge, config={"channels": 16, "groups": 4, "official_init": False},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 16, 5, 6), dtype),),
     description="one spatial gate per channel group from each position's similarity to the group mean",
 ))

@@ -7,7 +7,7 @@ import pytest
 import scipy.signal
 
 import autograd as ag
-from npattn.channel import coord, gct, sge
+from npattn.channel import coord, gct, sge, srm
 from npattn.hybrid import psa, simam, triplet
 from npattn.self_attention import cot, external
 from tests.conftest import dev, host
@@ -611,3 +611,65 @@ def test_gct_gradcheck_and_errors():
         gct.gct(params, x, epsilon=-1)
     with pytest.raises(ValueError, match="gct.*'gamma'.*shape"):
         gct.gct(dict(params, gamma=dev(np.ones((1, 4, 1, 1)))), x)
+
+
+# ---------------------------------------------------------------------------------------------
+# SRM
+
+
+def test_srm_hand_case():
+    """C = 1, map [1, 3], cfc = [0.5, -1], BN identity: z = 1 - sqrt(2 + 1e-5), g = sigmoid(z / sqrt(1 + 1e-5))."""
+    params = srm.init(np.random.default_rng(0), 1)
+    params["cfc"] = dev(np.array([[0.5, -1.0]]))
+    x = np.array([1.0, 3.0]).reshape(1, 1, 1, 2)
+    gate = _sigmoid((1 - np.sqrt(2 + 1e-5)) / np.sqrt(1 + 1e-5))
+    np.testing.assert_allclose(host(srm.srm(params, dev(x))).ravel(), [gate, 3 * gate], rtol=1e-14)
+
+
+def _srm_reference(p, x, std_mode="var_eps"):
+    flat = x.reshape(x.shape[0], x.shape[1], -1)
+    var = flat.var(axis=2, ddof=1)
+    std = np.sqrt(var + 1e-5) if std_mode == "var_eps" else np.sqrt(var)
+    z = p["cfc"][:, 0] * flat.mean(axis=2) + p["cfc"][:, 1] * std
+    return x * _sigmoid(_bn_eval(p, "bn", z[:, :, None, None]))
+
+
+@pytest.mark.parametrize("std_mode", ["var_eps", "std"])
+@pytest.mark.parametrize("shape", [(2, 5, 4, 3), (1, 3, 1, 2), (3, 2, 6, 1)])
+def test_srm_matches_reference(shape, std_mode):
+    rng = np.random.default_rng(34)
+    params = _randomize_bn(srm.init(rng, shape[1], official_init=False), rng)
+    x = _normal(shape, seed=35)
+    expected = _srm_reference(_host_params(params), x, std_mode)
+    np.testing.assert_allclose(host(srm.srm(params, dev(x), std_mode=std_mode)), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_srm_variance_details():
+    rng = np.random.default_rng(36)
+    params = _randomize_bn(srm.init(rng, 4, official_init=False), rng)
+    assert np.all(host(srm.init(rng, 4)["cfc"]) == 0)                                   # official init
+    x = _normal((2, 4, 5, 6), seed=37)
+    p = _host_params(params)
+    flat = x.reshape(2, 4, -1)
+    biased = x * _sigmoid(_bn_eval(p, "bn", (p["cfc"][:, 0] * flat.mean(2) + p["cfc"][:, 1]
+                                             * np.sqrt(flat.var(2) + 1e-5))[:, :, None, None]))
+    assert np.abs(host(srm.srm(params, dev(x))) - biased).max() > 1e-4                 # unbiased, not biased
+    assert np.isnan(host(srm.srm(params, dev(_normal((2, 4, 1, 1)))))).all()           # one value per map
+    constant = dev(np.ones((2, 4, 3, 3)))                                               # var = 0: only eps keeps
+    grads = ag.grad(lambda v: ag.sum(srm.srm(params, v)))(constant)                     # sqrt differentiable
+    assert np.all(np.isfinite(host(grads)))
+    with np.errstate(divide="ignore", invalid="ignore"):                               # the pre-fix std: 0 / 0
+        prefix = host(ag.grad(lambda v: ag.sum(srm.srm(params, v, std_mode="std")))(constant))
+    assert not np.all(np.isfinite(prefix))
+
+
+def test_srm_gradcheck_and_errors():
+    rng = np.random.default_rng(38)
+    params = _randomize_bn(srm.init(rng, 3, official_init=False), rng)
+    _gradcheck_both_modes(lambda p, v, train: srm.srm(p, v, train=train), params, _normal((2, 3, 2, 3), seed=39))
+    with pytest.raises(ValueError, match="srm.*std_mode.*'biased'"):
+        srm.srm(params, dev(_normal((2, 3, 2, 2))), std_mode="biased")
+    with pytest.raises(ValueError, match="srm.*'bn'.*more than one value"):
+        srm.srm(params, dev(_normal((1, 3, 2, 2))), train=True)
+    with pytest.raises(ValueError, match="srm.*'cfc' must have shape \\(3, 2\\)"):
+        srm.srm(dict(params, cfc=dev(np.zeros((4, 2)))), dev(_normal((2, 3, 2, 2))))

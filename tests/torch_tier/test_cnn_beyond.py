@@ -19,7 +19,7 @@ F = torch.nn.functional
 
 import autograd as ag  # noqa: E402
 import npattn  # noqa: E402
-from npattn.channel import coord, gct, sge  # noqa: E402
+from npattn.channel import coord, gct, sge, srm  # noqa: E402
 from npattn.hybrid import psa, simam, triplet  # noqa: E402
 from npattn.interop.torch import from_torch_state_dict  # noqa: E402
 from npattn.self_attention import cot, external  # noqa: E402
@@ -318,6 +318,30 @@ class TorchGCT(nn.Module):
         return x * gate
 
 
+class TorchSRM(nn.Module):
+    """hyunjaelee410/style-based-recalibration-module models/recalibration_modules.py SRMLayer(channel) at f6221c7
+    (unbiased var + 1e-5, then sqrt); ``std_mode="std"``: the initial commit's ``std(dim=2)``."""
+
+    def __init__(self, channel, std_mode="var_eps"):
+        super().__init__()
+        self.cfc = nn.Parameter(torch.zeros(channel, 2))
+        self.bn = nn.BatchNorm2d(channel)
+        self.std_mode = std_mode
+
+    def _style_pooling(self, x, eps=1e-5):
+        n, c = x.shape[:2]
+        channel_mean = x.view(n, c, -1).mean(dim=2, keepdim=True)
+        if self.std_mode == "std":
+            channel_std = x.view(n, c, -1).std(dim=2).view(n, c, -1)
+        else:
+            channel_std = (x.view(n, c, -1).var(dim=2, keepdim=True) + eps).sqrt()
+        return torch.cat((channel_mean, channel_std), dim=2)
+
+    def forward(self, x):
+        z = torch.sum(self._style_pooling(x) * self.cfc[None, :, :], dim=2)[:, :, None, None]
+        return x * torch.sigmoid(self.bn(z))
+
+
 # ---------------------------------------------------------------------------------------------
 # cases: (id, npattn apply, npattn init, init kwargs, apply options, input shapes, twin factory)
 
@@ -332,6 +356,7 @@ REGISTRY_TWINS = {
     "external": lambda: TorchExternal(16, 8),
     "cot": lambda: TorchCotLayer(16),
     "gct": lambda: TorchGCT(16),
+    "srm": lambda: TorchSRM(16),
 }
 
 
@@ -387,6 +412,10 @@ for _layout in ("parallel", "sequential"):
                       {"channels": 12, **_structure}, _structure, [(2, 12, 5, 6)],
                       lambda lay=_layout, f=_form, b=_bias: TorchPSA(12, lay, f, b)))
 CASES += [
+    ("srm-std-prefix", srm.srm, srm.init, {"channels": 6, "official_init": False}, {"std_mode": "std"},
+     [(3, 6, 4, 3)], lambda: TorchSRM(6, "std")),
+    ("srm-1x2-map", srm.srm, srm.init, {"channels": 4, "official_init": False}, {}, [(2, 4, 1, 2)],
+     lambda: TorchSRM(4)),
     ("gct-l2", gct.gct, _random_affine(gct.init), {"channels": 12}, {}, [(2, 12, 4, 5)], lambda: TorchGCT(12)),
     ("gct-l2-eps0.1-1x1", gct.gct, _random_affine(gct.init), {"channels": 3}, {"epsilon": 0.1}, [(2, 3, 1, 1)],
      lambda: TorchGCT(3, epsilon=0.1)),
@@ -421,7 +450,7 @@ def test_twin(case, train):
     print(f"{case[0]} {'train' if train else 'eval'}: max |diff| {worst:.3g}")
 
 
-NEW_ENTRIES = ("coord", "simam", "sge", "triplet", "psa-p", "psa-s", "external", "cot", "gct")
+NEW_ENTRIES = ("coord", "simam", "sge", "triplet", "psa-p", "psa-s", "external", "cot", "gct", "srm")
 
 
 def test_every_entry_of_the_issue_has_a_twin():
