@@ -7,7 +7,7 @@ import pytest
 import scipy.signal
 
 import autograd as ag
-from npattn.channel import coord, gct, sge, srm
+from npattn.channel import coord, gct, sge, split_attention, srm
 from npattn.hybrid import psa, simam, triplet
 from npattn.self_attention import cot, external
 from tests.conftest import dev, host
@@ -673,3 +673,81 @@ def test_srm_gradcheck_and_errors():
         srm.srm(params, dev(_normal((1, 3, 2, 2))), train=True)
     with pytest.raises(ValueError, match="srm.*'cfc' must have shape \\(3, 2\\)"):
         srm.srm(dict(params, cfc=dev(np.zeros((4, 2)))), dev(_normal((2, 3, 2, 2))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Split-Attention (ResNeSt)
+
+
+def _grouped_conv(x, weight, bias, groups, padding):
+    """Grouped 2-D conv by scipy correlate, stride 1."""
+    n, c_in, h, w = x.shape
+    c_out, per_in, kh, kw = weight.shape
+    per_out = c_out // groups
+    padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    out = np.zeros((n, c_out, h + 2 * padding - kh + 1, w + 2 * padding - kw + 1))
+    for n_, o in np.ndindex(n, c_out):
+        g = o // per_out
+        out[n_, o] = sum(scipy.signal.correlate2d(padded[n_, g * per_in + i], weight[o, i], mode="valid")
+                         for i in range(per_in))
+    return out + (0 if bias is None else bias[None, :, None, None])
+
+
+def _split_reference(p, x, radix, cardinality, cardinal_major=True):
+    """SplAtConv2d in eval mode with explicit index arithmetic for the logits (3x3, padding 1)."""
+    u = np.maximum(_bn_eval(p, "bn0", _grouped_conv(x, p["conv.weight"], None, cardinality * radix, 1)), 0)
+    b, rc = u.shape[:2]
+    c = rc // radix
+    pooled = sum(u[:, r * c:(r + 1) * c] for r in range(radix)).mean(axis=(2, 3))[:, :, None, None]
+    hidden = np.maximum(_bn_eval(p, "bn1", _grouped_conv(pooled, p["fc1.weight"], p["fc1.bias"], cardinality, 0)), 0)
+    logits = _grouped_conv(hidden, p["fc2.weight"], p["fc2.bias"], cardinality, 0)[:, :, 0, 0]
+    per = c // cardinality
+    out = np.zeros((b, c) + u.shape[2:])
+    for ch in range(c):
+        k, j = divmod(ch, per)
+        index = [k * radix * per + r * per + j if cardinal_major else r * c + ch for r in range(radix)]
+        weights = _softmax(logits[:, index], axis=1) if radix > 1 else _sigmoid(logits[:, index])
+        for r in range(radix):
+            out[:, ch] += weights[:, r, None, None] * u[:, r * c + ch]
+    return out
+
+
+@pytest.mark.parametrize("radix, cardinality", [(2, 2), (1, 2), (4, 1), (3, 2)])
+def test_split_attention_matches_index_reference(radix, cardinality):
+    rng = np.random.default_rng(40)
+    params = _randomize_bn(split_attention.init(rng, 12, 12, radix=radix, cardinality=cardinality), rng)
+    x = _normal((2, 12, 4, 5), seed=41)
+    structure = {"radix": radix, "cardinality": cardinality}
+    expected = _split_reference(_host_params(params), x, radix, cardinality)
+    np.testing.assert_allclose(host(split_attention.split_attention(params, dev(x), **structure)), expected,
+                               rtol=1e-12, atol=1e-12)
+    weights = host(split_attention.attention_maps(params, dev(x), **structure))
+    assert weights.shape == (2, radix, 12)
+    if radix > 1:
+        np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-14)
+    if radix > 1 and cardinality > 1:   # reading fc2 radix-major is another map
+        other = _split_reference(_host_params(params), x, radix, cardinality, cardinal_major=False)
+        assert np.abs(other - expected).max() > 1e-3
+
+
+def test_split_attention_widths_and_errors():
+    assert split_attention.init(np.random.default_rng(0), 100, 64)["fc1.weight"].shape == (50, 64, 1, 1)
+    assert split_attention.init(np.random.default_rng(0), 16, 16)["fc1.weight"].shape == (32, 16, 1, 1)
+    params = split_attention.init(np.random.default_rng(0), 16, 16)
+    assert params["conv.weight"].shape == (32, 8, 3, 3) and "conv.bias" not in params       # ResNeSt call: no bias
+    with pytest.raises(ValueError, match="split-attention.*in_channels=10.*cardinality"):
+        split_attention.init(np.random.default_rng(0), 10, 8, radix=2, cardinality=2)
+    with pytest.raises(ValueError, match="split-attention.*channels=6.*cardinality=4"):
+        split_attention.init(np.random.default_rng(0), 16, 6, radix=1, cardinality=4)
+    x = dev(_normal((2, 16, 3, 3)))
+    with pytest.raises(ValueError, match="split-attention"):
+        split_attention.split_attention(params, x, radix=4)                  # parameters made for radix 2
+    with pytest.raises(ValueError, match="split-attention.*'bn1'.*more than one value"):
+        split_attention.split_attention(params, x[:1], train=True)
+
+
+def test_split_attention_gradcheck_both_modes():
+    rng = np.random.default_rng(42)
+    params = _randomize_bn(split_attention.init(rng, 8, 8, radix=2, cardinality=2), rng)
+    _gradcheck_both_modes(lambda p, v, train: split_attention.split_attention(p, v, train=train, cardinality=2),
+                          params, _normal((2, 8, 3, 4), seed=43))

@@ -19,7 +19,7 @@ F = torch.nn.functional
 
 import autograd as ag  # noqa: E402
 import npattn  # noqa: E402
-from npattn.channel import coord, gct, sge, srm  # noqa: E402
+from npattn.channel import coord, gct, sge, split_attention, srm  # noqa: E402
 from npattn.hybrid import psa, simam, triplet  # noqa: E402
 from npattn.interop.torch import from_torch_state_dict  # noqa: E402
 from npattn.self_attention import cot, external  # noqa: E402
@@ -342,6 +342,62 @@ class TorchSRM(nn.Module):
         return x * torch.sigmoid(self.bn(z))
 
 
+class TorchRSoftMax(nn.Module):
+    """ResNeSt splat.py rSoftMax(radix, cardinality)."""
+
+    def __init__(self, radix, cardinality):
+        super().__init__()
+        self.radix, self.cardinality = radix, cardinality
+
+    def forward(self, x):
+        batch = x.size(0)
+        if self.radix > 1:
+            x = x.view(batch, self.cardinality, self.radix, -1).transpose(1, 2)
+            return F.softmax(x, dim=1).reshape(batch, -1)
+        return torch.sigmoid(x)
+
+
+class TorchSplAtConv2d(nn.Module):
+    """zhanghang1989/ResNeSt resnest/torch/models/splat.py SplAtConv2d (no rectify, no DropBlock)."""
+
+    def __init__(self, in_channels, channels, kernel_size=3, stride=1, padding=1, dilation=1, groups=1, bias=False,
+                 radix=2, reduction_factor=4, norm=True):
+        super().__init__()
+        inter_channels = max(in_channels * radix // reduction_factor, 32)
+        self.radix, self.cardinality, self.channels = radix, groups, channels
+        self.conv = nn.Conv2d(in_channels, channels * radix, kernel_size, stride, padding, dilation,
+                              groups=groups * radix, bias=bias)
+        self.use_bn = norm
+        if norm:
+            self.bn0 = nn.BatchNorm2d(channels * radix)
+        self.fc1 = nn.Conv2d(channels, inter_channels, 1, groups=self.cardinality)
+        if norm:
+            self.bn1 = nn.BatchNorm2d(inter_channels)
+        self.fc2 = nn.Conv2d(inter_channels, channels * radix, 1, groups=self.cardinality)
+        self.rsoftmax = TorchRSoftMax(radix, groups)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.use_bn:
+            x = self.bn0(x)
+        x = F.relu(x)
+        batch, rchannel = x.shape[:2]
+        if self.radix > 1:
+            splited = torch.split(x, rchannel // self.radix, dim=1)
+            gap = sum(splited)
+        else:
+            gap = x
+        gap = self.fc1(F.adaptive_avg_pool2d(gap, 1))
+        if self.use_bn:
+            gap = self.bn1(gap)
+        atten = self.fc2(F.relu(gap))
+        atten = self.rsoftmax(atten).view(batch, -1, 1, 1)
+        if self.radix > 1:
+            attens = torch.split(atten, rchannel // self.radix, dim=1)
+            return sum([att * split for (att, split) in zip(attens, splited)]).contiguous()
+        return (atten * x).contiguous()
+
+
 # ---------------------------------------------------------------------------------------------
 # cases: (id, npattn apply, npattn init, init kwargs, apply options, input shapes, twin factory)
 
@@ -357,6 +413,7 @@ REGISTRY_TWINS = {
     "cot": lambda: TorchCotLayer(16),
     "gct": lambda: TorchGCT(16),
     "srm": lambda: TorchSRM(16),
+    "split-attention": lambda: TorchSplAtConv2d(16, 16, groups=2),
 }
 
 
@@ -412,6 +469,20 @@ for _layout in ("parallel", "sequential"):
                       {"channels": 12, **_structure}, _structure, [(2, 12, 5, 6)],
                       lambda lay=_layout, f=_form, b=_bias: TorchPSA(12, lay, f, b)))
 CASES += [
+    ("split-r2-k2-d50", split_attention.split_attention, split_attention.init,
+     {"in_channels": 100, "channels": 64, "radix": 2, "cardinality": 2}, {"radix": 2, "cardinality": 2},
+     [(2, 100, 4, 3)], lambda: TorchSplAtConv2d(100, 64, groups=2)),
+    ("split-r1-k2-bias-stride2", split_attention.split_attention, split_attention.init,
+     {"in_channels": 8, "channels": 8, "radix": 1, "cardinality": 2, "bias": True},
+     {"radix": 1, "cardinality": 2, "bias": True, "stride": 2}, [(2, 8, 5, 6)],
+     lambda: TorchSplAtConv2d(8, 8, stride=2, groups=2, bias=True, radix=1)),
+    ("split-r4-k1-nonorm-dilated", split_attention.split_attention, split_attention.init,
+     {"in_channels": 8, "channels": 12, "radix": 4, "norm": False}, {"radix": 4, "norm": False, "padding": 2,
+                                                                     "dilation": 2},
+     [(3, 8, 5, 5)], lambda: TorchSplAtConv2d(8, 12, padding=2, dilation=2, radix=4, norm=False)),
+    ("split-r3-k1-1x1-map", split_attention.split_attention, split_attention.init,
+     {"in_channels": 6, "channels": 4, "radix": 3, "kernel_size": 1}, {"radix": 3, "padding": 0}, [(2, 6, 1, 1)],
+     lambda: TorchSplAtConv2d(6, 4, kernel_size=1, padding=0, radix=3)),
     ("srm-std-prefix", srm.srm, srm.init, {"channels": 6, "official_init": False}, {"std_mode": "std"},
      [(3, 6, 4, 3)], lambda: TorchSRM(6, "std")),
     ("srm-1x2-map", srm.srm, srm.init, {"channels": 4, "official_init": False}, {}, [(2, 4, 1, 2)],
@@ -450,7 +521,7 @@ def test_twin(case, train):
     print(f"{case[0]} {'train' if train else 'eval'}: max |diff| {worst:.3g}")
 
 
-NEW_ENTRIES = ("coord", "simam", "sge", "triplet", "psa-p", "psa-s", "external", "cot", "gct", "srm")
+NEW_ENTRIES = ("coord", "simam", "sge", "triplet", "psa-p", "psa-s", "external", "cot", "gct", "srm", "split-attention")
 
 
 def test_every_entry_of_the_issue_has_a_twin():
