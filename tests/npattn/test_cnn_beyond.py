@@ -8,7 +8,7 @@ import scipy.signal
 
 import autograd as ag
 from npattn.channel import coord, gct, sge, split_attention, srm
-from npattn.hybrid import psa, simam, triplet
+from npattn.hybrid import psa, shuffle_attention, simam, triplet
 from npattn.self_attention import cot, external
 from tests.conftest import dev, host
 from tests.npattn.test_channel import _randomize_bn
@@ -751,3 +751,63 @@ def test_split_attention_gradcheck_both_modes():
     params = _randomize_bn(split_attention.init(rng, 8, 8, radix=2, cardinality=2), rng)
     _gradcheck_both_modes(lambda p, v, train: split_attention.split_attention(p, v, train=train, cardinality=2),
                           params, _normal((2, 8, 3, 4), seed=43))
+
+
+# ---------------------------------------------------------------------------------------------
+# Shuffle Attention (SA-Net)
+
+
+def _shuffle_reference(p, x, groups):
+    """sa_layer with explicit channel bookkeeping: which input channel lands where, and which gate it gets."""
+    b, c, h, w = x.shape
+    half = c // (2 * groups)
+    gated = np.empty_like(x)                                   # before the shuffle, in the grouped order
+    for g in range(groups):
+        for i in range(half):
+            src = x[:, g * 2 * half + i]                                           # x0: channel half
+            gate = _sigmoid(p["cweight"][0, i, 0, 0] * src.mean(axis=(1, 2))[:, None, None] + p["cbias"][0, i, 0, 0])
+            gated[:, g * 2 * half + i] = src * gate
+            src = x[:, g * 2 * half + half + i]                                    # x1: spatial half, instance norm
+            normed = (src - src.mean(axis=(1, 2), keepdims=True)) / np.sqrt(src.var(axis=(1, 2), keepdims=True) + 1e-5)
+            logits = p["sweight"][0, i, 0, 0] * (normed * p["gn.weight"][i] + p["gn.bias"][i]) + p["sbias"][0, i, 0, 0]
+            gated[:, g * 2 * half + half + i] = src * _sigmoid(logits)
+    out = np.empty_like(x)
+    for m in range(c // 2):                                     # channel_shuffle(2): out 2m + i <- in i·C/2 + m
+        for i in range(2):
+            out[:, 2 * m + i] = gated[:, i * c // 2 + m]
+    return out
+
+
+@pytest.mark.parametrize("channels, groups, size", [(16, 2, (5, 6)), (12, 3, (1, 1)), (8, 1, (3, 1))])
+def test_shuffle_attention_matches_reference(channels, groups, size):
+    rng = np.random.default_rng(44)
+    params = shuffle_attention.init(rng, channels, groups=groups, official_init=False)
+    params["gn.weight"], params["gn.bias"] = dev(rng.uniform(0.5, 1.5, channels // (2 * groups))), dev(
+        rng.standard_normal(channels // (2 * groups)))
+    x = _normal((2, channels) + size, seed=45)
+    expected = _shuffle_reference(_host_params(params), x, groups)
+    np.testing.assert_allclose(host(shuffle_attention.shuffle_attention(params, dev(x), groups=groups)), expected,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_shuffle_attention_init_shuffle_and_errors():
+    params = shuffle_attention.init(np.random.default_rng(0), 256)                       # G = 64 -> Cg = 2
+    assert params["cweight"].shape == (1, 2, 1, 1) and params["gn.weight"].shape == (2,)
+    x = _normal((1, 256, 2, 3), seed=46)
+    half = _sigmoid(1.0)                                                                 # official init: both gates
+    np.testing.assert_allclose(host(shuffle_attention.shuffle_attention(params, dev(x))),
+                               host(shuffle_attention.channel_shuffle(dev(x), 2)) * half, rtol=1e-15)
+    order = host(shuffle_attention.channel_shuffle(dev(np.arange(8.0).reshape(1, 8, 1, 1)), 2)).ravel()
+    np.testing.assert_array_equal(order, [0, 4, 1, 5, 2, 6, 3, 7])
+    with pytest.raises(ValueError, match="shuffle-attention.*30 channels.*2·groups = 4"):
+        shuffle_attention.init(np.random.default_rng(0), 30, groups=2)
+    small = shuffle_attention.init(np.random.default_rng(0), 8, groups=2)
+    with pytest.raises(ValueError, match="shuffle-attention.*8 channels"):
+        shuffle_attention.shuffle_attention(small, dev(_normal((1, 12, 2, 2))), groups=2)
+
+
+def test_shuffle_attention_gradcheck():
+    rng = np.random.default_rng(47)
+    params = shuffle_attention.init(rng, 8, groups=2, official_init=False)
+    assert ag.gradcheck(lambda p, v: shuffle_attention.shuffle_attention(p, v, groups=2), params,
+                        dev(_normal((2, 8, 3, 2), seed=48)), mode="full")

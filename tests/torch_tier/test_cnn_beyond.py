@@ -20,7 +20,7 @@ F = torch.nn.functional
 import autograd as ag  # noqa: E402
 import npattn  # noqa: E402
 from npattn.channel import coord, gct, sge, split_attention, srm  # noqa: E402
-from npattn.hybrid import psa, simam, triplet  # noqa: E402
+from npattn.hybrid import psa, shuffle_attention, simam, triplet  # noqa: E402
 from npattn.interop.torch import from_torch_state_dict  # noqa: E402
 from npattn.self_attention import cot, external  # noqa: E402
 from npattn.testing import assert_close  # noqa: E402
@@ -398,6 +398,34 @@ class TorchSplAtConv2d(nn.Module):
         return (atten * x).contiguous()
 
 
+class TorchShuffleAttention(nn.Module):
+    """wofmanaf/SA-Net models/sa_resnet.py sa_layer(channel, groups)."""
+
+    def __init__(self, channel, groups=64):
+        super().__init__()
+        self.groups = groups
+        half = channel // (2 * groups)
+        self.cweight = nn.Parameter(torch.zeros(1, half, 1, 1))
+        self.cbias = nn.Parameter(torch.ones(1, half, 1, 1))
+        self.sweight = nn.Parameter(torch.zeros(1, half, 1, 1))
+        self.sbias = nn.Parameter(torch.ones(1, half, 1, 1))
+        self.gn = nn.GroupNorm(half, half)
+
+    @staticmethod
+    def channel_shuffle(x, groups):
+        b, c, h, w = x.shape
+        return x.reshape(b, groups, -1, h, w).permute(0, 2, 1, 3, 4).reshape(b, -1, h, w)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        x = x.reshape(b * self.groups, -1, h, w)
+        x_0, x_1 = x.chunk(2, dim=1)
+        xn = x_0 * torch.sigmoid(self.cweight * F.adaptive_avg_pool2d(x_0, 1) + self.cbias)
+        xs = x_1 * torch.sigmoid(self.sweight * self.gn(x_1) + self.sbias)
+        out = torch.cat([xn, xs], dim=1).reshape(b, -1, h, w)
+        return self.channel_shuffle(out, 2)
+
+
 # ---------------------------------------------------------------------------------------------
 # cases: (id, npattn apply, npattn init, init kwargs, apply options, input shapes, twin factory)
 
@@ -414,6 +442,7 @@ REGISTRY_TWINS = {
     "gct": lambda: TorchGCT(16),
     "srm": lambda: TorchSRM(16),
     "split-attention": lambda: TorchSplAtConv2d(16, 16, groups=2),
+    "shuffle-attention": lambda: TorchShuffleAttention(16, 2),
 }
 
 
@@ -469,6 +498,12 @@ for _layout in ("parallel", "sequential"):
                       {"channels": 12, **_structure}, _structure, [(2, 12, 5, 6)],
                       lambda lay=_layout, f=_form, b=_bias: TorchPSA(12, lay, f, b)))
 CASES += [
+    ("shuffle-g64-c256", shuffle_attention.shuffle_attention, _random_affine(shuffle_attention.init),
+     {"channels": 256}, {}, [(2, 256, 3, 4)], lambda: TorchShuffleAttention(256)),
+    ("shuffle-g1-1x1", shuffle_attention.shuffle_attention, _random_affine(shuffle_attention.init),
+     {"channels": 6, "groups": 1}, {"groups": 1}, [(3, 6, 1, 1)], lambda: TorchShuffleAttention(6, 1)),
+    ("shuffle-g3-odd", shuffle_attention.shuffle_attention, _random_affine(shuffle_attention.init),
+     {"channels": 18, "groups": 3}, {"groups": 3}, [(2, 18, 5, 3)], lambda: TorchShuffleAttention(18, 3)),
     ("split-r2-k2-d50", split_attention.split_attention, split_attention.init,
      {"in_channels": 100, "channels": 64, "radix": 2, "cardinality": 2}, {"radix": 2, "cardinality": 2},
      [(2, 100, 4, 3)], lambda: TorchSplAtConv2d(100, 64, groups=2)),
@@ -521,7 +556,8 @@ def test_twin(case, train):
     print(f"{case[0]} {'train' if train else 'eval'}: max |diff| {worst:.3g}")
 
 
-NEW_ENTRIES = ("coord", "simam", "sge", "triplet", "psa-p", "psa-s", "external", "cot", "gct", "srm", "split-attention")
+NEW_ENTRIES = ("coord", "simam", "sge", "triplet", "psa-p", "psa-s", "external", "cot", "gct", "srm",
+               "split-attention", "shuffle-attention")
 
 
 def test_every_entry_of_the_issue_has_a_twin():
