@@ -96,7 +96,7 @@ def _gates(params, x, train: bool, bias: bool):
 
 
 def _validate(params, x, act):
-    x = check_input(NAME, x, channels=params.shape("conv1.weight")[1])
+    x = check_input(NAME, x, channels=params.shape("conv1.weight")[1], min_size=1)
     check_dtype(NAME, x, params)
     _check_act(act)
     return x

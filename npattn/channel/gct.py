@@ -57,7 +57,7 @@ def _validate(params, x, mode, epsilon):
     channels = params.take("alpha", (1, None, 1, 1)).shape[1]
     for key in ("gamma", "beta"):
         params.take(key, (1, channels, 1, 1))
-    x = check_input(NAME, x, channels=channels)
+    x = check_input(NAME, x, channels=channels, min_size=1)
     check_dtype(NAME, x, params)
     if mode not in MODES:
         raise ValueError(f"{NAME}: mode must be one of {MODES}, got {mode!r}")

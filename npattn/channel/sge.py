@@ -71,7 +71,7 @@ def _normalised_similarity(x, groups: int, unbiased: bool):
 def _validate(params, x):
     groups = params.take("weight", (1, None, 1, 1)).shape[1]
     params.take("bias", (1, groups, 1, 1))
-    x = check_input(NAME, x)
+    x = check_input(NAME, x, min_size=1)
     _check_groups(x.shape[1], groups, "input x has")
     check_dtype(NAME, x, params)
     return x, groups
@@ -92,7 +92,7 @@ def sge(params, x, *, train: bool = False, unbiased: bool = True) -> ag.Tensor:
     """Apply SGE to ``x`` (N, C, H, W); returns (N, C, H, W).  ``unbiased``: the std's divisor H·W − 1
     (official) or H·W.  ``train`` has no effect."""
     gate = attention_maps(params, x, unbiased=unbiased)                            # a  (N, G, H, W)
-    x = check_input(NAME, x)
+    x = check_input(NAME, x, min_size=1)
     n, c, h, w = x.shape
     groups = gate.shape[1]
     grouped = ag.reshape(x, (n, groups, c // groups, h, w))

@@ -124,7 +124,7 @@ def _validate(params, x, radix, cardinality):
         raise ValueError(f"{NAME}: radix and cardinality must be positive, got radix={radix}, "
                          f"cardinality={cardinality}")
     in_channels = params.shape("conv.weight")[1] * radix * cardinality
-    x = check_input(NAME, x, channels=in_channels)
+    x = check_input(NAME, x, channels=in_channels, min_size=1)
     check_dtype(NAME, x, params)
     return x
 

@@ -71,7 +71,7 @@ def _channels(params) -> int:
 
 
 def _validate(params, x, std_mode):
-    x = check_input(NAME, x, channels=_channels(params))
+    x = check_input(NAME, x, channels=_channels(params), min_size=1)
     check_dtype(NAME, x, params)
     if std_mode not in STD_MODES:
         raise ValueError(f"{NAME}: std_mode must be one of {STD_MODES}, got {std_mode!r}")

@@ -160,7 +160,7 @@ def _pooled_query(g):
 
 def _validate(params, x, layout, form):
     _check_structure(layout, form)
-    x = check_input(NAME, x, channels=params.shape("conv_q_right.weight")[1])
+    x = check_input(NAME, x, channels=params.shape("conv_q_right.weight")[1], min_size=1)
     check_dtype(NAME, x, params)
     return x
 

@@ -66,7 +66,7 @@ def _validate(params, x, groups):
     half = params.take("cweight", (1, None, 1, 1)).shape[1]
     for key in GATES[1:]:
         params.take(key, (1, half, 1, 1))
-    x = check_input(NAME, x, channels=2 * groups * half)
+    x = check_input(NAME, x, channels=2 * groups * half, min_size=1)
     _check_groups(x.shape[1], groups, "input x has")
     check_dtype(NAME, x, params)
     return x

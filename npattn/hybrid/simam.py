@@ -47,7 +47,7 @@ def _inverse_energy(x, e_lambda: float, unbiased: bool):
 
 
 def _validate(x, e_lambda):
-    x = check_input(NAME, x)
+    x = check_input(NAME, x, min_size=1)
     if not (isinstance(e_lambda, (int, float)) and e_lambda >= 0):
         raise ValueError(f"{NAME}: e_lambda must be a number >= 0, got {e_lambda!r}")
     return x

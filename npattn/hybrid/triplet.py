@@ -105,7 +105,7 @@ def _branch_gates(params, x, train: bool, no_spatial: bool) -> dict:
 
 
 def _validate(params, x):
-    x = check_input(NAME, x)
+    x = check_input(NAME, x, min_size=1)
     check_dtype(NAME, x, params)
     return x
 

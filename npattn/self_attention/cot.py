@@ -142,7 +142,7 @@ def _radix_weights(params, static, dynamic, train: bool):
 
 def _validate(params, x):
     channels = params.shape("conv1x1.0.weight")[1]
-    x = check_input(NAME, x, channels=channels)
+    x = check_input(NAME, x, channels=channels, min_size=1)
     _check_channels(channels, "parameters for")
     check_dtype(NAME, x, params)
     return x

@@ -94,7 +94,7 @@ def _pointwise(params, key: str, flat, bias_key: str | None = None):
 
 def _validate(params, x, bare: bool, eps):
     key = "linear_0.weight" if bare else "conv1.weight"
-    x = check_input(NAME, x, channels=params.shape(key)[1])
+    x = check_input(NAME, x, channels=params.shape(key)[1], min_size=1)
     check_dtype(NAME, x, params)
     if not (isinstance(eps, (int, float)) and eps >= 0):
         raise ValueError(f"{NAME}: eps must be a number >= 0, got {eps!r}")

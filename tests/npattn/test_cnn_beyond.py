@@ -7,6 +7,7 @@ import pytest
 import scipy.signal
 
 import autograd as ag
+import npattn
 from npattn.channel import coord, gct, sge, split_attention, srm
 from npattn.hybrid import psa, shuffle_attention, simam, triplet
 from npattn.self_attention import cot, external
@@ -811,3 +812,23 @@ def test_shuffle_attention_gradcheck():
     params = shuffle_attention.init(rng, 8, groups=2, official_init=False)
     assert ag.gradcheck(lambda p, v: shuffle_attention.shuffle_attention(p, v, groups=2), params,
                         dev(_normal((2, 8, 3, 2), seed=48)), mode="full")
+
+
+# ---------------------------------------------------------------------------------------------
+# every entry of the issue: an empty map is rejected; min_spatial = 1 is accepted
+
+
+ENTRIES = ("coord", "simam", "sge", "triplet", "psa-p", "psa-s", "external", "cot", "gct", "srm", "split-attention",
+           "shuffle-attention")
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+def test_empty_maps_are_rejected_and_1x1_accepted(name):
+    mech = npattn.get(name)
+    assert mech.min_spatial == 1
+    params = mech.default_params()
+    (x,) = mech.example_input(np.random.default_rng(0))
+    for empty in (x[:, :, :0], x[:, :, :, :0]):
+        with pytest.raises(ValueError, match=f"{name.split('-')[0]}.*spatial size"):
+            mech.apply(params, empty)
+    assert mech.apply(params, x[:, :, :1, :1]).shape[2:] == (1, 1)
