@@ -177,6 +177,18 @@ def test_sum_product_gradients(rng, blas_reductions, axes, keepdims):
     check_grads(lambda u: ag.sum(u * u * 0.5, axis=axes, keepdims=keepdims), tensor(a))
 
 
+
+@pytest.mark.parametrize("axes, keepdims", BLAS_AXES)
+def test_sum_product_of_a_tensor_with_itself(rng, blas_reductions, axes, keepdims):
+    """sum_product(a, a): one VJP 2 g a (the same values as the two-operand form), second order too."""
+    a = rng.standard_normal((2, 3, 2, 2))
+    g = rng.standard_normal(np.sum(a, axis=axes, keepdims=keepdims).shape)
+    (grad,) = ag.vjp(lambda u: ag.sum_product(u, u, axis=axes, keepdims=keepdims), tensor(a))[1](dev(g))
+    spread = g if keepdims or axes is None else np.expand_dims(g, axes)
+    assert_close(grad, 2 * spread * a, rtol=1e-15, atol=1e-15)
+    check_grads(lambda u: ag.sum_product(u, u, axis=axes, keepdims=keepdims) * 0.5, tensor(a))
+
+
 def test_a_broadcast_factor_gets_the_fused_gradient(rng, blas_reductions):
     x, s = rng.standard_normal((2, 3, 2, 2)), rng.standard_normal((2, 3, 1, 1))
     gx, gs = ag.grad(lambda x, s: ag.sum(ag.exp(x) * s), argnums=(0, 1))(tensor(x), tensor(s))
