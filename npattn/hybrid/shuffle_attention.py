@@ -24,7 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 import autograd as ag
-from autograd import backend
+from autograd import backend, xp
+from autograd.nn import channel_affine
 
 from ..layers import check_dtype, check_input, example
 from ..params import uses_params
@@ -72,17 +73,40 @@ def _validate(params, x, groups):
     return x
 
 
-def _halves(params, x, groups: int):
-    """(y0, y1): the gated halves of every group, each (B·G, Cg, H, W)."""
+def _gate_logits(params, x, groups: int):
+    """The logits of both gates, as one affine map of x's centred values per (sample, channel).
+
+    channel half:  W_c · mean_HW(x0) + b_c                      (constant over the map: scale 0)
+    spatial half:  W_s · GN(x1) + b_s = (x1 − μ) · W_s γ / σ + (W_s β + b_s),   σ = sqrt(var_HW(x1) + ε)
+    so logits = (x − μ) · scale + shift with (B·G, 2Cg) scales and shifts: one pass over the map instead of
+    GroupNorm's and the gate's separate passes, and x is never sliced into halves.  (B, C, H, W) -> same.
+    """
     b, c, h, w = x.shape
     half = c // (2 * groups)
-    grouped = ag.reshape(x, (b * groups, 2 * half, h, w))
-    x0, x1 = grouped[:, :half], grouped[:, half:]
-    channel_logits = params["cweight"] * ag.mean(x0, axis=(2, 3), keepdims=True) + params["cbias"]
-    y0 = x0 * ag.sigmoid(channel_logits)                                              # channel attention
-    normed = ag.group_norm(x1, half, params.take("gn.weight", (half,)), params.take("gn.bias", (half,)), eps=GN_EPS)
-    y1 = x1 * ag.sigmoid(params["sweight"] * normed + params["sbias"])                # spatial attention
-    return y0, y1
+    rows = b * groups
+    grouped = ag.reshape(x, (rows, 2 * half, h * w))
+    mean = ag.mean(grouped, axis=2, keepdims=True)                                   # μ   (B·G, 2Cg, 1)
+    centred = grouped - mean
+    variance = ag.sum_product(centred, centred, axis=2, keepdims=True) * (1.0 / (h * w))  # biased, as GroupNorm
+    gn_weight = ag.reshape(params.take("gn.weight", (half,)), (1, half, 1))
+    gn_bias = ag.reshape(params.take("gn.bias", (half,)), (1, half, 1))
+    cweight, cbias, sweight, sbias = (ag.reshape(params[key], (1, half, 1)) for key in GATES)
+    spatial_scale = sweight * gn_weight / ag.sqrt(variance[:, half:] + GN_EPS)        # W_s γ / σ
+    no_scale = ag.Tensor(xp.zeros((rows, half, 1), dtype=x.dtype))                    # the channel half
+    scale = ag.concatenate([no_scale, spatial_scale], axis=1)
+    shift = ag.concatenate([cweight * mean[:, :half] + cbias,                         # W_c mean(x0) + b_c
+                            ag.broadcast_to(sweight * gn_bias + sbias, (rows, half, 1))], axis=1)  # W_s β + b_s
+    flat = (1, rows * 2 * half, h * w)                                                # channels = (sample·group, c)
+    logits = channel_affine(ag.reshape(centred, flat), ag.reshape(scale, (-1,)), ag.reshape(shift, (-1,)))
+    return ag.reshape(logits, x.shape)
+
+
+@uses_params(NAME)
+def attention_maps(params, x, *, train: bool = False, groups: int = 64) -> ag.Tensor:
+    """The gate of every input channel, before the shuffle: (B, C, H, W); within each group the first Cg
+    channels have the channel gate (constant over the map), the next Cg the spatial gate."""
+    x = _validate(params, x, groups)
+    return ag.sigmoid(_gate_logits(params, x, groups))
 
 
 @uses_params(NAME)
@@ -90,9 +114,8 @@ def shuffle_attention(params, x, *, train: bool = False, groups: int = 64) -> ag
     """Apply Shuffle Attention to ``x`` (B, C, H, W); returns (B, C, H, W).  ``groups``: G, as given to
     :func:`init`.  ``train`` has no effect (GroupNorm uses the sample's own statistics)."""
     x = _validate(params, x, groups)
-    y0, y1 = _halves(params, x, groups)
-    out = ag.reshape(ag.concatenate([y0, y1], axis=1), x.shape)                      # [y0; y1] per group
-    return channel_shuffle(out, 2)
+    gated = x * ag.sigmoid(_gate_logits(params, x, groups))                          # [y0; y1] per group
+    return channel_shuffle(gated, 2)
 
 
 register(Mechanism(

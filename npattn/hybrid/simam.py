@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 
 import autograd as ag
+from autograd import xp
+from autograd.nn import channel_affine
 
 from ..layers import check_input, example
 from ..params import uses_params
@@ -39,11 +41,16 @@ def init(rng=None, channels: int | None = None, *, dtype=np.float64) -> dict:
 
 def _inverse_energy(x, e_lambda: float, unbiased: bool):
     """1/e* = (x − μ)² / (4(Σ(x − μ)²/n + λ)) + 0.5 per (n, c) map: (N, C, H, W) -> (N, C, H, W)."""
-    count = x.shape[2] * x.shape[3] - int(unbiased)
+    n, c, h, w = x.shape
+    count = h * w - int(unbiased)
     centred = x - ag.mean(x, axis=(2, 3), keepdims=True)                       # x − μ
     # Σ (x − μ)² / n; n = 0 (a 1x1 map, official n) gives 0 · NaN = NaN as the official 0/0 does
     spread = ag.sum_product(centred, centred, axis=(2, 3), keepdims=True) * (1.0 / count if count else np.nan)
-    return (centred * centred) / (4.0 * (spread + e_lambda)) + 0.5
+    scale = 1.0 / (4.0 * (spread + e_lambda))                                 # 1 / 4(σ̂² + λ)   (N, C, 1, 1)
+    # d · scale + 0.5 as one per-map affine pass: the (N·C) maps are the "channels" of channel_affine
+    squared = ag.reshape(centred * centred, (1, n * c, h * w))                 # d = (x − μ)²
+    half = ag.Tensor(xp.full((n * c,), 0.5, dtype=x.dtype))
+    return ag.reshape(channel_affine(squared, ag.reshape(scale, (n * c,)), half), x.shape)
 
 
 def _validate(x, e_lambda):
