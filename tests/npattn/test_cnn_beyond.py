@@ -832,3 +832,15 @@ def test_empty_maps_are_rejected_and_1x1_accepted(name):
         with pytest.raises(ValueError, match=f"{name.split('-')[0]}.*spatial size"):
             mech.apply(params, empty)
     assert mech.apply(params, x[:, :, :1, :1]).shape[2:] == (1, 1)
+
+
+def test_shuffle_attention_maps_are_the_gates_before_the_shuffle():
+    rng = np.random.default_rng(49)
+    params = shuffle_attention.init(rng, 12, groups=3, official_init=False)
+    x = dev(_normal((2, 12, 4, 3), seed=50))
+    gates = shuffle_attention.attention_maps(params, x, groups=3)
+    assert gates.shape == (2, 12, 4, 3)
+    expected = host(shuffle_attention.channel_shuffle(ag.Tensor(x) * gates, 2))
+    np.testing.assert_allclose(host(shuffle_attention.shuffle_attention(params, x, groups=3)), expected, rtol=1e-15)
+    channel_half = host(gates).reshape(2, 3, 2, 2, 12)[:, :, 0]          # the channel gate: constant over the map
+    np.testing.assert_allclose(channel_half, channel_half[..., :1].repeat(12, axis=-1), rtol=1e-15)
