@@ -31,6 +31,7 @@ RUNS = {
                        "| gcnet | float32 |"),
     "beyond": (["bench_beyond.py", *QUICK, "--filter", "fca", "--dtypes", "float64"], "| fca | float64 |"),
     "mha": (["bench_mha.py", *QUICK, "--dtypes", "float64"], "| float64 |"),
+    "cnn-beyond": (["bench_cnn_beyond.py", *QUICK, "--filter", "gct", "--dtypes", "float64"], "| gct | float64 |"),
 }
 
 
