@@ -453,7 +453,18 @@ def sum_product(a, b, axis=None, keepdims: bool = False) -> Tensor:
         raise ValueError(f"sum_product: a and b must have one shape, got {a.shape} and {b.shape}")
     axes = _normalize_axis(axis, a.ndim)
     layout = _blas_layout(a.data, axes) if b.data.flags.c_contiguous and a.dtype == b.dtype else None
-    if layout is None:
+    terms = int(_np.prod([a.shape[i] for i in axes], dtype=_np.int64))
+    if (layout is None and backend.name == "numpy" and a.dtype == b.dtype and axes and a.ndim <= 26
+            and terms <= BLAS_REDUCE_MAX_TERMS):
+        # other layouts (a middle axis: the gradient of a (N, C, 1, W) gate): einsum's sum-of-products
+        # loop, without the full-size product that ``sum(a * b)`` would allocate (its running sums are
+        # not pairwise: as for the BLAS path, only up to BLAS_REDUCE_MAX_TERMS terms)
+        letters = "abcdefghijklmnopqrstuvwxyz"[: a.ndim]
+        kept = "".join(c for i, c in enumerate(letters) if i not in axes)
+        out = xp.einsum(f"{letters},{letters}->{kept}", a.data, b.data)
+        if keepdims:
+            out = xp.reshape(out, _reduced_shape(a.shape, axes, True))
+    elif layout is None:
         out = xp.sum(a.data * b.data, axis=axes, keepdims=keepdims)
     else:
         lead, middle, trail = layout

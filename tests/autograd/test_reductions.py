@@ -197,6 +197,19 @@ def test_a_broadcast_factor_gets_the_fused_gradient(rng, blas_reductions):
     check_grads(lambda x, s: ag.tanh(x) * s, tensor(x), tensor(s))
 
 
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-13), (np.float32, 1e-5)])
+@pytest.mark.parametrize("axes", [2, 1, (1, 3), (0, 2)])
+def test_sum_product_over_middle_axes(rng, dtype, rtol, axes):
+    """Kept axes on both sides of the summed ones (a (N, C, 1, W) gate's gradient): einsum, no full product."""
+    a, b = (rng.standard_normal((3, 5, 28, 7)).astype(dtype) for _ in range(2))
+    for keepdims in (False, True):
+        got = ag.sum_product(dev(a), dev(b), axis=axes, keepdims=keepdims)
+        assert got.dtype == dtype
+        assert_close(got, np.sum(a.astype(np.float64) * b, axis=axes, keepdims=keepdims), rtol=rtol, atol=rtol)
+    check_grads(lambda u, v: ag.sum_product(u, v, axis=axes), tensor(a[:1, :2, :3].astype(np.float64)),
+                tensor(b[:1, :2, :3].astype(np.float64)))
+
+
 def test_sum_product_needs_one_shape():
     with pytest.raises(ValueError, match="one shape"):
         ag.sum_product(dev(np.ones((2, 3))), dev(np.ones((3,))))
