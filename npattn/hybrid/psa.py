@@ -20,6 +20,7 @@ Follows the official code by default (``DeLightCMU/PSA``, ``semantic-segmentatio
   bias) (so C >= 8); the spatial gate is sigmoid(g · **softmax_N(t)**), each of the IC rows of t softmaxed
   over positions.
 * The q/v convs are 1x1 **without bias** (kaiming-normal fan_in init).
+* g = GAP(W_q'(U)) is computed as W_q' GAP(U) (+ b): the conv is linear, the values agree to rounding.
 * The official method names are swapped (``spatial_pool`` computes the channel-only branch,
   ``channel_pool`` the spatial-only one; DeLightCMU/PSA#5); the parameter names are kept as they are.
 
@@ -121,6 +122,8 @@ def _projections(params, x, prefixes: tuple, widths: tuple, bias: bool) -> list:
     if bias:
         biases = [params.take(f"{p}.bias", (width,)) for p, width in zip(prefixes, widths)]
         stacked = stacked + ag.reshape(ag.concatenate(biases, axis=0), (1, -1, 1))
+    if len(widths) == 1:
+        return [stacked]
     return ag.split(stacked, [int(i) for i in np.cumsum(widths)[:-1]], axis=1)
 
 
@@ -153,9 +156,18 @@ def _spatial_gate(params, query, value, shape, layout: str, form: str):
     return ag.reshape(ag.sigmoid(logits), (b, 1, h, w))
 
 
-def _pooled_query(g):
-    """GAP over positions, laid out as a row: (B, IC, N) -> (B, 1, IC)."""
-    return ag.swapaxes(ag.mean(g, axis=2, keepdims=True), 1, 2)
+def _pooled_query(params, u, inter: int, bias: bool):
+    """g = GAP(W_q'(U)) laid out as a row: (B, C, H, W) -> (B, 1, IC).
+
+    Computed as W_q' GAP(U) (+ b): the 1x1 conv is linear, so pooling first gives the same values up to
+    rounding without the (B, IC, H·W) projection (a third of the GEMM, and its memory).
+    """
+    b, c = u.shape[:2]
+    weight = ag.reshape(params.take("conv_q_left.weight", (inter, c, 1, 1)), (inter, c))
+    pooled = ag.matmul(weight, ag.reshape(ag.mean(u, axis=(2, 3)), (b, c, 1)))    # (B, IC, 1)
+    if bias:
+        pooled = pooled + ag.reshape(params.take("conv_q_left.bias", (inter,)), (1, inter, 1))
+    return ag.swapaxes(pooled, 1, 2)
 
 
 def _validate(params, x, layout, form):
@@ -168,17 +180,18 @@ def _validate(params, x, layout, form):
 def _gates(params, x, layout: str, form: str, qkv_bias: bool) -> tuple:
     """(A_ch (B, C, 1, 1), A_sp (B, 1, H, W), the spatial branch's input U)."""
     inter = params.shape("conv_v_right.weight")[0]
-    if layout == "parallel":   # all four convs read X: one GEMM
-        q_right, v_right, q_left, v_left = _projections(
-            params, x, ("conv_q_right", "conv_v_right", "conv_q_left", "conv_v_left"), (1, inter, inter, inter),
-            qkv_bias)
+    if layout == "parallel":   # the three full-size convs of X as one GEMM
+        q_right, v_right, v_left = _projections(
+            params, x, ("conv_q_right", "conv_v_right", "conv_v_left"), (1, inter, inter), qkv_bias)
         channel_gate = _channel_gate(params, v_right, q_right, layout, form, qkv_bias)
-        return channel_gate, _spatial_gate(params, _pooled_query(q_left), v_left, x.shape, layout, form), x
+        query = _pooled_query(params, x, inter, qkv_bias)
+        return channel_gate, _spatial_gate(params, query, v_left, x.shape, layout, form), x
     q_right, v_right = _projections(params, x, ("conv_q_right", "conv_v_right"), (1, inter), qkv_bias)
     channel_gate = _channel_gate(params, v_right, q_right, layout, form, qkv_bias)
     refined = x * channel_gate                                                     # U = X ⊙ A_ch(X)
-    q_left, v_left = _projections(params, refined, ("conv_q_left", "conv_v_left"), (inter, inter), qkv_bias)
-    return channel_gate, _spatial_gate(params, _pooled_query(q_left), v_left, x.shape, layout, form), refined
+    (v_left,) = _projections(params, refined, ("conv_v_left",), (inter,), qkv_bias)
+    query = _pooled_query(params, refined, inter, qkv_bias)
+    return channel_gate, _spatial_gate(params, query, v_left, x.shape, layout, form), refined
 
 
 @uses_params(NAME)
