@@ -22,14 +22,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import backend
+from . import _threads, backend
 from .backend import xp
 from .tensor import Tensor, backward_pass, is_grad_enabled, record
 
-#: Default size of one block of scores (entries): 4 Mi = 32 MiB in float64.
-BLOCK_ELEMENTS = 1 << 22
+#: Default size of one block of scores (entries, all its units together): 512 Ki = 4 MiB in float64.
+BLOCK_ELEMENTS = 1 << 19
 #: Default widest block of key columns.
-BLOCK_COLUMNS = 2048
+BLOCK_COLUMNS = 1024
+#: Default fewest query rows per block (narrower GEMMs lose BLAS efficiency).
+BLOCK_ROWS_MIN = 64
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,13 @@ class _Kernel:
     """The arrays of one call in the kernel's layout and the block loops over them.
 
     q (B, Hkv, G, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv): views of the inputs (query head h = Hkv-major
-    index hkv * G + g, the interleaved GQA mapping).
+    index hkv * G + g, the interleaved GQA mapping).  A block holds several (batch, kv head) units; its GEMMs
+    run over all of them (BLAS threads), its elementwise passes unit by unit on :mod:`._threads`.
+
+    Folded sums (fewer passes over a block, same arithmetic up to rounding): with ones appended to V, the
+    forward's P [V | 1] gives rowsum(P) in its last column; in the backward, [scale Q | -lse] [K | 1]^T is
+    S - lse and [dO | -D] [V | 1]^T is dP - D.  (Not under dropout, which scales P and dP but not the sum / D,
+    nor softcap for the first backward product, whose cap applies to S itself.)
     """
 
     def __init__(self, plan, q, k, v, chunk_size):
@@ -77,13 +85,15 @@ class _Kernel:
         self.q = xp.reshape(q, (plan.batch, plan.kv_heads, groups) + q.shape[2:])
         self.k, self.v = k, v
         self.dtype = q.dtype
+        self.fold_sums = plan.dropout_keep is None
+        self.fold_lse = not plan.softcap
+        self._k_ones = self._v_ones = None
         units = max(1, plan.batch * plan.kv_heads)
         if chunk_size is None:
             width = max(1, min(plan.key_length, BLOCK_COLUMNS))
-            rows = max(1, min(plan.query_length, BLOCK_ELEMENTS // (width * groups * units) or 1))
-            if rows < 64 and plan.query_length >= 64:   # long keys: narrow the columns rather than the rows
-                rows = 64
-                width = max(1, BLOCK_ELEMENTS // (rows * groups * units))
+            rows = max(1, BLOCK_ELEMENTS // (width * groups * units))
+            rows = min(max(rows, min(BLOCK_ROWS_MIN, plan.query_length)), max(plan.query_length, 1))
+            width = max(1, min(width, BLOCK_ELEMENTS // (rows * groups)))   # fewer units per block first
         else:
             rows, width = chunk_size
         self.row_block, self.col_block = max(1, rows), max(1, width)
@@ -98,6 +108,20 @@ class _Kernel:
             for b in range(plan.batch):
                 for h in range(0, plan.kv_heads, per_block):
                     self.units.append((slice(b, b + 1), slice(h, min(plan.kv_heads, h + per_block))))
+
+    @property
+    def v_ones(self):
+        """[V | 1] (B, Hkv, Lk, Dv + 1)."""
+        if self._v_ones is None:
+            self._v_ones = _with_column(self.v, 1.0)
+        return self._v_ones
+
+    @property
+    def k_ones(self):
+        """[K | 1] (B, Hkv, Lk, D + 1)."""
+        if self._k_ones is None:
+            self._k_ones = _with_column(self.k, 1.0)
+        return self._k_ones
 
     def blocks(self):
         """Yield (row block, [column _Block, ...]) for every unit and row block."""
@@ -122,10 +146,11 @@ class _Kernel:
         nb, nh, _, width = array.shape
         return xp.reshape(array, (nb, nh * self.plan.groups, -1, width))
 
-    def scores(self, block: _Block, q_scaled, keep_tanh: bool = False):
-        """S for the block (steps (1)-(4)), in (nb, nh, G * rows, cols); also tanh(S_raw / c) when asked."""
+    def scores(self, block: _Block, queries, keys, keep_tanh: bool = False):
+        """S for the block (steps (1)-(4)) from ``queries @ keys[cols]^T``, in (nb, nh, G * rows, cols);
+        also tanh(S_raw / c) when asked.  ``queries``/``keys`` may carry the folded columns ([Q | -lse], [K | 1])."""
         plan = self.plan
-        s = xp.matmul(q_scaled, xp.swapaxes(self.k[block.batches, block.kv_heads, block.cols], -1, -2))
+        s = xp.matmul(queries, xp.swapaxes(keys[block.batches, block.kv_heads, block.cols], -1, -2))
         tanh = None
         if plan.softcap:
             s /= plan.softcap
@@ -164,29 +189,42 @@ class _Kernel:
     def forward(self):
         """(O (B, Hkv, G, Lq, Dv), lse (B, Hkv, G, Lq)) by the online softmax."""
         dv = self.v.shape[-1]
+        values = self.v_ones if self.fold_sums else self.v
         out = xp.zeros(self.q.shape[:-1] + (dv,), dtype=self.dtype)
         lse = xp.empty(self.q.shape[:-1], dtype=self.dtype)
+        zero = xp.zeros((), dtype=self.dtype)
         for pieces, whole in self.blocks():
             q_scaled = self.scaled_queries(whole)
             rows = q_scaled.shape[:3] + (1,)
             running_max = xp.full(rows, -xp.inf, dtype=self.dtype)
-            total = xp.zeros(rows, dtype=self.dtype)
-            acc = xp.zeros(q_scaled.shape[:3] + (dv,), dtype=self.dtype)
+            rescale = xp.empty(rows, dtype=self.dtype)
+            total = None if self.fold_sums else xp.zeros(rows, dtype=self.dtype)
+            acc = xp.zeros(q_scaled.shape[:3] + (values.shape[-1],), dtype=self.dtype)
             for block in pieces:
-                s, _ = self.scores(block, q_scaled)
-                new_max = xp.maximum(running_max, xp.max(s, axis=-1, keepdims=True))
-                shift = xp.where(xp.isfinite(new_max), new_max, xp.zeros((), dtype=self.dtype))
-                rescale = xp.exp(running_max - shift)              # e^(m - m'); 0 while m = -inf
-                s -= shift
-                xp.exp(s, out=s)                                    # P = exp(S - m')
-                total = total * rescale + xp.sum(s, axis=-1, keepdims=True)
+                s, _ = self.scores(block, q_scaled, self.k)
+
+                def softmax_step(s, m, r, t):
+                    new_max = xp.maximum(m, xp.max(s, axis=-1, keepdims=True))
+                    shift = xp.where(xp.isfinite(new_max), new_max, zero)
+                    xp.subtract(m, shift, out=r)
+                    xp.exp(r, out=r)                                   # e^(m - m'); 0 while m = -inf
+                    s -= shift
+                    xp.exp(s, out=s)                                   # P = exp(S - m')
+                    m[...] = new_max
+                    if t is not None:
+                        t *= r
+                        t += xp.sum(s, axis=-1, keepdims=True)
+
+                _per_unit(softmax_step, s, running_max, rescale, total)
                 scale = self.dropout_scale(block)
                 if scale is not None:
                     s *= scale
-                acc = acc * rescale + xp.matmul(s, self.v[block.batches, block.kv_heads, block.cols])
-                running_max = new_max
+                acc *= rescale
+                acc += xp.matmul(s, values[block.batches, block.kv_heads, block.cols])
+            if self.fold_sums:
+                total = acc[..., dv:]                                  # rowsum(P) from P [V | 1]
             empty = total == 0
-            block_out = acc / xp.where(empty, xp.ones((), dtype=self.dtype), total)
+            block_out = acc[..., :dv] / xp.where(empty, xp.ones((), dtype=self.dtype), total)
             block_lse = xp.where(empty, xp.asarray(xp.inf, dtype=self.dtype),
                                  running_max + xp.log(xp.where(empty, xp.ones((), dtype=self.dtype), total)))
             index = (whole.batches, whole.kv_heads, slice(None), whole.rows)
@@ -208,30 +246,41 @@ class _Kernel:
         dvalue = xp.zeros(self.v.shape, dtype=self.dtype)
         d_terms = {name: xp.zeros(getattr(plan, name).shape, dtype=self.dtype) for name in want}
         row_dot = None if g_out is None else xp.sum(g_out * out, axis=-1, keepdims=True)   # D_i
+        keys = self.k_ones if self.fold_lse else self.k
+        values = self.v_ones if self.fold_sums else self.v
         for pieces, whole in self.blocks():
             q_scaled = self.scaled_queries(whole)
             index = (whole.batches, whole.kv_heads, slice(None), whole.rows)
             lse_rows = _flat_rows(lse[index][..., None])
-            g_rows = None if g_out is None else _flat_rows(g_out[index])
-            d_rows = None if g_out is None else _flat_rows(row_dot[index])
+            queries = _with_column(q_scaled, -lse_rows) if self.fold_lse else q_scaled
+            g_rows = d_rows = g_values = None
+            if g_out is not None:
+                g_rows, d_rows = _flat_rows(g_out[index]), _flat_rows(row_dot[index])
+                g_values = _with_column(g_rows, -d_rows) if self.fold_sums else g_rows
             glse_rows = None if g_lse is None else _flat_rows(g_lse[index][..., None])
             dq_rows = xp.zeros(q_scaled.shape, dtype=self.dtype)
             for block in pieces:
-                s, tanh = self.scores(block, q_scaled, keep_tanh=True)
-                s -= lse_rows
-                p = xp.exp(s, out=s)                                     # P = exp(S - lse)
+                s, tanh = self.scores(block, queries, keys, keep_tanh=True)
+                if not self.fold_lse:
+                    s -= lse_rows
+                p = _per_unit(lambda s: xp.exp(s, out=s), s) or s         # P = exp(S - lse)
                 k_block = self.k[block.batches, block.kv_heads, block.cols]
                 if g_rows is not None:
                     scale = self.dropout_scale(block)
                     kept = p if scale is None else p * scale
                     dvalue[block.batches, block.kv_heads, block.cols] += xp.matmul(xp.swapaxes(kept, -1, -2), g_rows)
-                    ds = xp.matmul(g_rows, xp.swapaxes(self.v[block.batches, block.kv_heads, block.cols], -1, -2))
-                    if scale is not None:
-                        ds *= scale
-                    ds -= d_rows
-                    ds *= p                                             # dS = P (dP - D)
-                    if glse_rows is not None:
-                        ds += p * glse_rows
+                    ds = xp.matmul(g_values, xp.swapaxes(values[block.batches, block.kv_heads, block.cols], -1, -2))
+
+                    def ds_step(ds, p, scale, d, glse):
+                        if scale is not None:
+                            ds *= scale
+                        if d is not None:
+                            ds -= d
+                        ds *= p                                         # dS = P (dP - D)
+                        if glse is not None:
+                            ds += p * glse
+
+                    _per_unit(ds_step, ds, p, scale, None if self.fold_sums else d_rows, glse_rows)
                 else:
                     ds = p * glse_rows                                  # d lse / dS = P
                 self.accumulate_terms(d_terms, block, ds)
@@ -263,6 +312,29 @@ class _Kernel:
             per_head = xp.sum(ds4 * distance, axis=(2, 3), keepdims=True)         # (nb, nh, 1, 1)
             where = _block_index(target.shape, block.batches, block.heads, slice(0, 1), slice(0, 1))
             target[where] += _sum_to(per_head, target[where].shape)
+
+
+def _with_column(array, value):
+    """``array`` (..., X) with one more column (..., X + 1) holding ``value`` (a scalar or (..., 1))."""
+    out = xp.empty(array.shape[:-1] + (array.shape[-1] + 1,), dtype=array.dtype)
+    out[..., :-1] = array
+    out[..., -1:] = value
+    return out
+
+
+def _per_unit(step, *arrays):
+    """``step(*unit_slices)`` for every (batch, kv head) unit of (nb, nh, ...) arrays (None passes through),
+    on the NumPy backend's threads: the elementwise passes of a block, one cache-sized unit at a time."""
+    first = arrays[0]
+    count = first.shape[0] * first.shape[1]
+    flat = [None if a is None else xp.reshape(a, (-1,) + a.shape[2:]) if a.shape[:2] == first.shape[:2]
+            else xp.reshape(xp.broadcast_to(a, first.shape[:2] + a.shape[2:]), (-1,) + a.shape[2:])
+            for a in arrays]
+    if not _threads.BLOCKED:
+        step(*arrays)
+        return None
+    _threads.parallel_for(lambda u: step(*(None if a is None else a[u] for a in flat)), count, first.size)
+    return None
 
 
 def _flat_rows(array):
