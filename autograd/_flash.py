@@ -26,12 +26,12 @@ from . import _threads, backend
 from .backend import xp
 from .tensor import Tensor, backward_pass, is_grad_enabled, record
 
-#: Default size of one block of scores (entries, all its units together): 512 Ki = 4 MiB in float64.
+#: Default size of one block of scores (entries, all its (batch, head) units together): 4 MiB in float64.
 BLOCK_ELEMENTS = 1 << 19
+#: Default size of one unit's part of a block: 2 MiB in float64 (256 x 1024 for long sequences).
+UNIT_ELEMENTS = 1 << 18
 #: Default widest block of key columns.
 BLOCK_COLUMNS = 1024
-#: Default fewest query rows per block (narrower GEMMs lose BLAS efficiency).
-BLOCK_ROWS_MIN = 64
 
 
 @dataclass(frozen=True)
@@ -88,12 +88,13 @@ class _Kernel:
         self.fold_sums = plan.dropout_keep is None
         self.fold_lse = not plan.softcap
         self._k_ones = self._v_ones = None
-        units = max(1, plan.batch * plan.kv_heads)
         if chunk_size is None:
+            # one unit's block ~ UNIT_ELEMENTS, square-ish (BLAS runs these shapes near its best; the passes stay
+            # in cache); then as many units per block as BLOCK_ELEMENTS holds (work for every thread)
             width = max(1, min(plan.key_length, BLOCK_COLUMNS))
-            rows = max(1, BLOCK_ELEMENTS // (width * groups * units))
-            rows = min(max(rows, min(BLOCK_ROWS_MIN, plan.query_length)), max(plan.query_length, 1))
-            width = max(1, min(width, BLOCK_ELEMENTS // (rows * groups)))   # fewer units per block first
+            unit = min(UNIT_ELEMENTS, BLOCK_ELEMENTS)
+            width = max(1, min(width, unit // groups))
+            rows = max(1, min(max(plan.query_length, 1), unit // (width * groups)))
         else:
             rows, width = chunk_size
         self.row_block, self.col_block = max(1, rows), max(1, width)

@@ -336,3 +336,15 @@ def test_xformers_local_window_counts_the_diagonal():
     got = host(sdpa(q, k, v, **convention("xformers", attn_bias="LowerTriangularFromBottomRightLocalAttentionMask",
                                            window_size=window)))
     np.testing.assert_allclose(got, expected, rtol=1e-14)
+
+
+def test_the_docs_page_lists_every_preset_with_its_library():
+    import os
+
+    page = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "attention_conventions.md")
+    with open(page) as handle:
+        text = handle.read()
+    for name, preset in CONVENTIONS.items():
+        assert f"| `{name}` | {preset.library} |" in text, name
+    for name in XFORMERS_BIASES:
+        assert f"`{name}" in text, name
