@@ -171,9 +171,13 @@ def configurations(names):
     set_env = inherited if "OPENBLAS_CORETYPE" in inherited else _harness.haswell_forced(inherited)
     table = {"set": (set_label, set_env),
              "unset": ("unset (env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE)", unset),
-             "cpu1": ("one thread, CPU time (as set otherwise)",
+             "cpu1": ("one thread, CPU time (" + set_label.split(" (")[0] + " otherwise)",
                       {**set_env, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", CPU_TIME_FLAG: "1"}),
-             "alone": ("alone: each library in a fresh process, wall time (as set otherwise)", set_env)}
+             "cpu1-unset": ("one thread, CPU time (unset otherwise)",
+                            {**unset, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", CPU_TIME_FLAG: "1"}),
+             "alone": ("alone: each library in a fresh process, wall time (" + set_label.split(" (")[0] + " otherwise)",
+                       set_env),
+             "alone-unset": ("alone: each library in a fresh process, wall time (unset otherwise)", unset)}
     return [(name, *table[name]) for name in names]
 
 
@@ -301,7 +305,7 @@ def main():
     results = []
     for name, label, env in configurations(names):
         print(f"== {label}", flush=True)
-        if name == "alone":
+        if name.startswith("alone"):
             results.append((name, label, run_alone(args, env)))
         else:
             worker_args = ["--lengths", args.lengths, "--dtypes", args.dtypes, "--causal", args.causal,

@@ -402,6 +402,8 @@ def test_chunked_equals_materialised(data):
         options["alibi_slopes"] = dev(rng.uniform(0.1, 1.0, q.shape[1]))
         options["alibi_form"] = data.draw(st.sampled_from(["symmetric", "fairseq", "flash"]))
     options["masked_rows"] = data.draw(st.sampled_from(["zero", "uniform"]))
+    if data.draw(st.booleans()):
+        options.update(dropout_p=0.25, dropout_mask=dev(rng.random((1, q.shape[1], lq, lk)) > 0.25))
     chunk = (data.draw(st.integers(1, 10)), data.draw(st.integers(1, 10)))
     cotangent = dev(rng.standard_normal(q.shape[:3] + (v.shape[-1],)))
     lse_cotangent = dev(rng.standard_normal(q.shape[:3]))
@@ -503,6 +505,25 @@ def test_varlen_equals_a_block_diagonal_mask():
         packed = sdpa(dev(q), dev(k), dev(v), cu_seqlens_q=dev(cu_q), cu_seqlens_k=dev(cu_k), is_causal=causal,
                       alignment="bottom-right")
         np.testing.assert_allclose(host(packed), dense, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_varlen_cuts_packed_masks_per_sequence(implementation):
+    """attn_mask / bias / dropout_mask broadcastable to (Hq, total_q, total_k): each sequence reads its block."""
+    rng = np.random.default_rng(15)
+    lq, lk = [3, 4], [5, 2]
+    q, k, v, cu_q, cu_k = _packed(rng, lq, lk, heads=2, kv_heads=1)
+    bias = rng.standard_normal((2, 7, 7))
+    mask = rng.random((7, 7)) > 0.3
+    drop = rng.random((1, 7, 7)) > 0.2
+    out = host(sdpa(dev(q), dev(k), dev(v), enable_gqa=True, cu_seqlens_q=dev(cu_q), cu_seqlens_k=dev(cu_k),
+                    bias=dev(bias), attn_mask=dev(mask), dropout_p=0.2, dropout_mask=dev(drop),
+                    implementation=implementation, chunk_size=(2, 2)))
+    for n in range(2):
+        rows, cols = slice(cu_q[n], cu_q[n + 1]), slice(cu_k[n], cu_k[n + 1])
+        expected = reference(q[None, :, rows], k[None, :, cols], v[None, :, cols], bias=bias[:, rows, cols],
+                             attn_mask=mask[rows, cols], dropout_p=0.2, dropout_mask=drop[:, rows, cols])[0]
+        np.testing.assert_allclose(out[:, rows], expected[0], rtol=1e-12, atol=1e-12)
 
 
 def test_varlen_gradcheck():
