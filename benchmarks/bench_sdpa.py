@@ -198,6 +198,8 @@ def run_alone(args, env):
 
 
 def measure_memory(args, env):
+    """Fresh process per (L, library), BLAS on one thread (the arrays do not depend on it; the runs are faster)."""
+    env = {**env, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     rows = []
     for length in ([256] if args.quick else [int(n) for n in args.memory_lengths.split(",")]):
         row = {"length": length}
@@ -235,7 +237,7 @@ def render(results, memory, args, load):
         "interleaved with a 0.1 s sleep). Targets: float64 <= 1.0x, float32 <= 2x (AVX-512, 'unset') / "
         "<= 2.5x (AVX2, 'as set'); judged, where wall-time rows disagree, in 'cpu1' and 'alone'.", "",
         "## Summary (ratio of medians, ours / best torch backend)", ""]
-    header = ["case", "dtype", "causal"] + [label.split(" (")[0].split(":")[0] for _, label, _ in results]
+    header = ["case", "dtype", "causal"] + [name for name, _, _ in results]
     keys = sorted({_case(row) for _, _, report in results for row in report["rows"]},
                   key=lambda c: (c[1], int(c[0].split(", ")[2]), c[2]))
     table = []
@@ -265,7 +267,8 @@ def render(results, memory, args, load):
                          f"{row['error']:.1e}" if "error" in row else "verified in probe"))
         lines += _harness.markdown_table(header, rows)
     if memory:
-        lines += ["", "## Peak extra memory, float64 forward + backward (MiB; fresh process per case)", "",
+        lines += ["", "## Peak extra memory, float64 forward + backward (MiB; fresh process per case, one BLAS thread)",
+                  "",
                   "q, k, v, the cotangent, the output and the three gradients are (1, 8, L, 64) arrays of 4 MiB "
                   "per 1k of L each; the score matrix alone would be 8 L^2 * 8 bytes (16 GiB at L = 16384).", ""]
         lines += _harness.markdown_table(
@@ -300,7 +303,7 @@ def main():
         return alone_worker(args)
     if args.memory_worker:
         return memory_worker(args)
-    names = ["set"] if args.quick else args.configs.split(",")
+    names = ["set"] if args.quick else [n for n in args.configs.split(",") if n and n != "none"]
     load = [os.getloadavg()[0]]
     results = []
     for name, label, env in configurations(names):
