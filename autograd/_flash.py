@@ -246,7 +246,6 @@ class _Kernel:
         dk = xp.zeros(self.k.shape, dtype=self.dtype)
         dvalue = xp.zeros(self.v.shape, dtype=self.dtype)
         d_terms = {name: xp.zeros(getattr(plan, name).shape, dtype=self.dtype) for name in want}
-        row_dot = None if g_out is None else xp.sum(g_out * out, axis=-1, keepdims=True)   # D_i
         keys = self.k_ones if self.fold_lse else self.k
         values = self.v_ones if self.fold_sums else self.v
         for pieces, whole in self.blocks():
@@ -256,7 +255,8 @@ class _Kernel:
             queries = _with_column(q_scaled, -lse_rows) if self.fold_lse else q_scaled
             g_rows = d_rows = g_values = None
             if g_out is not None:
-                g_rows, d_rows = _flat_rows(g_out[index]), _flat_rows(row_dot[index])
+                g_rows = _flat_rows(g_out[index])
+                d_rows = xp.sum(g_rows * _flat_rows(out[index]), axis=-1, keepdims=True)   # D_i = rowsum(dO * O)
                 g_values = _with_column(g_rows, -d_rows) if self.fold_sums else g_rows
             glse_rows = None if g_lse is None else _flat_rows(g_lse[index][..., None])
             dq_rows = xp.zeros(q_scaled.shape, dtype=self.dtype)
