@@ -141,7 +141,8 @@ def test_sdpa_entry_is_the_core_with_alibi():
     np.testing.assert_array_equal(host(mech.apply(params, q, k, v)), host(expected))
     windowed = mech.apply(params, q, k, v, window=(1, 0), softcap=2.0)
     assert not np.allclose(host(windowed), host(expected))
-    assert [m.family for m in npattn.mechanisms("transformer")] == ["transformer"] * 3
+    names = [m.name for m in npattn.mechanisms("transformer")]
+    assert {"sdpa", "mha-gqa", "mha-gqa-qk-norm"} <= set(names)
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
