@@ -691,6 +691,63 @@ def flip(a, axis=None) -> Tensor:
     return record(xp.flip(a.data, axis=axes), ((a, lambda g: flip(g, axes)),))
 
 
+def roll(a, shifts, axis=None) -> Tensor:
+    """Cyclic shift, as torch.roll / numpy.roll: element i moves to (i + shift) mod n along each axis.
+
+    ``shifts`` and ``axis`` are ints or equal-length tuples; ``axis=None`` rolls the flattened tensor.
+    VJP: the inverse permutation, a roll by ``-shifts``.
+    """
+    a = _lift(a)
+    if axis is None:
+        if not isinstance(shifts, numbers.Integral):
+            raise ValueError(f"roll: with axis=None, shifts must be one int, got {shifts!r}")
+    elif isinstance(shifts, numbers.Integral) != isinstance(axis, numbers.Integral) or (
+            not isinstance(axis, numbers.Integral) and len(tuple(shifts)) != len(tuple(axis))):
+        raise ValueError(f"roll: shifts and axis must both be ints or tuples of one length, got {shifts!r}, {axis!r}")
+    back = -shifts if isinstance(shifts, numbers.Integral) else tuple(-int(s) for s in shifts)
+    return record(xp.roll(a.data, shifts, axis=axis), ((a, lambda g: roll(g, back, axis)),))
+
+
+def window_partition(x, window_size) -> Tensor:
+    """(B, H, W, C) -> (B * H/wh * W/ww, wh, ww, C): non-overlapping windows, row-major windows of row-major
+    tokens (Swin's ``window_partition``; a reshape and a transpose, so the VJP is the inverse permutation).
+
+    ``window_size`` is an int or (wh, ww) and must divide (H, W).
+    """
+    x = _lift(x)
+    wh, ww = _pair("window_partition", window_size)
+    if x.ndim != 4:
+        raise ValueError(f"window_partition: x must be 4-D (B, H, W, C), got shape {x.shape}")
+    batch, height, width, channels = x.shape
+    if height % wh or width % ww:
+        raise ValueError(f"window_partition: window ({wh}, {ww}) must divide the map ({height}, {width})")
+    blocks = reshape(x, (batch, height // wh, wh, width // ww, ww, channels))
+    count = batch * (height // wh) * (width // ww)
+    return reshape(transpose(blocks, (0, 1, 3, 2, 4, 5)), (count, wh, ww, channels))
+
+
+def window_reverse(windows, window_size, height: int, width: int) -> Tensor:
+    """The inverse of :func:`window_partition`: (B * H/wh * W/ww, wh, ww, C) -> (B, H, W, C)."""
+    windows = _lift(windows)
+    wh, ww = _pair("window_reverse", window_size)
+    if height % wh or width % ww:
+        raise ValueError(f"window_reverse: window ({wh}, {ww}) must divide the map ({height}, {width})")
+    per_image = (height // wh) * (width // ww)
+    if windows.ndim != 4 or windows.shape[1:3] != (wh, ww) or windows.shape[0] % per_image:
+        raise ValueError(f"window_reverse: windows must be (B * {per_image}, {wh}, {ww}, C), got shape {windows.shape}")
+    channels = windows.shape[-1]
+    batch = windows.shape[0] // per_image
+    blocks = reshape(windows, (batch, height // wh, width // ww, wh, ww, channels))
+    return reshape(transpose(blocks, (0, 1, 3, 2, 4, 5)), (batch, height, width, channels))
+
+
+def _pair(op: str, size) -> tuple:
+    pair = (size, size) if isinstance(size, numbers.Integral) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n > 0 for n in pair):
+        raise ValueError(f"{op}: window_size must be a positive int or a pair of them, got {size!r}")
+    return int(pair[0]), int(pair[1])
+
+
 def repeat(a, repeats: int, axis: int) -> Tensor:
     """Repeat each element ``repeats`` times along ``axis`` (numpy.repeat with an int)."""
     a = _lift(a)

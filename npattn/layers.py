@@ -161,8 +161,17 @@ def batch_norm_shapes(prefix: str, channels: int) -> dict:
     return shapes
 
 
-def take_all(params, shapes: dict) -> None:
-    """Read every key of ``shapes`` from ``params`` and check its shape (ValueError naming the key)."""
+def take_all(params, shapes: dict, *, complete: bool = False) -> None:
+    """Read every key of ``shapes`` from ``params`` and check its shape (ValueError naming the key).
+
+    ``complete``: ``shapes`` is every key the mechanism reads, so keys left unread are reported (as the
+    contract would after the call) before any shape -- parameters made for another structure (three SK
+    branches given to ``branches=2``) are then named as such, not as one layer of the wrong size.
+    """
+    if complete and isinstance(params, Params):
+        for key in shapes:
+            params[key]
+        params.check_all_used()
     for key, shape in shapes.items():
         _take(params, key, shape)
 

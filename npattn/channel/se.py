@@ -45,7 +45,7 @@ def se(params, x, *, train: bool = False, bias: bool = True) -> ag.Tensor:
     ``bias`` as in :func:`init` (the parameters must be those ``init`` makes with the same value).
     """
     channels = params.shape("fc1.weight")[1]
-    x = check_input(NAME, x, channels=channels)
+    x = check_input(NAME, x, channels=channels, min_size=1)
     check_dtype(NAME, x, params)
     squeeze = ag.mean(x, axis=(2, 3))                       # z = GAP(x)
     scale = excitation(params, squeeze, bias=bias)          # s

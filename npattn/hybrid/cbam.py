@@ -19,7 +19,8 @@ paper:
   the paper has no BN. ``init(..., spatial_bn=False)`` gives the paper's BN-free gate (``spatial_bias=True``
   adds a conv bias, as fightingcv's CBAMBlock has).
 * ``pool_types`` (default ``("avg", "max")``) also accepts the official extras ``"lp"`` (``lp_pool2d`` with
-  p = 2 over the whole map, i.e. the L2 norm of each channel) and ``"lse"`` (log-sum-exp over the map).
+  p = 2 over the whole map, i.e. the L2 norm of each channel; on an all-zero channel its gradient is 0, as
+  ``F.lp_pool2d``'s) and ``"lse"`` (log-sum-exp over the map).
   Every descriptor goes through the shared MLP and the raw outputs are summed before the sigmoid.
 * The max descriptors route their gradient to the first maximum, as ``F.max_pool2d`` and ``torch.max(dim)``.
 
@@ -93,8 +94,19 @@ def _channel_descriptor(x: ag.Tensor, pool_type: str) -> ag.Tensor:
     if pool_type == "max":
         return ag.take_max(flat, axis=2)                      # gradient to the first maximum, as max_pool2d
     if pool_type == "lp":
-        return ag.sqrt(ag.sum(flat * flat, axis=2))           # lp_pool2d, p = 2, window = whole map
+        return _l2_norm(ag.sum(flat * flat, axis=2))          # lp_pool2d, p = 2, window = whole map
     return ag.logsumexp(flat, axis=2)                         # "lse"
+
+
+def _l2_norm(squares: ag.Tensor) -> ag.Tensor:
+    """sqrt(sum of squares) with F.lp_pool2d's gradient at an all-zero window: 0, not sqrt's inf times 0 = NaN.
+
+    torch computes ``(sign(s) * relu(|s|) * k) ** 0.5`` and the ReLU's backward zeroes the inf there; here
+    sqrt only ever sees a positive argument (1 where s == 0, whose output is then replaced by 0), so no
+    infinity is formed at all.  A NaN or inf sum is not 0 and propagates.
+    """
+    empty = squares.data == 0
+    return ag.where(empty, 0.0, ag.sqrt(ag.where(empty, 1.0, squares)))
 
 
 def _check_pool_types(pool_types) -> tuple:
@@ -144,7 +156,7 @@ def _spatial_attention(params, refined: ag.Tensor, train: bool, spatial_order: s
 
 
 def _validate(params, x, pool_types, spatial_order):
-    x = check_input(NAME, x, channels=params.shape("mlp.0.weight")[1])
+    x = check_input(NAME, x, channels=params.shape("mlp.0.weight")[1], min_size=1)
     check_dtype(NAME, x, params)
     if spatial_order not in SPATIAL_ORDERS:
         raise ValueError(f"{NAME}: spatial_order must be one of {SPATIAL_ORDERS}, got {spatial_order!r}")

@@ -66,3 +66,22 @@ def test_take_all_missing_key_and_plain_dicts():
     view = Params("toy", params)
     layers.take_all(view, layers.conv_shapes("conv", 2, 3))
     assert sorted(view.unused()) == sorted(layers.batch_norm_shapes("bn", 2))
+
+
+def test_take_all_complete_names_unread_keys_before_shapes():
+    """With ``complete``, the table is the whole structure: keys of another structure (an extra branch) are
+    named as unused before a shape they make inconsistent; without it, the shape error comes first."""
+    params = {**_toy_params(), "extra.weight": np.zeros((2, 3, 1, 1))}
+    params["conv.weight"] = np.zeros((3, 3, 1, 1))              # as if built for 3 outputs
+    table = {**layers.conv_shapes("conv", 2, 3), **layers.batch_norm_shapes("bn", 2)}
+    with pytest.raises(ValueError, match=r"toy: parameter 'conv.weight' must have shape \(2, 3, 1, 1\)"):
+        layers.take_all(Params("toy", params), table)
+    with pytest.raises(ParameterKeyError, match=r"toy: params has 1 key\(s\) this configuration does not use: "
+                                                r"'extra.weight'"):
+        layers.take_all(Params("toy", params), table, complete=True)
+    view = Params("toy", _toy_params())
+    layers.take_all(view, table, complete=True)
+    assert view.unused() == []
+    with pytest.raises(ParameterKeyError, match="toy: parameter 'bn.bias' is missing"):
+        layers.take_all(Params("toy", {k: v for k, v in _toy_params().items() if k != "bn.bias"}), table,
+                        complete=True)

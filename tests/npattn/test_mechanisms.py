@@ -207,15 +207,18 @@ def _name_pattern(mech):
 #: Registry-wide checks that are wrong for an entry *by its semantics* (the check is not weakened for it):
 #: {(test, entry): reason}.  Each reason names where the entry's own test covers the point instead.
 EXEMPT = {
-    ("unknown_key", "itti"): "no parameters, so no key to misspell; an extra key is a KeyError saying the model "
-                             "has none (test_origins_vision.py::test_itti_rejects_any_parameter)",
-    ("another_dtype", "itti"): "no parameters to give another dtype",
-    ("unknown_key", "simam"): "parameter-free (official simam_module): no key to misspell; any key is a KeyError "
-                              "(test_cnn_beyond.py::test_simam_rejects_parameters_and_bad_lambda)",
-    ("another_dtype", "simam"): "no parameters to give another dtype; float32 inputs stay float32 "
-                                "(test_cnn_beyond.py::test_simam_rejects_parameters_and_bad_lambda)",
     ("nan_input", "ram"): "hard attention reads only the glimpsed patches and the example's NaN pixel lies outside "
                           "all three (test_origins_vision.py::test_ram_nan_reaches_the_output_only_inside_a_glimpse)",
+}
+
+#: Entries whose init makes no parameters: there is no key to misspell or to give another dtype (an unknown
+#: key is still checked for them).  Each entry says why; the tests assert the dict really is empty.
+PARAMETER_FREE = {
+    "ge-theta-minus": "GE-theta-minus gathers by average pooling; init returns {}",
+    "itti": "a fixed saliency model; an extra key is a KeyError saying it has none "
+            "(test_origins_vision.py::test_itti_rejects_any_parameter)",
+    "simam": "SimAM is parameter-free (official simam_module); init returns {} "
+             "(test_cnn_beyond.py::test_simam_rejects_parameters_and_bad_lambda)",
 }
 
 
@@ -231,6 +234,14 @@ def test_exemptions_name_registered_entries_and_real_tests():
     for test, entry in EXEMPT:
         assert entry in names, f"EXEMPT names {entry!r}, which is not registered"
         assert any(test in name for name in tests), f"EXEMPT names test {test!r}, which does not exist"
+    assert set(PARAMETER_FREE) <= names
+
+
+def _parameter_free(mech, params) -> bool:
+    if mech.name in PARAMETER_FREE:
+        assert not params, f"{mech.name} is in PARAMETER_FREE but init made {sorted(params)}"
+        return True
+    return False
 
 
 @pytest.mark.parametrize("mech", MECHANISMS, ids=IDS)
@@ -246,8 +257,11 @@ def test_every_missing_key_is_a_key_error(mech):
 
 @pytest.mark.parametrize("mech", MECHANISMS, ids=IDS)
 def test_unknown_key_is_a_key_error_with_a_suggestion(mech):
-    _skip_if_exempt("unknown_key", mech)
     params, inputs = _params(mech), _inputs(mech)
+    if _parameter_free(mech, params):
+        with pytest.raises(KeyError, match=f"{_name_pattern(mech)}.*'extra_layer.weight'"):
+            mech.apply({"extra_layer.weight": ag.from_numpy(np.ones(3))}, *inputs)
+        return
     key = sorted(params)[0]
     with pytest.raises(KeyError, match=f"{_name_pattern(mech)}.*'extra_layer.weight'"):
         mech.apply({**params, "extra_layer.weight": params[key]}, *inputs)
@@ -274,8 +288,9 @@ def test_every_wrong_shaped_parameter_names_a_parameter(mech):
 
 @pytest.mark.parametrize("mech", MECHANISMS, ids=IDS)
 def test_parameters_of_another_dtype_are_a_type_error(mech):
-    _skip_if_exempt("another_dtype", mech)
     params, inputs = _params(mech), _inputs(mech)
+    if _parameter_free(mech, params):
+        pytest.skip(PARAMETER_FREE[mech.name])
     key = _float_keys(params)[-1]
     with pytest.raises(TypeError, match=rf"{_name_pattern(mech)}.*float32"):
         mech.apply({**params, key: params[key].astype(np.float32)}, *inputs)

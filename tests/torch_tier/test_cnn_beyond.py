@@ -8,7 +8,9 @@ docstring), with the official submodule and parameter names, so npattn's paramet
 ``npattn.interop.torch.from_torch_state_dict`` (a key map only where npattn's names differ).  BatchNorm
 parameters and running statistics are randomised first.  In float64, for one random cotangent, the output, the
 gradient of every input and of every torch parameter and -- in train mode -- every updated BatchNorm buffer must
-agree to 1e-10 (``tests/torch_tier/test_channel.py: compare_with_twin``).
+agree to 1e-10 (``tests/torch_tier/test_channel.py: compare_with_twin``).  Where the official code views with
+``-1``, the twins give the size explicitly (the same numbers; an empty batch cannot infer it, and the empty-batch
+twin tests need N = 0 to run).
 """
 import numpy as np
 import pytest
@@ -93,9 +95,9 @@ class TorchSGE(nn.Module):
 
     def forward(self, x):
         b, c, h, w = x.size()
-        x = x.view(b * self.groups, -1, h, w)
+        x = x.view(b * self.groups, c // self.groups, h, w)
         xn = (x * F.adaptive_avg_pool2d(x, 1)).sum(dim=1, keepdim=True)
-        t = xn.view(b * self.groups, -1)
+        t = xn.view(b * self.groups, h * w)
         t = t - t.mean(dim=1, keepdim=True)
         t = t / (t.std(dim=1, keepdim=True, unbiased=self.unbiased) + 1e-5)
         t = t.view(b, self.groups, h, w) * self.weight + self.bias
@@ -287,7 +289,7 @@ class TorchCotLayer(nn.Module):
         k = self.key_embed(x)
         qk = torch.cat([x, k], dim=1)
         b, c, qk_hh, qk_ww = qk.size()
-        w = self.embed(qk).view(b, 1, -1, self.kernel_size * self.kernel_size, qk_hh, qk_ww)
+        w = self.embed(qk).view(b, 1, self.dim // 8, self.kernel_size * self.kernel_size, qk_hh, qk_ww)
         x = self.act(self.bn(torch_aggregation_zeropad(self.conv1x1(x), w, self.kernel_size)))
         B, C, H, W = x.shape
         x = torch.cat([x.view(B, C, 1, H, W), k.view(B, C, 1, H, W)], dim=2)
@@ -330,11 +332,12 @@ class TorchSRM(nn.Module):
 
     def _style_pooling(self, x, eps=1e-5):
         n, c = x.shape[:2]
-        channel_mean = x.view(n, c, -1).mean(dim=2, keepdim=True)
+        flat = x.view(n, c, x.shape[2] * x.shape[3])
+        channel_mean = flat.mean(dim=2, keepdim=True)
         if self.std_mode == "std":
-            channel_std = x.view(n, c, -1).std(dim=2).view(n, c, -1)
+            channel_std = flat.std(dim=2).view(n, c, 1)
         else:
-            channel_std = (x.view(n, c, -1).var(dim=2, keepdim=True) + eps).sqrt()
+            channel_std = (flat.var(dim=2, keepdim=True) + eps).sqrt()
         return torch.cat((channel_mean, channel_std), dim=2)
 
     def forward(self, x):
@@ -352,8 +355,8 @@ class TorchRSoftMax(nn.Module):
     def forward(self, x):
         batch = x.size(0)
         if self.radix > 1:
-            x = x.view(batch, self.cardinality, self.radix, -1).transpose(1, 2)
-            return F.softmax(x, dim=1).reshape(batch, -1)
+            x = x.view(batch, self.cardinality, self.radix, x.shape[1] // (self.cardinality * self.radix))
+            return F.softmax(x.transpose(1, 2), dim=1).reshape(batch, x.shape[1] * x.shape[2] * x.shape[3])
         return torch.sigmoid(x)
 
 
@@ -391,7 +394,7 @@ class TorchSplAtConv2d(nn.Module):
         if self.use_bn:
             gap = self.bn1(gap)
         atten = self.fc2(F.relu(gap))
-        atten = self.rsoftmax(atten).view(batch, -1, 1, 1)
+        atten = self.rsoftmax(atten).view(batch, rchannel, 1, 1)
         if self.radix > 1:
             attens = torch.split(atten, rchannel // self.radix, dim=1)
             return sum([att * split for (att, split) in zip(attens, splited)]).contiguous()
@@ -414,15 +417,15 @@ class TorchShuffleAttention(nn.Module):
     @staticmethod
     def channel_shuffle(x, groups):
         b, c, h, w = x.shape
-        return x.reshape(b, groups, -1, h, w).permute(0, 2, 1, 3, 4).reshape(b, -1, h, w)
+        return x.reshape(b, groups, c // groups, h, w).permute(0, 2, 1, 3, 4).reshape(b, c, h, w)
 
     def forward(self, x):
         b, c, h, w = x.shape
-        x = x.reshape(b * self.groups, -1, h, w)
+        x = x.reshape(b * self.groups, c // self.groups, h, w)
         x_0, x_1 = x.chunk(2, dim=1)
         xn = x_0 * torch.sigmoid(self.cweight * F.adaptive_avg_pool2d(x_0, 1) + self.cbias)
         xs = x_1 * torch.sigmoid(self.sweight * self.gn(x_1) + self.sbias)
-        out = torch.cat([xn, xs], dim=1).reshape(b, -1, h, w)
+        out = torch.cat([xn, xs], dim=1).reshape(b, c, h, w)
         return self.channel_shuffle(out, 2)
 
 
@@ -554,6 +557,18 @@ def test_twin(case, train):
     inputs = [dev(rng.standard_normal(shape)) for shape in shapes]
     worst = compare_with_twin(apply, params, inputs, twin(), train, options)
     print(f"{case[0]} {'train' if train else 'eval'}: max |diff| {worst:.3g}")
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name", sorted(REGISTRY_TWINS))
+def test_empty_batch_matches_twin(name, train):
+    """N = 0, as torch: an empty output, zero parameter gradients, and in training unchanged running statistics
+    with num_batches_tracked + 1."""
+    _, apply, init, kwargs, options, shapes, twin = _registry_case(name)
+    rng = np.random.default_rng(5)
+    params = _randomize_bn(init(rng, **kwargs), rng)
+    inputs = [dev(np.zeros((0,) + shape[1:])) for shape in shapes]
+    compare_with_twin(apply, params, inputs, twin(), train, options)
 
 
 NEW_ENTRIES = ("coord", "simam", "sge", "triplet", "psa-p", "psa-s", "external", "cot", "gct", "srm",
