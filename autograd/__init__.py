@@ -17,6 +17,7 @@ __npattn_core__ = True
 __version__ = "0.1.0"
 
 from . import backend
+from .attention import scaled_dot_product_attention
 from .backend import from_numpy, to_numpy, xp
 from .conv import conv1d, conv2d, conv_transpose2d, fold, unfold
 from .dct import dct, dct2, dct_matrix, dctn, idct, idct2, idct_matrix, idctn

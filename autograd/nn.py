@@ -7,6 +7,8 @@ exactly zero weight; a row with no True entry gives all zeros from ``softmax`` a
 """
 from __future__ import annotations
 
+import math as _math
+
 import numpy as _np
 
 from . import _threads, backend, ops
@@ -305,7 +307,7 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5) ->
         raise ValueError(f"group_norm: {c} channels are not divisible by num_groups={num_groups}")
     _check_shape("group_norm", "weight", weight, (c,))
     _check_shape("group_norm", "bias", bias, (c,))
-    grouped = ops.reshape(x, (n, num_groups, -1))
+    grouped = ops.reshape(x, (n, num_groups, _math.prod(x.shape[1:]) // num_groups))   # not -1: N may be 0
     mean = ops.mean(grouped, axis=2, keepdims=True)
     var = ops.var(grouped, axis=2, keepdims=True)
     y = ops.reshape(ops.div(ops.sub(grouped, mean), ops.sqrt(ops.add(var, eps))), x.shape)

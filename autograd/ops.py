@@ -94,11 +94,14 @@ def add(a, b) -> Tensor:
 def sub(a, b) -> Tensor:
     a, b = _binary_operands(a, b)
     sa, sb = a.shape, b.shape
-    return record(a.data - b.data, ((a, lambda g: sum_to(g, sa)), (b, lambda g: sum_to(neg(g), sb))))
+    # b's VJP negates after reducing: the same bits, and no full-size negation when b was broadcast
+    return record(a.data - b.data, ((a, lambda g: sum_to(g, sa)), (b, lambda g: neg(sum_to(g, sb)))))
 
 
 def mul(a, b) -> Tensor:
     a, b = _binary_operands(a, b)
+    if a is b:   # a square: one VJP (2 g) a -- the same values as g a + g a, without the accumulation pass
+        return record(a.data * a.data, ((a, lambda g: mul(mul(g, 2.0), a)),))
     sa, sb = a.shape, b.shape  # a's VJP keeps b alive and b's keeps a, each only if it is recorded
     return record(a.data * b.data, ((a, lambda g: _mul_sum_to(g, b, sa)), (b, lambda g: _mul_sum_to(g, a, sb))))
 
@@ -110,7 +113,7 @@ def div(a, b) -> Tensor:
         a.data / b.data,
         (
             (a, lambda g: sum_to(div(g, b), sa)),
-            (b, lambda g: sum_to(neg(div(mul(g, a), mul(b, b))), sb)),
+            (b, lambda g: neg(sum_to(div(mul(g, a), mul(b, b)), sb))),   # negated after reducing (same bits)
         ),
     )
 
@@ -450,7 +453,18 @@ def sum_product(a, b, axis=None, keepdims: bool = False) -> Tensor:
         raise ValueError(f"sum_product: a and b must have one shape, got {a.shape} and {b.shape}")
     axes = _normalize_axis(axis, a.ndim)
     layout = _blas_layout(a.data, axes) if b.data.flags.c_contiguous and a.dtype == b.dtype else None
-    if layout is None:
+    terms = int(_np.prod([a.shape[i] for i in axes], dtype=_np.int64))
+    if (layout is None and backend.name == "numpy" and a.dtype == b.dtype and axes and a.ndim <= 26
+            and terms <= BLAS_REDUCE_MAX_TERMS):
+        # other layouts (a middle axis: the gradient of a (N, C, 1, W) gate): einsum's sum-of-products
+        # loop, without the full-size product that ``sum(a * b)`` would allocate (its running sums are
+        # not pairwise: as for the BLAS path, only up to BLAS_REDUCE_MAX_TERMS terms)
+        letters = "abcdefghijklmnopqrstuvwxyz"[: a.ndim]
+        kept = "".join(c for i, c in enumerate(letters) if i not in axes)
+        out = xp.einsum(f"{letters},{letters}->{kept}", a.data, b.data)
+        if keepdims:
+            out = xp.reshape(out, _reduced_shape(a.shape, axes, True))
+    elif layout is None:
         out = xp.sum(a.data * b.data, axis=axes, keepdims=keepdims)
     else:
         lead, middle, trail = layout
@@ -459,6 +473,8 @@ def sum_product(a, b, axis=None, keepdims: bool = False) -> Tensor:
         out = xp.reshape(_sum_rows(xp.reshape(dots, (rows,)), lead, middle),
                          _reduced_shape(a.shape, axes, keepdims))
     shape = a.shape
+    if a is b:   # a sum of squares (var, norms): one VJP 2 g a -- the same bits as g a + g a, one pass fewer
+        return record(xp.asarray(out), ((a, lambda g: mul(_spread(mul(g, 2.0), shape, axes), a)),))
     return record(xp.asarray(out), ((a, lambda g: mul(_spread(g, shape, axes), b)),
                                     (b, lambda g: mul(_spread(g, shape, axes), a))))
 

@@ -103,7 +103,8 @@ def plot_deformable(image, feats, out):
         params[key] = ag.from_numpy(rng.normal(0, spread, params[key].shape))
     references = np.array([[0.3, 0.35], [0.62, 0.55], [0.45, 0.8]])                # (x, y) in [0, 1]
     positions = (references * np.array(shapes[0][::-1])).astype(int)               # their tokens on level 0
-    query = ag.getitem(ag.transpose(feats, (0, 2, 3, 1)), (0, positions[:, 1], positions[:, 0]))[None]
+    rows, cols = ag.from_numpy(positions[:, 1]), ag.from_numpy(positions[:, 0])    # indices on the backend
+    query = ag.getitem(ag.transpose(feats, (0, 2, 3, 1)), (0, rows, cols))[None]
     reference_points = np.repeat(references[None, :, None, :], len(shapes), axis=2)
     locations, weights = msdeform.sampling_locations(params, query, ag.from_numpy(reference_points), shapes,
                                                      n_levels=len(shapes), n_heads=heads, n_points=points)

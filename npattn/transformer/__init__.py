@@ -2,4 +2,4 @@
 conventions) and the vision-transformer attention that followed the survey (windowed, neighborhood,
 deformable, ...). One module per mechanism; importing this package registers them."""
 
-from . import attention_pool, axial, botnet, mobilevit, msdeform, nat, outlook, swin, swin_v2, vit  # noqa: F401
+from . import attention_pool, axial, botnet, mha_gqa, mobilevit, msdeform, nat, outlook, sdpa, swin, swin_v2, vit  # noqa: F401

@@ -151,6 +151,16 @@ def test_group_norm(rng, groups, shape):
     check_grads(lambda *a: ag.group_norm(a[0], groups, a[1], a[2]), dev(x[:1]), dev(w), dev(b))
 
 
+
+def test_group_norm_empty_batch():
+    """N = 0: an empty output and zero gradients for the affine parameters (as torch)."""
+    w, b = dev(np.ones(4)), dev(np.ones(4))
+    out, pullback = ag.vjp(lambda ww, bb: ag.group_norm(dev(np.zeros((0, 4, 3, 2))), 2, ww, bb), w, b)
+    assert out.shape == (0, 4, 3, 2)
+    gw, gb = pullback(ag.xp.zeros((0, 4, 3, 2)))
+    assert not np.any(ag.to_numpy(gw)) and not np.any(ag.to_numpy(gb))
+
+
 @pytest.mark.parametrize("call, pattern", [
     (lambda: ag.layer_norm(dev(np.ones((2, 3))), 4), "does not end with normalized_shape"),
     (lambda: ag.layer_norm(dev(np.ones((2, 3))), (2, 2, 3)), "does not end with normalized_shape"),

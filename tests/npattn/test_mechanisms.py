@@ -217,6 +217,8 @@ PARAMETER_FREE = {
     "ge-theta-minus": "GE-theta-minus gathers by average pooling; init returns {}",
     "itti": "a fixed saliency model; an extra key is a KeyError saying it has none "
             "(test_origins_vision.py::test_itti_rejects_any_parameter)",
+    "simam": "SimAM is parameter-free (official simam_module); init returns {} "
+             "(test_cnn_beyond.py::test_simam_rejects_parameters_and_bad_lambda)",
 }
 
 

@@ -35,6 +35,9 @@ RUNS = {
                           "--no-memory"], "| mobilevit-v2 | float64 |"),
     "windows-deformable": (["bench_windows_deformable.py", *QUICK, "--filter", "grid_sample", "--dtypes", "float64",
                             "--no-memory"], "| grid_sample | float64 |"),
+    "sdpa": (["bench_sdpa.py", *QUICK, "--dtypes", "float64", "--causal", "yes"],
+             "| (1, 8, 256, 64) | float64 | yes |"),
+    "cnn-beyond": (["bench_cnn_beyond.py", *QUICK, "--filter", "gct", "--dtypes", "float64"], "| gct | float64 |"),
 }
 
 
