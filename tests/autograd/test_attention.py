@@ -200,6 +200,24 @@ def test_matches_the_loop_reference(name, shapes, options, implementation):
     _assert_matches(_run(q, k, v, implementation, **options), expected)
 
 
+@pytest.mark.parametrize("name,shapes,options", CASES, ids=[c[0] for c in CASES])
+def test_output_without_lse_is_the_output_with_it(name, shapes, options):
+    """return_lse=False skips the lse (and, under masked_rows='zero', the empty-row) passes of the materialised
+    path: the output and its gradients stay those of the full path bit for bit (which the loop reference checks)."""
+    q, k, v = (dev(a) for a in _inputs(np.random.default_rng(1), **shapes))
+    device = {name: (dev(value) if isinstance(value, np.ndarray) else value) for name, value in options.items()}
+    cotangent = dev(np.random.default_rng(2).standard_normal((q.shape[0], q.shape[1], q.shape[2], v.shape[-1])))
+    results = []
+    for return_lse in (True, False):
+        def f(q, k, v):
+            out = sdpa(q, k, v, enable_gqa=True, return_lse=return_lse, implementation="materialised", **device)
+            return ag.sum((out[0] if return_lse else out) * cotangent)
+        value, grads = ag.value_and_grad(f, argnums=(0, 1, 2))(q, k, v)
+        results.append([host(value)] + [host(g) for g in grads])
+    for with_lse, without in zip(*results):
+        np.testing.assert_array_equal(without, with_lse)
+
+
 def test_reference_tells_the_conventions_apart():
     """The reference (and so the test above) is sensitive to each convention an implementation can get wrong."""
     q, k, v = _inputs(np.random.default_rng(2), query_length=6, key_length=4)
