@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins as _builtins
 import numbers
+import operator
 from typing import Sequence
 
 import numpy as _np
@@ -47,25 +48,95 @@ def _scalar_fits(x, dtype) -> bool:
     return isinstance(x, bool)
 
 
-def _binary_operands(a, b):
+def _binary_operands(a, b, op: str = "operation"):
+    """Both operands as Tensors of one dtype family: see :func:`_match_dtypes`."""
     if isinstance(a, numbers.Number) and not isinstance(b, numbers.Number):
         b = _lift(b)
-        return _lift(a, b), b
-    a = _lift(a)
-    return a, _lift(b, a)
+        a = _lift(a, b)
+    else:
+        a = _lift(a)
+        b = _lift(b, a)
+    if a.dtype != b.dtype:
+        a, b = _match_dtypes(op, a, b)
+    return a, b
 
 
-def _normalize_axis(axis, ndim):
+def _match_dtypes(op: str, *tensors, names=None) -> list:
+    """The operands of one operation, with the core's dtype rule applied (docs/architecture.md, "dtypes").
+
+    * Two different floating-point dtypes (float32 and float64, float16 and float32, ...) are a TypeError
+      naming both: the core never promotes one float dtype to another, as conv2d, matmul and linear
+      in PyTorch do not.  Cast explicitly with :func:`astype` (its gradient comes back in the source dtype).
+    * Integer and boolean operands meeting a floating-point one take its dtype, as in PyTorch
+      (``float32 * int64`` is float32, where NumPy would give float64).  They carry no gradient.
+    * Anything else (integers of two widths, complex) follows NumPy's promotion.
+    """
+    floats = []
+    for t in tensors:
+        if t.dtype.kind == "f" and t.dtype not in floats:
+            floats.append(t.dtype)
+    if len(floats) > 1:
+        labels = names or [f"operand {i}" for i in range(len(tensors))]
+        described = ", ".join(f"{label} {t.dtype}" for label, t in zip(labels, tensors))
+        raise TypeError(f"{op}: operands have different floating-point dtypes ({described}); the core does not "
+                        "promote between float dtypes -- cast one explicitly with autograd.astype")
+    if not floats:
+        return list(tensors)
+    return [Tensor(t.data.astype(floats[0])) if t.dtype.kind in "biu" else t for t in tensors]
+
+
+def _check_float(op: str, arg: str, tensor) -> None:
+    """TypeError unless ``tensor`` holds real floating-point values (the ops that compute in floats:
+    convolution, pooling, resizing, DCT, softmax, matmul, normalisation).  Integer input would be
+    truncated (an average) or meet -inf padding, booleans give logical results, and complex values
+    have no ordering and their gradients a conjugation convention the core does not implement."""
+    dtype = tensor.dtype
+    if _np.dtype(dtype).kind != "f":
+        raise TypeError(f"{op}: {arg} must be a real floating-point tensor (float16, float32 or float64), "
+                        f"got dtype {dtype}")
+
+
+def _axis_index(ax, op: str, arg: str) -> int:
+    """``ax`` as an int (bools, floats and other non-integers are a TypeError naming the argument)."""
+    if isinstance(ax, bool):
+        raise TypeError(f"{op}: {arg} must be an int, got {ax!r}")
+    try:
+        return operator.index(ax)
+    except TypeError:
+        raise TypeError(f"{op}: {arg} must be an int or a tuple of ints, got {ax!r}") from None
+
+
+def _normalize_axis(axis, ndim: int, op: str = "reduction", arg: str = "axis") -> tuple:
+    """``axis`` (None, an int or a sequence of ints) as a sorted tuple of non-negative axes.
+
+    As NumPy and torch: an axis outside ``[-ndim, ndim)`` and an axis named twice are errors (never
+    wrapped or merged).  As torch, a 0-d tensor accepts axis 0 and -1, which reduce over nothing
+    (``sum(scalar, axis=0)`` is the scalar): the result is then ``()``.
+    """
     if axis is None:
         return tuple(range(ndim))
-    if isinstance(axis, int):
-        axis = (axis,)
+    items = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+    rank = _builtins.max(ndim, 1)
     out = []
-    for ax in axis:
-        if not -ndim <= ax < _builtins.max(ndim, 1):
-            raise ValueError(f"axis {ax} is out of range for a tensor with {ndim} dimensions")
-        out.append(ax % _builtins.max(ndim, 1))
-    return tuple(sorted(set(out)))
+    for ax in items:
+        ax = _axis_index(ax, op, arg)
+        if not -rank <= ax < rank:
+            raise ValueError(f"{op}: {arg} {ax} is out of range for a tensor with {ndim} dimensions "
+                             f"(expected {-rank} <= {arg} < {rank})")
+        out.append(ax % rank)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{op}: {arg} {axis!r} names the same axis more than once")
+    return () if ndim == 0 else tuple(sorted(out))
+
+
+def _one_axis(axis, ndim: int, op: str, arg: str = "axis") -> int:
+    """One axis in ``[-ndim, ndim)`` as a non-negative int (0-d tensors accept 0 and -1, as torch)."""
+    ax = _axis_index(axis, op, arg)
+    rank = _builtins.max(ndim, 1)
+    if not -rank <= ax < rank:
+        raise ValueError(f"{op}: {arg} {ax} is out of range for a tensor with {ndim} dimensions "
+                         f"(expected {-rank} <= {arg} < {rank})")
+    return ax % rank
 
 
 def sum_to(x, shape) -> Tensor:
@@ -86,25 +157,25 @@ def sum_to(x, shape) -> Tensor:
 
 
 def add(a, b) -> Tensor:
-    a, b = _binary_operands(a, b)
+    a, b = _binary_operands(a, b, "add")
     sa, sb = a.shape, b.shape  # the VJPs read shapes only: the operands are not kept alive
     return record(a.data + b.data, ((a, lambda g: sum_to(g, sa)), (b, lambda g: sum_to(g, sb))))
 
 
 def sub(a, b) -> Tensor:
-    a, b = _binary_operands(a, b)
+    a, b = _binary_operands(a, b, "sub")
     sa, sb = a.shape, b.shape
     return record(a.data - b.data, ((a, lambda g: sum_to(g, sa)), (b, lambda g: sum_to(neg(g), sb))))
 
 
 def mul(a, b) -> Tensor:
-    a, b = _binary_operands(a, b)
+    a, b = _binary_operands(a, b, "mul")
     sa, sb = a.shape, b.shape  # a's VJP keeps b alive and b's keeps a, each only if it is recorded
     return record(a.data * b.data, ((a, lambda g: _mul_sum_to(g, b, sa)), (b, lambda g: _mul_sum_to(g, a, sb))))
 
 
 def div(a, b) -> Tensor:
-    a, b = _binary_operands(a, b)
+    a, b = _binary_operands(a, b, "div")
     sa, sb = a.shape, b.shape
     return record(
         a.data / b.data,
@@ -121,21 +192,37 @@ def neg(a) -> Tensor:
 
 
 def pow(a, b) -> Tensor:  # noqa: A001 - mirrors torch.pow
-    """``a ** b``.  For a tensor exponent the gradient w.r.t. ``b`` is ``a**b * log(a)`` (a > 0)."""
-    a, b = _binary_operands(a, b)
+    """``a ** b``, with torch's gradient conventions at the edges.
+
+    d/da = b * a**(b-1), except 0 where ``b == 0`` (the constant 1 = a**0, even at a = 0 where the formula
+    reads 0 * inf); d/db = a**b * log(a), except 0 where ``a == 0`` and ``b >= 0`` (0**b is constant there,
+    where the formula reads 0 * -inf).  A negative base gives NaN for d/db, as in torch.
+    """
+    a, b = _binary_operands(a, b, "pow")
     sa, sb = a.shape, b.shape
     holder = []
 
     def vjp_base(g):
-        return sum_to(mul(g, mul(b, pow(a, sub(b, 1)))), sa)
+        return sum_to(_zero_where(b.data == 0, mul(g, mul(b, pow(a, sub(b, 1))))), sa)
 
     def vjp_exponent(g):
         # the result itself (not a constant copy of its value), so that second derivatives see it
-        return sum_to(mul(g, mul(holder[0], log(a))), sb)
+        with _np.errstate(divide="ignore", invalid="ignore"):
+            log_a = log(a)
+        flat_zero = (a.data == 0) & (b.data >= 0)
+        return sum_to(_zero_where(flat_zero, mul(g, mul(holder[0], log_a))), sb)
 
     result = record(a.data ** b.data, ((a, vjp_base), (b, vjp_exponent)))
     holder.append(result)
     return result
+
+
+def _zero_where(condition, value) -> Tensor:
+    """``value`` with zeros where ``condition`` (a backend bool array) holds; ``value`` itself when it never
+    does (a 0-d condition is decided on the host, an array one by one reduction)."""
+    if not bool(xp.any(condition)):
+        return value
+    return where(condition, Tensor(xp.zeros((), value.dtype)), value)
 
 
 def exp(a) -> Tensor:
@@ -161,14 +248,28 @@ def sqrt(a) -> Tensor:
 
 
 def abs(a) -> Tensor:  # noqa: A001
-    """|a|; the gradient at 0 is 0 (the subgradient PyTorch uses)."""
+    """|a|; the gradient is g * sign(a): 0 at a = 0 and at NaN (torch's sgn gives 0 there)."""
     a = _lift(a)
-    return record(xp.abs(a.data), ((a, lambda g: mul(g, Tensor(xp.sign(a.data)))),))
+    return record(xp.abs(a.data), ((a, lambda g: mul(g, Tensor(_sign_data(a.data)))),))
 
 
 def sign(a) -> Tensor:
-    """Sign of ``a`` (no gradient: it is piecewise constant)."""
-    return Tensor(xp.sign(_data(a)))
+    """Sign of ``a``: -1, 0 or 1, and 0 for NaN (as torch.sign; NumPy's sign gives NaN).
+
+    Piecewise constant: its gradient is zero everywhere (recorded, as in torch, so a loss through it
+    still has a gradient -- of zeros).
+    """
+    a = _lift(a)
+    shape = a.shape
+    return record(_sign_data(a.data), ((a, lambda g: mul(g, Tensor(xp.zeros(shape, g.dtype)))),))
+
+
+def _sign_data(data):
+    """torch.sign on a backend array: NaN -> 0 (one extra pass only when the input holds NaN)."""
+    out = xp.sign(data)
+    if data.dtype.kind in "fc" and data.size and not bool(xp.isfinite(xp.sum(out))):
+        out = xp.where(xp.isnan(out), xp.zeros((), out.dtype), out)
+    return out
 
 
 def tanh(a) -> Tensor:
@@ -255,11 +356,13 @@ def _sigmoid_vjp_kernel(out, y, g):
 
 
 def relu(a) -> Tensor:
-    """max(a, 0); the gradient at exactly 0 is 0, and NaN stays NaN (as PyTorch)."""
+    """max(a, 0); the gradient is 0 where a <= 0 and passes g through elsewhere -- NaN included (as torch,
+    whose rule is ``result <= 0 ? 0 : g``)."""
     a = _lift(a)
-    mask = a.data > 0
     zero = xp.zeros((), a.data.dtype)
-    return record(xp.maximum(a.data, zero), ((a, lambda g: where(mask, g, Tensor(zero))),))
+    out = xp.maximum(a.data, zero)
+    mask = out != 0  # the same cost as a > 0, and True at NaN: not (a <= 0)
+    return record(out, ((a, lambda g: where(mask, g, Tensor(zero))),))
 
 
 def leaky_relu(a, negative_slope: float = 0.01) -> Tensor:
@@ -282,30 +385,33 @@ def softplus(a, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
 
 
 def maximum(a, b) -> Tensor:
-    """Elementwise maximum.  On exact ties the gradient is split 0.5 / 0.5 (as torch.maximum)."""
-    a, b = _binary_operands(a, b)
+    """Elementwise maximum (NaN propagates).  Gradients as torch.maximum: on exact ties split 0.5 / 0.5;
+    where an operand is NaN (the comparison fails both ways) each operand receives the whole g."""
+    a, b = _binary_operands(a, b, "maximum")
     out = xp.maximum(a.data, b.data)
     dtype = out.dtype
-    wa = ((a.data > b.data) + 0.5 * (a.data == b.data)).astype(dtype)
+    tie = 0.5 * (a.data == b.data)
+    wa = (1.0 - (a.data < b.data) - tie).astype(dtype)
+    wb = (1.0 - (a.data > b.data) - tie).astype(dtype)
     sa, sb = a.shape, b.shape
     return record(
         out,
         (
             (a, lambda g: sum_to(mul(g, Tensor(wa)), sa)),
-            (b, lambda g: sum_to(mul(g, Tensor(1.0 - wa)), sb)),
+            (b, lambda g: sum_to(mul(g, Tensor(wb)), sb)),
         ),
     )
 
 
 def minimum(a, b) -> Tensor:
-    """Elementwise minimum.  On exact ties the gradient is split 0.5 / 0.5 (as torch.minimum)."""
+    """Elementwise minimum; gradients as :func:`maximum` (ties split, NaN: each operand gets g)."""
     return neg(maximum(neg(a), neg(b)))
 
 
 def where(condition, a, b) -> Tensor:
     """``a`` where ``condition`` else ``b`` (condition carries no gradient)."""
     cond = _data(condition)
-    a, b = _binary_operands(a, b)
+    a, b = _binary_operands(a, b, "where")
     out = _select(cond, a.data, b.data)
     zero = Tensor(xp.zeros((), out.dtype))
     sa, sb = a.shape, b.shape
@@ -329,7 +435,8 @@ def _select(cond, a, b):
     against 0.44 / 1.2 ms for ANDing the values' bits with 0 or all-ones (:func:`_keep`).  The ReLU's
     VJP and where's own VJPs are that case.
     """
-    if backend.name == "numpy" and isinstance(cond, _np.ndarray) and cond.dtype == bool:
+    # (a 0-d condition takes xp.where: ~cond of a 0-d array is a NumPy scalar, not an array to write into)
+    if backend.name == "numpy" and isinstance(cond, _np.ndarray) and cond.dtype == bool and cond.ndim:
         if _positive_zero(b, a) and cond.shape == a.shape:
             return _keep(cond, a)
         if _positive_zero(a, b) and cond.shape == b.shape:
@@ -353,12 +460,56 @@ def _keep(mask, values):
 
 
 def clip(a, min=None, max=None) -> Tensor:  # noqa: A002
-    """Clamp to [min, max]; the gradient is 1 inside the closed interval, 0 outside (as torch.clamp)."""
+    """Clamp to [min, max], as torch.clamp: ``minimum(maximum(a, min), max)`` (so ``max`` wins where
+    min > max, and NaN in ``a`` or a bound propagates).  The bounds may be numbers or tensors
+    (broadcasting), and tensor bounds receive gradients.  Gradients (torch's rule):
+
+    * a: g where ``min <= a <= max`` (the closed interval; 0 at NaN);
+    * min: g where ``a < min`` and ``min < max`` (with no ``max``: where ``a < min``);
+    * max: g where ``a > max`` or ``max < min`` (with no ``min``: where ``a > max``).
+    """
     a = _lift(a)
-    lo = -xp.inf if min is None else min
-    hi = xp.inf if max is None else max
-    inside = ((a.data >= lo) & (a.data <= hi)).astype(a.data.dtype)
-    return record(xp.clip(a.data, lo, hi), ((a, lambda g: mul(g, Tensor(inside))),))
+    if min is None and max is None:
+        raise ValueError("clip: give at least one of min and max (both are None)")
+    lo = None if min is None else _lift(min, a)
+    hi = None if max is None else _lift(max, a)
+    bounds = [t for t in (lo, hi) if t is not None]
+    names = ["a"] + [n for n, t in (("min", lo), ("max", hi)) if t is not None]
+    matched = iter(_match_dtypes("clip", a, *bounds, names=names)[1:])
+    lo = None if lo is None else next(matched)
+    hi = None if hi is None else next(matched)
+    out = a.data
+    if lo is not None:
+        out = xp.maximum(out, lo.data)
+    if hi is not None:
+        out = xp.minimum(out, hi.data)
+    if out is a.data:
+        out = xp.array(out, copy=True)
+    dtype = out.dtype
+    inside = None if lo is None else a.data >= lo.data
+    if hi is not None:
+        inside = a.data <= hi.data if inside is None else inside & (a.data <= hi.data)
+    parents = [(a, _masked_vjp(inside, a.shape, dtype))]
+    if lo is not None:
+        below = a.data < lo.data
+        if hi is not None:
+            below = below & (lo.data < hi.data)
+        parents.append((lo, _masked_vjp(below, lo.shape, dtype)))
+    if hi is not None:
+        above = a.data > hi.data
+        if lo is not None:
+            above = above | (hi.data < lo.data)
+        parents.append((hi, _masked_vjp(above, hi.shape, dtype)))
+    return record(out, tuple(parents))
+
+
+clamp = clip
+
+
+def _masked_vjp(mask, shape, dtype):
+    """The VJP ``g -> sum_to(g * mask, shape)`` of one clip operand (``mask`` a bool backend array)."""
+    weights = Tensor(mask.astype(dtype))
+    return lambda g: sum_to(mul(g, weights), shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,7 +518,7 @@ def clip(a, min=None, max=None) -> Tensor:  # noqa: A002
 
 def sum(a, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     a = _lift(a)
-    axes = _normalize_axis(axis, a.ndim)
+    axes = _normalize_axis(axis, a.ndim, "sum")
     out = _sum_data(a.data, axes, keepdims)
     shape = a.shape
     return record(xp.asarray(out), ((a, lambda g: _spread(g, shape, axes)),))
@@ -445,10 +596,10 @@ def sum_product(a, b, axis=None, keepdims: bool = False) -> Tensor:
     float32 over (2, 3) in 0.18 ms instead of 0.60), else NumPy multiplies and sums.
     VJPs: a <- g * b and b <- g * a, g broadcast back over ``axis``.
     """
-    a, b = _binary_operands(a, b)
+    a, b = _binary_operands(a, b, "sum_product")
     if a.shape != b.shape:
         raise ValueError(f"sum_product: a and b must have one shape, got {a.shape} and {b.shape}")
-    axes = _normalize_axis(axis, a.ndim)
+    axes = _normalize_axis(axis, a.ndim, "sum_product")
     layout = _blas_layout(a.data, axes) if b.data.flags.c_contiguous and a.dtype == b.dtype else None
     if layout is None:
         out = xp.sum(a.data * b.data, axis=axes, keepdims=keepdims)
@@ -476,7 +627,7 @@ def _mul_sum_to(g, other, shape) -> Tensor:
 
 def mean(a, axis=None, keepdims: bool = False) -> Tensor:
     a = _lift(a)
-    axes = _normalize_axis(axis, a.ndim)
+    axes = _normalize_axis(axis, a.ndim, "mean")
     count = 1
     for ax in axes:
         count *= a.shape[ax]
@@ -486,7 +637,7 @@ def mean(a, axis=None, keepdims: bool = False) -> Tensor:
 def var(a, axis=None, keepdims: bool = False, unbiased: bool = False) -> Tensor:
     """Variance; ``unbiased=False`` (default) divides by n, ``True`` by n - 1."""
     a = _lift(a)
-    axes = _normalize_axis(axis, a.ndim)
+    axes = _normalize_axis(axis, a.ndim, "var")
     count = 1
     for ax in axes:
         count *= a.shape[ax]
@@ -501,13 +652,22 @@ def std(a, axis=None, keepdims: bool = False, unbiased: bool = False) -> Tensor:
 def max(a, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     """Maximum over ``axis``.  Ties share the gradient equally (as torch.amax)."""
     a = _lift(a)
-    axes = _normalize_axis(axis, a.ndim)
+    axes = _normalize_axis(axis, a.ndim, "max")
+    _check_nonempty(a, axes, "max/min")
     out = xp.max(a.data, axis=axes, keepdims=True)
     hit = (a.data == out).astype(a.data.dtype)
     share = hit / xp.sum(hit, axis=axes, keepdims=True)
     shape = a.shape
     value = out if keepdims else xp.reshape(out, _reduced_shape(shape, axes, False))
     return record(value, ((a, lambda g: mul(_spread(g, shape, axes), Tensor(share))),))
+
+
+def _check_nonempty(a: Tensor, axes, op: str) -> None:
+    """A reduction with no identity (max, min) over an axis of size 0 is an error, as in torch and NumPy."""
+    for ax in axes:
+        if a.shape[ax] == 0:
+            raise ValueError(f"{op}: cannot reduce over axis {ax} of size 0 (input shape {a.shape}); the "
+                             "maximum of nothing is undefined")
 
 
 def min(a, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
@@ -518,7 +678,11 @@ def min(a, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
 def logsumexp(a, axis=None, keepdims: bool = False) -> Tensor:
     """log(sum(exp(a))) over ``axis``, stable for large inputs (the max is shifted out)."""
     a = _lift(a)
-    axes = _normalize_axis(axis, a.ndim)
+    axes = _normalize_axis(axis, a.ndim, "logsumexp")
+    if any(a.shape[ax] == 0 for ax in axes):  # the log of an empty sum is -inf (torch); a's gradient is empty
+        shape = a.shape
+        empty_sum = xp.full(_reduced_shape(shape, axes, keepdims), -xp.inf, dtype=_float_data(a).dtype)
+        return record(empty_sum, ((a, lambda g: Tensor(xp.zeros(shape, g.dtype))),))
     shift = xp.max(a.data, axis=axes, keepdims=True)
     shift = xp.where(xp.isfinite(shift), shift, xp.zeros((), shift.dtype))
     shifted = sub(a, Tensor(shift))
@@ -555,11 +719,23 @@ def reshape(a, shape) -> Tensor:
 
 
 def transpose(a, axes=None) -> Tensor:
-    """Permute axes (reverse them when ``axes`` is None), like numpy.transpose / torch.permute."""
+    """Permute axes (reverse them when ``axes`` is None), like numpy.transpose / torch.permute.
+
+    ``axes`` must name every axis once (a 0-d tensor accepts ``()``, ``(0,)`` and ``(-1,)``, as torch).
+    """
     a = _lift(a)
     if axes is None:
         axes = tuple(range(a.ndim))[::-1]
-    axes = tuple(ax % a.ndim for ax in axes)
+    elif a.ndim == 0:
+        _normalize_axis(axes, 0, "transpose", "axes")
+        return a
+    else:
+        if not isinstance(axes, (tuple, list)) or len(axes) != a.ndim:
+            raise ValueError(f"transpose: axes must name each of the {a.ndim} axes once, got {axes!r}")
+        normalized = [_one_axis(ax, a.ndim, "transpose", "axes") for ax in axes]
+        if sorted(normalized) != list(range(a.ndim)):
+            raise ValueError(f"transpose: axes must name each of the {a.ndim} axes once, got {axes!r}")
+        axes = tuple(normalized)
     inverse = tuple(_np.argsort(axes))
     return record(xp.transpose(a.data, axes), ((a, lambda g: transpose(g, inverse)),))
 
@@ -568,7 +744,12 @@ permute = transpose
 
 
 def swapaxes(a, axis1: int, axis2: int) -> Tensor:
+    """Exchange two axes (as torch.transpose(a, axis1, axis2)); a 0-d tensor accepts 0 and -1."""
     a = _lift(a)
+    axis1 = _one_axis(axis1, a.ndim, "swapaxes", "axis1")
+    axis2 = _one_axis(axis2, a.ndim, "swapaxes", "axis2")
+    if a.ndim == 0:
+        return a
     axes = list(range(a.ndim))
     axes[axis1], axes[axis2] = axes[axis2], axes[axis1]
     return transpose(a, axes)
@@ -584,30 +765,41 @@ def broadcast_to(a, shape) -> Tensor:
 
 
 def expand_dims(a, axis) -> Tensor:
+    """Insert axes of size 1 at ``axis`` (an int or a tuple, positions in the result, as numpy.expand_dims)."""
     a = _lift(a)
-    return reshape(a, xp.expand_dims(a.data, axis).shape)
+    count = len(axis) if isinstance(axis, (tuple, list)) else 1
+    new_axes = _normalize_axis(axis, a.ndim + count, "expand_dims")
+    sizes = iter(a.shape)
+    return reshape(a, tuple(1 if i in new_axes else next(sizes) for i in range(a.ndim + count)))
 
 
 unsqueeze = expand_dims
 
 
 def squeeze(a, axis=None) -> Tensor:
+    """Remove axes of size 1 (all of them, or those in ``axis``, which must have size 1)."""
     a = _lift(a)
     if axis is None:
         shape = tuple(n for n in a.shape if n != 1)
     else:
-        axes = _normalize_axis(axis, a.ndim)
+        axes = _normalize_axis(axis, a.ndim, "squeeze")
         for ax in axes:
             if a.shape[ax] != 1:
-                raise ValueError(f"cannot squeeze axis {ax} of size {a.shape[ax]}")
+                raise ValueError(f"squeeze: cannot squeeze axis {ax} of size {a.shape[ax]} (input shape {a.shape})")
         shape = tuple(n for i, n in enumerate(a.shape) if i not in axes)
     return reshape(a, shape)
 
 
 def flatten(a, start_axis: int = 0, end_axis: int = -1) -> Tensor:
-    """Merge axes ``start_axis..end_axis`` into one (as torch.flatten)."""
+    """Merge axes ``start_axis..end_axis`` into one (as torch.flatten; a 0-d tensor becomes shape (1,))."""
     a = _lift(a)
-    start, end = start_axis % a.ndim, end_axis % a.ndim
+    start = _one_axis(start_axis, a.ndim, "flatten", "start_axis")
+    end = _one_axis(end_axis, a.ndim, "flatten", "end_axis")
+    if a.ndim == 0:
+        return reshape(a, (1,))
+    if start > end:
+        raise ValueError(f"flatten: start_axis {start_axis} comes after end_axis {end_axis} "
+                         f"(tensor with {a.ndim} dimensions)")
     merged = 1
     for n in a.shape[start : end + 1]:
         merged *= n
@@ -615,10 +807,24 @@ def flatten(a, start_axis: int = 0, end_axis: int = -1) -> Tensor:
 
 
 def concatenate(tensors: Sequence, axis: int = 0) -> Tensor:
+    """Join tensors along an existing ``axis`` (numpy.concatenate / torch.cat); each gets its slice of g.
+
+    Operands of two floating-point dtypes are a TypeError (the core's dtype rule, :func:`_match_dtypes`);
+    each gradient has its own operand's dtype.
+    """
     tensors = [_lift(t) for t in tensors]
     if not tensors:
-        raise ValueError("concatenate needs at least one tensor")
-    axis = axis % tensors[0].ndim
+        raise ValueError("concatenate: needs at least one tensor, got an empty sequence")
+    if len({t.dtype for t in tensors}) > 1:
+        tensors = _match_dtypes("concatenate", *tensors, names=[f"tensors[{i}]" for i in range(len(tensors))])
+    first = tensors[0]
+    if first.ndim == 0:
+        raise ValueError("concatenate: 0-d tensors cannot be concatenated (use stack)")
+    axis = _one_axis(axis, first.ndim, "concatenate")
+    for i, t in enumerate(tensors):
+        if t.ndim != first.ndim or any(n != m for k, (n, m) in enumerate(zip(t.shape, first.shape)) if k != axis):
+            raise ValueError(f"concatenate: tensors[{i}] has shape {t.shape}, which does not match tensors[0]'s "
+                             f"{first.shape} outside axis {axis}")
     out = xp.concatenate([t.data for t in tensors], axis=axis)
     bounds = _np.cumsum([0] + [t.shape[axis] for t in tensors])
 
@@ -633,22 +839,33 @@ cat = concatenate
 
 
 def stack(tensors: Sequence, axis: int = 0) -> Tensor:
+    """Join tensors of one shape along a new ``axis`` (numpy.stack / torch.stack)."""
     tensors = [_lift(t) for t in tensors]
+    if not tensors:
+        raise ValueError("stack: needs at least one tensor, got an empty sequence")
+    axis = _one_axis(axis, tensors[0].ndim + 1, "stack")
+    for i, t in enumerate(tensors):
+        if t.shape != tensors[0].shape:
+            raise ValueError(f"stack: tensors[{i}] has shape {t.shape}, tensors[0] {tensors[0].shape}; "
+                             "stacked tensors must have one shape")
     return concatenate([expand_dims(t, axis) for t in tensors], axis=axis)
 
 
 def split(a, indices_or_sections, axis: int = 0) -> list:
     """Split like numpy.split: an int gives equal sections, a list gives split points."""
     a = _lift(a)
-    axis = axis % a.ndim
+    axis = _one_axis(axis, a.ndim, "split")
     n = a.shape[axis]
-    if isinstance(indices_or_sections, int):
-        if n % indices_or_sections:
-            raise ValueError(f"axis of size {n} cannot be split into {indices_or_sections} equal parts")
-        step = n // indices_or_sections
+    if isinstance(indices_or_sections, numbers.Integral) and not isinstance(indices_or_sections, bool):
+        sections = int(indices_or_sections)
+        if sections < 1:
+            raise ValueError(f"split: the number of sections must be >= 1, got {sections}")
+        if n % sections:
+            raise ValueError(f"split: axis {axis} of size {n} cannot be split into {sections} equal parts")
+        step = n // sections
         points = list(range(step, n, step))
     else:
-        points = list(indices_or_sections)
+        points = [_axis_index(p, "split", "indices_or_sections") for p in indices_or_sections]
     edges = [0] + points + [n]
     return [
         getitem(a, (slice(None),) * axis + (slice(edges[i], edges[i + 1]),))
@@ -670,18 +887,52 @@ def pad(a, pad_width, value: float = 0.0) -> Tensor:
 
 
 def flip(a, axis=None) -> Tensor:
+    """Reverse the order of elements along ``axis`` (all axes when None)."""
     a = _lift(a)
-    axes = _normalize_axis(axis, a.ndim)
+    axes = _normalize_axis(axis, a.ndim, "flip")
     return record(xp.flip(a.data, axis=axes), ((a, lambda g: flip(g, axes)),))
 
 
-def repeat(a, repeats: int, axis: int) -> Tensor:
-    """Repeat each element ``repeats`` times along ``axis`` (numpy.repeat with an int)."""
+def repeat(a, repeats, axis: int) -> Tensor:
+    """Repeat each element along ``axis`` (numpy.repeat / torch.repeat_interleave).
+
+    ``repeats`` is a non-negative int, or one non-negative int per position of ``axis`` (a sequence, a
+    host array or a backend integer array).  VJP: the sum over each element's copies.
+    """
     a = _lift(a)
-    axis = axis % a.ndim
-    out = xp.repeat(a.data, repeats, axis=axis)
-    split_shape = a.shape[: axis + 1] + (repeats,) + a.shape[axis + 1 :]
-    return record(out, ((a, lambda g: sum(reshape(g, split_shape), axis=axis + 1)),))
+    axis = _one_axis(axis, a.ndim, "repeat")
+    if a.ndim == 0:
+        a = reshape(a, (1,))
+    n = a.shape[axis]
+    if isinstance(repeats, numbers.Integral) and not isinstance(repeats, bool):
+        count = int(repeats)
+        if count < 0:
+            raise ValueError(f"repeat: repeats must be non-negative, got {count}")
+        out = xp.repeat(a.data, count, axis=axis)
+        split_shape = a.shape[: axis + 1] + (count,) + a.shape[axis + 1 :]
+        return record(out, ((a, lambda g: sum(reshape(g, split_shape), axis=axis + 1)),))
+    counts = _repeat_counts(repeats, n)
+    # per-position counts: a gather of positions [0]*c0 + [1]*c1 + ..., whose VJP scatter-adds the copies
+    positions = backend.from_numpy(_np.repeat(_np.arange(n), counts))
+    return getitem(a, (slice(None),) * axis + (positions,))
+
+
+def _repeat_counts(repeats, n: int) -> _np.ndarray:
+    """Per-position ``repeats`` as a host int array of length ``n`` (one int broadcasts), validated."""
+    if isinstance(repeats, Tensor):
+        repeats = repeats.data
+    host = backend.to_numpy(repeats) if backend.is_array(repeats) else _np.asarray(repeats)
+    if host.dtype.kind not in "iu" or host.ndim > 1:
+        raise TypeError(f"repeat: repeats must be an int or a 1-D sequence of ints, got {repeats!r}")
+    if host.ndim == 1 and host.size == 1:
+        host = _np.full(n, host[0])
+    if host.ndim == 0:
+        host = _np.full(n, int(host))
+    if host.shape != (n,):
+        raise ValueError(f"repeat: repeats has {host.size} entries for an axis of size {n}")
+    if (host < 0).any():
+        raise ValueError(f"repeat: repeats must be non-negative, got {host.tolist()}")
+    return host
 
 
 def tile(a, reps) -> Tensor:
@@ -753,9 +1004,15 @@ def _is_basic_index(index) -> bool:
 
 def matmul(a, b) -> Tensor:
     """Batched, broadcasting matrix product (numpy.matmul semantics, 1-D operands included)."""
-    a, b = _binary_operands(a, b)
+    a, b = _binary_operands(a, b, "matmul")
+    _check_float("matmul", "a", a)
+    _check_float("matmul", "b", b)
     if a.ndim == 0 or b.ndim == 0:
-        raise ValueError("matmul does not accept scalars; use mul")
+        raise ValueError(f"matmul: operands must have at least one axis (use mul for scalars), got shapes "
+                         f"{a.shape} and {b.shape}")
+    if a.shape[-1] != b.shape[-2 if b.ndim > 1 else -1]:
+        raise ValueError(f"matmul: a's last axis ({a.shape[-1]}) must match b's "
+                         f"{'second-to-last' if b.ndim > 1 else 'only'} axis; got shapes {a.shape} and {b.shape}")
     out = xp.matmul(a.data, b.data)
     # The VJPs work on matrices: a 1-D ``a`` is a row (1, k), a 1-D ``b`` a column (k, 1), and the
     # cotangent gets back the axes numpy.matmul dropped for them.
@@ -794,7 +1051,9 @@ def einsum(subscripts: str, *operands) -> Tensor:
     in_specs = inputs.split(",")
     if len(in_specs) != len(operands):
         raise ValueError(f"einsum got {len(operands)} operands for {len(in_specs)} subscripts")
-    operands = [_lift(o) for o in operands]
+    operands = _match_dtypes("einsum", *[_lift(o) for o in operands])
+    for i, o in enumerate(operands):
+        _check_float("einsum", f"operand {i}", o)
     sizes = {}
     for spec, op in zip(in_specs, operands):
         if len(set(spec)) != len(spec):

@@ -14,9 +14,9 @@ import operator
 
 import numpy as _np
 
-from . import backend, ops
-from . import _conv_kernels
+from . import _conv_kernels, backend, ops
 from ._conv_kernels import Geometry, Phases
+from ._separable import AxisMap, separable
 from ._threads import parallel_for
 from .backend import xp
 from .conv import _check_ndim, _pair
@@ -42,6 +42,7 @@ def _pool_geometry(size, kernel, stride, padding, dilation, ceil_mode, name="poo
 def _pool_args(x, kernel_size, stride, padding, dilation, name):
     x = ops._lift(x)
     _check_ndim(x, 4, name)
+    ops._check_float(name, "input", x)
     kernel = _pair(kernel_size, "kernel_size")
     stride = kernel if stride is None or stride == () else _pair(stride, "stride")
     padding = _pair(padding, "padding", allow_zero=True)
@@ -65,9 +66,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bo
 
     A running ``maximum`` over the kh*kw windows, read as contiguous slices of the stride phases of
     the padded input (:class:`autograd._conv_kernels.Phases`, no im2col tensor).  NaN propagates as in
-    PyTorch.  The gradient goes to the first maximal tap of each window in row-major order, as in
-    PyTorch (for a window holding NaN, PyTorch routes it to the last NaN, this code to the first
-    maximum before the first NaN).
+    PyTorch.  The gradient goes to the first maximal tap of each window in row-major order, and in a
+    window holding NaN to its last NaN -- both PyTorch's rule (``val > max || isnan(val)``).
     """
     x, kernel, stride, padding, dilation = _pool_args(x, kernel_size, stride, padding, dilation, "max_pool2d")
     geo = _geometry(x, kernel, stride, padding, dilation, ceil_mode, "max_pool2d")
@@ -78,13 +78,16 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bo
     needs_tap = x.requires_grad and is_grad_enabled()
     tap = xp.empty(out.shape, dtype=xp.int8 if len(layout.taps) <= 127 else xp.int32) if needs_tap else None
 
-    def sample(n):
+    def sample(n, nan_rule=False):
         windows = _tap_windows(layout, layout.split(x.data[n], -_np.inf))
         rows = xp.array(windows[0], copy=True)
         first = xp.zeros(rows.shape, dtype=tap.dtype) if needs_tap else None
         for t, window in enumerate(windows[1:], start=1):
             if needs_tap:  # taps ascend, so the last strict improvement is the first maximum
-                xp.maximum(first, (window > rows) * tap.dtype.type(t), out=first)
+                better = window > rows
+                if nan_rule:  # torch's test, val > max || isnan(val): the last NaN of the window wins
+                    better |= xp.isnan(window)
+                xp.maximum(first, better * tap.dtype.type(t), out=first)
             xp.maximum(rows, window, out=rows)
         out[n] = layout.crop(rows)
         if needs_tap:
@@ -93,6 +96,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bo
     parallel_for(sample, x.shape[0], x.size)
     if not needs_tap:
         return Tensor(out)
+    if out.size and bool(xp.isnan(xp.sum(out))):  # a window held NaN: route as torch (finite data: one sum)
+        parallel_for(lambda n: sample(n, nan_rule=True), x.shape[0], x.size)
     return record(out, ((x, lambda g: _scatter_taps(g, tap, geo)),))
 
 
@@ -149,17 +154,22 @@ def _gather_taps(a, tap, geo: Geometry) -> Tensor:
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True, divisor_override=None) -> Tensor:
-    """Average pooling over (N, C, H, W), as torch.nn.functional.avg_pool2d."""
+    """Average pooling over (N, C, H, W), as torch.nn.functional.avg_pool2d.
+
+    ``divisor_override``: a nonzero int that replaces every window's divisor.  A NaN or infinity reaches
+    exactly the outputs whose window holds it, whichever path (window sums or matrix products) runs.
+    """
     x, kernel, stride, padding, dilation = _pool_args(x, kernel_size, stride, padding, 1, "avg_pool2d")
+    divisor_override = _divisor(divisor_override)
     geo = _geometry(x, kernel, stride, padding, dilation, ceil_mode, "avg_pool2d")
     extra = (geo.pads[0][1] - padding[0], geo.pads[1][1] - padding[1])
     if _separable_avg(kernel, stride):
         # a window average is separable: (rows of window averages) @ x @ (columns of them).T
         # (a window sum over a given divisor: weights 1 / divisor on the rows, 1 on the columns)
-        scales = (None, None) if divisor_override is None else (1.0 / float(divisor_override), 1.0)
-        rows, cols = (Tensor(_window_matrix(*axis, count_include_pad, x.dtype, scale))
+        scales = (None, None) if divisor_override is None else (1.0 / divisor_override, 1.0)
+        rows, cols = (_window_map(*axis, count_include_pad, scale)
                       for *axis, scale in zip(x.shape[2:], kernel, stride, padding, extra, scales))
-        return axis_matrices(x, rows, cols)
+        return separable(x, rows, cols)
     if _conv_kernels.whole_batch(x.shape[0]):  # launch-bound backends: all samples in one pass
         folded = avg_pool2d(_fold_batch(x), kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
         return _unfold_batch(folded, x)
@@ -170,8 +180,24 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
     return ops.div(total, Tensor(divisor))
 
 
+def _divisor(divisor_override):
+    """``divisor_override`` validated: None or a nonzero int (torch's rule; 0 would divide by zero)."""
+    if divisor_override is None:
+        return None
+    if isinstance(divisor_override, bool):
+        raise TypeError(f"avg_pool2d: divisor_override must be a nonzero int or None, got {divisor_override!r}")
+    try:
+        value = operator.index(divisor_override)
+    except TypeError:
+        raise TypeError(f"avg_pool2d: divisor_override must be a nonzero int or None, "
+                        f"got {divisor_override!r}") from None
+    if value == 0:
+        raise ValueError("avg_pool2d: divisor_override must be a nonzero int or None, got 0")
+    return value
+
+
 #: Average pools with a stride of 2 or more, or at least this many taps per window, are two matrix
-#: products (:func:`axis_matrices`) rather than tap-by-tap window sums (:func:`_window_sum`).
+#: products (:func:`autograd._separable.separable`) rather than tap-by-tap window sums (:func:`_window_sum`).
 SEPARABLE_MIN_TAPS = 16
 
 
@@ -186,33 +212,17 @@ def _separable_avg(kernel, stride) -> bool:
     return min(stride) >= 2 or kernel[0] * kernel[1] >= SEPARABLE_MIN_TAPS
 
 
-def axis_matrices(x, rows=None, cols=None) -> Tensor:
-    """``rows @ x @ cols.T`` over the last two axes of x (N, C, H, W): (N, C, oh, ow).
-
-    ``rows`` (oh, H) and ``cols`` (ow, W) are Tensors (or None: that axis is left alone); the products
-    broadcast over N and C.  Differentiable through matmul.  (Two large GEMMs on a transposed map were
-    tried instead: the transposes cost more than the N*C small products save, 1.2-1.9x slower
-    forward+backward on the pooling and interpolate shapes of the benchmarks.)
-    """
-    out = ops._lift(x)
-    if rows is not None:
-        out = ops.matmul(rows, out)
-    if cols is not None:
-        out = ops.matmul(out, ops.transpose(cols))
-    return out
-
-
-def _window_matrix(size: int, k: int, s: int, p: int, extra: int, count_include_pad, dtype, scale=None):
-    """(out, size) matrix of one axis of average pooling: row i weights the input positions in window i.
+def _window_map(size: int, k: int, s: int, p: int, extra: int, count_include_pad, scale=None) -> AxisMap:
+    """(out, size) map of one axis of average pooling: row i weights the input positions in window i.
 
     The weights are 1 / (window i's divisor) -- PyTorch's count, with or without the padding
-    (``count_include_pad``) -- or ``scale`` where one is given.
+    (``count_include_pad``) -- or ``scale`` where one is given.  Each window reads exactly its inputs.
     """
     counts, windows = _axis_windows(size, k, s, p, extra, count_include_pad)
     matrix = _np.zeros((len(windows), size), dtype=_np.float64)
     for i, (start, stop) in enumerate(windows):
         matrix[i, start:stop] = 1.0 / counts[i] if scale is None else scale
-    return backend.from_numpy(matrix.astype(_np.dtype(dtype)))
+    return AxisMap(matrix)
 
 
 def _axis_windows(n: int, k: int, s: int, p: int, e: int, count_include_pad: bool):
@@ -274,26 +284,54 @@ def _avg_divisor(size, kernel, stride, padding, extra, count_include_pad, dtype)
     return backend.from_numpy(divisor)
 
 
-def take_max(a, axis: int) -> Tensor:
-    """Max over one axis, routing the gradient to the first maximal element (torch.max(dim) rule)."""
+def take_max(a, axis: int, nan: str = "first") -> Tensor:
+    """Max over one axis, routing the gradient to the first maximal element (torch.max(dim) rule).
+
+    Where the axis holds NaN the result is NaN and the gradient goes to the first NaN (``torch.max(dim)``),
+    or with ``nan="last"`` to the last one (PyTorch's adaptive max pooling, ``val > max || isnan(val)``).
+    """
     a = ops._lift(a)
-    index = xp.expand_dims(xp.argmax(a.data, axis=axis), axis)
-    return ops.squeeze(take_along_axis(a, index, axis), axis)
+    axis = ops._one_axis(axis, a.ndim, "take_max")
+    if a.shape[axis] == 0:
+        raise ValueError(f"take_max: cannot take the maximum over axis {axis} of size 0 (shape {a.shape})")
+    index = xp.argmax(a.data, axis=axis)  # the first maximum, or the first NaN
+    if nan == "last" and a.size and bool(xp.isnan(xp.sum(a.data))):
+        last = a.shape[axis] - 1 - xp.argmax(xp.flip(xp.isnan(a.data), axis=axis), axis=axis)
+        index = xp.where(xp.any(xp.isnan(a.data), axis=axis), last, index)
+    return ops.squeeze(take_along_axis(a, xp.expand_dims(index, axis), axis), axis)
 
 
 def take_along_axis(a, indices, axis: int) -> Tensor:
-    """numpy.take_along_axis; the VJP scatters back (duplicates accumulate)."""
+    """numpy.take_along_axis (indices broadcast against ``a`` off ``axis``); the VJP scatters back, duplicates
+    accumulating."""
     a = ops._lift(a)
-    axis = axis % a.ndim
+    indices = indices.data if isinstance(indices, Tensor) else indices
+    axis = ops._one_axis(axis, a.ndim, "take_along_axis")
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"take_along_axis: indices must be integers, got dtype {indices.dtype}")
+    if indices.ndim != a.ndim:
+        raise ValueError(f"take_along_axis: indices must have as many axes as the input ({a.ndim}), got shape "
+                         f"{tuple(indices.shape)}")
     out = xp.take_along_axis(a.data, indices, axis=axis)
     shape = a.shape
     return record(out, ((a, lambda g: _put_along_axis_add(shape, indices, g, axis)),))
 
 
 def _put_along_axis_add(shape, indices, values, axis) -> Tensor:
+    """Zeros of ``shape`` with ``values`` (the shape of take_along_axis's output) added where they were taken.
+
+    The index grid is built on the output's (broadcast) shape: off ``axis`` an output position reads the
+    input at the same position, or at 0 where the input has size 1 and was broadcast.
+    """
     values = ops._lift(values)
-    grids = list(xp.ix_(*[xp.arange(n) for n in indices.shape]))
-    grids[axis] = indices
+    out_shape = values.shape
+    grids = []
+    for i, n in enumerate(out_shape):
+        if i == axis:
+            grids.append(xp.broadcast_to(indices, out_shape))
+            continue
+        position = xp.arange(n) if shape[i] == n else xp.zeros(n, dtype=xp.int64)
+        grids.append(xp.reshape(position, (1,) * i + (n,) + (1,) * (len(out_shape) - i - 1)))
     return ops.index_add(shape, tuple(grids), values)
 
 
@@ -336,56 +374,81 @@ def _int(value, name: str) -> int:
 
 def adaptive_bins(size: int, out: int) -> list:
     """PyTorch's adaptive-pool bins: [floor(i*size/out), ceil((i+1)*size/out)) for i < out."""
-    if out < 1:
-        raise ValueError(f"adaptive pooling: output_size must be >= 1, got {out}")
+    if out < 0:
+        raise ValueError(f"adaptive pooling: output_size must be >= 0, got {out}")
     return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
+
+
+def _adaptive_avg_host(size: int, out: int) -> _np.ndarray:
+    """The host (out, size) float64 averaging matrix of adaptive average pooling."""
+    matrix = _np.zeros((out, size), dtype=_np.float64)
+    for i, (start, stop) in enumerate(adaptive_bins(size, out)):
+        matrix[i, start:stop] = 1.0 / (stop - start)
+    return matrix
 
 
 def adaptive_avg_matrix(size: int, out: int, dtype=_np.float64):
     """The (out, size) averaging matrix of adaptive average pooling, on the backend."""
-    matrix = _np.zeros((out, size), dtype=_np.float64)
-    for i, (start, stop) in enumerate(adaptive_bins(size, out)):
-        matrix[i, start:stop] = 1.0 / (stop - start)
-    return backend.from_numpy(matrix.astype(dtype))
+    return backend.from_numpy(_adaptive_avg_host(size, out).astype(dtype))
 
 
-def _output_pair(output_size, h, w):
-    if isinstance(output_size, int):
-        output_size = (output_size, output_size)
-    oh, ow = output_size
-    oh, ow = (h if oh is None else int(oh)), (w if ow is None else int(ow))
-    if oh < 1 or ow < 1:
-        raise ValueError(f"adaptive pooling: output_size must be >= 1, got {output_size!r}")
-    return oh, ow
+def _output_pair(output_size, h, w, op: str):
+    """(oh, ow) from an int, a pair (None keeps the input size) -- ints only, 0 allowed (an empty output)."""
+    pair = (output_size, output_size) if not isinstance(output_size, (tuple, list)) else tuple(output_size)
+    if len(pair) != 2:
+        raise ValueError(f"{op}: output_size must be an int or a pair, got {output_size!r}")
+    sizes = []
+    for value, size in zip(pair, (h, w)):
+        if value is None:
+            sizes.append(size)
+            continue
+        if isinstance(value, bool):
+            raise TypeError(f"{op}: output_size must hold ints (or None), got {output_size!r}")
+        try:
+            sizes.append(operator.index(value))
+        except TypeError:
+            raise TypeError(f"{op}: output_size must hold ints (or None), got {output_size!r}") from None
+    if min(sizes) < 0:
+        raise ValueError(f"{op}: output_size must be >= 0, got {output_size!r}")
+    return tuple(sizes)
+
+
+def _adaptive_args(x, output_size, op: str):
+    """Checked input (N, C, H, W) with H, W >= 1 (a bin of an empty axis has no mean), and (oh, ow)."""
+    x = ops._lift(x)
+    _check_ndim(x, 4, op)
+    ops._check_float(op, "input", x)
+    h, w = x.shape[2:]
+    if h == 0 or w == 0:
+        raise ValueError(f"{op}: input must have non-empty spatial axes, got shape {x.shape}")
+    return x, _output_pair(output_size, h, w, op)
 
 
 def adaptive_avg_pool2d(x, output_size) -> Tensor:
-    """Adaptive average pooling (N, C, H, W) -> (N, C, oh, ow) as two matrix products."""
-    x = ops._lift(x)
-    _check_ndim(x, 4, "adaptive_avg_pool2d")
+    """Adaptive average pooling (N, C, H, W) -> (N, C, oh, ow) as two matrix products (exact at NaN/inf)."""
+    x, (oh, ow) = _adaptive_args(x, output_size, "adaptive_avg_pool2d")
     h, w = x.shape[2:]
-    oh, ow = _output_pair(output_size, h, w)
     if (oh, ow) == (1, 1):
         return _spatial_mean(x, keepdims=True)
-    rows = None if oh == h else Tensor(adaptive_avg_matrix(h, oh, x.dtype))
-    cols = None if ow == w else Tensor(adaptive_avg_matrix(w, ow, x.dtype))
-    return axis_matrices(x, rows, cols)
+    rows = None if oh == h else AxisMap(_adaptive_avg_host(h, oh))
+    cols = None if ow == w else AxisMap(_adaptive_avg_host(w, ow))
+    return separable(x, rows, cols)
 
 
 def adaptive_max_pool2d(x, output_size) -> Tensor:
-    """Adaptive max pooling; the gradient goes to the first maximum of each bin (as PyTorch).
+    """Adaptive max pooling; the gradient goes to the first maximum of each bin, or its last NaN (as PyTorch).
 
     Vectorised: every bin is gathered into a fixed-length window (bins of one axis differ in length
     by at most one, shorter ones are padded with -inf), then one ``take_max`` runs over all windows.
     """
-    x = ops._lift(x)
-    _check_ndim(x, 4, "adaptive_max_pool2d")
+    x, (oh, ow) = _adaptive_args(x, output_size, "adaptive_max_pool2d")
     n, c, h, w = x.shape
-    oh, ow = _output_pair(output_size, h, w)
+    if oh == 0 or ow == 0:
+        return ops.getitem(x, (slice(None), slice(None), slice(0, oh), slice(0, ow)))  # empty, zero gradient
     if (oh, ow) == (1, 1):
-        return ops.reshape(take_max(ops.reshape(x, (n, c, h * w)), axis=2), (n, c, 1, 1))
+        return ops.reshape(take_max(ops.reshape(x, (n, c, h * w)), axis=2, nan="last"), (n, c, 1, 1))
     if h % oh == 0 and w % ow == 0 and (h // oh) * (w // ow) <= 64:
-        # equal, disjoint bins: max pooling with kernel = stride = bin size, same first-max routing
+        # equal, disjoint bins: max pooling with kernel = stride = bin size, same routing
         return max_pool2d(x, (h // oh, w // ow))
     rows, rows_valid = _bin_windows(h, oh)
     cols, cols_valid = _bin_windows(w, ow)
@@ -395,7 +458,7 @@ def adaptive_max_pool2d(x, output_size) -> Tensor:
         gathered = ops.where(backend.from_numpy(valid), gathered, -_np.inf)
     windows = ops.reshape(ops.transpose(gathered, (0, 1, 2, 4, 3, 5)),
                           (n, c, oh, ow, rows.shape[1] * cols.shape[1]))
-    return take_max(windows, axis=4)  # row-major order inside a bin, as PyTorch scans it
+    return take_max(windows, axis=4, nan="last")  # row-major order inside a bin, as PyTorch scans it
 
 
 def _bin_windows(size: int, out: int):
@@ -423,8 +486,7 @@ def adaptive_max_pool1d(x, output_size: int) -> Tensor:
 
 def global_avg_pool2d(x, keepdims: bool = True) -> Tensor:
     """Mean over H and W: (N, C, H, W) -> (N, C, 1, 1) (or (N, C))."""
-    x = ops._lift(x)
-    _check_ndim(x, 4, "global_avg_pool2d")
+    x, _ = _adaptive_args(x, 1, "global_avg_pool2d")
     return _spatial_mean(x, keepdims)
 
 
@@ -438,7 +500,7 @@ def _spatial_mean(x: Tensor, keepdims: bool) -> Tensor:
 
 
 def global_max_pool2d(x, keepdims: bool = True) -> Tensor:
-    """Max over H and W, gradient to the first maximum (as adaptive_max_pool2d(x, 1))."""
+    """Max over H and W, gradient to the first maximum or the last NaN (as adaptive_max_pool2d(x, 1))."""
     out = adaptive_max_pool2d(x, 1)
     return out if keepdims else ops.reshape(out, out.shape[:2])
 

@@ -348,10 +348,10 @@ X4 = np.ones((1, 2, 5, 5))
     (lambda: ag.avg_pool1d(dev(np.ones((2, 5))), 2), ValueError, "input must be 3-D"),
     (lambda: ag.max_pool1d(dev(np.ones((1, 2, 5))), (2, 2)), ValueError, "kernel_size"),
     (lambda: ag.adaptive_avg_pool2d(dev(np.ones((2, 5, 5))), 2), ValueError, "input must be 4-D"),
-    (lambda: ag.adaptive_max_pool2d(dev(X4), 0), ValueError, "output_size must be >= 1"),
-    (lambda: ag.adaptive_avg_pool2d(dev(X4), (2, -1)), ValueError, "output_size must be >= 1"),
+    (lambda: ag.adaptive_max_pool2d(dev(X4), -1), ValueError, "output_size must be >= 0"),
+    (lambda: ag.adaptive_avg_pool2d(dev(X4), (2, -1)), ValueError, "output_size must be >= 0"),
     (lambda: ag.adaptive_avg_pool1d(dev(X4), 2), ValueError, "input must be 3-D"),
-    (lambda: ag.adaptive_max_pool1d(dev(np.ones((1, 2, 5))), 0), ValueError, "output_size must be >= 1"),
+    (lambda: ag.adaptive_max_pool1d(dev(np.ones((1, 2, 5))), -2), ValueError, "output_size must be >= 0"),
     (lambda: ag.global_avg_pool2d(dev(np.ones((2, 5)))), ValueError, "input must be 4-D"),
     (lambda: ag.global_max_pool2d(dev(np.ones((2, 5, 5)))), ValueError, "input must be 4-D"),
 ])

@@ -1,0 +1,165 @@
+"""Separable linear maps ``rows @ x @ cols.T`` on the last two axes, with PyTorch's non-finite semantics.
+
+Average pooling with a stride, adaptive average pooling and ``interpolate`` are linear maps, applied as
+two matrix products (docs/architecture.md, "Linear maps as matrices").  In IEEE arithmetic a dense product
+smears a non-finite input over the whole axis: ``0 * NaN`` and ``0 * inf`` are NaN, so one NaN pixel would
+turn a whole output plane NaN, where PyTorch -- which sums each window -- gives NaN only in the outputs
+whose window holds it.  So each axis of a map carries its *stencil*, the inputs each output reads, and:
+
+* finite input (the common case) takes the plain matrix products, unchanged;
+* input with a NaN or an infinity takes an exact path, one axis at a time: the same product of the input
+  with its non-finite entries replaced by 0 gives every output's finite part, and products of 0/1
+  matrices count, per output, which non-finite inputs its stencil reads.  An output is then NaN where
+  it reads a NaN, an infinity through a zero weight (torch computes ``0 * inf`` there: bilinear reads
+  both neighbours even when one weight is 0), or infinities of both signs; else +inf or -inf where it
+  reads infinities of one sign (weight signs included); else its finite part.  Applying the two axes
+  one after the other gives the same placement as reading the 2-D stencil at once.
+
+Detection costs one sum over the smaller of the map's input and output.  Checking the output is enough:
+a non-finite input reaches every output of a dense product (through a weight or through ``0 * x``), so a
+finite output proves a finite input (an overflow to inf only sends the call down the exact path, which
+gives the same numbers).  The VJP of the map is the transposed map, with the same guarantee for a
+non-finite cotangent.  On CuPy the check synchronises with the device once per map.
+"""
+from __future__ import annotations
+
+import numpy as _np
+
+from . import backend, ops
+from .backend import xp
+from .tensor import Tensor, record
+
+
+class AxisMap:
+    """One axis of a separable map: ``out[o] = sum over i in stencil[o] of weights[o, i] * x[i]``.
+
+    ``weights``: host (out, in) float64 matrix.  ``stencil``: host bool (out, in), the inputs each output
+    reads -- the nonzero weights plus, where the operation computes ``0 * x`` (bilinear's second
+    neighbour at an exact grid position), those zero-weight entries.  Backend copies of the weights are
+    made per dtype on first use.
+    """
+
+    def __init__(self, weights: _np.ndarray, stencil: _np.ndarray | None = None):
+        self.weights = weights
+        nonzero = weights != 0
+        self.stencil = nonzero if stencil is None else (stencil | nonzero)
+        self._on_backend = {}
+        self._transposed = None
+
+    @property
+    def shape(self) -> tuple:
+        return self.weights.shape
+
+    def matrix(self, dtype):
+        """The weights as a backend array of ``dtype`` (cached)."""
+        dtype = _np.dtype(dtype)
+        if dtype not in self._on_backend:
+            self._on_backend[dtype] = backend.from_numpy(self.weights.astype(dtype))
+        return self._on_backend[dtype]
+
+    @property
+    def T(self) -> "AxisMap":  # noqa: N802 - reads like ndarray.T
+        """The transposed map (the adjoint of this one), stencil transposed too."""
+        if self._transposed is None:
+            self._transposed = AxisMap(self.weights.T, self.stencil.T)
+            self._transposed._transposed = self
+        return self._transposed
+
+    def indicator(self, which: str, dtype):
+        """A 0/1 backend matrix of ``dtype``: the stencil ("stencil"), its zero weights ("zero"), the
+        positive ("positive") or negative ("negative") weights; None where it has no entry."""
+        mask = {"stencil": self.stencil, "zero": self.stencil & (self.weights == 0),
+                "positive": self.weights > 0, "negative": self.weights < 0}[which]
+        if not mask.any():
+            return None
+        return backend.from_numpy(mask.astype(_np.dtype(dtype)))
+
+
+def separable(x, rows: AxisMap | None = None, cols: AxisMap | None = None, rows_first: bool = True) -> Tensor:
+    """``rows @ x @ cols.T`` over the last two axes of x (..., H, W) -> (..., oh, ow), exact for non-finite x.
+
+    ``rows`` (oh, H) and ``cols`` (ow, W) are :class:`AxisMap` s (None leaves that axis alone); the
+    products broadcast over the leading axes.  ``rows_first`` picks the order of the two products
+    (the VJP, ``rows.T @ g @ cols``, applies them in the opposite order, as the composed matmuls did).
+    """
+    x = ops._lift(x)
+    out = _apply(x.data, rows, cols, rows_first)
+    rows_t = None if rows is None else rows.T
+    cols_t = None if cols is None else cols.T
+    return record(out, ((x, lambda g: separable(g, rows_t, cols_t, not rows_first)),))
+
+
+def _steps(rows, cols, rows_first: bool):
+    """The (axis map, axis) products in order: -2 for rows (``M @ x``), -1 for cols (``x @ M.T``)."""
+    steps = [(rows, -2), (cols, -1)]
+    if not rows_first:
+        steps.reverse()
+    return [(m, axis) for m, axis in steps if m is not None]
+
+
+def _apply(data, rows, cols, rows_first: bool):
+    steps = _steps(rows, cols, rows_first)
+    out_shape = list(data.shape)
+    for m, axis in steps:
+        out_shape[axis] = m.shape[0]
+    out_size = int(_np.prod(out_shape, dtype=_np.int64))
+    if out_size >= data.size and not _all_finite(data):  # check the smaller side (module docstring)
+        return _exact(data, steps)
+    out = data
+    for m, axis in steps:
+        out = _product(m.matrix(data.dtype), out, axis)
+    if out_size < data.size and not _all_finite(out):
+        return _exact(data, steps)
+    return out
+
+
+def _product(matrix, data, axis: int):
+    """``matrix @ data`` along axis -2, or ``data @ matrix.T`` along axis -1 (broadcast over leading axes)."""
+    return xp.matmul(matrix, data) if axis == -2 else xp.matmul(data, xp.swapaxes(matrix, 0, 1))
+
+
+def _all_finite(data) -> bool:
+    """Whether ``data`` holds no NaN or infinity, from one sum (an overflowing sum only answers False)."""
+    if data.size == 0:
+        return True
+    if data.dtype == _np.float16:  # a float16 sum overflows at 65504: sum in float32
+        return bool(xp.isfinite(xp.sum(data, dtype=_np.float32)))
+    if data.ndim >= 2:
+        data = ops._sum_data(data, (data.ndim - 2, data.ndim - 1), False)  # BLAS where it applies
+    return bool(xp.isfinite(xp.sum(data)))
+
+
+def _exact(data, steps):
+    """The map applied axis by axis with the non-finite rule of the module docstring."""
+    for m, axis in steps:
+        data = _exact_axis(data, m, axis)
+    return data
+
+
+def _exact_axis(data, m: AxisMap, axis: int):
+    dtype = data.dtype
+    finite = xp.isfinite(data)
+    out = _product(m.matrix(dtype), xp.where(finite, data, xp.zeros((), dtype)), axis)
+    if bool(xp.all(finite)):
+        return out
+
+    def hits(which, mask):
+        """Per output, how many entries of ``mask`` it reads through ``which`` weights (0 when none)."""
+        indicator = m.indicator(which, dtype)
+        return None if indicator is None else _product(indicator, mask.astype(dtype), axis) > 0
+
+    def either(a, b):
+        return b if a is None else a if b is None else a | b
+
+    nan, up, down = xp.isnan(data), data == xp.inf, data == -xp.inf
+    reads_nan = either(hits("stencil", nan), hits("zero", up | down))
+    reads_up = either(hits("positive", up), hits("negative", down))
+    reads_down = either(hits("positive", down), hits("negative", up))
+    for reads, value in ((reads_up, xp.inf), (reads_down, -xp.inf)):
+        if reads is not None:
+            out = xp.where(reads, xp.asarray(value, dtype=dtype), out)
+    if reads_up is not None and reads_down is not None:
+        reads_nan = either(reads_nan, reads_up & reads_down)
+    if reads_nan is not None:
+        out = xp.where(reads_nan, xp.asarray(xp.nan, dtype=dtype), out)
+    return out
