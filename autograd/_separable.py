@@ -4,16 +4,17 @@ Average pooling with a stride, adaptive average pooling and ``interpolate`` are 
 two matrix products (docs/architecture.md, "Linear maps as matrices").  In IEEE arithmetic a dense product
 smears a non-finite input over the whole axis: ``0 * NaN`` and ``0 * inf`` are NaN, so one NaN pixel would
 turn a whole output plane NaN, where PyTorch -- which sums each window -- gives NaN only in the outputs
-whose window holds it.  So each axis of a map carries its *stencil*, the inputs each output reads, and:
+whose window holds it.  So each axis of a map (:class:`AxisMap`) also says which inputs each output
+*reads*, and which it reads through a weight of exactly 0, and:
 
 * finite input (the common case) takes the plain matrix products, unchanged;
 * input with a NaN or an infinity takes an exact path, one axis at a time: the same product of the input
   with its non-finite entries replaced by 0 gives every output's finite part, and products of 0/1
-  matrices count, per output, which non-finite inputs its stencil reads.  An output is then NaN where
-  it reads a NaN, an infinity through a zero weight (torch computes ``0 * inf`` there: bilinear reads
-  both neighbours even when one weight is 0), or infinities of both signs; else +inf or -inf where it
-  reads infinities of one sign (weight signs included); else its finite part.  Applying the two axes
-  one after the other gives the same placement as reading the 2-D stencil at once.
+  matrices count, per output, which non-finite inputs it reads.  An output is then NaN where it reads a
+  NaN, an infinity through a zero weight (torch computes ``0 * inf`` there), or infinities of both
+  signs; else +inf or -inf where it reads infinities of one sign (weight signs included); else its
+  finite part.  Applying the two axes one after the other gives the same placement as reading the 2-D
+  window at once.
 
 Detection costs one sum over the smaller of the map's input and output.  Checking the output is enough:
 a non-finite input reaches every output of a dense product (through a weight or through ``0 * x``), so a
@@ -31,18 +32,24 @@ from .tensor import Tensor, record
 
 
 class AxisMap:
-    """One axis of a separable map: ``out[o] = sum over i in stencil[o] of weights[o, i] * x[i]``.
+    """One axis of a separable map: ``out[o] = sum over the inputs i that o reads of weights[o, i] * x[i]``.
 
-    ``weights``: host (out, in) float64 matrix.  ``stencil``: host bool (out, in), the inputs each output
-    reads -- the nonzero weights plus, where the operation computes ``0 * x`` (bilinear's second
-    neighbour at an exact grid position), those zero-weight entries.  Backend copies of the weights are
-    made per dtype on first use.
+    ``weights``: host (out, in) float64 matrix.  ``reads``: host bool (out, in), the inputs each output
+    reads (default: the nonzero weights).  ``zero_reads``: host bool (out, in), the inputs an output also
+    reads through a weight of exactly 0 -- torch's bilinear computes ``t0 * l0 + t1 * l1`` with both
+    neighbours even when a lambda is 0, and an unchanged size as ``t * 1 + t * 0`` -- so that an
+    infinity there gives NaN, as ``inf * 0`` does in torch.  A map whose weights are the identity is
+    skipped on finite data (a copy) but still applied on the exact path.  Backend copies of the weights
+    are made per dtype on first use.
     """
 
-    def __init__(self, weights: _np.ndarray, stencil: _np.ndarray | None = None):
+    def __init__(self, weights: _np.ndarray, reads: _np.ndarray | None = None, zero_reads: _np.ndarray | None = None):
         self.weights = weights
         nonzero = weights != 0
-        self.stencil = nonzero if stencil is None else (stencil | nonzero)
+        self.reads = nonzero if reads is None else (reads | nonzero)
+        self.zero_reads = _np.zeros(weights.shape, dtype=bool) if zero_reads is None else zero_reads
+        self.reads = self.reads | self.zero_reads
+        self.is_identity = weights.shape[0] == weights.shape[1] and _np.array_equal(weights, _np.eye(len(weights)))
         self._on_backend = {}
         self._transposed = None
 
@@ -59,16 +66,16 @@ class AxisMap:
 
     @property
     def T(self) -> "AxisMap":  # noqa: N802 - reads like ndarray.T
-        """The transposed map (the adjoint of this one), stencil transposed too."""
+        """The transposed map (the adjoint of this one), reads transposed too."""
         if self._transposed is None:
-            self._transposed = AxisMap(self.weights.T, self.stencil.T)
+            self._transposed = AxisMap(self.weights.T, self.reads.T, self.zero_reads.T)
             self._transposed._transposed = self
         return self._transposed
 
     def indicator(self, which: str, dtype):
-        """A 0/1 backend matrix of ``dtype``: the stencil ("stencil"), its zero weights ("zero"), the
-        positive ("positive") or negative ("negative") weights; None where it has no entry."""
-        mask = {"stencil": self.stencil, "zero": self.stencil & (self.weights == 0),
+        """A 0/1 backend matrix of ``dtype``: the inputs read ("reads"), read through a zero weight
+        ("zero"), or through a positive ("positive") or negative ("negative") weight; None where empty."""
+        mask = {"reads": self.reads, "zero": self.zero_reads,
                 "positive": self.weights > 0, "negative": self.weights < 0}[which]
         if not mask.any():
             return None
@@ -106,8 +113,12 @@ def _apply(data, rows, cols, rows_first: bool):
     if out_size >= data.size and not _all_finite(data):  # check the smaller side (module docstring)
         return _exact(data, steps)
     out = data
-    for m, axis in steps:
-        out = _product(m.matrix(data.dtype), out, axis)
+    with _np.errstate(invalid="ignore"):  # NaN from 0 * inf here only sends the call down the exact path
+        for m, axis in steps:
+            if not m.is_identity:  # a copy on finite data (its zero reads only matter for infinities)
+                out = _product(m.matrix(data.dtype), out, axis)
+    if out is data:
+        out = xp.array(data, copy=True)  # a result of its own, as every other path returns
     if out_size < data.size and not _all_finite(out):
         return _exact(data, steps)
     return out
@@ -152,7 +163,7 @@ def _exact_axis(data, m: AxisMap, axis: int):
         return b if a is None else a if b is None else a | b
 
     nan, up, down = xp.isnan(data), data == xp.inf, data == -xp.inf
-    reads_nan = either(hits("stencil", nan), hits("zero", up | down))
+    reads_nan = either(hits("reads", nan), hits("zero", up | down))
     reads_up = either(hits("positive", up), hits("negative", down))
     reads_down = either(hits("positive", down), hits("negative", up))
     for reads, value in ((reads_up, xp.inf), (reads_down, -xp.inf)):

@@ -23,19 +23,36 @@ from .tensor import Tensor, record
 # argument normalisation
 
 
-def _pair(value, name: str, allow_zero: bool = False) -> tuple:
+def _pair(value, name: str, allow_zero: bool = False, op: str = "") -> tuple:
+    """An int or a pair of ints as a pair (floats and bools are a TypeError, never truncated)."""
+    where = f"{op}: " if op else ""
     if isinstance(value, (int,)) and not isinstance(value, bool):
         value = (value, value)
     try:
+        if any(isinstance(v, bool) for v in value):
+            raise TypeError
         value = tuple(operator.index(v) for v in value)  # rejects 1.5 rather than truncating it
     except TypeError:
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+        raise TypeError(f"{where}{name} must be an int or a pair of ints, got {value!r}") from None
     if len(value) != 2:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        raise ValueError(f"{where}{name} must be an int or a pair of ints, got {value!r}")
     low = 0 if allow_zero else 1
     if any(v < low for v in value):
-        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+        raise ValueError(f"{where}{name} must be >= {low}, got {value!r}")
     return value
+
+
+def _groups(groups, op: str) -> int:
+    """``groups`` as a positive int (1.5 and True are a TypeError, not truncated)."""
+    if isinstance(groups, bool):
+        raise TypeError(f"{op}: groups={groups!r} must be a positive int")
+    try:
+        groups = operator.index(groups)
+    except TypeError:
+        raise TypeError(f"{op}: groups={groups!r} must be a positive int") from None
+    if groups < 1:
+        raise ValueError(f"{op}: groups={groups} must be a positive int")
+    return groups
 
 
 def _padding2d(padding, kernel, dilation, stride) -> tuple:
@@ -52,7 +69,7 @@ def _padding2d(padding, kernel, dilation, stride) -> tuple:
                 pads.append((total // 2, total - total // 2))
             return tuple(pads)
         raise ValueError(f"padding must be an int, a pair, 'same' or 'valid'; got {padding!r}")
-    ph, pw = _pair(padding, "padding", allow_zero=True)
+    ph, pw = _pair(padding, "padding", allow_zero=True, op="conv2d")
     return ((ph, ph), (pw, pw))
 
 
@@ -124,7 +141,9 @@ def unfold(x, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
     """
     x = ops._lift(x)
     _check_ndim(x, 4, "unfold")
-    kernel, dil, st = _pair(kernel_size, "kernel_size"), _pair(dilation, "dilation"), _pair(stride, "stride")
+    ops._check_float("unfold", "input", x)
+    kernel, dil, st = (_pair(kernel_size, "kernel_size", op="unfold"), _pair(dilation, "dilation", op="unfold"),
+                       _pair(stride, "stride", op="unfold"))
     pads = _explicit_pads(padding)
     cols, _ = _im2col(x.data, kernel, dil, pads, st)
     size = x.shape[2:]
@@ -135,8 +154,10 @@ def fold(cols, output_size, kernel_size, dilation=1, padding=0, stride=1) -> Ten
     """Combine sliding blocks: (N, C*kh*kw, L) -> (N, C, H, W), summing overlaps (torch fold)."""
     cols = ops._lift(cols)
     _check_ndim(cols, 3, "fold", layout="(N, C*kh*kw, L)")
-    size = _pair(output_size, "output_size")
-    kernel, dil, st = _pair(kernel_size, "kernel_size"), _pair(dilation, "dilation"), _pair(stride, "stride")
+    ops._check_float("fold", "input", cols)
+    size = _pair(output_size, "output_size", op="fold")
+    kernel, dil, st = (_pair(kernel_size, "kernel_size", op="fold"), _pair(dilation, "dilation", op="fold"),
+                       _pair(stride, "stride", op="fold"))
     pads = _explicit_pads(padding)
     out = _col2im(cols.data, size, kernel, dil, pads, st)
     return record(out, ((cols, lambda g: unfold(g, kernel, dil, pads, st)),))
@@ -169,12 +190,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 
     x, weight = ops._lift(x), ops._lift(weight)
     _check_ndim(x, 4, "conv2d")
     _check_ndim(weight, 4, "conv2d", "weight", "(C_out, C_in/groups, kh, kw)")
-    if x.dtype != weight.dtype:
-        raise TypeError(f"conv2d: input dtype {x.dtype} differs from weight dtype {weight.dtype}")
-    st, dil = _pair(stride, "stride"), _pair(dilation, "dilation")
+    bias = None if bias is None else ops._lift(bias)
+    ops._check_operands("conv2d", input=x, weight=weight, bias=bias)
+    st, dil = _pair(stride, "stride", op="conv2d"), _pair(dilation, "dilation", op="conv2d")
     c_out, c_in_g, kh, kw = weight.shape
-    groups = int(groups)
-    if groups < 1 or x.shape[1] % groups or c_out % groups:
+    groups = _groups(groups, "conv2d")
+    if x.shape[1] % groups or c_out % groups:
         raise ValueError(
             f"conv2d: groups={groups} must divide both input channels ({x.shape[1]}) and output "
             f"channels ({c_out})"
@@ -184,12 +205,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 
             f"conv2d: weight expects {c_in_g * groups} input channels "
             f"(weight shape {weight.shape}, groups={groups}), input has {x.shape[1]} (shape {x.shape})"
         )
-    if bias is not None:
-        bias = ops._lift(bias)
-        if bias.shape != (c_out,):
-            raise ValueError(f"conv2d: bias must have shape ({c_out},), got {bias.shape}")
-        if bias.dtype != weight.dtype:
-            raise TypeError(f"conv2d: bias dtype {bias.dtype} differs from weight dtype {weight.dtype}")
+    if bias is not None and bias.shape != (c_out,):
+        raise ValueError(f"conv2d: bias must have shape ({c_out},), got {bias.shape}")
     pads = _padding2d(padding, (kh, kw), dil, st)
     return _conv2d_primitive(x, weight, st, pads, dil, groups, bias)
 
@@ -228,11 +245,17 @@ def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 
 
 
 def _single(value, name):
+    """An int or a 1-sequence of one int, as a 1-tuple (1.5 and True are a TypeError, not truncated)."""
     if isinstance(value, Sequence):
         if len(value) != 1:
-            raise ValueError(f"{name} must be an int or a 1-tuple for conv1d, got {value!r}")
-        return (int(value[0]),)
-    return (int(value),)
+            raise ValueError(f"conv1d: {name} must be an int or a 1-tuple, got {value!r}")
+        (value,) = value
+    if isinstance(value, bool):
+        raise TypeError(f"conv1d: {name} must be an int or a 1-tuple, got {value!r}")
+    try:
+        return (operator.index(value),)
+    except TypeError:
+        raise TypeError(f"conv1d: {name} must be an int or a 1-tuple, got {value!r}") from None
 
 
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, dilation=1) -> Tensor:
@@ -245,15 +268,20 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     x, weight = ops._lift(x), ops._lift(weight)
     _check_ndim(x, 4, "conv_transpose2d")
     _check_ndim(weight, 4, "conv_transpose2d", "weight", "(C_in, C_out, kh, kw)")
+    bias = None if bias is None else ops._lift(bias)
+    ops._check_operands("conv_transpose2d", input=x, weight=weight, bias=bias)
     n, c_in, h, w = x.shape
     if weight.shape[0] != c_in:
         raise ValueError(
             f"conv_transpose2d: weight {weight.shape} expects {weight.shape[0]} input channels, got {c_in}"
         )
     _, c_out, kh, kw = weight.shape
-    st, dil = _pair(stride, "stride"), _pair(dilation, "dilation")
-    ph, pw = _pair(padding, "padding", allow_zero=True)
-    oph, opw = _pair(output_padding, "output_padding", allow_zero=True)
+    if bias is not None and bias.shape != (c_out,):
+        raise ValueError(f"conv_transpose2d: bias must have shape ({c_out},), got {bias.shape}")
+    op = "conv_transpose2d"
+    st, dil = _pair(stride, "stride", op=op), _pair(dilation, "dilation", op=op)
+    ph, pw = _pair(padding, "padding", allow_zero=True, op=op)
+    oph, opw = _pair(output_padding, "output_padding", allow_zero=True, op=op)
     if oph >= st[0] or opw >= st[1]:
         raise ValueError(f"conv_transpose2d: output_padding {(oph, opw)} must be smaller than stride {st}")
     out_h = (h - 1) * st[0] - 2 * ph + dil[0] * (kh - 1) + oph + 1
@@ -264,5 +292,5 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     geometry = _kernels.Geometry((kh, kw), st, dil, ((ph, ph), (pw, pw)), 1, (out_h, out_w), (h, w))
     out = _kernels.input_grad(x, weight, geometry)
     if bias is not None:
-        out = ops.add(out, ops.reshape(ops._lift(bias), (1, c_out, 1, 1)))
+        out = ops.add(out, ops.reshape(bias, (1, c_out, 1, 1)))
     return out

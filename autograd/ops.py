@@ -96,6 +96,16 @@ def _check_float(op: str, arg: str, tensor) -> None:
                         f"got dtype {dtype}")
 
 
+def _check_operands(op: str, **operands) -> None:
+    """Every given operand (Tensors; None skipped) real floating-point and of one dtype: the core's dtype
+    rule for the operations with several float operands (conv, linear, normalisation), a TypeError naming
+    the operation, the arguments and their dtypes."""
+    given = {name: t for name, t in operands.items() if t is not None}
+    for name, t in given.items():
+        _check_float(op, name, t)
+    _match_dtypes(op, *given.values(), names=list(given))
+
+
 def _axis_index(ax, op: str, arg: str) -> int:
     """``ax`` as an int (bools, floats and other non-integers are a TypeError naming the argument)."""
     if isinstance(ax, bool):

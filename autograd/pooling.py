@@ -43,10 +43,10 @@ def _pool_args(x, kernel_size, stride, padding, dilation, name):
     x = ops._lift(x)
     _check_ndim(x, 4, name)
     ops._check_float(name, "input", x)
-    kernel = _pair(kernel_size, "kernel_size")
-    stride = kernel if stride is None or stride == () else _pair(stride, "stride")
-    padding = _pair(padding, "padding", allow_zero=True)
-    dilation = _pair(dilation, "dilation")
+    kernel = _pair(kernel_size, "kernel_size", op=name)
+    stride = kernel if stride is None or stride == () else _pair(stride, "stride", op=name)
+    padding = _pair(padding, "padding", allow_zero=True, op=name)
+    dilation = _pair(dilation, "dilation", op=name)
     if any(p * 2 > k for p, k in zip(padding, kernel)):
         raise ValueError(f"{name}: padding {padding} must be at most half of kernel_size {kernel}")
     return x, kernel, stride, padding, dilation

@@ -84,18 +84,22 @@ def resize_matrix(in_size: int, out_size: int, mode: str, align_corners=None, sc
 
 def _resize_map(in_size: int, out_size: int, mode: str, align_corners=None, scale=None,
                 nearest_rule=None) -> AxisMap:
-    """One axis of resizing as an :class:`AxisMap`: its weights, and as stencil the inputs PyTorch reads --
-    bilinear reads both neighbours (``lower`` and ``min(lower + 1, in - 1)``) even where one weight is 0."""
+    """One axis of resizing as an :class:`AxisMap`: its weights, the inputs PyTorch reads -- bilinear reads
+    both neighbours (``lower`` and ``min(lower + 1, in - 1)``) -- and those it reads through a zero weight
+    (a lambda of exactly 0, or the ``t * 0`` of an unchanged size)."""
     matrix = _np.zeros((out_size, in_size), dtype=_np.float64)
-    stencil = _np.zeros((out_size, in_size), dtype=bool)
+    reads = _np.zeros((out_size, in_size), dtype=bool)
+    zero_reads = _np.zeros((out_size, in_size), dtype=bool)
     rows = _np.arange(out_size)
     if mode not in ("nearest", "bilinear", "linear"):
         raise ValueError(f"interpolate: mode must be 'nearest' or 'bilinear', got {mode!r}")
     if mode == "nearest":
         matrix[rows, nearest_indices(in_size, out_size, scale, **(nearest_rule or {}))] = 1.0
     elif out_size == in_size:
-        # PyTorch's linear kernels copy when the size does not change, whatever scale_factor says
+        # PyTorch's linear kernels copy when the size does not change, whatever scale_factor says -- as
+        # t * 1 + t * 0 (the same pixel as both neighbours), so an infinity there comes out NaN
         matrix[rows, rows] = 1.0
+        zero_reads[rows, rows] = True
     else:
         dst = rows.astype(_np.float64)
         if align_corners:
@@ -109,8 +113,10 @@ def _resize_map(in_size: int, out_size: int, mode: str, align_corners=None, scal
         frac = _np.clip(src - lower, 0.0, 1.0)
         _np.add.at(matrix, (rows, lower), 1.0 - frac)
         _np.add.at(matrix, (rows, upper), frac)
-        stencil[rows, lower] = stencil[rows, upper] = True
-    return AxisMap(matrix, stencil)
+        reads[rows, lower] = reads[rows, upper] = True
+        zero_reads[rows[frac == 0.0], upper[frac == 0.0]] = True
+        zero_reads[rows[frac == 1.0], lower[frac == 1.0]] = True
+    return AxisMap(matrix, reads, zero_reads)
 
 
 def interpolate(x, size=None, scale_factor=None, mode: str = "nearest", align_corners=None) -> Tensor:
@@ -153,11 +159,12 @@ def _interpolate(x, size, scale_factor, mode: str, align_corners, one_d: bool) -
     if oh < 1 or ow < 1:
         raise ValueError(f"interpolate: the output size must be positive, got {(oh, ow)} for input {(h, w)}")
     rule = _nearest_rule(x.dtype, x.shape[1], (h, w), (oh, ow), one_d) if mode == "nearest" else None
-    maps = []
-    for n_in, n_out, scale in ((h, oh, scales[0]), (w, ow, scales[1])):
+    maps = [None] if one_d else []  # 1-D resizing has no H axis to read (it is only a view here)
+    for n_in, n_out, scale in ((h, oh, scales[0]), (w, ow, scales[1]))[1 if one_d else 0:]:
         axis_map = _resize_map(n_in, n_out, mode, align_corners, scale, rule)
-        # an axis that maps each position to itself (unchanged size, PyTorch's copy) needs no product
-        maps.append(None if n_in == n_out and _np.array_equal(axis_map.weights, _np.eye(n_in)) else axis_map)
+        # an identity with no zero reads (nearest's copy) is no map at all; bilinear's copy is kept, for
+        # its t * 1 + t * 0 at infinities (separable skips it on finite data)
+        maps.append(None if axis_map.is_identity and not axis_map.zero_reads.any() else axis_map)
     return separable(x, *maps)
 
 
