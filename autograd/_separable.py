@@ -110,7 +110,7 @@ def _apply(data, rows, cols, rows_first: bool):
     for m, axis in steps:
         out_shape[axis] = m.shape[0]
     out_size = int(_np.prod(out_shape, dtype=_np.int64))
-    if out_size >= data.size and not _all_finite(data):  # check the smaller side (module docstring)
+    if out_size >= data.size and not ops._all_finite(data):  # check the smaller side (module docstring)
         return _exact(data, steps)
     out = data
     with _np.errstate(invalid="ignore"):  # NaN from 0 * inf here only sends the call down the exact path
@@ -119,7 +119,7 @@ def _apply(data, rows, cols, rows_first: bool):
                 out = _product(m.matrix(data.dtype), out, axis)
     if out is data:
         out = xp.array(data, copy=True)  # a result of its own, as every other path returns
-    if out_size < data.size and not _all_finite(out):
+    if out_size < data.size and not ops._all_finite(out):
         return _exact(data, steps)
     return out
 
@@ -127,17 +127,6 @@ def _apply(data, rows, cols, rows_first: bool):
 def _product(matrix, data, axis: int):
     """``matrix @ data`` along axis -2, or ``data @ matrix.T`` along axis -1 (broadcast over leading axes)."""
     return xp.matmul(matrix, data) if axis == -2 else xp.matmul(data, xp.swapaxes(matrix, 0, 1))
-
-
-def _all_finite(data) -> bool:
-    """Whether ``data`` holds no NaN or infinity, from one sum (an overflowing sum only answers False)."""
-    if data.size == 0:
-        return True
-    if data.dtype == _np.float16:  # a float16 sum overflows at 65504: sum in float32
-        return bool(xp.isfinite(xp.sum(data, dtype=_np.float32)))
-    if data.ndim >= 2:
-        data = ops._sum_data(data, (data.ndim - 2, data.ndim - 1), False)  # BLAS where it applies
-    return bool(xp.isfinite(xp.sum(data)))
 
 
 def _exact(data, steps):

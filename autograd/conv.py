@@ -231,6 +231,7 @@ def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 
     x, weight = ops._lift(x), ops._lift(weight)
     _check_ndim(x, 3, "conv1d", layout="(N, C, L)")
     _check_ndim(weight, 3, "conv1d", "weight", "(C_out, C_in/groups, k)")
+    ops._check_operands("conv1d", input=x, weight=weight, bias=None if bias is None else ops._lift(bias))
     if isinstance(padding, str):
         pad2 = padding
     else:

@@ -15,7 +15,7 @@ import numpy as _np
 
 from . import _threads, backend
 from .backend import xp
-from .tensor import Tensor, as_tensor, record
+from .tensor import Tensor, as_tensor, is_grad_enabled, record
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -277,7 +277,7 @@ def sign(a) -> Tensor:
 def _sign_data(data):
     """torch.sign on a backend array: NaN -> 0 (one extra pass only when the input holds NaN)."""
     out = xp.sign(data)
-    if data.dtype.kind in "fc" and data.size and not bool(xp.isfinite(xp.sum(out))):
+    if data.dtype.kind == "f" and not _all_finite(out):
         out = xp.where(xp.isnan(out), xp.zeros((), out.dtype), out)
     return out
 
@@ -399,22 +399,34 @@ def maximum(a, b) -> Tensor:
     where an operand is NaN (the comparison fails both ways) each operand receives the whole g."""
     a, b = _binary_operands(a, b, "maximum")
     out = xp.maximum(a.data, b.data)
+    if not (is_grad_enabled() and (a.requires_grad or b.requires_grad)):
+        return Tensor(out)
     dtype = out.dtype
-    tie = 0.5 * (a.data == b.data)
-    wa = (1.0 - (a.data < b.data) - tie).astype(dtype)
-    wb = (1.0 - (a.data > b.data) - tie).astype(dtype)
+    tie = a.data == b.data
+    any_tie = bool(xp.any(tie))
+    # an operand's weight: 1 where it does not lose (NaN loses nowhere: both comparisons fail), 1/2 on ties
+    loses_a = a.data < b.data if a.requires_grad else None
+    loses_b = a.data > b.data if b.requires_grad else None
+
+    def weight(loses) -> Tensor:
+        w = xp.logical_not(loses).astype(dtype)
+        if any_tie:
+            w -= (0.5 * tie).astype(dtype)
+        return Tensor(w)
+
     sa, sb = a.shape, b.shape
     return record(
         out,
         (
-            (a, lambda g: sum_to(mul(g, Tensor(wa)), sa)),
-            (b, lambda g: sum_to(mul(g, Tensor(wb)), sb)),
+            (a, lambda g: sum_to(mul(g, weight(loses_a)), sa)),
+            (b, lambda g: sum_to(mul(g, weight(loses_b)), sb)),
         ),
     )
 
 
 def minimum(a, b) -> Tensor:
     """Elementwise minimum; gradients as :func:`maximum` (ties split, NaN: each operand gets g)."""
+    a, b = _binary_operands(a, b, "minimum")
     return neg(maximum(neg(a), neg(b)))
 
 
@@ -573,6 +585,18 @@ def _blas_layout(data, axes):
     return lead, middle, trail
 
 
+def _all_finite(data) -> bool:
+    """Whether a float array holds no NaN or infinity, from one sum (through BLAS where :func:`_blas_layout`
+    allows); a sum that overflows only answers False, so callers must treat False as "maybe"."""
+    if data.size == 0:
+        return True
+    if data.dtype == _np.float16:  # a float16 sum overflows at 65504: sum in float32
+        return bool(xp.isfinite(xp.sum(data, dtype=_np.float32)))
+    if data.ndim >= 2:
+        data = _sum_data(data, (data.ndim - 2, data.ndim - 1), False)
+    return bool(xp.isfinite(xp.sum(data)))
+
+
 def _sum_rows(rows, lead: int, middle: int):
     """(lead*middle,) partial sums -> (middle,): the leading-axes step of :func:`_blas_layout`."""
     if lead == 1:
@@ -645,8 +669,9 @@ def mean(a, axis=None, keepdims: bool = False) -> Tensor:
 
 
 def var(a, axis=None, keepdims: bool = False, unbiased: bool = False) -> Tensor:
-    """Variance; ``unbiased=False`` (default) divides by n, ``True`` by n - 1."""
+    """Variance; ``unbiased=False`` (default) divides by n, ``True`` by n - 1 (real floating-point input)."""
     a = _lift(a)
+    _check_float("var", "input", a)
     axes = _normalize_axis(axis, a.ndim, "var")
     count = 1
     for ax in axes:
@@ -688,6 +713,7 @@ def min(a, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
 def logsumexp(a, axis=None, keepdims: bool = False) -> Tensor:
     """log(sum(exp(a))) over ``axis``, stable for large inputs (the max is shifted out)."""
     a = _lift(a)
+    _check_float("logsumexp", "input", a)
     axes = _normalize_axis(axis, a.ndim, "logsumexp")
     if any(a.shape[ax] == 0 for ax in axes):  # the log of an empty sum is -inf (torch); a's gradient is empty
         shape = a.shape
@@ -853,6 +879,8 @@ def stack(tensors: Sequence, axis: int = 0) -> Tensor:
     tensors = [_lift(t) for t in tensors]
     if not tensors:
         raise ValueError("stack: needs at least one tensor, got an empty sequence")
+    if len({t.dtype for t in tensors}) > 1:
+        tensors = _match_dtypes("stack", *tensors, names=[f"tensors[{i}]" for i in range(len(tensors))])
     axis = _one_axis(axis, tensors[0].ndim + 1, "stack")
     for i, t in enumerate(tensors):
         if t.shape != tensors[0].shape:
@@ -1014,9 +1042,9 @@ def _is_basic_index(index) -> bool:
 
 def matmul(a, b) -> Tensor:
     """Batched, broadcasting matrix product (numpy.matmul semantics, 1-D operands included)."""
+    _check_float("matmul", "a", _lift(a, b if isinstance(b, Tensor) else None))
+    _check_float("matmul", "b", _lift(b, a if isinstance(a, Tensor) else None))
     a, b = _binary_operands(a, b, "matmul")
-    _check_float("matmul", "a", a)
-    _check_float("matmul", "b", b)
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError(f"matmul: operands must have at least one axis (use mul for scalars), got shapes "
                          f"{a.shape} and {b.shape}")

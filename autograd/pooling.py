@@ -291,6 +291,8 @@ def take_max(a, axis: int, nan: str = "first") -> Tensor:
     or with ``nan="last"`` to the last one (PyTorch's adaptive max pooling, ``val > max || isnan(val)``).
     """
     a = ops._lift(a)
+    if a.dtype.kind == "c":
+        raise TypeError(f"take_max: input must be real (complex numbers have no order), got dtype {a.dtype}")
     axis = ops._one_axis(axis, a.ndim, "take_max")
     if a.shape[axis] == 0:
         raise ValueError(f"take_max: cannot take the maximum over axis {axis} of size 0 (shape {a.shape})")
@@ -337,35 +339,45 @@ def _put_along_axis_add(shape, indices, values, axis) -> Tensor:
 
 def max_pool1d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> Tensor:
     """Max pooling over (N, C, L)."""
-    x = ops._lift(x)
-    _check_ndim(x, 3, "max_pool1d", layout="(N, C, L)")
+    x = _input_1d(x, "max_pool1d")
     stride = kernel_size if stride is None else stride
-    out = max_pool2d(ops.expand_dims(x, 2), (1, _int(kernel_size, "kernel_size")), (1, _int(stride, "stride")),
-                     (0, _int(padding, "padding")), (1, _int(dilation, "dilation")), ceil_mode)
+    op = "max_pool1d"
+    out = max_pool2d(ops.expand_dims(x, 2), (1, _int(kernel_size, "kernel_size", op)), (1, _int(stride, "stride", op)),
+                     (0, _int(padding, "padding", op)), (1, _int(dilation, "dilation", op)), ceil_mode)
     return ops.squeeze(out, 2)
 
 
 def avg_pool1d(x, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True) -> Tensor:
     """Average pooling over (N, C, L)."""
-    x = ops._lift(x)
-    _check_ndim(x, 3, "avg_pool1d", layout="(N, C, L)")
+    x = _input_1d(x, "avg_pool1d")
     stride = kernel_size if stride is None else stride
-    out = avg_pool2d(ops.expand_dims(x, 2), (1, _int(kernel_size, "kernel_size")), (1, _int(stride, "stride")),
-                     (0, _int(padding, "padding")), ceil_mode, count_include_pad)
+    op = "avg_pool1d"
+    out = avg_pool2d(ops.expand_dims(x, 2), (1, _int(kernel_size, "kernel_size", op)), (1, _int(stride, "stride", op)),
+                     (0, _int(padding, "padding", op)), ceil_mode, count_include_pad)
     return ops.squeeze(out, 2)
 
 
-def _int(value, name: str) -> int:
+def _input_1d(x, op: str) -> Tensor:
+    """A checked (N, C, L) real floating-point input of a 1-D pooling op (errors name the 1-D op)."""
+    x = ops._lift(x)
+    _check_ndim(x, 3, op, layout="(N, C, L)")
+    ops._check_float(op, "input", x)
+    return x
+
+
+def _int(value, name: str, op: str) -> int:
     """An int, or the single entry of a 1-tuple (the 1-D pooling functions accept both)."""
     if isinstance(value, (tuple, list)):
         if len(value) != 1:
-            raise ValueError(f"{name} must be an int or a 1-tuple for 1-D pooling, got {value!r}")
+            raise ValueError(f"{op}: {name} must be an int or a 1-tuple, got {value!r}")
         (value,) = value
     try:
+        if isinstance(value, bool):
+            raise TypeError
         return operator.index(value)
     except TypeError:
-        raise TypeError(f"{name} must be an int or a 1-tuple for 1-D pooling, got {value!r}") from None
+        raise TypeError(f"{op}: {name} must be an int or a 1-tuple, got {value!r}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,15 +485,17 @@ def _bin_windows(size: int, out: int):
 
 
 def adaptive_avg_pool1d(x, output_size: int) -> Tensor:
-    x = ops._lift(x)
-    _check_ndim(x, 3, "adaptive_avg_pool1d", layout="(N, C, L)")
-    return ops.squeeze(adaptive_avg_pool2d(ops.expand_dims(x, 2), (1, _int(output_size, "output_size"))), 2)
+    """Adaptive average pooling (N, C, L) -> (N, C, output_size)."""
+    x = _input_1d(x, "adaptive_avg_pool1d")
+    size = _int(output_size, "output_size", "adaptive_avg_pool1d")
+    return ops.squeeze(adaptive_avg_pool2d(ops.expand_dims(x, 2), (1, size)), 2)
 
 
 def adaptive_max_pool1d(x, output_size: int) -> Tensor:
-    x = ops._lift(x)
-    _check_ndim(x, 3, "adaptive_max_pool1d", layout="(N, C, L)")
-    return ops.squeeze(adaptive_max_pool2d(ops.expand_dims(x, 2), (1, _int(output_size, "output_size"))), 2)
+    """Adaptive max pooling (N, C, L) -> (N, C, output_size)."""
+    x = _input_1d(x, "adaptive_max_pool1d")
+    size = _int(output_size, "output_size", "adaptive_max_pool1d")
+    return ops.squeeze(adaptive_max_pool2d(ops.expand_dims(x, 2), (1, size)), 2)
 
 
 def global_avg_pool2d(x, keepdims: bool = True) -> Tensor:
@@ -501,6 +515,7 @@ def _spatial_mean(x: Tensor, keepdims: bool) -> Tensor:
 
 def global_max_pool2d(x, keepdims: bool = True) -> Tensor:
     """Max over H and W, gradient to the first maximum or the last NaN (as adaptive_max_pool2d(x, 1))."""
+    x, _ = _adaptive_args(x, 1, "global_max_pool2d")
     out = adaptive_max_pool2d(x, 1)
     return out if keepdims else ops.reshape(out, out.shape[:2])
 
