@@ -45,13 +45,29 @@ class AxisMap:
 
     def __init__(self, weights: _np.ndarray, reads: _np.ndarray | None = None, zero_reads: _np.ndarray | None = None):
         self.weights = weights
-        nonzero = weights != 0
-        self.reads = nonzero if reads is None else (reads | nonzero)
-        self.zero_reads = _np.zeros(weights.shape, dtype=bool) if zero_reads is None else zero_reads
-        self.reads = self.reads | self.zero_reads
-        self.is_identity = weights.shape[0] == weights.shape[1] and _np.array_equal(weights, _np.eye(len(weights)))
+        self._reads, self._zero_reads = reads, zero_reads  # completed lazily: only the exact path reads them
+        self._identity = None
         self._on_backend = {}
         self._transposed = None
+
+    @property
+    def reads(self) -> _np.ndarray:
+        """Host bool (out, in): the inputs each output reads (the nonzero weights and the zero reads at least)."""
+        reads = self.weights != 0 if self._reads is None else (self._reads | (self.weights != 0))
+        return reads if self._zero_reads is None else reads | self._zero_reads
+
+    @property
+    def zero_reads(self) -> _np.ndarray:
+        """Host bool (out, in): the inputs read through a weight of exactly 0."""
+        return _np.zeros(self.weights.shape, dtype=bool) if self._zero_reads is None else self._zero_reads
+
+    @property
+    def is_identity(self) -> bool:
+        """Whether the weights are the identity matrix (a copy on finite data)."""
+        if self._identity is None:
+            n, m = self.weights.shape
+            self._identity = n == m and _np.array_equal(self.weights, _np.eye(n))
+        return self._identity
 
     @property
     def shape(self) -> tuple:
@@ -68,7 +84,8 @@ class AxisMap:
     def T(self) -> "AxisMap":  # noqa: N802 - reads like ndarray.T
         """The transposed map (the adjoint of this one), reads transposed too."""
         if self._transposed is None:
-            self._transposed = AxisMap(self.weights.T, self.reads.T, self.zero_reads.T)
+            self._transposed = AxisMap(self.weights.T, None if self._reads is None else self._reads.T,
+                                       None if self._zero_reads is None else self._zero_reads.T)
             self._transposed._transposed = self
         return self._transposed
 
@@ -90,6 +107,8 @@ def separable(x, rows: AxisMap | None = None, cols: AxisMap | None = None, rows_
     (the VJP, ``rows.T @ g @ cols``, applies them in the opposite order, as the composed matmuls did).
     """
     x = ops._lift(x)
+    if rows is None and cols is None:
+        return x  # the identity on both axes (e.g. adaptive pooling to the input's size)
     out = _apply(x.data, rows, cols, rows_first)
     rows_t = None if rows is None else rows.T
     cols_t = None if cols is None else cols.T

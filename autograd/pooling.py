@@ -96,7 +96,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bo
     parallel_for(sample, x.shape[0], x.size)
     if not needs_tap:
         return Tensor(out)
-    if out.size and bool(xp.isnan(xp.sum(out))):  # a window held NaN: route as torch (finite data: one sum)
+    if not ops._all_finite(out):  # a window may hold NaN: route as torch (finite data: one sum)
         parallel_for(lambda n: sample(n, nan_rule=True), x.shape[0], x.size)
     return record(out, ((x, lambda g: _scatter_taps(g, tap, geo)),))
 
@@ -297,9 +297,11 @@ def take_max(a, axis: int, nan: str = "first") -> Tensor:
     if a.shape[axis] == 0:
         raise ValueError(f"take_max: cannot take the maximum over axis {axis} of size 0 (shape {a.shape})")
     index = xp.argmax(a.data, axis=axis)  # the first maximum, or the first NaN
-    if nan == "last" and a.size and bool(xp.isnan(xp.sum(a.data))):
-        last = a.shape[axis] - 1 - xp.argmax(xp.flip(xp.isnan(a.data), axis=axis), axis=axis)
-        index = xp.where(xp.any(xp.isnan(a.data), axis=axis), last, index)
+    if nan == "last" and a.dtype.kind == "f":
+        picked = xp.take_along_axis(a.data, xp.expand_dims(index, axis), axis=axis)
+        if not ops._all_finite(picked):  # a row holds NaN exactly where its pick is NaN (one sum over the picks)
+            last = a.shape[axis] - 1 - xp.argmax(xp.flip(xp.isnan(a.data), axis=axis), axis=axis)
+            index = xp.where(xp.any(xp.isnan(a.data), axis=axis), last, index)
     return ops.squeeze(take_along_axis(a, xp.expand_dims(index, axis), axis), axis)
 
 
