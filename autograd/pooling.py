@@ -296,13 +296,16 @@ def take_max(a, axis: int, nan: str = "first") -> Tensor:
     axis = ops._one_axis(axis, a.ndim, "take_max")
     if a.shape[axis] == 0:
         raise ValueError(f"take_max: cannot take the maximum over axis {axis} of size 0 (shape {a.shape})")
-    index = xp.argmax(a.data, axis=axis)  # the first maximum, or the first NaN
-    if nan == "last" and a.dtype.kind == "f":
-        picked = xp.take_along_axis(a.data, xp.expand_dims(index, axis), axis=axis)
-        if not ops._all_finite(picked):  # a row holds NaN exactly where its pick is NaN (one sum over the picks)
-            last = a.shape[axis] - 1 - xp.argmax(xp.flip(xp.isnan(a.data), axis=axis), axis=axis)
-            index = xp.where(xp.any(xp.isnan(a.data), axis=axis), last, index)
-    return ops.squeeze(take_along_axis(a, xp.expand_dims(index, axis), axis), axis)
+    index = xp.expand_dims(xp.argmax(a.data, axis=axis), axis)  # the first maximum, or the first NaN
+    picked = xp.take_along_axis(a.data, index, axis=axis)
+    if nan == "last" and a.dtype.kind == "f" and not ops._all_finite(picked):
+        # a row holds NaN exactly where its pick is NaN (one sum over the picks): take its last NaN
+        last = a.shape[axis] - 1 - xp.argmax(xp.flip(xp.isnan(a.data), axis=axis), axis=axis, keepdims=True)
+        index = xp.where(xp.any(xp.isnan(a.data), axis=axis, keepdims=True), last, index)
+        picked = xp.take_along_axis(a.data, index, axis=axis)
+    shape = a.shape
+    out = record(picked, ((a, lambda g: _put_along_axis_add(shape, index, g, axis)),))
+    return ops.squeeze(out, axis)
 
 
 def take_along_axis(a, indices, axis: int) -> Tensor:
