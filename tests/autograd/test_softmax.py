@@ -139,6 +139,22 @@ def test_masked_positions_get_zero_gradient_whatever_cotangent_they_receive(rng,
     np.testing.assert_allclose(grad, expected, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_a_nan_among_kept_entries_makes_the_row_nan_but_masked_gradients_stay_zero(rng, name):
+    """The row is NaN throughout (as masked_fill + softmax in torch), yet a masked position still does not
+    take part: its gradient is exactly 0 (torch's masked_fill blocks it), kept positions get NaN."""
+    x, g = rng.standard_normal((3, 4)), rng.standard_normal((3, 4)) + 3.0
+    x[0, 2] = np.nan  # kept in row 0 (MASK[0] keeps 0, 2, 3)
+    x[2, 3] = np.nan  # masked in row 2: it does not take part, the row stays finite
+    _, pullback = ag.vjp(lambda v: getattr(ag, name)(v, mask=dev(MASK)), dev(x))
+    out = host(getattr(ag, name)(dev(x), mask=dev(MASK)))
+    grad = host(pullback(dev(g))[0])
+    assert np.isnan(out[0]).all() and np.isfinite(out[2][MASK[2]]).all()
+    assert (grad[~MASK] == 0.0).all()
+    assert np.isnan(grad[0][MASK[0]]).all() and np.isfinite(grad[2]).all()
+
+
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 def test_masked_vjp_with_a_masked_cotangent_is_differentiable(rng, name):
     """Second order: the VJP, fed a cotangent that is nonzero at masked positions, is itself a smooth

@@ -184,6 +184,26 @@ def test_softmax_rows_with_nan_and_infinities_match_torch(rng, name):
                         rng, nonfinite_cotangent=False)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_masked_softmax_matches_torch_masked_fill_on_rows_with_a_kept_entry(rng, name):
+    """A boolean keep-mask is torch's ``masked_fill(~mask, -inf)`` followed by the softmax -- values and
+    gradients, NaN rows included -- on every row that keeps something (fully masked rows follow npattn's
+    policy instead: zeros / -inf, where torch gives NaN)."""
+    x = rng.standard_normal((5, 4))
+    x[1, 0], x[3, 3] = np.nan, np.inf  # kept: the row is NaN
+    x[4, 1] = np.nan  # masked: does not take part
+    keep = np.array([[1, 1, 0, 1], [1, 0, 1, 1], [0, 1, 1, 0], [1, 1, 1, 1], [1, 0, 1, 1]], bool)
+    tx = torch.tensor(x, requires_grad=True)
+    expected = getattr(F, name)(tx.masked_fill(torch.tensor(~keep), float("-inf")), dim=-1)
+    g = rng.standard_normal(x.shape)
+    g[~keep] = 0.0  # torch's masked_fill + log_softmax gives -inf there; a zero cotangent keeps 0 * -inf away
+    expected.backward(torch.tensor(g))
+    out, pullback = ag.vjp(lambda v: getattr(ag, name)(v, axis=-1, mask=dev(keep)), dev(x))
+    assert_same_values(host(out), expected.detach().numpy())
+    assert_same_values(host(pullback(dev(g))[0]), tx.grad.numpy())
+
+
 # ---------------------------------------------------------------------------------------------
 # gradient conventions at NaN, +-0 and kinks
 
