@@ -161,3 +161,12 @@ def test_fast_mode_catches_a_small_error_in_a_large_input(rng):
         assert "index (8, 16, 16)" in str(info.value)  # the report points at the faulty output
     assert ag.gradcheck(buggy, x, mode="fast", per_output=False)  # why the per-output comparison exists
     assert ag.gradcheck(lambda v: ag.exp(v) * v, x, mode="fast")  # and a right rule passes it
+
+
+def test_fast_mode_projection_alone_catches_a_25_percent_error_in_a_large_input(rng):
+    """The projection's absolute tolerance grows with sqrt(size) (the scale of u^T J v), not faster: a 0.5
+    error on a Jacobian entry of ~2 in a 16k-element input is still caught by u^T J v alone."""
+    x = dev(rng.uniform(0.5, 1.5, (16, 32, 32)))
+    for seed in range(3):
+        with pytest.raises(ag.GradcheckError, match="u\\^T J v"):
+            ag.gradcheck(square_with_error_at(0.5, (8, 16, 16)), x, mode="fast", per_output=False, seed=seed)
