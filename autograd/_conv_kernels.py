@@ -105,7 +105,7 @@ def conv(x, weight, geo: Geometry, bias=None) -> Tensor:
     The bias is added in place to the kernel's fresh output (no second output-sized array; torch's
     kernels fuse it likewise); its VJP is the sum of g over samples and pixels.
     """
-    data = _kernel_for(geo, x.shape[1], weight.shape[0]).forward(x.data, weight.data, geo)
+    data = _kernel_for(geo, x.shape[1], weight.shape[0], x.shape[0]).forward(x.data, weight.data, geo)
     parents = [(x, lambda g: input_grad(g, weight, geo)), (weight, lambda g: weight_grad(x, g, geo))]
     if bias is not None:
         data += xp.reshape(bias.data, (1, -1, 1, 1))
@@ -121,8 +121,8 @@ def input_grad(g, weight, geo: Geometry) -> Tensor:
     from; PyTorch's col2im leaves them alone.
     """
     c_in = weight.shape[1] * geo.groups
-    kernel = _kernel_for(geo, c_in, weight.shape[0])
-    if kernel is not _Pointwise and weight.size and not bool(xp.isfinite(xp.sum(weight.data))):
+    kernel = _kernel_for(geo, c_in, weight.shape[0], g.shape[0])
+    if kernel not in (_Pointwise, _EmptyBatch) and weight.size and not bool(xp.isfinite(xp.sum(weight.data))):
         data = _scatter_input_grad(g.data, weight.data, geo)
     else:
         data = kernel.input_grad(g.data, weight.data, geo)
@@ -131,7 +131,7 @@ def input_grad(g, weight, geo: Geometry) -> Tensor:
 
 def weight_grad(x, g, geo: Geometry) -> Tensor:
     """dw = the adjoint of conv(x, .) applied to g: (N, C_out, oh, ow) -> (C_out, C_in/G, kh, kw)."""
-    data = _kernel_for(geo, x.shape[1], g.shape[1]).weight_grad(x.data, g.data, geo)
+    data = _kernel_for(geo, x.shape[1], g.shape[1], x.shape[0]).weight_grad(x.data, g.data, geo)
     return record(data, ((x, lambda b: input_grad(g, b, geo)), (g, lambda b: conv(x, b, geo))))
 
 
@@ -142,7 +142,9 @@ SHIFTED_MIN_GROUP_CHANNELS = 8
 SHIFTED_MAX_WIDENING = 1.25
 
 
-def _kernel_for(geo: Geometry, c_in: int, c_out: int):
+def _kernel_for(geo: Geometry, c_in: int, c_out: int, batch: int = 1):
+    if batch == 0:
+        return _EmptyBatch
     if _WholeMap.applies(geo):
         return _WholeMap
     # Depthwise with stride 1 is fastest as im2col + one GEMV per channel (the _Gemm path); with a
@@ -434,6 +436,23 @@ class Phases:
 
 # ---------------------------------------------------------------------------------------------
 # general kernels: chunked im2col + one GEMM per group
+
+
+class _EmptyBatch:
+    """An empty batch (N = 0): empty outputs and input gradients, a zero weight gradient (a sum over no
+    samples), as torch -- the kernels below reshape with ``-1`` and index sample 0, which N = 0 breaks."""
+
+    @staticmethod
+    def forward(x, w, geo):
+        return xp.zeros((0, w.shape[0]) + geo.out_size, dtype=x.dtype)
+
+    @staticmethod
+    def input_grad(g, w, geo):
+        return xp.zeros((0, w.shape[1] * geo.groups) + geo.in_size, dtype=g.dtype)
+
+    @staticmethod
+    def weight_grad(x, g, geo):
+        return xp.zeros((g.shape[1], x.shape[1] // geo.groups) + geo.kernel, dtype=x.dtype)
 
 
 class _WholeMap:

@@ -65,6 +65,12 @@ def tree_map(fn: Callable, tree):
 # transformations
 
 
+def _is_constant_leaf(leaf) -> bool:
+    """Integer and boolean array leaves inside a pytree (counters, masks) are constants, not inputs."""
+    dtype = getattr(leaf, "dtype", None)
+    return dtype is not None and _np.dtype(dtype).kind in "biu"
+
+
 def _as_input(leaf, path: str, fname: str) -> Tensor:
     """A fresh tensor that requires grad and is connected to ``leaf`` when ``leaf`` is traced."""
     if isinstance(leaf, Tensor):
@@ -92,23 +98,38 @@ def _prepare(args, argnums, fname):
     trees = []
     for i in nums:
         leaves, paths, treedef = tree_flatten(args[i])
-        inputs = [_as_input(leaf, f"{i}{p}", fname) for leaf, p in zip(leaves, paths)]
+        # Inside a container, integer/bool leaves (BatchNorm's num_batches_tracked, masks) are passed
+        # through as constants and get ``None`` as their gradient (torch: no .grad; JAX: float0 zeros).
+        # A bare integer argument is still an error: asking for its gradient is a mistake.
+        constant = [treedef is not None and _is_constant_leaf(leaf) for leaf in leaves]
+        inputs = [leaf if const else _as_input(leaf, f"{i}{p}", fname)
+                  for leaf, p, const in zip(leaves, paths, constant)]
         args[i] = tree_unflatten(treedef, inputs)
-        trees.append((inputs, treedef))
+        trees.append(([t if not const else None for t, const in zip(inputs, constant)], treedef))
     return single, args, trees
 
 
 def _nested(trees) -> bool:
-    return any(t.requires_grad and not t.is_leaf for inputs, _ in trees for t in inputs)
+    return any(t is not None and t.requires_grad and not t.is_leaf for inputs, _ in trees for t in inputs)
+
+
+def _differentiable(trees) -> list:
+    return [t for inputs, _ in trees for t in inputs if t is not None]
 
 
 def _unpack(value, single, trees, grads, create_graph):
     out, start = [], 0
     for inputs, treedef in trees:
-        chunk = grads[start : start + len(inputs)]
-        start += len(inputs)
+        count = sum(t is not None for t in inputs)
+        chunk = grads[start : start + count]
+        start += count
         filled = []
-        for t, g in zip(inputs, chunk):
+        grads_iter = iter(chunk)
+        for t in inputs:
+            if t is None:                      # a constant (integer/bool) leaf: no gradient
+                filled.append(None)
+                continue
+            g = next(grads_iter)
             if g is None:
                 g = Tensor(ops.mul(t, 0.0).data)
             filled.append(g if create_graph else g.data)
@@ -136,8 +157,7 @@ def value_and_grad(f: Callable, argnums=0, has_aux: bool = False) -> Callable:
                 f"grad: the function must return a scalar, got shape {value.shape}; use vjp for "
                 "non-scalar outputs"
             )
-        inputs = [t for ins, _ in trees for t in ins]
-        grads = backward_pass(value, None, inputs, create_graph=create_graph)
+        grads = backward_pass(value, None, _differentiable(trees), create_graph=create_graph)
         grads_tree = _unpack(value, single, trees, grads, create_graph)
         out_value = value if create_graph else value.data
         return ((out_value, aux), grads_tree) if has_aux else (out_value, grads_tree)
@@ -172,8 +192,7 @@ def vjp(f: Callable, *primals, has_aux: bool = False):
     output = ops._lift(output)
 
     def vjp_fn(cotangent):
-        inputs = [t for ins, _ in trees for t in ins]
-        grads = backward_pass(output, cotangent, inputs, create_graph=create_graph)
+        grads = backward_pass(output, cotangent, _differentiable(trees), create_graph=create_graph)
         return _unpack(output, False, trees, grads, create_graph)
 
     out_value = output if create_graph else output.data

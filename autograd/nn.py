@@ -243,16 +243,17 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         if value is not None and tuple(value.shape) != (c,):
             raise ValueError(f"batch_norm: {name} must have shape ({c},), got {tuple(value.shape)}")
     ops._check_operands("batch_norm", input=x, weight=_lifted(weight), bias=_lifted(bias),
-                  running_mean=_lifted(running_mean), running_var=_lifted(running_var))
+                        running_mean=_lifted(running_mean), running_var=_lifted(running_var))
     stat_shape = (1, c) + (1,) * (x.ndim - 2)
     axes = (0,) + tuple(range(2, x.ndim))
     new_mean, new_var = running_mean, running_var
-    count = x.size // c if c else 0
-    if training and count == 0:
-        # an empty batch has no statistics: torch returns the empty output and leaves the running
-        # statistics alone; weight and bias get zero gradients (sums over nothing)
-        mean, var = Tensor(xp.zeros(stat_shape, x.dtype)), Tensor(xp.ones(stat_shape, x.dtype))
+    if training and x.size == 0:
+        # an empty batch: as PyTorch, an empty output and unchanged running statistics (zero gradients);
+        # the statistics used are placeholders -- they multiply nothing
+        mean = Tensor(xp.zeros(stat_shape, dtype=x.dtype))
+        var = Tensor(xp.ones(stat_shape, dtype=x.dtype))
     elif training:
+        count = x.size // c
         if count < 2:
             raise ValueError(f"batch_norm: training needs more than 1 value per channel, got input shape {x.shape}")
         mean = ops.mean(x, axis=axes, keepdims=True)

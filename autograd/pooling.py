@@ -25,16 +25,21 @@ from .tensor import Tensor, is_grad_enabled, record
 
 def _pool_geometry(size, kernel, stride, padding, dilation, ceil_mode, name="pooling"):
     """Output length and the extra right padding that ceil mode needs (PyTorch's rule)."""
+    if size < 1:  # as PyTorch: "Expected 3D or 4D input with non-zero dims", even where padding would fit
+        raise ValueError(f"{name}: input spatial sizes must be positive, got a size of {size}")
     span = dilation * (kernel - 1) + 1
     numerator = size + 2 * padding - span
-    if numerator < 0:
-        raise ValueError(
-            f"{name}: kernel_size {kernel} (dilation {dilation}) does not fit an input of size {size} "
-            f"with padding {padding}"
-        )
     out = (-(-numerator // stride) if ceil_mode else numerator // stride) + 1
     if ceil_mode and (out - 1) * stride >= size + padding:
         out -= 1  # the last window would start in the right padding only
+    # In ceil mode a window may be longer than the (padded) input: PyTorch keeps the one window that
+    # starts inside it (max_pool2d(3, 2, ceil_mode=True) of a 2-row map gives 1 row, as Caffe's pooling)
+    # and refuses only an empty output.
+    if out < 1:
+        raise ValueError(
+            f"{name}: kernel_size {kernel} (dilation {dilation}) does not fit an input of size {size} "
+            f"with padding {padding}" + ("" if ceil_mode else " (ceil_mode=False)")
+        )
     extra = max(0, (out - 1) * stride + span - (size + 2 * padding))
     return out, extra
 

@@ -70,7 +70,8 @@ def build(case: str, dtype, quick: bool):
         params = npattn.get("fca").init(rng, c, dct, dct, reduction=16 if not quick else 4, dtype=dtype)
         us, vs = scaled_frequencies("top16", dct, dct)
         return ("fca", params, [normal((2, c, hw, hw))],
-                twins.TorchFca(c, dct, dct, 16 if not quick else 4, us, vs), {}, f"top16, DCT {dct}x{dct}")
+                twins.TorchFca(c, dct, dct, 16 if not quick else 4, us, vs), {"dct_h": dct, "dct_w": dct},
+                f"top16, DCT {dct}x{dct}")
     if case == "rga":
         params = npattn.get("rga").init(rng, c, hw * hw, dtype=dtype)
         return ("rga", params, [normal((2, c, hw, hw))], twins.TorchRGA(c, hw * hw, True, True), {},

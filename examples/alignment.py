@@ -98,6 +98,16 @@ def accuracy(log_probs: ag.Tensor, target: np.ndarray, padding: np.ndarray) -> f
 
 # ---------------------------------------------------------------------------------------------
 # the two models
+#
+# Each model's dict also holds its embedding tables (and the Transformer's output layer); the mechanisms take
+# exactly their own parameters (npattn's parameter contract), so ``_core`` hands them the rest only.
+
+EXTRA_KEYS = ("embedding.source", "embedding.target", "output.weight", "output.bias")
+
+
+def _core(params: dict) -> dict:
+    """The mechanism's own parameters: ``params`` without the embedding tables and the output layer."""
+    return {k: v for k, v in params.items() if k not in EXTRA_KEYS}
 
 
 class RNNsearch:
@@ -114,12 +124,12 @@ class RNNsearch:
 
     def log_probs(self, params, source, target, padding):
         src, tgt = self._inputs(params, source, target)  # the decoder shifts the target right itself
-        return rnnsearch.bahdanau(params, src, tgt, ag.from_numpy(padding))
+        return rnnsearch.bahdanau(_core(params), src, tgt, ag.from_numpy(padding))
 
     def alignments(self, source, target, padding) -> np.ndarray:
         """(B, 1, Ty, Tx): one 'head'."""
         src, tgt = self._inputs(self.params, source, target)
-        return ag.to_numpy(rnnsearch.alignment(self.params, src, tgt, ag.from_numpy(padding)))[:, None]
+        return ag.to_numpy(rnnsearch.alignment(_core(self.params), src, tgt, ag.from_numpy(padding)))[:, None]
 
 
 class Transformer:
@@ -127,7 +137,8 @@ class Transformer:
 
     def __init__(self, rng, d_model=32, heads=4, layers=2):
         self.heads = heads
-        self.params = tf.init(rng, d_model, d_ff=64, num_layers=layers, attn_bias=True)
+        self.structure = {"num_layers": layers, "attn_bias": True}    # given to init and to every apply call
+        self.params = tf.init(rng, d_model, d_ff=64, **self.structure)
         scale = d_model ** -0.5  # embeddings are multiplied by sqrt(d_model) inside (the paper's convention)
         self.params["embedding.source"] = ag.from_numpy(rng.standard_normal((SYMBOLS, d_model)) * scale)
         self.params["embedding.target"] = ag.from_numpy(rng.standard_normal((SYMBOLS + 1, d_model)) * scale)
@@ -142,14 +153,15 @@ class Transformer:
     def log_probs(self, params, source, target, padding):
         src, tgt = self._inputs(params, source, target)
         mask = ag.from_numpy(padding)
-        out = tf.transformer(params, src, tgt, mask, mask, heads=self.heads, dropout=0.0)
+        out = tf.transformer(_core(params), src, tgt, mask, mask, heads=self.heads, dropout=0.0, **self.structure)
         return ag.log_softmax(ag.linear(out, params["output.weight"], params["output.bias"]), axis=-1)
 
     def alignments(self, source, target, padding) -> np.ndarray:
         """(B, layers * heads, Ty, Tx)."""
         src, tgt = self._inputs(self.params, source, target)
         mask = ag.from_numpy(padding)
-        maps = tf.cross_attention_weights(self.params, src, tgt, mask, mask, heads=self.heads)
+        maps = tf.cross_attention_weights(_core(self.params), src, tgt, mask, mask, heads=self.heads,
+                                          **self.structure)
         return np.concatenate([ag.to_numpy(m) for m in maps], axis=1)
 
 

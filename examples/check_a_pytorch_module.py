@@ -60,11 +60,12 @@ def main(argv=None) -> int:
     x = np.random.default_rng(0).standard_normal(shape)
 
     print("1) a correct PyTorch CBAM")
-    good = compare(make_module(shape[1], average_only=False), "cbam", x)
+    config = {"channels": shape[1], "reduction": 16}  # the configuration the module was built with
+    good = compare(make_module(shape[1], average_only=False), "cbam", x, config=config)
     print(good, "\n")
 
     print("2) the same module with the channel gate on the average-pooled descriptor only")
-    buggy = compare(make_module(shape[1], average_only=True), "cbam", x)
+    buggy = compare(make_module(shape[1], average_only=True), "cbam", x, config=config)
     print(buggy)
 
     caught = good.ok and not buggy.ok

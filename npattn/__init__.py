@@ -31,15 +31,17 @@ def _check_core():
 _check_core()
 
 from .layers import track_running_stats  # noqa: E402
+from .params import ParameterKeyError, trainable  # noqa: E402
 from .registry import FAMILIES, Mechanism, Paper, get, mechanisms, names, register  # noqa: E402
 
 # Importing a family subpackage registers its mechanisms.
 for _family in ("origins", "channel", "hybrid", "self_attention", "category", "temporal", "frequency",
-                "global_", "higher_order"):
+                "global_", "higher_order", "transformer"):
     try:
         _importlib.import_module(f"{__name__}.{_family}")
     except ModuleNotFoundError as _exc:
         if _exc.name != f"{__name__}.{_family}":
             raise
 
-__all__ = ["FAMILIES", "Mechanism", "Paper", "get", "mechanisms", "names", "register", "track_running_stats"]
+__all__ = ["FAMILIES", "Mechanism", "Paper", "ParameterKeyError", "get", "mechanisms", "names", "register",
+           "track_running_stats", "trainable"]

@@ -4,10 +4,12 @@ For each mechanism (default configuration, small float64 example input) it runs 
 backward pass for a random cotangent (gradients w.r.t. the inputs and every parameter) and compares
 the directional derivatives ``u^T J v`` with central differences along random directions ``v``
 (``autograd.gradcheck``'s fast mode).  The reported error is the largest
-``|analytic - numeric| / max(1, |numeric|)`` over the directions.
+``|analytic - numeric| / max(1, |numeric|)`` over the directions; a non-finite output, derivative or
+finite difference makes it infinite (a failure), never a pass.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -55,7 +57,10 @@ def directional_error(fn, args: list, rng, n_directions: int = 3, eps: float = 1
             return float(ag.xp.sum(u * value.data))
 
         numeric = (shifted(1.0) - shifted(-1.0)) / (2 * eps)
-        worst = max(worst, abs(analytic - numeric) / max(1.0, abs(numeric)))
+        error = abs(analytic - numeric) / max(1.0, abs(numeric))
+        if not math.isfinite(error):  # a NaN/inf derivative fails: max(0.0, nan) would silently keep 0.0
+            return math.inf
+        worst = max(worst, error)
     return worst
 
 

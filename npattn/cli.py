@@ -99,12 +99,18 @@ def cmd_verify(args) -> int:
     for path in args.files:
         try:
             result = verify(path)
-        except GoldenError as exc:
+        except GoldenError as exc:  # its message starts with the path
             print(f"ERROR {exc}")
             status = 1
             continue
+        except Exception as exc:  # noqa: BLE001 -- a verdict tool reports, never crashes with a traceback
+            print(f"ERROR {path}: {type(exc).__name__}: {exc}")
+            status = 1
+            continue
         word = "ok  " if result.ok else "FAIL"
-        print(f"{word} {path}  ({result.mechanism}, max relative error {result.max_error:.2e}) {result.message}")
+        grads = sum(key.startswith("grad.") for key in result.compared)
+        print(f"{word} {path}  ({result.mechanism}: output and {grads} gradients compared, max relative error "
+              f"{result.max_error:.2e}, tolerance {result.tolerance:g} for the stored dtype) {result.message}")
         status |= 0 if result.ok else 1
     return status
 
@@ -118,6 +124,28 @@ def _table(header, rows) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a batch or spatial size of 0 or less makes no golden case)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (a seed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="npattn", description=__doc__.split("\n")[0] if __doc__ else None,
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -128,16 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_show)
     check = sub.add_parser("check", help="forward, backward and gradient check (all mechanisms by default)")
     check.add_argument("names", nargs="*")
-    check.add_argument("--seed", type=int, default=0)
+    check.add_argument("--seed", type=_non_negative_int, default=0)
     check.add_argument("--tolerance", type=float, default=1e-6)
     check.set_defaults(func=cmd_check)
     golden = sub.add_parser("golden", help="write golden vectors (.npz)")
     golden.add_argument("names", nargs="+")
     golden.add_argument("-o", "--output", required=True, help="output directory")
-    golden.add_argument("--seed", type=int, default=0)
+    golden.add_argument("--seed", type=_non_negative_int, default=0)
     golden.add_argument("--dtype", default="float64", choices=("float64", "float32"))
-    golden.add_argument("--batch", type=int, default=None, help="batch size (default: the example's)")
-    golden.add_argument("--size", type=int, default=None, help="spatial size H = W for (N, C, H, W) inputs")
+    golden.add_argument("--batch", type=_positive_int, default=None, help="batch size (default: the example's)")
+    golden.add_argument("--size", type=_positive_int, default=None,
+                        help="spatial size H = W for (N, C, H, W) inputs")
     golden.add_argument("--force", action="store_true", help="overwrite existing files")
     golden.set_defaults(func=cmd_golden)
     verify = sub.add_parser("verify", help="recompute golden files and report agreement")

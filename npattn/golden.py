@@ -17,6 +17,7 @@ import json
 import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,7 @@ import numpy as np
 import autograd as ag
 
 from . import __version__
-from .registry import Mechanism, get
+from .registry import Mechanism, apply_keywords, get
 
 FORMAT_VERSION = 1
 
@@ -54,8 +55,13 @@ def _differentiable(mech: Mechanism, inputs) -> tuple:
     return tuple(i for i, x in enumerate(inputs) if np.dtype(x.dtype).kind == "f")
 
 
-def compute(mech: Mechanism, params: dict, inputs: list, cotangent=None, seed: int = 0):
-    """Output, cotangent and gradients (host arrays) of ``mech`` at ``params``/``inputs``."""
+def compute(mech: Mechanism, params: dict, inputs: list, cotangent=None, seed: int = 0, keywords: dict | None = None):
+    """Output, cotangent and gradients (host arrays) of ``mech`` at ``params``/``inputs``, in eval mode.
+
+    ``keywords=None`` runs the registry entry (``mech.apply``); a dict runs ``mech.apply_fn`` with exactly
+    those keywords (a golden file's recorded configuration and options).  A ``cotangent`` that is not of
+    the output's shape and dtype is a ValueError.
+    """
     device_params = {k: ag.from_numpy(v) for k, v in params.items()}
     device_inputs = [ag.from_numpy(x) for x in inputs]
     diff = _differentiable(mech, inputs)
@@ -66,15 +72,25 @@ def compute(mech: Mechanism, params: dict, inputs: list, cotangent=None, seed: i
         full_inputs = list(device_inputs)
         for i, value in zip(diff, diff_inputs):
             full_inputs[i] = value
-        return mech.apply(full_params, *full_inputs)
+        if keywords is None:
+            return mech.apply(full_params, *full_inputs)
+        return mech.apply_fn(full_params, *full_inputs, train=False, **keywords)
 
     out, pullback = ag.vjp(fn, {k: device_params[k] for k in float_keys}, *[device_inputs[i] for i in diff])
     if cotangent is None:
         cotangent = np.random.default_rng(seed + 2).standard_normal(tuple(out.shape)).astype(out.dtype)
+    elif cotangent.shape != tuple(out.shape) or cotangent.dtype != np.dtype(out.dtype):
+        raise ValueError(f"cotangent has shape {cotangent.shape} and dtype {cotangent.dtype}; the output has shape "
+                         f"{tuple(out.shape)} and dtype {np.dtype(out.dtype)}")
     grads = pullback(ag.from_numpy(cotangent))
     grad_params = {k: ag.to_numpy(v) for k, v in grads[0].items()}
     grad_inputs = {i: ag.to_numpy(g) for i, g in zip(diff, grads[1:])}
     return ag.to_numpy(out), cotangent, grad_inputs, grad_params
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def write(name: str, directory: str, seed: int = 0, dtype: str = "float64", batch: int | None = None,
@@ -84,12 +100,15 @@ def write(name: str, directory: str, seed: int = 0, dtype: str = "float64", batc
     np_dtype = np.dtype(dtype)
     if np_dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    _positive("batch", batch)
+    _positive("size", size)
     suffix = f"_b{batch}" if batch else ""
     suffix += f"_s{size}" if size else ""
     path = os.path.join(directory, f"{name}_{np_dtype.name}_seed{seed}{suffix}.npz")
     if os.path.exists(path) and not force:
         raise FileExistsError(f"{path} exists; pass --force to overwrite it")
-    params = {k: ag.to_numpy(v) for k, v in mech.init(np.random.default_rng(seed), dtype=np_dtype, **mech.config).items()}
+    made = mech.init(np.random.default_rng(seed), dtype=np_dtype, **mech.config)
+    params = {k: ag.to_numpy(v) for k, v in made.items()}
     inputs = _inputs(mech, seed, np_dtype, batch, size)
     out, cotangent, grad_inputs, grad_params = compute(mech, params, inputs, seed=seed)
     arrays = {f"input.{i}": x for i, x in enumerate(inputs)}
@@ -118,23 +137,58 @@ def _jsonable(value):
     return str(value)
 
 
+#: meta fields verify reads, with their JSON types (the others are informational).
+_META_FIELDS = {"format": int, "mechanism": str, "config": dict, "options": dict, "dtype": str, "inputs": int,
+                "params": list, "differentiable_inputs": list}
+#: tolerance of verify by the dtype of the stored arrays: max |recomputed - stored| / max(1, max |stored|).
+TOLERANCE = {"float64": 1e-9, "float32": 1e-4}
+
+
+def _json_type(value) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
 def load(path: str) -> tuple[dict, dict]:
-    """(meta, arrays) of a golden file; a corrupt or truncated file is a GoldenError."""
+    """(meta, arrays) of a golden file; a corrupt, truncated or malformed file is a GoldenError."""
+    unreadable = (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, TypeError, zlib.error)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
+        data = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise GoldenError(f"{path}: no such file") from None
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as exc:
+    except unreadable as exc:
+        raise GoldenError(f"{path}: not a readable golden .npz file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise GoldenError(f"{path}: a single .npy array, not a golden .npz file")
+    try:
+        with data:
+            arrays = {k: data[k] for k in data.files}
+    except unreadable as exc:  # a member cut short or corrupt
         raise GoldenError(f"{path}: not a readable golden .npz file ({type(exc).__name__}: {exc})") from None
     if "meta" not in arrays:
         raise GoldenError(f"{path}: no 'meta' entry; not an npattn golden file")
+    raw = arrays.pop("meta")
+    if raw.shape != () or raw.dtype.kind != "U":
+        raise GoldenError(f"{path}: 'meta' must be a 0-d unicode string, got shape {raw.shape} dtype {raw.dtype}")
     try:
-        meta = json.loads(str(arrays.pop("meta")))
+        meta = json.loads(str(raw))
     except json.JSONDecodeError as exc:
         raise GoldenError(f"{path}: corrupt metadata ({exc})") from None
+    if not isinstance(meta, dict):
+        raise GoldenError(f"{path}: 'meta' must be a JSON object, got a JSON {_json_type(meta)}")
     if meta.get("format") != FORMAT_VERSION:
         raise GoldenError(f"{path}: golden format {meta.get('format')!r}, this npattn reads {FORMAT_VERSION}")
+    for key, kind in _META_FIELDS.items():
+        if key not in meta:
+            raise GoldenError(f"{path}: meta has no {key!r} field")
+        if not isinstance(meta[key], kind) or (kind is int and isinstance(meta[key], bool)):
+            raise GoldenError(f"{path}: meta {key!r} must be a JSON {_json_type(kind())}, got "
+                              f"{_json_type(meta[key])} {meta[key]!r}")
+    if not all(isinstance(k, str) for k in meta["params"]):
+        raise GoldenError(f"{path}: meta 'params' must be a list of strings, got {meta['params']!r}")
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in meta["differentiable_inputs"]):
+        raise GoldenError(f"{path}: meta 'differentiable_inputs' must be a list of integers, got "
+                          f"{meta['differentiable_inputs']!r}")
     return meta, arrays
 
 
@@ -145,53 +199,148 @@ class VerifyResult:
     max_error: float
     ok: bool
     message: str = ""
+    #: the entries compared (output, every grad.input.*, every grad.param.*), in order.
+    compared: tuple = ()
+    tolerance: float = math.nan
+
+
+def _as_recorded(registry_values: dict, recorded: dict) -> dict:
+    """``recorded`` (JSON), with the registry's own value (a tuple, say) wherever JSON would write it the same."""
+    return {k: registry_values[k] if k in registry_values and _json(registry_values[k]) == _json(v) else v
+            for k, v in recorded.items()}
+
+
+def _json(value):
+    return json.loads(json.dumps(value, default=_jsonable))
+
+
+def _stored_dtype(path: str, arrays: dict) -> np.dtype:
+    """The one floating dtype of every float array in the file (float32 or float64)."""
+    floats = {k: a.dtype for k, a in arrays.items() if a.dtype.kind == "f"}
+    kinds = sorted({d.name for d in floats.values()})
+    if len(kinds) != 1 or kinds[0] not in TOLERANCE:
+        detail = ", ".join(f"{k}: {d}" for k, d in list(floats.items())[:6])
+        raise GoldenError(f"{path}: the float arrays must all be float32 or all float64, got {kinds} ({detail})")
+    if any(a.dtype.kind not in "fiub" for a in arrays.values()):
+        odd = [f"{k}: {a.dtype}" for k, a in arrays.items() if a.dtype.kind not in "fiub"]
+        raise GoldenError(f"{path}: entries of a non-numeric or complex dtype: {', '.join(odd)}")
+    return np.dtype(kinds[0])
+
+
+_PREFIXES = ("input.", "param.", "grad.input.", "grad.param.")
+
+
+def _entries(arrays: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def _check_params(path: str, mech: Mechanism, config: dict, params: dict, meta: dict, dtype: np.dtype) -> None:
+    """The file's ``param.*`` must be exactly what ``init(**config)`` makes: names, shapes, dtypes."""
+    try:
+        made = mech.init(np.random.default_rng(0), dtype=dtype, **config)
+    except Exception as exc:  # a config of another mechanism: TypeError, ValueError, ...
+        raise GoldenError(f"{path}: meta config {config} is not a configuration of {mech.name!r} "
+                          f"({type(exc).__name__}: {exc}); swapped mechanism or edited metadata?") from None
+    missing, unexpected = sorted(set(made) - set(params)), sorted(set(params) - set(made))
+    if missing or unexpected:
+        raise GoldenError(f"{path}: the param.* entries do not match {mech.name!r} with config {config}: missing "
+                          f"{missing}, unexpected {unexpected}; swapped mechanism, edited metadata or removed entries?")
+    if sorted(meta["params"]) != sorted(params):
+        raise GoldenError(f"{path}: meta 'params' {meta['params']} contradict the param.* entries {sorted(params)}")
+    for key, value in made.items():
+        if params[key].shape != tuple(value.shape) or params[key].dtype != np.dtype(value.dtype):
+            raise GoldenError(f"{path}: param.{key} has shape {params[key].shape} dtype {params[key].dtype}; "
+                              f"{mech.name!r} with config {config} makes {tuple(value.shape)} {np.dtype(value.dtype)}")
+
+
+def _check_layout(path: str, mech: Mechanism, meta: dict, arrays: dict, dtype: np.dtype) -> tuple:
+    """(params, inputs, cotangent, expected entries) after checking the file holds every entry, and only those."""
+    params = _entries(arrays, "param.")
+    inputs = _entries(arrays, "input.")
+    if sorted(inputs) != [str(i) for i in range(len(inputs))] or len(inputs) != meta["inputs"]:
+        raise GoldenError(f"{path}: input entries {sorted(inputs)} are not input.0 .. input.{meta['inputs'] - 1} "
+                          f"(meta 'inputs' = {meta['inputs']})")
+    inputs = [inputs[str(i)] for i in range(len(inputs))]
+    diff = _differentiable(mech, inputs)
+    if tuple(meta["differentiable_inputs"]) != diff:
+        raise GoldenError(f"{path}: meta 'differentiable_inputs' {meta['differentiable_inputs']} contradict "
+                          f"{mech.name!r} on these inputs, which differentiates {list(diff)}")
+    if "cotangent" not in arrays:
+        raise GoldenError(f"{path}: missing entry 'cotangent'")
+    unknown = sorted(k for k in arrays if k not in ("output", "cotangent") and not k.startswith(_PREFIXES))
+    if unknown:  # e.g. a misspelt gradient ('grad_param.x') that nobody would compare
+        raise GoldenError(f"{path}: entries outside the golden format: {unknown}")
+    # the entries this npattn produces: output, every differentiable input's and float parameter's gradient
+    wanted = {"output": None}
+    wanted.update({f"grad.input.{i}": inputs[i].shape for i in diff})
+    wanted.update({f"grad.param.{k}": v.shape for k, v in params.items() if v.dtype.kind == "f"})
+    stored = {k for k in arrays if k.startswith("grad.") or k == "output"}
+    missing, unexpected = sorted(set(wanted) - stored), sorted(stored - set(wanted))
+    if missing or unexpected:
+        raise GoldenError(f"{path}: the file must hold every entry {mech.name!r} produces and no other: missing "
+                          f"{missing}, unexpected {unexpected}")
+    for key, shape in wanted.items():
+        if shape is not None and arrays[key].shape != shape:
+            raise GoldenError(f"{path}: {key} has shape {arrays[key].shape}, its argument {shape}")
+    for i in diff:
+        if inputs[i].dtype != dtype:
+            raise GoldenError(f"{path}: input.{i} is differentiable but of dtype {inputs[i].dtype}, not {dtype}")
+    return params, inputs, arrays["cotangent"], {k: arrays[k] for k in wanted}
+
+
+def _error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """max |actual - expected| / max(1, max |expected|) over finite pairs; inf where non-finite values differ."""
+    if actual.shape != expected.shape:
+        return math.inf
+    finite = np.isfinite(expected) & np.isfinite(actual)
+    if not np.array_equal(np.where(finite, 0, actual), np.where(finite, 0, expected), equal_nan=True):
+        return math.inf  # a NaN or an infinity that the other side does not reproduce exactly
+    scale = max(1.0, float(np.abs(np.where(finite, expected, 0)).max(initial=0.0)))
+    diff = np.abs(np.where(finite, actual.astype(np.float64) - expected, 0.0))
+    return float(diff.max(initial=0.0)) / scale
 
 
 def verify(path: str, rtol: float | None = None) -> VerifyResult:
-    """Recompute a golden file with this npattn and compare everything in it."""
+    """Recompute a golden file with this npattn and compare every entry it must hold.
+
+    Fails closed: a file that lacks an entry the mechanism produces (the output, a differentiable input's
+    or a float parameter's gradient), holds one it does not, or whose metadata contradict its arrays
+    (dtype, mechanism, configuration, options, differentiable inputs) is a GoldenError, as is any malformed
+    file.  The tolerance comes from the dtype of the stored arrays (:data:`TOLERANCE`), never from the
+    metadata; ``rtol`` overrides it explicitly.
+    """
     meta, arrays = load(path)
     name = meta["mechanism"]
     try:
         mech = get(name)
     except KeyError as exc:
         raise GoldenError(f"{path}: {exc.args[0]}") from None
-    dtype = np.dtype(meta["dtype"])
-    if rtol is None:
-        rtol = 1e-9 if dtype == np.float64 else 1e-4
+    dtype = _stored_dtype(path, arrays)
+    if meta["dtype"] != dtype.name:
+        raise GoldenError(f"{path}: meta says dtype {meta['dtype']!r}, but the arrays are {dtype.name}")
+    tolerance = TOLERANCE[dtype.name] if rtol is None else rtol
+    config, options = _as_recorded(mech.config, meta["config"]), _as_recorded(mech.options, meta["options"])
+    if _json(options) != _json(mech.options):
+        raise GoldenError(f"{path}: meta options {meta['options']} are not {name!r}'s {_json(mech.options)}; "
+                          "swapped mechanism or edited metadata?")
+    _check_params(path, mech, config, _entries(arrays, "param."), meta, dtype)
+    params, inputs, cotangent, expected = _check_layout(path, mech, meta, arrays, dtype)
     try:
-        params = {k: arrays[f"param.{k}"] for k in meta["params"]}
-        inputs = [arrays[f"input.{i}"] for i in range(meta["inputs"])]
-        expected = {"output": arrays["output"]}
-        expected.update({f"grad.input.{i}": arrays[f"grad.input.{i}"] for i in meta["differentiable_inputs"]})
-        expected.update({f"grad.param.{k}": arrays[f"grad.param.{k}"] for k in meta["params"]
-                         if f"grad.param.{k}" in arrays})
-        cotangent = arrays["cotangent"]
-    except KeyError as exc:
-        raise GoldenError(f"{path}: missing entry {exc.args[0]!r}") from None
-    if mech.config != meta["config"] or mech.options != meta["options"]:
-        # same name, changed defaults: recompute with the recorded options
-        mech = _with(mech, meta["options"])
-    out, _, grad_inputs, grad_params = compute(mech, params, inputs, cotangent)
+        out, _, grad_inputs, grad_params = compute(mech, params, inputs, cotangent,
+                                                   keywords=apply_keywords(mech, config, options))
+    except Exception as exc:  # the mechanism refuses the file's arrays: say why, never a traceback
+        raise GoldenError(f"{path}: {name} cannot recompute this file ({type(exc).__name__}: {exc})") from None
     actual = {"output": out}
     actual.update({f"grad.input.{i}": g for i, g in grad_inputs.items()})
     actual.update({f"grad.param.{k}": g for k, g in grad_params.items()})
     worst, messages = 0.0, []
     for key, value in expected.items():
-        if key not in actual:
-            messages.append(f"{key}: not produced by this npattn")
-            continue
         if actual[key].shape != value.shape:
-            messages.append(f"{key}: shape {actual[key].shape} != {value.shape}")
+            messages.append(f"{key}: shape {actual[key].shape} != stored {value.shape}")
+            worst = math.inf
             continue
-        scale = max(1.0, float(np.abs(value).max(initial=0.0)))
-        err = float(np.abs(actual[key].astype(np.float64) - value).max(initial=0.0)) / scale
-        worst = max(worst, err if math.isfinite(err) else math.inf)
-        if not err <= rtol:
-            messages.append(f"{key}: max error {err:.3g} (relative to max |value|) > {rtol:g}")
-    return VerifyResult(path, name, worst, not messages, "; ".join(messages))
-
-
-def _with(mech: Mechanism, options: dict) -> Mechanism:
-    from dataclasses import replace
-
-    return replace(mech, options=dict(options))
+        err = _error(actual[key], value)
+        worst = max(worst, err)
+        if not err <= tolerance:
+            messages.append(f"{key}: max error {err:.3g} (relative to max |value|) > {tolerance:g}")
+    return VerifyResult(path, name, worst, not messages, "; ".join(messages), tuple(expected), tolerance)

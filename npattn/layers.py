@@ -21,6 +21,8 @@ import numpy as np
 import autograd as ag
 from autograd import backend
 
+from .params import Params, check_shape
+
 # ---------------------------------------------------------------------------------------------
 # initialisers (host RNG -> backend arrays)
 
@@ -77,27 +79,101 @@ def init_layer_norm(params: dict, prefix: str, shape, dtype=np.float64) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # layers that read their weights by prefix
+#
+# Each reads its parameters from a :class:`~npattn.params.Params` view (or a plain dict), takes the
+# bias / affine choice as an argument -- never from which keys exist -- and checks every parameter's
+# shape against what its input implies (``out=`` pins the output width where the mechanism needs one).
 
 
-def conv(params: dict, prefix: str, x, stride=1, padding=0, dilation=1, groups: int = 1):
-    """``conv2d`` with ``{prefix}.weight`` and (if present) ``{prefix}.bias``."""
-    return ag.conv2d(x, params[f"{prefix}.weight"], params.get(f"{prefix}.bias"), stride=stride,
-                     padding=padding, dilation=dilation, groups=groups)
+def _mechanism(params) -> str:
+    return getattr(params, "mechanism", "npattn")
 
 
-def conv1d(params: dict, prefix: str, x, stride=1, padding=0, dilation=1, groups: int = 1):
-    """``conv1d`` with ``{prefix}.weight`` and (if present) ``{prefix}.bias``."""
-    return ag.conv1d(x, params[f"{prefix}.weight"], params.get(f"{prefix}.bias"), stride=stride,
-                     padding=padding, dilation=dilation, groups=groups)
+def _take(params, key: str, shape: tuple):
+    value = params[key]
+    check_shape(_mechanism(params), key, value, shape)
+    return value
 
 
-def linear(params: dict, prefix: str, x):
-    """``linear`` with ``{prefix}.weight`` (out, in) and (if present) ``{prefix}.bias``."""
-    return ag.linear(x, params[f"{prefix}.weight"], params.get(f"{prefix}.bias"))
+def _weight_and_bias(params, prefix: str, weight_shape: tuple, bias: bool):
+    weight = _take(params, f"{prefix}.weight", weight_shape)
+    return weight, (_take(params, f"{prefix}.bias", (weight.shape[0],)) if bias else None)
 
 
-def layer_norm(params: dict, prefix: str, x, normalized_shape, eps: float = 1e-5):
-    return ag.layer_norm(x, normalized_shape, params.get(f"{prefix}.weight"), params.get(f"{prefix}.bias"), eps)
+def conv(params, prefix: str, x, stride=1, padding=0, dilation=1, groups: int = 1, *, bias: bool = True,
+         out: int | None = None):
+    """``conv2d`` with ``{prefix}.weight`` (out, C/groups, kh, kw) and, if ``bias``, ``{prefix}.bias`` (out,)."""
+    weight, b = _weight_and_bias(params, prefix, (out, x.shape[1] // groups, None, None), bias)
+    return ag.conv2d(x, weight, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+def conv1d(params, prefix: str, x, stride=1, padding=0, dilation=1, groups: int = 1, *, bias: bool = True,
+           out: int | None = None):
+    """``conv1d`` with ``{prefix}.weight`` (out, C/groups, k) and, if ``bias``, ``{prefix}.bias`` (out,)."""
+    weight, b = _weight_and_bias(params, prefix, (out, x.shape[1] // groups, None), bias)
+    return ag.conv1d(x, weight, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+def linear(params, prefix: str, x, *, bias: bool = True, out: int | None = None):
+    """``linear`` with ``{prefix}.weight`` (out, in) and, if ``bias``, ``{prefix}.bias`` (out,)."""
+    weight, b = _weight_and_bias(params, prefix, (out, x.shape[-1]), bias)
+    return ag.linear(x, weight, b)
+
+
+def layer_norm(params, prefix: str, x, normalized_shape, eps: float = 1e-5, *, affine: bool = True):
+    """``layer_norm`` over the trailing ``normalized_shape`` with ``{prefix}.weight``/``.bias`` if ``affine``."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    weight = _take(params, f"{prefix}.weight", shape) if affine else None
+    b = _take(params, f"{prefix}.bias", shape) if affine else None
+    return ag.layer_norm(x, normalized_shape, weight, b, eps)
+
+
+# ---------------------------------------------------------------------------------------------
+# the shapes a configuration's parameters must have
+#
+# A mechanism can check every parameter up front against the shapes its configuration implies, so that an
+# error names the key that is wrong (not the next layer whose input it broke), kernel sizes are checked
+# too, and a public function that uses part of the block (an attention map) still reads the whole dict.
+
+
+def conv_shapes(prefix: str, out_channels: int, in_channels: int, kernel_size=1, *, groups: int = 1,
+                bias: bool = True) -> dict:
+    """``{prefix}.weight: (out, in/groups, kh, kw)`` [and ``{prefix}.bias: (out,)``], as :func:`init_conv`."""
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    shapes = {f"{prefix}.weight": (out_channels, in_channels // groups, kh, kw)}
+    if bias:
+        shapes[f"{prefix}.bias"] = (out_channels,)
+    return shapes
+
+
+def linear_shapes(prefix: str, out_features: int, in_features: int, *, bias: bool = True) -> dict:
+    """``{prefix}.weight: (out, in)`` [and ``{prefix}.bias: (out,)``], as :func:`init_linear`."""
+    shapes = {f"{prefix}.weight": (out_features, in_features)}
+    if bias:
+        shapes[f"{prefix}.bias"] = (out_features,)
+    return shapes
+
+
+def batch_norm_shapes(prefix: str, channels: int) -> dict:
+    """The five BatchNorm entries of :func:`init_batch_norm`: four (C,) and ``num_batches_tracked`` ()."""
+    shapes = {f"{prefix}.{name}": (channels,) for name in ("weight", "bias", "running_mean", "running_var")}
+    shapes[f"{prefix}.num_batches_tracked"] = ()
+    return shapes
+
+
+def take_all(params, shapes: dict, *, complete: bool = False) -> None:
+    """Read every key of ``shapes`` from ``params`` and check its shape (ValueError naming the key).
+
+    ``complete``: ``shapes`` is every key the mechanism reads, so keys left unread are reported (as the
+    contract would after the call) before any shape -- parameters made for another structure (three SK
+    branches given to ``branches=2``) are then named as such, not as one layer of the wrong size.
+    """
+    if complete and isinstance(params, Params):
+        for key in shapes:
+            params[key]
+        params.check_all_used()
+    for key, shape in shapes.items():
+        _take(params, key, shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,23 +201,32 @@ def track_running_stats():
         _running_updates.reset(token)
 
 
-def batch_norm(params: dict, prefix: str, x, train: bool, momentum: float = 0.1, eps: float = 1e-5):
-    """BatchNorm over axis 1 with ``{prefix}.weight/bias/running_mean/running_var``.
+def batch_norm(params, prefix: str, x, train: bool, momentum: float = 0.1, eps: float = 1e-5, *,
+               affine: bool = True):
+    """BatchNorm over axis 1 with ``{prefix}.running_mean/running_var/num_batches_tracked`` (C,), (C,), ()
+    and, if ``affine``, ``{prefix}.weight/bias`` (C,).
 
     Train mode normalises with batch statistics and reports the updated running statistics to the
-    active :func:`track_running_stats` block (if any); eval mode uses the running statistics.
+    active :func:`track_running_stats` block (if any); eval mode uses the running statistics.  Training
+    on one value per channel (N * H * W == 1) is a ValueError naming the layer, as in PyTorch.
     """
-    y, new_mean, new_var = ag.batch_norm(
-        x, params[f"{prefix}.running_mean"], params[f"{prefix}.running_var"], params.get(f"{prefix}.weight"),
-        params.get(f"{prefix}.bias"), training=train, momentum=momentum, eps=eps, return_running=True,
-    )
+    channels = (x.shape[1],)
+    mean, var = _take(params, f"{prefix}.running_mean", channels), _take(params, f"{prefix}.running_var", channels)
+    count = _take(params, f"{prefix}.num_batches_tracked", ())
+    weight = _take(params, f"{prefix}.weight", channels) if affine else None
+    bias = _take(params, f"{prefix}.bias", channels) if affine else None
+    values_per_channel = math.prod(x.shape) // max(x.shape[1], 1)
+    if train and values_per_channel == 1:
+        raise ValueError(f"{_mechanism(params)}: BatchNorm {prefix!r} in training needs more than one value per "
+                         f"channel, got input shape {tuple(x.shape)} (as torch: 'Expected more than 1 value per "
+                         "channel when training'); use eval mode or a larger batch/map")
+    y, new_mean, new_var = ag.batch_norm(x, mean, var, weight, bias, training=train, momentum=momentum, eps=eps,
+                                         return_running=True)
     updates = _running_updates.get()
     if train and updates is not None:
         updates[f"{prefix}.running_mean"] = new_mean
         updates[f"{prefix}.running_var"] = new_var
-        count = params.get(f"{prefix}.num_batches_tracked")
-        if count is not None:
-            updates[f"{prefix}.num_batches_tracked"] = count + 1
+        updates[f"{prefix}.num_batches_tracked"] = count + 1
     return y
 
 
@@ -178,8 +263,19 @@ def check_input(mechanism: str, x, *, arg: str = "x", ndim: int = 4, channels: i
     return t
 
 
-def param_dtype(params: dict):
-    """The floating dtype of a parameter dict (all floating parameters share it)."""
+def check_dropout(mechanism: str, p) -> float:
+    """``p`` as a float in [0, 1) (checked in eval mode too: a bad value is a bug whatever the mode)."""
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{mechanism}: dropout must be a number in [0, 1), got {p!r}")
+    if not 0.0 <= float(p) < 1.0:                      # NaN fails both comparisons
+        raise ValueError(f"{mechanism}: dropout must be in [0, 1), got {p}")
+    return float(p)
+
+
+def param_dtype(params):
+    """The floating dtype of a parameter dict or view (all floating parameters share it)."""
+    if isinstance(params, Params):
+        return params.dtype
     for value in params.values():
         if np.dtype(value.dtype).kind == "f":
             return value.dtype
@@ -214,8 +310,10 @@ def init_conv_bn(rng, params: dict, conv_prefix: str, bn_prefix: str, out_channe
     init_batch_norm(params, bn_prefix, out_channels, weight=bn_weight, dtype=dtype)
 
 
-def conv_bn(params: dict, conv_prefix: str, bn_prefix: str, x, train: bool, *, relu: bool = True,
-            stride=1, groups: int = 1) -> ag.Tensor:
-    """``[relu](BN(conv(x)))`` with PyTorch's BatchNorm defaults (momentum 0.1, eps 1e-5)."""
-    y = batch_norm(params, bn_prefix, conv(params, conv_prefix, x, stride=stride, groups=groups), train)
+def conv_bn(params, conv_prefix: str, bn_prefix: str, x, train: bool, *, relu: bool = True,
+            stride=1, groups: int = 1, bias: bool = False, out: int | None = None) -> ag.Tensor:
+    """``[relu](BN(conv(x)))`` with PyTorch's BatchNorm defaults (momentum 0.1, eps 1e-5); ``bias`` as in
+    :func:`init_conv_bn` (default without a conv bias)."""
+    y = batch_norm(params, bn_prefix, conv(params, conv_prefix, x, stride=stride, groups=groups, bias=bias, out=out),
+                   train)
     return ag.relu(y) if relu else y

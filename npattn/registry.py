@@ -14,14 +14,17 @@ Each mechanism module registers itself at import::
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-#: The survey's families, in its order (the registry lists mechanisms in this order).
+#: The survey's families, in its order (the registry lists mechanisms in this order), then ``transformer``:
+#: the attention core with every major library's conventions and the vision-transformer attention after it.
 FAMILIES = ("origins", "channel", "hybrid", "self_attention", "category", "temporal", "frequency",
-            "global", "higher_order")
+            "global", "higher_order", "transformer")
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,18 @@ class Mechanism:
     min_spatial: int = 1
 
     def apply(self, params, *inputs, train: bool = False, **kwargs):
-        """Run the mechanism: ``apply_fn(params, *inputs, train=train, **options, **kwargs)``."""
-        return self.apply_fn(params, *inputs, train=train, **{**self.options, **kwargs})
+        """Run the mechanism: ``apply_fn(params, *inputs, train=train, **structure, **options, **kwargs)``.
+
+        ``structure`` is the part of ``config`` that ``apply_fn`` also takes as keywords (a bias, an
+        optional branch, a layer count: see :mod:`npattn.params`), so the entry's variant reaches both
+        ``init`` and ``apply`` from one place; ``kwargs`` override it for parameters of another configuration.
+        """
+        return self.apply_fn(params, *inputs, train=train, **{**self.structure, **self.options, **kwargs})
+
+    @property
+    def structure(self) -> dict:
+        """The entries of ``config`` that are keyword arguments of ``apply_fn`` too."""
+        return _structure(self.apply_fn, self.config)
 
     @property
     def module(self) -> str:
@@ -86,6 +99,18 @@ class Mechanism:
     def default_params(self, seed: int = 0, dtype=np.float64) -> dict:
         """Parameters of the default configuration from ``numpy.random.default_rng(seed)``."""
         return self.init(np.random.default_rng(seed), dtype=dtype, **self.config)
+
+
+@functools.lru_cache(maxsize=None)
+def _keywords(fn: Callable) -> frozenset:
+    parameters = inspect.signature(fn).parameters.values()
+    return frozenset(p.name for p in parameters if p.kind == p.KEYWORD_ONLY)
+
+
+def _structure(apply_fn: Callable, config: dict) -> dict:
+    """The entries of ``config`` that ``apply_fn`` also takes as keyword-only arguments."""
+    accepted = _keywords(apply_fn)
+    return {k: v for k, v in config.items() if k in accepted}
 
 
 _REGISTRY: dict[str, Mechanism] = {}
@@ -120,3 +145,21 @@ def get(name: str) -> Mechanism:
         close = difflib.get_close_matches(name.lower(), list(_REGISTRY), n=3, cutoff=0.4)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise KeyError(f"unknown mechanism {name!r}{hint} (npattn.names() lists all)") from None
+
+
+def apply_keywords(mech: Mechanism, config: dict | None = None, options: dict | None = None) -> dict:
+    """The keywords that make ``mech.apply`` run the variant ``mech.init(**config)`` built, plus ``options``.
+
+    A structural option (a bias, an optional branch, a variant) is a keyword of both ``init`` and
+    ``apply_fn`` with the same name; the entries of ``config`` that ``apply_fn`` accepts are passed on, so
+    parameters made for another configuration are applied as that configuration (the verdict tools use
+    this for the configuration a user's module or a golden file was built with).  ``options`` may not
+    contradict ``config``: ``config={"bias": False}`` with ``options={"bias": True}`` is a ValueError.
+    """
+    config, options = dict(config or {}), dict(options or {})
+    structure = _structure(mech.apply_fn, config)
+    clashes = {k: (structure[k], options[k]) for k in structure.keys() & options.keys() if structure[k] != options[k]}
+    if clashes:
+        raise ValueError(f"{mech.name}: config and options disagree on {', '.join(clashes)}: "
+                         + ", ".join(f"config {k}={c!r}, options {k}={o!r}" for k, (c, o) in clashes.items()))
+    return {**structure, **options}

@@ -32,7 +32,10 @@ included (``object_context_block.f_pixel.0.weight``, ``object_context_block.f_pi
 * Dropout2d zeroes whole channels of the output in training (HRNet-OCR uses p = 0.05; the module's own
   default is 0.1).  It is the identity in eval mode.  In training with ``dropout > 0`` the apply needs an
   explicit ``rng`` (numpy Generator).  The registry entry binds ``dropout=0.0`` so that its training mode
-  is deterministic.
+  is deterministic.  A ``dropout`` outside [0, 1) is an error in eval mode too.
+
+Every parameter's shape is checked against (C, Ck, C_out) before anything is computed, also by
+:func:`pixel_region_relation`, which takes the whole parameter dict.
 """
 from __future__ import annotations
 
@@ -40,7 +43,18 @@ import numpy as np
 
 import autograd as ag
 
-from ..layers import check_dtype, check_input, conv_bn, example, init_conv_bn
+from ..layers import (
+    batch_norm_shapes,
+    check_dropout,
+    check_dtype,
+    check_input,
+    conv_bn,
+    conv_shapes,
+    example,
+    init_conv_bn,
+    take_all,
+)
+from ..params import uses_params
 from ..registry import Mechanism, Paper, register
 
 NAME = "ocr"
@@ -95,29 +109,30 @@ def object_region_representations(feats, coarse, *, scale: float = 1.0) -> ag.Te
 # object attention block
 
 
-def _two_units(params: dict, units, x, train: bool) -> ag.Tensor:
+def _two_units(params, units, x, train: bool) -> ag.Tensor:
     for conv_prefix, bn_prefix in units:
         x = conv_bn(params, conv_prefix, bn_prefix, x, train)
     return x
 
 
-def _relation(params: dict, pixels, proxy, train: bool) -> ag.Tensor:
+def _relation(params, pixels, proxy, train: bool) -> ag.Tensor:
     """w (N, hw, K) = softmax_k(Ck^-1/2 phi(x_i) . psi(f_k)) for pixels (N, C, h, w), proxy (N, C, K, 1)."""
     n, _, h, w = pixels.shape
-    key_channels = params[PIXEL_UNITS[0][0] + ".weight"].shape[0]
+    regions = proxy.shape[2]
+    key_channels = params.shape(PIXEL_UNITS[0][0] + ".weight")[0]
     query = ag.reshape(_two_units(params, PIXEL_UNITS, pixels, train), (n, key_channels, h * w))  # phi (N, Ck, hw)
-    key = ag.reshape(_two_units(params, OBJECT_UNITS, proxy, train), (n, key_channels, -1))      # psi (N, Ck, K)
+    key = ag.reshape(_two_units(params, OBJECT_UNITS, proxy, train), (n, key_channels, regions))  # psi (N, Ck, K)
     energy = ag.matmul(ag.swapaxes(query, 1, 2), key) * key_channels ** -0.5                   # (N, hw, K)
     return ag.softmax(energy, axis=-1)
 
 
-def _object_context(params: dict, feats, proxy, train: bool, pool_scale: int, align_corners: bool) -> ag.Tensor:
+def _object_context(params, feats, proxy, train: bool, pool_scale: int, align_corners: bool) -> ag.Tensor:
     """y (N, C, H, W) = rho(sum_k w_ik delta(f_k))."""
     n, _, h, w = feats.shape
     pixels = ag.max_pool2d(feats, pool_scale) if pool_scale > 1 else feats      # official scale > 1
     relation = _relation(params, pixels, proxy, train)                          # w (N, hw, K)
     value = conv_bn(params, *DOWN_UNIT, proxy, train)                           # delta(f) (N, Ck, K, 1)
-    value = ag.swapaxes(ag.reshape(value, value.shape[:2] + (-1,)), 1, 2)       # (N, K, Ck)
+    value = ag.swapaxes(ag.reshape(value, value.shape[:3]), 1, 2)              # (N, K, Ck)
     context = ag.swapaxes(ag.matmul(relation, value), 1, 2)                     # (N, Ck, hw)
     context = ag.reshape(context, context.shape[:2] + pixels.shape[2:])         # (N, Ck, h, w)
     context = conv_bn(params, *UP_UNIT, context, train)                         # rho (N, C, h, w)
@@ -130,22 +145,42 @@ def _object_context(params: dict, feats, proxy, train: bool, pool_scale: int, al
 # public entry points
 
 
-def _checked(params: dict, feats, coarse, pool_scale: int):
-    feats = check_input(NAME, feats, arg="feats", channels=params[PIXEL_UNITS[0][0] + ".weight"].shape[1],
-                        min_size=pool_scale)
+def _channels(params) -> int:
+    """C, with every parameter checked: the 1x1 convs (no bias) and BatchNorms of the official module."""
+    key_channels, channels = params.shape(PIXEL_UNITS[0][0] + ".weight")[:2]
+    out_channels = params.shape(FUSE_UNIT[0] + ".weight")[0]
+    units = [(PIXEL_UNITS[0], key_channels, channels), (PIXEL_UNITS[1], key_channels, key_channels),
+             (OBJECT_UNITS[0], key_channels, channels), (OBJECT_UNITS[1], key_channels, key_channels),
+             (DOWN_UNIT, key_channels, channels), (UP_UNIT, channels, key_channels),
+             (FUSE_UNIT, out_channels, 2 * channels)]
+    shapes = {}
+    for (conv_prefix, bn_prefix), out, inp in units:
+        shapes.update({**conv_shapes(conv_prefix, out, inp, bias=False), **batch_norm_shapes(bn_prefix, out)})
+    take_all(params, shapes)
+    return channels
+
+
+def _checked(params, feats, coarse, pool_scale: int):
+    if isinstance(pool_scale, bool) or not isinstance(pool_scale, (int, np.integer)) or pool_scale < 1:
+        raise ValueError(f"{NAME}: pool_scale must be a positive integer, got {pool_scale!r}")
+    feats = check_input(NAME, feats, arg="feats", channels=_channels(params), min_size=pool_scale)
     coarse = check_input(NAME, coarse, arg="coarse", layout="(N, K, H, W)")
     if coarse.shape[0] != feats.shape[0] or coarse.shape[2:] != feats.shape[2:]:
         raise ValueError(f"{NAME}: coarse {coarse.shape} must match feats {feats.shape} in batch and spatial size")
+    if coarse.shape[1] < 1:
+        raise ValueError(f"{NAME}: coarse must have at least one class (axis 1), got shape {coarse.shape}")
     check_dtype(NAME, feats, params, arg="feats")
     check_dtype(NAME, coarse, params, arg="coarse")
-    if int(pool_scale) != pool_scale or pool_scale < 1:
-        raise ValueError(f"{NAME}: pool_scale must be a positive integer, got {pool_scale!r}")
     return feats, coarse
 
 
-def pixel_region_relation(params: dict, feats, coarse, *, train: bool = False, gather_scale: float = 1.0,
+@uses_params(NAME)
+def pixel_region_relation(params, feats, coarse, *, train: bool = False, gather_scale: float = 1.0,
                           pool_scale: int = 1) -> ag.Tensor:
-    """The pixel-region relation w (N, h*w, K) (h, w: the size after the optional max-pool)."""
+    """The pixel-region relation w (N, h*w, K) (h, w: the size after the optional max-pool).
+
+    Takes the whole OCR parameter dict (every parameter checked, as by :func:`ocr`).
+    """
     feats, coarse = _checked(params, feats, coarse, pool_scale)
     proxy = object_region_representations(feats, coarse, scale=gather_scale)
     pixels = ag.max_pool2d(feats, pool_scale) if pool_scale > 1 else feats
@@ -154,6 +189,7 @@ def pixel_region_relation(params: dict, feats, coarse, *, train: bool = False, g
 
 def _dropout2d(x: ag.Tensor, p: float, train: bool, rng) -> ag.Tensor:
     """Zero whole channels with probability p, scale the rest by 1/(1-p) (torch's Dropout2d)."""
+    p = check_dropout(NAME, p)
     if not train or p == 0.0:
         return x
     if rng is None:
@@ -163,7 +199,8 @@ def _dropout2d(x: ag.Tensor, p: float, train: bool, rng) -> ag.Tensor:
     return x * channel_mask
 
 
-def ocr(params: dict, feats, coarse, *, train: bool = False, gather_scale: float = 1.0, pool_scale: int = 1,
+@uses_params(NAME)
+def ocr(params, feats, coarse, *, train: bool = False, gather_scale: float = 1.0, pool_scale: int = 1,
         align_corners: bool = True, dropout: float = 0.05, rng=None) -> ag.Tensor:
     """Apply OCR: pixel features ``feats`` (N, C, H, W) and coarse logits ``coarse`` (N, K, H, W) ->
     (N, C_out, H, W).

@@ -22,7 +22,8 @@ Follows the official code (``BangguWu/ECANet: models/eca_module.py``, ``eca_laye
 * Unlike timm's ``EcaModule`` there is no ``k >= 3`` floor: C = 4 gives k = 1.
 
 ECA's parameters do not depend on C (the same kernel serves any channel count, as in the official module),
-so the input's channel count is not checked against them.
+so the input's channel count is not checked against them.  ``conv.weight`` must be (1, 1, k) with k odd (an
+even k would not keep C outputs); there is no structure option.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import numpy as np
 import autograd as ag
 
 from ..layers import check_dtype, check_input, conv1d, example, init_conv1d
+from ..params import uses_params
 from ..registry import Mechanism, Paper, register
 
 NAME = "eca"
@@ -57,27 +59,38 @@ def init(rng, channels: int, *, k_size: int | None = None, gamma: float = 2, b: 
     return params
 
 
-def channel_weights(params: dict, x) -> ag.Tensor:
+@uses_params(NAME)
+def channel_weights(params, x) -> ag.Tensor:
     """The gate w = sigmoid(C1D_k(GAP(x))): (N, C, H, W) -> (N, C)."""
     x = _check(x, params)
     return _gate(params, x)
 
 
-def _gate(params: dict, x: ag.Tensor) -> ag.Tensor:
+def _kernel_size(params) -> int:
+    """k of ``conv.weight`` (1, 1, k); an even k would shorten the channel axis, so it is refused."""
+    k = params.take("conv.weight", (1, 1, None)).shape[2]
+    if k % 2 == 0:
+        raise ValueError(f"{NAME}: parameter 'conv.weight' must have shape (1, 1, k) with k odd (padding (k-1)/2 "
+                         f"keeps C outputs), got {params.shape('conv.weight')}")
+    return k
+
+
+def _gate(params, x: ag.Tensor) -> ag.Tensor:
     n, c = x.shape[:2]
-    k = params["conv.weight"].shape[-1]
-    squeeze = ag.reshape(ag.mean(x, axis=(2, 3)), (n, 1, c))          # z as a 1-channel sequence of length C
-    local = conv1d(params, "conv", squeeze, padding=(k - 1) // 2)     # C1D_k(z): (N, 1, C)
-    return ag.sigmoid(ag.reshape(local, (n, c)))                      # w
+    k = _kernel_size(params)
+    squeeze = ag.reshape(ag.mean(x, axis=(2, 3)), (n, 1, c))                       # z as a 1-channel sequence
+    local = conv1d(params, "conv", squeeze, padding=(k - 1) // 2, bias=False, out=1)  # C1D_k(z): (N, 1, C)
+    return ag.sigmoid(ag.reshape(local, (n, c)))                                    # w
 
 
 def _check(x, params) -> ag.Tensor:
-    x = check_input(NAME, x)
+    x = check_input(NAME, x, min_size=1)
     check_dtype(NAME, x, params)
     return x
 
 
-def eca(params: dict, x, *, train: bool = False) -> ag.Tensor:
+@uses_params(NAME)
+def eca(params, x, *, train: bool = False) -> ag.Tensor:
     """Apply ECA to ``x`` (N, C, H, W); returns (N, C, H, W).  ``train`` has no effect (no BN)."""
     x = _check(x, params)
     weights = _gate(params, x)

@@ -35,9 +35,12 @@ before upsampling; nearest upsampling only copies values, so the order does not 
 
 Parameters: ``gather.conv{i}.weight (C, 1, k, k)`` and ``gather.bn{i}.*`` (i = 1 .. log2(e), or 1 for
 global), ``mlp_down.weight (C // r, C, 1, 1)`` + bias and ``mlp_up.weight (C, C // r, 1, 1)`` + bias.
-The variant is read from the parameters; the extent is the apply option ``extent`` (a global gather kernel of
-3x3 and a one-stage e = 2 gather have the same shape).  BatchNorm follows PyTorch (eps 1e-5, momentum 0.1;
-the Caffe models' moving-average factor is 0.95).
+**Structure options** (keywords of :func:`init` and :func:`gather_excite` alike; a registry entry's config
+gives both): ``variant`` and ``extent``, which fixes the number of gather stages.  The parameters must be
+exactly those ``init`` makes for them (npattn.params): a missing stage is a KeyError, never a shallower
+gather.  ``feat_size`` and ``reduction`` are read from the shapes.  BatchNorm follows PyTorch (eps 1e-5,
+momentum 0.1; the Caffe models' moving-average factor is 0.95); training it on one value per channel (the
+global gather with a batch of one) is a ValueError naming the layer, as in PyTorch.
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ import numpy as np
 import autograd as ag
 
 from ..layers import batch_norm, check_dtype, check_input, conv, example, init_batch_norm, init_conv
+from ..params import uses_params
 from ..registry import Mechanism, Paper, register
 
 VARIANTS = ("theta_minus", "theta", "theta_plus")
@@ -56,10 +60,16 @@ EXTENTS = (0, 2, 4, 8)
 NAMES = {"theta_minus": "ge-theta-minus", "theta": "ge-theta", "theta_plus": "ge-theta-plus"}
 
 
-def _stages(extent: int) -> int:
+def _check_variant(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise ValueError(f"ge: variant must be one of {VARIANTS}, got {variant!r}")
+    return NAMES[variant]
+
+
+def _stages(extent: int, name: str = "ge") -> int:
     """Number of gather stages: one for global extent, log2(e) strided stages otherwise."""
-    if extent not in EXTENTS:
-        raise ValueError(f"ge: extent must be one of {EXTENTS} (0 = global), got {extent!r}")
+    if isinstance(extent, bool) or extent not in EXTENTS:
+        raise ValueError(f"{name}: extent must be one of {EXTENTS} (0 = global), got {extent!r}")
     return 1 if extent == 0 else int(math.log2(extent))
 
 
@@ -73,15 +83,14 @@ def init(rng, channels: int, *, variant: str = "theta", extent: int = 0, feat_si
 
     ``feat_size`` (int or (H, W)) is the input size, required for global-extent theta / theta-plus.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"ge: variant must be one of {VARIANTS}, got {variant!r}")
-    stages = _stages(extent)
+    name = _check_variant(variant)
+    stages = _stages(extent, name)
     params: dict = {}
     if variant == "theta_minus":
         return params
     if extent == 0:
         if feat_size is None:
-            raise ValueError(f"{NAMES[variant]}: global extent needs feat_size, the (H, W) its kernel covers")
+            raise ValueError(f"{name}: global extent needs feat_size, the (H, W) its kernel covers")
         init_conv(rng, params, "gather.conv1", channels, channels, _pair(feat_size), groups=channels, bias=False,
                   dtype=dtype)
         init_batch_norm(params, "gather.bn1", channels, dtype=dtype)
@@ -96,13 +105,6 @@ def init(rng, channels: int, *, variant: str = "theta", extent: int = 0, feat_si
         init_conv(rng, params, "mlp_down", hidden, channels, 1, dtype=dtype)
         init_conv(rng, params, "mlp_up", channels, hidden, 1, dtype=dtype)
     return params
-
-
-def variant_of(params: dict) -> str:
-    """The variant the parameters belong to: ``theta_minus``, ``theta`` or ``theta_plus``."""
-    if "mlp_down.weight" in params:
-        return "theta_plus"
-    return "theta" if "gather.conv1.weight" in params else "theta_minus"
 
 
 def _average_gather(x: ag.Tensor, extent: int) -> ag.Tensor:
@@ -124,81 +126,95 @@ def _whole_map_depthwise(weight, x: ag.Tensor) -> ag.Tensor:
     return ag.reshape(flat, (n, c, 1, 1))
 
 
-def _conv_gather(params: dict, x: ag.Tensor, extent: int, train: bool) -> ag.Tensor:
+def _conv_gather(params, x: ag.Tensor, extent: int, train: bool) -> ag.Tensor:
     """GE-theta: depth-wise conv + BN stages (one whole-map stage for global extent)."""
     channels = x.shape[1]
     if extent == 0:      # _check made the kernel exactly the input's size
-        return batch_norm(params, "gather.bn1", _whole_map_depthwise(params["gather.conv1.weight"], x), train)
+        weight = params.take("gather.conv1.weight", (channels, 1) + tuple(x.shape[2:]))
+        return batch_norm(params, "gather.bn1", _whole_map_depthwise(weight, x), train)
     stages = _stages(extent)
     g = x
     for i in range(1, stages + 1):
+        params.take(f"gather.conv{i}.weight", (channels, 1, 3, 3))
         g = batch_norm(params, f"gather.bn{i}", conv(params, f"gather.conv{i}", g, stride=2, padding=1,
-                                                     groups=channels), train)
+                                                     groups=channels, bias=False, out=channels), train)
         if i < stages:
             g = ag.relu(g)
     return g
 
 
-def gather(params: dict, x: ag.Tensor, extent: int, train: bool, gather_relu: bool = True) -> ag.Tensor:
-    """xi_G(x) before the sigmoid: (N, C, H, W) -> (N, C, H_e, W_e)."""
-    variant = variant_of(params)
+def _gather(params, x: ag.Tensor, variant: str, extent: int, train: bool, gather_relu: bool) -> ag.Tensor:
     if variant == "theta_minus":
         return _average_gather(x, extent)
     g = _conv_gather(params, x, extent, train)
     if variant == "theta_plus":
         if gather_relu:
             g = ag.relu(g)                                       # official GEPP: gather/relu
-        g = conv(params, "mlp_up", ag.relu(conv(params, "mlp_down", g)))
+        hidden = ag.relu(conv(params, "mlp_down", g))
+        g = conv(params, "mlp_up", hidden, out=x.shape[1])
     return g
 
 
-def _check(params: dict, x, extent: int) -> ag.Tensor:
-    variant = variant_of(params)
-    name = NAMES[variant]
-    stages = _stages(extent)
-    channels = None if variant == "theta_minus" else params["gather.conv1.weight"].shape[0]
-    kernel = None if variant == "theta_minus" else tuple(params["gather.conv1.weight"].shape[2:])
-    min_size = min(kernel) if extent == 0 and kernel is not None else None
-    x = check_input(name, x, channels=channels, min_size=min_size)
-    if params:  # theta-minus has no parameters to agree with
-        check_dtype(name, x, params)
+def _check(params, x, variant: str, extent: int) -> ag.Tensor:
+    """x (N, C, H, W); the channel count C is the input's, and every parameter is checked against it."""
+    name = _check_variant(variant)
+    _stages(extent, name)
+    x = check_input(name, x, min_size=1)
     if variant == "theta_minus":
-        return x
-    found = sum(1 for key in params if key.startswith("gather.conv"))
-    if found != stages:
-        raise ValueError(f"{name}: extent={extent} needs {stages} gather stage(s), the parameters have {found}")
-    if extent == 0 and tuple(x.shape[2:]) != kernel:
-        raise ValueError(
-            f"{name}: global extent gathers with a {kernel} kernel (feat_size), so x must be {kernel} spatially; "
-            f"got shape {x.shape}"
-        )
-    if extent > 0 and kernel != (3, 3):
-        raise ValueError(f"{name}: extent={extent} gathers with 3x3 kernels, the parameters have {kernel}")
+        return x             # no parameters to agree with: any floating dtype and channel count
+    check_dtype(name, x, params)
+    if extent == 0:
+        kernel = params.take("gather.conv1.weight", (x.shape[1], 1, None, None)).shape[2:]
+        if tuple(x.shape[2:]) != tuple(kernel):
+            raise ValueError(f"{name}: global extent gathers with a {tuple(kernel)} kernel (feat_size), so x must be "
+                             f"{tuple(kernel)} spatially; got shape {x.shape}")
     return x
 
 
-def excite(params: dict, x, *, train: bool = False, extent: int = 0, gather_relu: bool = True) -> ag.Tensor:
-    """The gate sigmoid(interp(xi_G(x))) at full resolution: (N, C, H, W)."""
-    x = _check(params, x, extent)
-    return _gate(params, x, extent, train, gather_relu)
+def _contract(variant: str):
+    """The parameter contract (npattn.params), its errors named after the variant's entry (ge-theta, ...)."""
+    return uses_params(_check_variant(variant))
 
 
-def _gate(params, x, extent, train, gather_relu) -> ag.Tensor:
-    gate = ag.sigmoid(gather(params, x, extent, train, gather_relu))
+def gather(params, x, *, train: bool = False, variant: str = "theta", extent: int = 0,
+           gather_relu: bool = True) -> ag.Tensor:
+    """xi_G(x) before the sigmoid: (N, C, H, W) -> (N, C, H_e, W_e).  Options as :func:`gather_excite`."""
+    def run(params, x):
+        return _gather(params, _check(params, x, variant, extent), variant, extent, train, gather_relu)
+
+    return _contract(variant)(run)(params, x)
+
+
+def excite(params, x, *, train: bool = False, variant: str = "theta", extent: int = 0,
+           gather_relu: bool = True) -> ag.Tensor:
+    """The gate sigmoid(interp(xi_G(x))) at full resolution: (N, C, H, W).  Options as :func:`gather_excite`."""
+    def run(params, x):
+        return _gate(params, _check(params, x, variant, extent), variant, extent, train, gather_relu)
+
+    return _contract(variant)(run)(params, x)
+
+
+def _gate(params, x, variant, extent, train, gather_relu) -> ag.Tensor:
+    gate = ag.sigmoid(_gather(params, x, variant, extent, train, gather_relu))
     if gate.shape[2:] == (1, 1):
         return gate                                               # broadcasts over (H, W)
     return ag.interpolate(gate, size=tuple(x.shape[2:]), mode="nearest")
 
 
-def gather_excite(params: dict, x, *, train: bool = False, extent: int = 0, gather_relu: bool = True) -> ag.Tensor:
+def gather_excite(params, x, *, train: bool = False, variant: str = "theta", extent: int = 0,
+                  gather_relu: bool = True) -> ag.Tensor:
     """Apply GE to ``x`` (N, C, H, W); returns (N, C, H, W).
 
-    ``extent``: 0 (global), 2, 4 or 8.  ``gather_relu`` (theta-plus only): the ReLU between the gather's BN
-    and the MLP (official GEPP); False gives timm's form.
+    ``variant`` ("theta_minus", "theta", "theta_plus") and ``extent`` (0 = global, 2, 4 or 8) as given to
+    :func:`init`.  ``gather_relu`` (theta-plus only): the ReLU between the gather's BN and the MLP (official
+    GEPP); False gives timm's form.
     """
-    x = _check(params, x, extent)
-    gate = ag.sigmoid(gather(params, x, extent, train, gather_relu))
-    return scale_by_gate(x, gate)                                 # y = x * sigmoid(interp(g))
+    def run(params, x):
+        x = _check(params, x, variant, extent)
+        gate = ag.sigmoid(_gather(params, x, variant, extent, train, gather_relu))
+        return scale_by_gate(x, gate)                              # y = x * sigmoid(interp(g))
+
+    return _contract(variant)(run)(params, x)
 
 
 def scale_by_gate(x, gate) -> ag.Tensor:
@@ -235,7 +251,6 @@ def _register(variant: str, config: dict, shape: tuple, min_spatial: int = 1) ->
         paper=Paper("Hu, Shen, Albanie, Sun, Vedaldi", "Gather-Excite: Exploiting Feature Context in "
                     "Convolutional Neural Networks", "NeurIPS", 2018),
         init=init, apply_fn=gather_excite, config={"variant": variant, **config},
-        options={"extent": config["extent"]},
         example_input=lambda rng, dtype=np.float64: (example(rng, shape, dtype),),
         # theta-minus has no parameters, so any channel count is valid
         channel_axis=None if variant == "theta_minus" else 1, min_spatial=min_spatial,

@@ -15,6 +15,7 @@ import numpy as np
 import autograd as ag
 
 from ..layers import check_dtype, check_input, example, init_linear, linear
+from ..params import uses_params
 from ..registry import Mechanism, Paper, register
 
 NAME = "se"
@@ -31,18 +32,23 @@ def init(rng, channels: int, *, reduction: int = 16, bias: bool = True, dtype=np
     return params
 
 
-def excitation(params: dict, descriptor) -> ag.Tensor:
+def excitation(params, descriptor, *, bias: bool = True) -> ag.Tensor:
     """s = sigmoid(fc2(relu(fc1(z)))): (N, C) -> (N, C)."""
-    return ag.sigmoid(linear(params, "fc2", ag.relu(linear(params, "fc1", descriptor))))
+    hidden = ag.relu(linear(params, "fc1", descriptor, bias=bias))
+    return ag.sigmoid(linear(params, "fc2", hidden, bias=bias, out=descriptor.shape[-1]))
 
 
-def se(params: dict, x, *, train: bool = False) -> ag.Tensor:
-    """Apply SE to ``x`` (N, C, H, W); returns (N, C, H, W).  ``train`` has no effect (no BN)."""
-    channels = params["fc1.weight"].shape[1]
-    x = check_input(NAME, x, channels=channels)
+@uses_params(NAME)
+def se(params, x, *, train: bool = False, bias: bool = True) -> ag.Tensor:
+    """Apply SE to ``x`` (N, C, H, W); returns (N, C, H, W).  ``train`` has no effect (no BN).
+
+    ``bias`` as in :func:`init` (the parameters must be those ``init`` makes with the same value).
+    """
+    channels = params.shape("fc1.weight")[1]
+    x = check_input(NAME, x, channels=channels, min_size=1)
     check_dtype(NAME, x, params)
     squeeze = ag.mean(x, axis=(2, 3))                       # z = GAP(x)
-    scale = excitation(params, squeeze)                     # s
+    scale = excitation(params, squeeze, bias=bias)          # s
     return x * ag.reshape(scale, scale.shape + (1, 1))      # y = s * x
 
 

@@ -19,7 +19,8 @@ Follows the official code (``ma-xu/SPANet: models/spp_se_resnet.py``, ``SPPSELay
   and ``spa(params, x, source)``, where ``source`` is the block input and ``x`` the tensor being scaled.
 
 The paper and the official code agree (the paper gives no bias and no flattening order; both come from the
-code), so there is no paper-form option.
+code), so there is no paper-form option.  There is no structure option either: C_in (``fc1.weight`` is
+(hidden, 21 C_in)), the hidden width and C are read from the shapes, and checked against the inputs.
 """
 from __future__ import annotations
 
@@ -27,9 +28,9 @@ import numpy as np
 
 import autograd as ag
 
-from ..layers import check_dtype, check_input, example, init_linear
+from ..layers import check_dtype, check_input, example, init_linear, linear
+from ..params import uses_params
 from ..registry import Mechanism, Paper, register
-from .se import excitation
 
 NAME = "spa"
 #: pyramid levels, in the official concatenation order
@@ -82,39 +83,60 @@ def pyramid_descriptor(x) -> ag.Tensor:
     return ag.concatenate(parts, axis=1)
 
 
-def channel_weights(params: dict, x, source=None) -> ag.Tensor:
+def excitation(params, descriptor, channels: int) -> ag.Tensor:
+    """s = sigmoid(W2 relu(W1 v)), both FCs bias-free: (N, 21 C_in) -> (N, C)."""
+    hidden = ag.relu(linear(params, "fc1", descriptor, bias=False))
+    return ag.sigmoid(linear(params, "fc2", hidden, bias=False, out=channels))
+
+
+@uses_params(NAME)
+def channel_weights(params, x, source=None) -> ag.Tensor:
     """The gate s = sigmoid(W2 relu(W1 v(source))): (N, C) (``source`` defaults to ``x``)."""
     x, source = _check(params, x, source)
-    return excitation(params, pyramid_descriptor(source))
+    return excitation(params, pyramid_descriptor(source), x.shape[1])
 
 
-def _check(params: dict, x, source):
-    channels = params["fc2.weight"].shape[0]
-    in_channels = params["fc1.weight"].shape[1] // sum(s * s for s in LEVELS)
-    x = check_input(NAME, x, channels=channels)
-    check_dtype(NAME, x, params)
+def _source_channels(params) -> int:
+    """C_in from ``fc1.weight`` (hidden, 21 C_in)."""
+    levels = sum(s * s for s in LEVELS)
+    width = params.shape("fc1.weight")[1]
+    if width % levels or width == 0:
+        raise ValueError(f"{NAME}: parameter 'fc1.weight' must have shape (C_in // r, {levels} * C_in) (the "
+                         f"pyramid's {levels} bins per channel), got {params.shape('fc1.weight')}")
+    return width // levels
+
+
+def _check(params, x, source):
+    in_channels = _source_channels(params)
     if source is None:
-        if in_channels != channels:
-            raise ValueError(
-                f"spa: the parameters read a {in_channels}-channel source (PSPPSE form) and scale {channels} "
-                "channels; pass the block input as `source`"
-            )
+        x = check_input(NAME, x, min_size=1)
+        if x.shape[1] != in_channels:
+            psppse = params.shape("fc2.weight")[0] != in_channels
+            raise ValueError(f"{NAME}: without `source`, x is the source: it must have the {in_channels} channels "
+                             f"(axis 1) that 'fc1.weight' reads, got shape {x.shape}"
+                             + ("; these parameters are the PSPPSE form (C_in != C): pass the block input as "
+                                "`source`" if psppse else ""))
+        check_dtype(NAME, x, params)
         return x, x
-    source = check_input(NAME, source, arg="source", channels=in_channels)
+    x = check_input(NAME, x, channels=params.shape("fc2.weight")[0], min_size=1)
+    check_dtype(NAME, x, params)
+    source = check_input(NAME, source, arg="source", channels=in_channels, min_size=1)
     check_dtype(NAME, source, params, arg="source")
     if source.shape[0] != x.shape[0]:
         raise ValueError(f"spa: source batch {source.shape[0]} does not match x batch {x.shape[0]}")
     return x, source
 
 
-def spa(params: dict, x, source=None, *, train: bool = False) -> ag.Tensor:
+@uses_params(NAME)
+def spa(params, x, source=None, *, train: bool = False) -> ag.Tensor:
     """Apply SPA: ``x`` (N, C, H, W) scaled by the gate of ``source`` (N, C_in, H', W'; default ``x``).
 
-    Returns (N, C, H, W).  ``train`` has no effect (no BN).
+    Returns (N, C, H, W).  ``train`` has no effect (no BN).  Without ``source`` the parameters must read a
+    C-channel source (C_in = C); the PSPPSE form (C_in != C) needs ``source``.
     """
     x, source = _check(params, x, source)
-    scale = excitation(params, pyramid_descriptor(source))        # s: (N, C)
-    return x * ag.reshape(scale, scale.shape + (1, 1))             # y = x * s
+    scale = excitation(params, pyramid_descriptor(source), x.shape[1])   # s: (N, C)
+    return x * ag.reshape(scale, scale.shape + (1, 1))                    # y = x * s
 
 
 register(Mechanism(

@@ -28,7 +28,10 @@ Follows the official code (``cfzd/FcaNet``, ``model/layer.py``):
 * Both Linear layers have no bias.
 
 The filter bank is stored as the official buffer ``dct_layer.weight`` (C, h, w), so an official
-state_dict maps 1:1 (``fc.0.weight``, ``fc.2.weight``); the DCT size is read from its shape.
+state_dict maps 1:1 (``fc.0.weight``, ``fc.2.weight``).  The DCT size (``dct_h``, ``dct_w``, default 7 x 7)
+is an option of :func:`init` and :func:`fca` alike (a registry entry's ``config`` reaches both), not read
+from the buffer's shape: a reshaped buffer -- (C, 49, 1) for a 7 x 7 bank -- would otherwise be taken
+for another DCT size and give a silently wrong descriptor.
 """
 from __future__ import annotations
 
@@ -36,7 +39,8 @@ import numpy as np
 
 import autograd as ag
 
-from ..layers import check_dtype, check_input, example, init_linear, linear
+from ..layers import check_dtype, check_input, example, init_linear, linear, linear_shapes, take_all
+from ..params import uses_params
 from ..registry import Mechanism, Paper, register
 
 NAME = "fca"
@@ -101,13 +105,15 @@ def init(rng, channels: int, dct_h: int = 7, dct_w: int = 7, *, reduction: int =
     return params
 
 
-def multi_spectral_descriptor(params: dict, x) -> ag.Tensor:
+def multi_spectral_descriptor(params, x) -> ag.Tensor:
     """Freq (N, C): each channel's DCT coefficient at its group's frequency, after pooling to the DCT size.
 
-    Pooling is linear, x~ = R x C^T with the adaptive-pooling matrices R (h, H) and C (w, W), so
-    sum_ij x~(i, j) B(i, j) = sum_hw x(h, w) (R^T B C)(h, w): the pooling is folded into the filters
-    (C, H, W) and the pooled map is never formed -- the same number up to rounding.  On (2, 256, 64, 64)
-    pooled to 56 x 56 in float64 that cut the forward+backward from 35 ms to 23 ms (torch: 21 ms).
+    A building block that reads ``dct_layer.weight`` alone, its DCT size from its shape (:func:`fca`
+    checks that shape against ``dct_h``, ``dct_w`` first).  Pooling is linear, x~ = R x C^T with the
+    adaptive-pooling matrices R (h, H) and C (w, W), so sum_ij x~(i, j) B(i, j) = sum_hw x(h, w)
+    (R^T B C)(h, w): the pooling is folded into the filters (C, H, W) and the pooled map is never formed --
+    the same number up to rounding.  On (2, 256, 64, 64) pooled to 56 x 56 in float64 that cut the
+    forward+backward from 35 ms to 23 ms (torch: 21 ms).
     """
     filters = params["dct_layer.weight"]
     dct_h, dct_w = filters.shape[1:]
@@ -119,28 +125,43 @@ def multi_spectral_descriptor(params: dict, x) -> ag.Tensor:
     return ag.einsum("nchw,chw->nc", x, filters)                         # Freq_c = sum_ij x~ B
 
 
-def attention(params: dict, x) -> ag.Tensor:
-    """The channel weights att = sigmoid(W2 relu(W1 Freq)), shape (N, C)."""
-    x = _checked(params, x)
-    return _excitation(params, multi_spectral_descriptor(params, x))
+def _excitation(params, descriptor) -> ag.Tensor:
+    channels = descriptor.shape[-1]
+    return ag.sigmoid(linear(params, "fc.2", ag.relu(linear(params, "fc.0", descriptor, bias=False)), bias=False,
+                             out=channels))
 
 
-def _excitation(params: dict, descriptor) -> ag.Tensor:
-    return ag.sigmoid(linear(params, "fc.2", ag.relu(linear(params, "fc.0", descriptor))))
-
-
-def _checked(params: dict, x) -> ag.Tensor:
-    x = check_input(NAME, x, channels=params["dct_layer.weight"].shape[0])
+def _checked(params, x, dct_h, dct_w) -> ag.Tensor:
+    """x checked against C; every parameter checked, the filter bank against (C, dct_h, dct_w)."""
+    for name, size in (("dct_h", dct_h), ("dct_w", dct_w)):
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise ValueError(f"{NAME}: {name} must be a positive int, got {size!r}")
+    hidden, channels = params.shape("fc.0.weight")
+    expected = (channels, dct_h, dct_w)
+    if params.shape("dct_layer.weight") != expected:
+        raise ValueError(f"{NAME}: parameter 'dct_layer.weight' must have shape {expected} (C, dct_h, dct_w), got "
+                         f"{params.shape('dct_layer.weight')}; pass fca the dct_h, dct_w given to init")
+    take_all(params, {**linear_shapes("fc.0", hidden, channels, bias=False),
+                      **linear_shapes("fc.2", channels, hidden, bias=False)})
+    x = check_input(NAME, x, channels=channels, min_size=1)
     check_dtype(NAME, x, params)
     return x
 
 
-def fca(params: dict, x, *, train: bool = False) -> ag.Tensor:
+@uses_params(NAME)
+def attention(params, x, *, dct_h: int = 7, dct_w: int = 7) -> ag.Tensor:
+    """The channel weights att = sigmoid(W2 relu(W1 Freq)), shape (N, C) (``dct_h``, ``dct_w`` as for :func:`fca`)."""
+    x = _checked(params, x, dct_h, dct_w)
+    return _excitation(params, multi_spectral_descriptor(params, x))
+
+
+@uses_params(NAME)
+def fca(params, x, *, train: bool = False, dct_h: int = 7, dct_w: int = 7) -> ag.Tensor:
     """Apply FcaNet's multi-spectral channel attention to ``x`` (N, C, H, W); returns (N, C, H, W).
 
-    ``train`` has no effect (no BatchNorm, no dropout).
+    ``dct_h``, ``dct_w``: the DCT size given to :func:`init`.  ``train`` has no effect (no BatchNorm, no dropout).
     """
-    x = _checked(params, x)
+    x = _checked(params, x, dct_h, dct_w)
     weights = _excitation(params, multi_spectral_descriptor(params, x))  # att (N, C)
     return x * ag.reshape(weights, weights.shape + (1, 1))                # y = x * att
 

@@ -30,6 +30,11 @@ Follows the official code (``microsoft/Relation-Aware-Global-Attention-Networks`
 * RGA-S+C applies RGA-C to the output of RGA-S (official order, ``order="sc"``); ``order="cs"`` applies
   the channel gate first.  The official ratios are cha_ratio = spa_ratio = down_ratio = 8.
 * Official init: kaiming-normal; we draw PyTorch's default conv init.
+
+``use_spatial`` / ``use_channel`` are the structure: options of :func:`init` and of :func:`rga` (and of the
+gate functions) alike -- a registry entry's ``config`` reaches both -- never read from which parameters
+exist.  ``in_spatial = H*W`` is fixed, so the registry's default (64) accepts 8 x 8 as its smallest square
+input (``min_spatial``; non-square maps with H*W = 64, e.g. 4 x 16, work too).
 """
 from __future__ import annotations
 
@@ -37,7 +42,8 @@ import numpy as np
 
 import autograd as ag
 
-from ..layers import check_dtype, check_input, conv_bn, example, init_conv_bn
+from ..layers import batch_norm_shapes, check_dtype, check_input, conv_bn, conv_shapes, example, init_conv_bn, take_all
+from ..params import uses_params
 from ..registry import Mechanism, Paper, register
 
 NAME = "rga"
@@ -81,7 +87,7 @@ def init(rng, in_channel: int, in_spatial: int, *, use_spatial: bool = True, use
     return params
 
 
-def _relation_gate(params: dict, suffix: str, nodes_map, train: bool) -> ag.Tensor:
+def _relation_gate(params, suffix: str, nodes_map, train: bool) -> ag.Tensor:
     """The gate logits (B, 1, n, m) of a node map (B, d, n, m) whose n*m positions are the nodes."""
     b, _, n, m = nodes_map.shape
     theta = conv_bn(params, f"theta_{suffix}.0", f"theta_{suffix}.1", nodes_map, train)
@@ -99,45 +105,101 @@ def _relation_gate(params: dict, suffix: str, nodes_map, train: bool) -> ag.Tens
     return conv_bn(params, f"W_{suffix}.3", f"W_{suffix}.4", hidden, train, relu=False)  # a
 
 
-def spatial_attention(params: dict, x, *, train: bool = False) -> ag.Tensor:
-    """RGA-S gate sigmoid(a) of ``x`` (B, C, H, W): shape (B, 1, H, W)."""
+def _spatial_gate(params, x, train: bool) -> ag.Tensor:
+    """RGA-S gate sigmoid(a) of x (B, C, H, W): (B, 1, H, W)."""
     return ag.sigmoid(_relation_gate(params, "spatial", x, train))
 
 
-def channel_attention(params: dict, x, *, train: bool = False) -> ag.Tensor:
-    """RGA-C gate sigmoid(a) of ``x`` (B, C, H, W): shape (B, C, 1, 1)."""
+def _channel_gate(params, x, train: bool) -> ag.Tensor:
+    """RGA-C gate sigmoid(a) of x (B, C, H, W): (B, C, 1, 1)."""
     b, c, h, w = x.shape
     positions_as_channels = ag.reshape(ag.swapaxes(ag.reshape(x, (b, c, h * w)), 1, 2), (b, h * w, c, 1))
     gate = _relation_gate(params, "channel", positions_as_channels, train)              # (B, 1, C, 1)
     return ag.sigmoid(ag.reshape(gate, (b, c, 1, 1)))
 
 
-def _sizes(params: dict) -> tuple[int, int]:
-    """(in_channel, in_spatial) from the parameter shapes."""
-    if "theta_spatial.0.weight" in params:
-        return params["theta_spatial.0.weight"].shape[1], params["gg_spatial.0.weight"].shape[1] // 2
-    return params["gg_channel.0.weight"].shape[1] // 2, params["theta_channel.0.weight"].shape[1]
+def _branch_shapes(params, suffix: str, nodes: int, node_dim: int) -> dict:
+    """The shapes of one branch's parameters (inter sizes and the gate's hidden width read from them)."""
+    inter_dim = params.shape(f"theta_{suffix}.0.weight")[0]
+    inter_nodes = params.shape(f"gg_{suffix}.0.weight")[0]
+    hidden = params.shape(f"W_{suffix}.3.weight")[1]
+    units = [(f"{name}_{suffix}", inter_dim, node_dim) for name in ("theta", "phi", "gx")]
+    units += [(f"gg_{suffix}", inter_nodes, 2 * nodes)]
+    shapes = {}
+    for prefix, out, inp in units:
+        shapes.update({**conv_shapes(f"{prefix}.0", out, inp, bias=False), **batch_norm_shapes(f"{prefix}.1", out)})
+    # The gate net last to first: when a key is missing, the keys not read yet are offered as misspellings,
+    # and W_*.0.weight's near-twins (W_*.1/.3/.4.weight) must not crowd out a real typo of it.
+    shapes.update({**conv_shapes(f"W_{suffix}.3", 1, hidden, bias=False), **batch_norm_shapes(f"W_{suffix}.4", 1),
+                   **batch_norm_shapes(f"W_{suffix}.1", hidden),
+                   **conv_shapes(f"W_{suffix}.0", hidden, 1 + inter_nodes, bias=False)})
+    return shapes
 
 
-def rga(params: dict, x, *, train: bool = False, order: str = "sc") -> ag.Tensor:
-    """Apply RGA to ``x`` (B, C, H, W) with H*W = in_spatial; returns (B, C, H, W).
+def _sizes(params, use_spatial: bool, use_channel: bool) -> tuple[int, int]:
+    """(in_channel, in_spatial) from the parameter shapes, every parameter of the structure checked."""
+    if not (use_spatial or use_channel):
+        raise ValueError(f"{NAME}: at least one of use_spatial / use_channel must be True")
+    channels = (params.shape("theta_spatial.0.weight")[1] if use_spatial
+                else params.shape("gg_channel.0.weight")[1] // 2)
+    positions = (params.shape("theta_channel.0.weight")[1] if use_channel
+                 else params.shape("gg_spatial.0.weight")[1] // 2)
+    shapes = {}
+    if use_spatial:
+        shapes.update(_branch_shapes(params, "spatial", positions, channels))
+    if use_channel:
+        shapes.update(_branch_shapes(params, "channel", channels, positions))
+    take_all(params, shapes)
+    return channels, positions
 
-    The branches present in ``params`` are applied (RGA-S, RGA-C, or both); ``order`` is ``"sc"`` (official:
-    spatial gate, then the channel gate on its output) or ``"cs"``.
-    """
-    channels, positions = _sizes(params)
-    x = check_input(NAME, x, channels=channels)
+
+def _checked(params, x, use_spatial: bool, use_channel: bool) -> ag.Tensor:
+    channels, positions = _sizes(params, use_spatial, use_channel)
+    x = check_input(NAME, x, channels=channels, min_size=1)
     check_dtype(NAME, x, params)
     if x.shape[2] * x.shape[3] != positions:
         raise ValueError(f"{NAME}: x has H*W = {x.shape[2] * x.shape[3]} positions (shape {x.shape}) but the "
                          f"parameters were built for in_spatial = {positions}")
+    return x
+
+
+@uses_params(NAME)
+def spatial_attention(params, x, *, train: bool = False, use_spatial: bool = True,
+                      use_channel: bool = True) -> ag.Tensor:
+    """RGA-S gate sigmoid(a) of ``x`` (B, C, H, W): shape (B, 1, H, W).
+
+    Takes the whole RGA parameter dict (``use_spatial``/``use_channel`` as given to :func:`init`).
+    """
+    if not use_spatial:
+        raise ValueError(f"{NAME}: spatial_attention needs the spatial branch (use_spatial=True)")
+    return _spatial_gate(params, _checked(params, x, use_spatial, use_channel), train)
+
+
+@uses_params(NAME)
+def channel_attention(params, x, *, train: bool = False, use_spatial: bool = True,
+                      use_channel: bool = True) -> ag.Tensor:
+    """RGA-C gate sigmoid(a) of ``x`` (B, C, H, W): shape (B, C, 1, 1) (the whole dict, as spatial_attention)."""
+    if not use_channel:
+        raise ValueError(f"{NAME}: channel_attention needs the channel branch (use_channel=True)")
+    return _channel_gate(params, _checked(params, x, use_spatial, use_channel), train)
+
+
+@uses_params(NAME)
+def rga(params, x, *, train: bool = False, order: str = "sc", use_spatial: bool = True,
+        use_channel: bool = True) -> ag.Tensor:
+    """Apply RGA to ``x`` (B, C, H, W) with H*W = in_spatial; returns (B, C, H, W).
+
+    ``use_spatial`` / ``use_channel``: the branches, as given to :func:`init` (RGA-S, RGA-C, or both);
+    ``order`` is ``"sc"`` (official: spatial gate, then the channel gate on its output) or ``"cs"``.
+    """
     if order not in ORDERS:
         raise ValueError(f"{NAME}: order must be one of {ORDERS}, got {order!r}")
-    gates = {"s": ("theta_spatial.0.weight", spatial_attention), "c": ("theta_channel.0.weight", channel_attention)}
+    x = _checked(params, x, use_spatial, use_channel)
+    gates = {"s": (use_spatial, _spatial_gate), "c": (use_channel, _channel_gate)}
     for branch in order:
-        key, gate = gates[branch]
-        if key in params:
-            x = gate(params, x, train=train) * x                                          # x <- sigmoid(a) * x
+        used, gate = gates[branch]
+        if used:
+            x = gate(params, x, train) * x                                                # x <- sigmoid(a) * x
     return x
 
 
@@ -158,5 +220,5 @@ for _name, _spatial, _channel, _what in (
     register(Mechanism(
         name=_name, family="global", paper=_PAPER, init=init, apply_fn=rga,
         config={"in_channel": 64, "in_spatial": 64, "use_spatial": _spatial, "use_channel": _channel},
-        example_input=_example, description=_what,
+        example_input=_example, description=_what, min_spatial=8,      # H*W = in_spatial: 8 x 8 is the square
     ))

@@ -35,8 +35,21 @@ import numpy as np
 
 import autograd as ag
 
-from ..layers import (batch_norm, check_dtype, check_input, conv, conv_bn, example, init_batch_norm, init_conv,
-                      init_conv_bn)
+from ..layers import (
+    batch_norm,
+    batch_norm_shapes,
+    check_dtype,
+    check_input,
+    conv,
+    conv_bn,
+    conv_shapes,
+    example,
+    init_batch_norm,
+    init_conv,
+    init_conv_bn,
+    take_all,
+)
+from ..params import uses_params
 from ..registry import Mechanism, Paper, register
 
 NAME = "gsop"
@@ -66,35 +79,45 @@ def covariance_pool(x) -> ag.Tensor:
     return ag.matmul(centred, ag.swapaxes(centred, 1, 2)) / float(h * w)      # X I~ X^T
 
 
-def attention(params: dict, x, *, train: bool = False, stride: int = 1) -> ag.Tensor:
+@uses_params(NAME)
+def attention(params, x, *, train: bool = False, stride: int = 1) -> ag.Tensor:
     """The channel weights att (N, C, 1, 1) of ``x`` (N, C, H, W)."""
-    x = _checked(params, x)
+    x = _checked(params, x, stride)
     return _attention(params, x, train, stride)
 
 
-def _attention(params: dict, x: ag.Tensor, train: bool, stride: int) -> ag.Tensor:
-    att_dim = params["row_bn.weight"].shape[0]
-    reduced = conv_bn(params, "conv_for_DR", "bn_for_DR", ag.relu(x), train, stride=stride)  # t (N, d, h, w)
+def _attention(params, x: ag.Tensor, train: bool, stride: int) -> ag.Tensor:
+    att_dim = params.shape("row_bn.weight")[0]
+    reduced = conv_bn(params, "conv_for_DR", "bn_for_DR", ag.relu(x), train, stride=stride, bias=True)  # t
     covariance = covariance_pool(reduced)                                                # S (N, d, d)
     rows = batch_norm(params, "row_bn", ag.reshape(covariance, covariance.shape + (1,)), train)  # S' (N, d, d, 1)
     row_features = conv(params, "row_conv_group", rows, groups=att_dim)                  # r (N, 4d, 1, 1)
-    return ag.sigmoid(conv(params, "fc_adapt_channels", row_features))                   # att (N, C, 1, 1)
+    return ag.sigmoid(conv(params, "fc_adapt_channels", row_features, out=x.shape[1]))   # att (N, C, 1, 1)
 
 
-def _checked(params: dict, x) -> ag.Tensor:
-    x = check_input(NAME, x, channels=params["conv_for_DR.weight"].shape[1])
+def _checked(params, x, stride) -> ag.Tensor:
+    """x checked against C, every parameter against (C, d) read from the reduction conv."""
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise ValueError(f"{NAME}: stride must be a positive int, got {stride!r}")
+    att_dim, channels = params.shape("conv_for_DR.weight")[:2]
+    take_all(params, {**conv_shapes("conv_for_DR", att_dim, channels), **batch_norm_shapes("bn_for_DR", att_dim),
+                      **batch_norm_shapes("row_bn", att_dim),
+                      **conv_shapes("row_conv_group", ROW_FILTERS * att_dim, att_dim, (att_dim, 1), groups=att_dim),
+                      **conv_shapes("fc_adapt_channels", channels, ROW_FILTERS * att_dim)})
+    x = check_input(NAME, x, channels=channels, min_size=1)
     check_dtype(NAME, x, params)
     return x
 
 
-def gsop(params: dict, x, *, train: bool = False, stride: int = 1) -> ag.Tensor:
+@uses_params(NAME)
+def gsop(params, x, *, train: bool = False, stride: int = 1) -> ag.Tensor:
     """Apply the GSoP channel attention to ``x`` (N, C, H, W); returns x * att, (N, C, H, W).
 
     ``stride`` is the reduction conv's stride (official: 2 when the bottleneck has planes <= 64).
     ``train`` switches the three BatchNorms to batch statistics (running stats reported to
     :func:`npattn.track_running_stats`).
     """
-    x = _checked(params, x)
+    x = _checked(params, x, stride)
     return x * _attention(params, x, train, stride)                            # y = x * att
 
 

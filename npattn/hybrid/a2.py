@@ -14,6 +14,9 @@ attention maps sums to 1 over space), softmax of V over the c_n descriptors (eac
 vector sums to 1); every 1x1 conv has a bias; the reconstruction conv is always applied. ``residual``
 defaults to False (the block alone). The circulating fightingcv ``DoubleAttention`` calls ``F.softmax``
 without ``dim`` and so normalises over the *batch* axis for both softmaxes -- a bug, not reproduced.
+
+No structure option: C, c_m and c_n are read from the shapes (``convA.weight`` is (c_m, C, 1, 1),
+``convB.weight`` (c_n, C, 1, 1)) and every 1x1 kernel is checked to be 1x1.
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ import numpy as np
 
 import autograd as ag
 
-from ..layers import check_dtype, check_input, conv, example, init_conv
+from ..layers import check_dtype, check_input, conv, conv_shapes, example, init_conv, take_all
+from ..params import uses_params
 from ..registry import Mechanism, Paper, register
 
 NAME = "a2"
@@ -46,32 +50,44 @@ def _flat(t: ag.Tensor) -> ag.Tensor:
     return ag.reshape(t, (n, c, h * w))
 
 
-def _validate(params: dict, x) -> ag.Tensor:
-    x = check_input(NAME, x, channels=params["convA.weight"].shape[1])
+def _validate(params, x) -> ag.Tensor:
+    """x against the parameters, and every parameter's shape (C, c_m, c_n read from convA / convB)."""
+    channels = params.shape("convA.weight")[1]
+    x = check_input(NAME, x, channels=channels, min_size=1)
     check_dtype(NAME, x, params)
+    c_m, c_n = params.shape("convA.weight")[0], params.shape("convB.weight")[0]
+    take_all(params, {**conv_shapes("convA", c_m, channels), **conv_shapes("convB", c_n, channels),
+                      **conv_shapes("convV", c_n, channels), **conv_shapes("conv_reconstruct", channels, c_m)},
+             complete=True)
     return x
 
 
-def _attention(params: dict, x: ag.Tensor) -> tuple:
+def _attention(params, x: ag.Tensor) -> tuple:
     """(gather attention softmax_L(B), distribute attention softmax_{c_n}(V)), both (N, c_n, L)."""
     gather_attention = ag.softmax(_flat(conv(params, "convB", x)), axis=2)       # over positions
     distribute_attention = ag.softmax(_flat(conv(params, "convV", x)), axis=1)   # over descriptors
     return gather_attention, distribute_attention
 
 
-def attention_maps(params: dict, x) -> tuple:
+@uses_params(NAME)
+def attention_maps(params, x) -> tuple:
     """The two attentions as (N, c_n, H, W): softmax_L(B) (each map sums to 1 over H, W) and
-    softmax_{c_n}(V) (sums to 1 over the c_n axis at each position)."""
+    softmax_{c_n}(V) (sums to 1 over the c_n axis at each position).
+
+    Every parameter is checked (``convA`` and ``conv_reconstruct`` too, though not computed)."""
     x = _validate(params, x)
     n, _, h, w = x.shape
     return tuple(ag.reshape(a, (n, a.shape[1], h, w)) for a in _attention(params, x))
 
 
-def double_attention(params: dict, x, *, train: bool = False, residual: bool = False) -> ag.Tensor:
+@uses_params(NAME)
+def double_attention(params, x, *, train: bool = False, residual: bool = False) -> ag.Tensor:
     """Apply the double attention block to ``x`` (N, C, H, W); returns (N, C, H, W).
 
     ``residual=True`` adds the input (X + Y). ``train`` has no effect (no BatchNorm).
     """
+    if not isinstance(residual, (bool, np.bool_)):
+        raise TypeError(f"{NAME}: residual must be a bool, got {residual!r}")
     x = _validate(params, x)
     n, _, h, w = x.shape
     features = _flat(conv(params, "convA", x))                                  # A (N, c_m, L)

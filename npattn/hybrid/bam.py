@@ -21,8 +21,12 @@ Follows the official code (``Jongchan/attention-module``, ``MODELS/bam.py``) whe
   average pool (identical on square maps).
 * The official ``ChannelGate.__init__`` raises NameError as published (``gate_activation``); the layers
   here are what it builds once that line is removed. ``num_layers`` (hidden FC-BN-ReLU layers, default 1)
-  and ``dilation_conv_num`` (default 2) are the official constructor's options; ``dilation`` (default 4)
-  is an apply option.
+  and ``dilation_conv_num`` (default 2) are the official constructor's options: **structure options**,
+  keywords of :func:`init` and of :func:`bam` / :func:`attention_maps` alike (a registry entry's config gives
+  both; the parameters must be exactly those ``init`` makes for them, all shapes checked before computing).
+  ``dilation`` (default 4) is an apply option.
+* Training on a batch of one is a ValueError naming BatchNorm ``ch_bn0`` (BatchNorm1d on one descriptor
+  per sample: one value per channel), as PyTorch refuses it.
 * All convolutions and FCs carry biases; BatchNorms are PyTorch defaults (eps 1e-5, momentum 0.1).
 
 Parameter names (official ``gate_c``/``gate_s`` Sequential names in brackets): ``ch_fc{i}`` [gate_c_fc_i],
@@ -38,15 +42,20 @@ import autograd as ag
 
 from ..layers import (
     batch_norm,
+    batch_norm_shapes,
     check_dtype,
     check_input,
     conv,
+    conv_shapes,
     example,
     init_batch_norm,
     init_conv,
     init_linear,
     linear,
+    linear_shapes,
+    take_all,
 )
+from ..params import uses_params
 from ..registry import Mechanism, Paper, register
 
 NAME = "bam"
@@ -63,9 +72,7 @@ def init(rng, channels: int, *, reduction: int = 16, num_layers: int = 1, dilati
     hidden = channels // reduction
     if hidden < 1:
         raise ValueError(f"{NAME}: channels={channels} // reduction={reduction} must be at least 1")
-    if num_layers < 1 or dilation_conv_num < 0:
-        raise ValueError(f"{NAME}: need num_layers >= 1 and dilation_conv_num >= 0, "
-                         f"got {num_layers}, {dilation_conv_num}")
+    _check_structure(num_layers, dilation_conv_num)
     params: dict = {}
     width = channels
     for i in range(num_layers):
@@ -82,65 +89,82 @@ def init(rng, channels: int, *, reduction: int = 16, num_layers: int = 1, dilati
     return params
 
 
-def _count(params: dict, prefix: str) -> int:
-    """How many ``{prefix}{i}.weight`` layers the parameters hold."""
-    count = 0
-    while f"{prefix}{count}.weight" in params:
-        count += 1
-    return count
+def _check_structure(num_layers, dilation_conv_num) -> None:
+    for name, value, minimum in (("num_layers", num_layers, 1), ("dilation_conv_num", dilation_conv_num, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+            raise ValueError(f"{NAME}: {name} must be an integer >= {minimum}, got {value!r}")
 
 
-def _channel_attention(params: dict, x: ag.Tensor, train: bool) -> ag.Tensor:
+def _schema(channels: int, hidden: int, num_layers: int, dilation_conv_num: int) -> dict:
+    """Every parameter of the structure and the shape ``init`` gives it."""
+    shapes, width = {}, channels
+    for i in range(num_layers):
+        shapes.update({**linear_shapes(f"ch_fc{i}", hidden, width), **batch_norm_shapes(f"ch_bn{i}", hidden)})
+        width = hidden
+    shapes.update({**linear_shapes("ch_fc_final", channels, hidden), **conv_shapes("sp_reduce", hidden, channels),
+                   **batch_norm_shapes("sp_bn_reduce", hidden)})
+    for i in range(dilation_conv_num):
+        shapes.update({**conv_shapes(f"sp_di{i}", hidden, hidden, 3), **batch_norm_shapes(f"sp_bn_di{i}", hidden)})
+    shapes.update(conv_shapes("sp_final", 1, hidden))
+    return shapes
+
+
+def _channel_attention(params, x: ag.Tensor, train: bool, num_layers: int) -> ag.Tensor:
     """Mc: GAP -> [FC -> BN1d -> ReLU] x num_layers -> FC, (N, C, H, W) -> (N, C)."""
     hidden = ag.mean(x, axis=(2, 3))                          # true global average pool
-    for i in range(_count(params, "ch_fc")):
+    for i in range(num_layers):
         hidden = ag.relu(batch_norm(params, f"ch_bn{i}", linear(params, f"ch_fc{i}", hidden), train))
-    return linear(params, "ch_fc_final", hidden)
+    return linear(params, "ch_fc_final", hidden, out=x.shape[1])
 
 
-def _spatial_attention(params: dict, x: ag.Tensor, train: bool, dilation: int) -> ag.Tensor:
+def _spatial_attention(params, x: ag.Tensor, train: bool, dilation: int, dilation_conv_num: int) -> ag.Tensor:
     """Ms: 1x1 reduce -> [3x3 dilated] x k -> 1x1 to one map, BN-ReLU between; (N, C, H, W) -> (N, 1, H, W)."""
     hidden = ag.relu(batch_norm(params, "sp_bn_reduce", conv(params, "sp_reduce", x), train))
-    for i in range(_count(params, "sp_di")):
+    for i in range(dilation_conv_num):
         # padding = dilation keeps H and W for a 3x3 kernel
         dilated = conv(params, f"sp_di{i}", hidden, padding=dilation, dilation=dilation)
         hidden = ag.relu(batch_norm(params, f"sp_bn_di{i}", dilated, train))
-    return conv(params, "sp_final", hidden)
+    return conv(params, "sp_final", hidden, out=1)
 
 
-def _validate(params: dict, x, train: bool, combine: str, dilation: int) -> ag.Tensor:
-    x = check_input(NAME, x, channels=params["ch_fc0.weight"].shape[1])
-    check_dtype(NAME, x, params)
+def _validate(params, x, combine: str, dilation, num_layers, dilation_conv_num) -> ag.Tensor:
+    _check_structure(num_layers, dilation_conv_num)
     if combine not in COMBINES:
         raise ValueError(f"{NAME}: combine must be one of {COMBINES}, got {combine!r}")
-    if int(dilation) < 1:
-        raise ValueError(f"{NAME}: dilation must be a positive int, got {dilation!r}")
-    if train and x.shape[0] < 2:
-        # BatchNorm1d over the (N, C/r) channel descriptor has one value per channel when N == 1
-        raise ValueError(f"{NAME}: x needs a batch of at least 2 in train mode (BatchNorm1d on the channel "
-                         f"descriptor), got shape {x.shape}")
+    if isinstance(dilation, bool) or not isinstance(dilation, (int, np.integer)) or dilation < 1:
+        raise ValueError(f"{NAME}: dilation must be a positive integer, got {dilation!r}")
+    channels, hidden = params.shape("ch_fc0.weight")[1], params.shape("ch_fc0.weight")[0]
+    x = check_input(NAME, x, channels=channels, min_size=1)
+    check_dtype(NAME, x, params)
+    take_all(params, _schema(channels, hidden, num_layers, dilation_conv_num), complete=True)
     return x
 
 
-def attention_maps(params: dict, x, *, train: bool = False, dilation: int = 4) -> tuple:
+@uses_params(NAME)
+def attention_maps(params, x, *, train: bool = False, dilation: int = 4, num_layers: int = 1,
+                   dilation_conv_num: int = 2) -> tuple:
     """The raw branch outputs before the combination: ``Mc`` (N, C, 1, 1) and ``Ms`` (N, 1, H, W)."""
-    x = _validate(params, x, train, "product", dilation)
-    channel = _channel_attention(params, x, train)
-    return ag.reshape(channel, channel.shape + (1, 1)), _spatial_attention(params, x, train, dilation)
+    x = _validate(params, x, "product", dilation, num_layers, dilation_conv_num)
+    channel = _channel_attention(params, x, train, num_layers)
+    return ag.reshape(channel, channel.shape + (1, 1)), _spatial_attention(params, x, train, dilation,
+                                                                           dilation_conv_num)
 
 
-def bam(params: dict, x, *, train: bool = False, combine: str = "product", dilation: int = 4) -> ag.Tensor:
+@uses_params(NAME)
+def bam(params, x, *, train: bool = False, combine: str = "product", dilation: int = 4, num_layers: int = 1,
+        dilation_conv_num: int = 2) -> ag.Tensor:
     """Apply BAM to ``x`` (N, C, H, W); returns (1 + sigmoid(Mc (*|+) Ms)) * x, (N, C, H, W).
 
     ``combine``: "product" (official code) or "sum" (paper). ``train`` uses batch statistics in the
-    five BatchNorms and reports their new running statistics to ``npattn.track_running_stats()``.
+    BatchNorms and reports their new running statistics to ``npattn.track_running_stats()``.
+    ``num_layers`` and ``dilation_conv_num``: the structure, as given to :func:`init`.
     """
-    x = _validate(params, x, train, combine, dilation)
-    channel = _channel_attention(params, x, train)                     # Mc (N, C)
-    channel = ag.reshape(channel, channel.shape + (1, 1))              #    (N, C, 1, 1)
-    spatial = _spatial_attention(params, x, train, dilation)           # Ms (N, 1, H, W)
+    x = _validate(params, x, combine, dilation, num_layers, dilation_conv_num)
+    channel = _channel_attention(params, x, train, num_layers)                  # Mc (N, C)
+    channel = ag.reshape(channel, channel.shape + (1, 1))                       #    (N, C, 1, 1)
+    spatial = _spatial_attention(params, x, train, dilation, dilation_conv_num)  # Ms (N, 1, H, W)
     joint = channel * spatial if combine == "product" else channel + spatial
-    return (1.0 + ag.sigmoid(joint)) * x                               # F + F * sigma(.)
+    return (1.0 + ag.sigmoid(joint)) * x                                        # F + F * sigma(.)
 
 
 register(Mechanism(

@@ -19,12 +19,14 @@ paper:
   the paper has no BN. ``init(..., spatial_bn=False)`` gives the paper's BN-free gate (``spatial_bias=True``
   adds a conv bias, as fightingcv's CBAMBlock has).
 * ``pool_types`` (default ``("avg", "max")``) also accepts the official extras ``"lp"`` (``lp_pool2d`` with
-  p = 2 over the whole map, i.e. the L2 norm of each channel) and ``"lse"`` (log-sum-exp over the map).
+  p = 2 over the whole map, i.e. the L2 norm of each channel; on an all-zero channel its gradient is 0, as
+  ``F.lp_pool2d``'s) and ``"lse"`` (log-sum-exp over the map).
   Every descriptor goes through the shared MLP and the raw outputs are summed before the sigmoid.
 * The max descriptors route their gradient to the first maximum, as ``F.max_pool2d`` and ``torch.max(dim)``.
 
 ``init(..., no_spatial=True)`` builds the channel-only variant (official ``no_spatial``, registry entry
-``cbam-channel``); :func:`cbam` applies the spatial gate exactly when its parameters are present.
+``cbam-channel``); :func:`cbam` takes the same ``no_spatial``, ``spatial_bn`` and ``spatial_bias`` options
+(the parameters must be exactly those ``init`` makes with them: npattn.params).
 
 Parameter names vs the official state_dict: ``ChannelGate.mlp.1.*`` -> ``mlp.0.*``, ``ChannelGate.mlp.3.*`` ->
 ``mlp.2.*``, ``SpatialGate.spatial.conv.weight`` -> ``spatial_conv.weight``, ``SpatialGate.spatial.bn.*`` ->
@@ -47,6 +49,7 @@ from ..layers import (
     init_linear,
     linear,
 )
+from ..params import uses_params
 from ..registry import Mechanism, Paper, register
 
 NAME = "cbam"
@@ -91,8 +94,19 @@ def _channel_descriptor(x: ag.Tensor, pool_type: str) -> ag.Tensor:
     if pool_type == "max":
         return ag.take_max(flat, axis=2)                      # gradient to the first maximum, as max_pool2d
     if pool_type == "lp":
-        return ag.sqrt(ag.sum(flat * flat, axis=2))           # lp_pool2d, p = 2, window = whole map
+        return _l2_norm(ag.sum(flat * flat, axis=2))          # lp_pool2d, p = 2, window = whole map
     return ag.logsumexp(flat, axis=2)                         # "lse"
+
+
+def _l2_norm(squares: ag.Tensor) -> ag.Tensor:
+    """sqrt(sum of squares) with F.lp_pool2d's gradient at an all-zero window: 0, not sqrt's inf times 0 = NaN.
+
+    torch computes ``(sign(s) * relu(|s|) * k) ** 0.5`` and the ReLU's backward zeroes the inf there; here
+    sqrt only ever sees a positive argument (1 where s == 0, whose output is then replaced by 0), so no
+    infinity is formed at all.  A NaN or inf sum is not 0 and propagates.
+    """
+    empty = squares.data == 0
+    return ag.where(empty, 0.0, ag.sqrt(ag.where(empty, 1.0, squares)))
 
 
 def _check_pool_types(pool_types) -> tuple:
@@ -103,11 +117,11 @@ def _check_pool_types(pool_types) -> tuple:
     return pool_types
 
 
-def _channel_attention(params: dict, x: ag.Tensor, pool_types: tuple) -> ag.Tensor:
+def _channel_attention(params, x: ag.Tensor, pool_types: tuple) -> ag.Tensor:
     """Mc = sigmoid(sum_p MLP(pool_p(F))): (N, C, H, W) -> (N, C)."""
     # All descriptors through the shared MLP in one batch: (P, N, C) -> (P, N, C), then summed over P.
     descriptors = ag.stack([_channel_descriptor(x, p) for p in pool_types], axis=0)
-    raw = linear(params, "mlp.2", ag.relu(linear(params, "mlp.0", descriptors)))
+    raw = linear(params, "mlp.2", ag.relu(linear(params, "mlp.0", descriptors)), out=x.shape[1])
     return ag.sigmoid(ag.sum(raw, axis=0))
 
 
@@ -123,11 +137,16 @@ def _channel_pool(x: ag.Tensor, spatial_order: str) -> ag.Tensor:
     return ag.stack(pair, axis=1)
 
 
-def _spatial_attention(params: dict, refined: ag.Tensor, train: bool, spatial_order: str) -> ag.Tensor:
+def _spatial_attention(params, refined: ag.Tensor, train: bool, spatial_order: str, spatial_bn: bool,
+                       spatial_bias: bool) -> ag.Tensor:
     """Ms = sigmoid(BN(conv7x7(ChannelPool(F')))): (N, C, H, W) -> (N, 1, H, W)."""
-    kernel = params["spatial_conv.weight"].shape[-1]
-    logits = conv(params, "spatial_conv", _channel_pool(refined, spatial_order), padding=(kernel - 1) // 2)
-    if "spatial_bn.running_mean" in params:
+    kernel = params.shape("spatial_conv.weight")[-1]
+    if kernel % 2 == 0 or params.shape("spatial_conv.weight")[-2] != kernel:
+        raise ValueError(f"{NAME}: parameter 'spatial_conv.weight' must be a square kernel of odd size (1, 2, k, k), "
+                         f"got {params.shape('spatial_conv.weight')}")
+    logits = conv(params, "spatial_conv", _channel_pool(refined, spatial_order), padding=(kernel - 1) // 2,
+                  bias=spatial_bias, out=1)
+    if spatial_bn:
         logits = batch_norm(params, "spatial_bn", logits, train, momentum=SPATIAL_BN_MOMENTUM, eps=SPATIAL_BN_EPS)
     return ag.sigmoid(logits)
 
@@ -136,42 +155,45 @@ def _spatial_attention(params: dict, refined: ag.Tensor, train: bool, spatial_or
 # the module
 
 
-def _validate(params: dict, x, pool_types, spatial_order):
-    x = check_input(NAME, x, channels=params["mlp.0.weight"].shape[1])
+def _validate(params, x, pool_types, spatial_order):
+    x = check_input(NAME, x, channels=params.shape("mlp.0.weight")[1], min_size=1)
     check_dtype(NAME, x, params)
     if spatial_order not in SPATIAL_ORDERS:
         raise ValueError(f"{NAME}: spatial_order must be one of {SPATIAL_ORDERS}, got {spatial_order!r}")
     return x, _check_pool_types(pool_types)
 
 
-def attention_maps(params: dict, x, *, train: bool = False, pool_types=("avg", "max"),
-                   spatial_order: str = "max-mean") -> tuple:
+@uses_params(NAME)
+def attention_maps(params, x, *, train: bool = False, pool_types=("avg", "max"), spatial_order: str = "max-mean",
+                   no_spatial: bool = False, spatial_bn: bool = True, spatial_bias: bool = False) -> tuple:
     """The two gates: ``Mc`` (N, C) and ``Ms`` (N, 1, H, W) (``None`` for the channel-only variant).
 
     ``Ms`` is computed from the channel-refined features F' = Mc * F, as in :func:`cbam`.
     """
     x, pool_types = _validate(params, x, pool_types, spatial_order)
     channel_gate = _channel_attention(params, x, pool_types)
-    if "spatial_conv.weight" not in params:
+    if no_spatial:
         return channel_gate, None
     refined = x * ag.reshape(channel_gate, channel_gate.shape + (1, 1))
-    return channel_gate, _spatial_attention(params, refined, train, spatial_order)
+    return channel_gate, _spatial_attention(params, refined, train, spatial_order, spatial_bn, spatial_bias)
 
 
-def cbam(params: dict, x, *, train: bool = False, pool_types=("avg", "max"),
-         spatial_order: str = "max-mean") -> ag.Tensor:
+@uses_params(NAME)
+def cbam(params, x, *, train: bool = False, pool_types=("avg", "max"), spatial_order: str = "max-mean",
+         no_spatial: bool = False, spatial_bn: bool = True, spatial_bias: bool = False) -> ag.Tensor:
     """Apply CBAM to ``x`` (N, C, H, W); returns F'' (N, C, H, W).
 
     ``train`` switches the spatial BatchNorm to batch statistics (new running statistics go to
     ``npattn.track_running_stats()``). ``pool_types``: descriptors of the channel gate (see module
     docstring). ``spatial_order``: "max-mean" (official ChannelPool) or "mean-max" (paper, timm).
+    ``no_spatial``, ``spatial_bn``, ``spatial_bias``: the structure, as given to :func:`init`.
     """
     x, pool_types = _validate(params, x, pool_types, spatial_order)
     channel_gate = _channel_attention(params, x, pool_types)             # Mc  (N, C)
     refined = x * ag.reshape(channel_gate, channel_gate.shape + (1, 1))  # F' = Mc * F
-    if "spatial_conv.weight" not in params:                              # no_spatial: channel-only CBAM
+    if no_spatial:                                                       # channel-only CBAM
         return refined
-    spatial_gate = _spatial_attention(params, refined, train, spatial_order)  # Ms (N, 1, H, W)
+    spatial_gate = _spatial_attention(params, refined, train, spatial_order, spatial_bn, spatial_bias)  # Ms
     return refined * spatial_gate                                        # F'' = Ms * F'
 
 

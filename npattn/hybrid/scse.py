@@ -9,7 +9,10 @@ Two gates on the same input, recombined::
     scSE(x) = max(cSE(x), sSE(x))       official code (ai-med/squeeze_and_excitation) (combine="max")
 
 Registry entries: ``scse`` (add, r = 16 as smp), ``scse-max`` (official: ``torch.max``, reduction 2), and the
-single branches ``cse`` and ``sse``. Which branches run is read from the parameters (``cse.*``, ``sse.*``).
+single branches ``cse`` and ``sse``. Which branches run is the **structure option** ``branches`` (a keyword
+of :func:`init` and :func:`scse` alike; a registry entry's config gives both), never which keys exist: the
+parameters must be exactly those ``init`` makes for it (npattn.params).  Errors name ``cse`` / ``sse`` for a
+single branch, ``scse`` for both.
 
 Official code (``ChannelSELayer``, ``SpatialSELayer``, ``ChannelSpatialSELayer``): both FCs and the 1x1 conv
 carry biases; the combination is ``torch.max``, whose gradient is split 0.5 / 0.5 on exact ties
@@ -24,6 +27,7 @@ import numpy as np
 import autograd as ag
 
 from ..layers import check_dtype, check_input, conv, example, init_conv, init_linear, linear
+from ..params import check_shape, uses_params
 from ..registry import Mechanism, Paper, register
 
 NAME = "scse"
@@ -31,13 +35,24 @@ BRANCHES = ("cse", "sse")
 COMBINES = ("add", "max")
 
 
+def _branches(branches) -> tuple:
+    """The chosen branches in canonical order; a non-empty subset of BRANCHES."""
+    chosen = (branches,) if isinstance(branches, str) else tuple(branches)
+    if not chosen or any(b not in BRANCHES for b in chosen):
+        raise ValueError(f"{NAME}: branches must be a non-empty subset of {BRANCHES}, got {branches!r}")
+    return tuple(b for b in BRANCHES if b in chosen)
+
+
+def _name(branches: tuple) -> str:
+    """The name errors use: scse for both branches, else the branch's own (cse / sse)."""
+    return NAME if len(branches) == 2 else branches[0]
+
+
 def init(rng, channels: int, *, reduction: int = 16, branches=BRANCHES, dtype=np.float64) -> dict:
     """Parameters of the chosen branches: ``cse.fc1.weight (C//r, C)``, ``cse.fc2.weight (C, C//r)``,
     ``sse.conv.weight (1, C, 1, 1)``, each with a bias.
     """
-    branches = (branches,) if isinstance(branches, str) else tuple(branches)
-    if not branches or any(b not in BRANCHES for b in branches):
-        raise ValueError(f"{NAME}: branches must be a non-empty subset of {BRANCHES}, got {branches!r}")
+    branches = _branches(branches)
     params: dict = {}
     if "cse" in branches:
         hidden = channels // reduction
@@ -50,45 +65,44 @@ def init(rng, channels: int, *, reduction: int = 16, branches=BRANCHES, dtype=np
     return params
 
 
-def _present(params: dict) -> tuple:
-    return tuple(b for b, key in (("cse", "cse.fc1.weight"), ("sse", "sse.conv.weight")) if key in params)
-
-
-def _name(present: tuple) -> str:
-    """The name errors use: scse for both branches, else the branch's own (cse / sse)."""
-    return NAME if len(present) == 2 else present[0]
-
-
-def channel_gate(params: dict, x: ag.Tensor) -> ag.Tensor:
+def channel_gate(params, x: ag.Tensor) -> ag.Tensor:
     """cSE gate sigmoid(fc2(relu(fc1(GAP(x))))): (N, C, H, W) -> (N, C, 1, 1)."""
     squeeze = ag.mean(x, axis=(2, 3))
-    gate = ag.sigmoid(linear(params, "cse.fc2", ag.relu(linear(params, "cse.fc1", squeeze))))
+    hidden = ag.relu(linear(params, "cse.fc1", squeeze))
+    gate = ag.sigmoid(linear(params, "cse.fc2", hidden, out=x.shape[1]))
     return ag.reshape(gate, gate.shape + (1, 1))
 
 
-def spatial_gate(params: dict, x: ag.Tensor) -> ag.Tensor:
+def spatial_gate(params, x: ag.Tensor) -> ag.Tensor:
     """sSE gate sigmoid(conv1x1(x)): (N, C, H, W) -> (N, 1, H, W)."""
-    return ag.sigmoid(conv(params, "sse.conv", x))
+    check_shape(_mechanism(params), "sse.conv.weight", params["sse.conv.weight"], (1, x.shape[1], 1, 1))
+    return ag.sigmoid(conv(params, "sse.conv", x, out=1))
 
 
-def scse(params: dict, x, *, train: bool = False, combine: str = "add") -> ag.Tensor:
+def _mechanism(params) -> str:
+    return getattr(params, "mechanism", NAME)
+
+
+def scse(params, x, *, train: bool = False, combine: str = "add", branches=BRANCHES) -> ag.Tensor:
     """Apply cSE, sSE or their combination to ``x`` (N, C, H, W); returns (N, C, H, W).
 
-    ``combine``: "add" (MICCAI paper, smp) or "max" (official code); used when both branches are present.
-    ``train`` has no effect (no BatchNorm).
+    ``branches``: the structure, as given to :func:`init` ("cse", "sse" or both).  ``combine``: "add" (MICCAI
+    paper, smp) or "max" (official code); used when both branches run.  ``train`` has no effect (no BatchNorm).
     """
-    present = _present(params)
-    if not present:
-        raise ValueError(f"{NAME}: the parameters hold neither cse.* nor sse.* weights")
-    name = _name(present)
-    channels = params["cse.fc1.weight"].shape[1] if "cse" in present else params["sse.conv.weight"].shape[1]
-    x = check_input(name, x, channels=channels)
+    branches = _branches(branches)
+    return uses_params(_name(branches))(_scse)(params, x, combine, branches)
+
+
+def _scse(params, x, combine: str, branches: tuple) -> ag.Tensor:
+    name = params.mechanism
+    channels = params.shape("cse.fc1.weight")[1] if "cse" in branches else params.shape("sse.conv.weight")[1]
+    x = check_input(name, x, channels=channels, min_size=1)
     check_dtype(name, x, params)
     if combine not in COMBINES:
         raise ValueError(f"{name}: combine must be one of {COMBINES}, got {combine!r}")
-    if present == ("cse",):
+    if branches == ("cse",):
         return x * channel_gate(params, x)                   # cSE(x)
-    if present == ("sse",):
+    if branches == ("sse",):
         return x * spatial_gate(params, x)                   # sSE(x)
     if combine == "add":
         # cSE(x) + sSE(x) = x * (channel gate + spatial gate): one full-size product instead of two plus a sum

@@ -9,14 +9,17 @@ Conventions of the public APIs these helpers serve:
 """
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 
 import autograd as ag
 
 from ..layers import check_dtype, check_input, linear
+from ..params import Params
 
 
-def check_sequence(mechanism: str, x, params: dict, *, arg: str, features: int, layout: str) -> ag.Tensor:
+def check_sequence(mechanism: str, x, params, *, arg: str, features: int, layout: str) -> ag.Tensor:
     """Validate a float (B, L, features) input and return it as a Tensor (errors name mechanism and arg)."""
     x = check_input(mechanism, x, arg=arg, ndim=3, layout=layout)
     if x.shape[-1] != features:
@@ -25,6 +28,22 @@ def check_sequence(mechanism: str, x, params: dict, *, arg: str, features: int, 
         )
     check_dtype(mechanism, x, params, arg=arg)
     return x
+
+
+def prefix_view(mechanism: str, params, prefix: str) -> tuple:
+    """(view, owned): the parameters under ``prefix`` of a public building block as a :class:`Params` view.
+
+    Called by a user with a whole dict, the view holds the keys under ``prefix`` (every key when ``prefix``
+    is "") and ``owned`` is True: the caller checks afterwards (``view.check_all_used()``) that the block
+    read all of them.  Called from a mechanism with its view, ``owned`` is False and the mechanism's
+    outermost call checks the whole dict.
+    """
+    if isinstance(params, Params):
+        return params, False
+    if not isinstance(params, Mapping):
+        raise TypeError(f"{mechanism}: params must be a dict of arrays (name -> array), got {type(params).__name__}")
+    head = f"{prefix}." if prefix else ""
+    return Params(mechanism, {k: v for k, v in params.items() if k.startswith(head)}), True
 
 
 def check_batch(mechanism: str, x, batch: int, arg: str) -> None:
@@ -68,14 +87,14 @@ def shift_right(sequence: ag.Tensor) -> ag.Tensor:
     return ag.pad(sequence[:, :-1], ((0, 0), (1, 0), (0, 0)))
 
 
-def additive_energy(params: dict, prefix: str, projected_keys, projected_query) -> ag.Tensor:
+def additive_energy(params, prefix: str, projected_keys, projected_query, *, bias: bool) -> ag.Tensor:
     """Additive (Bahdanau-style) scores  e_j = v^T tanh(K_j + q) [+ c]  with v = ``{prefix}.weight`` (1, A).
 
-    projected_keys (B, L, A), projected_query (B, A) -> (B, L).  A bias ``{prefix}.bias`` (1,), if
-    present, adds the scalar c.
+    projected_keys (B, L, A), projected_query (B, A) -> (B, L).  With ``bias``, ``{prefix}.bias`` (1,) adds
+    the scalar c (Show-Attend-Tell's c_tt; Bahdanau's v_a has none).
     """
     hidden = ag.tanh(projected_keys + ag.expand_dims(projected_query, 1))
-    return linear(params, prefix, hidden)[..., 0]
+    return linear(params, prefix, hidden, bias=bias, out=1)[..., 0]
 
 
 def weighted_sum(weights, values) -> ag.Tensor:

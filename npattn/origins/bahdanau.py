@@ -29,13 +29,25 @@ Where this follows the official code (lisa-groundhog/GroundHog, ``experiments/nm
 the paper's omitted details explicit:
     * The GRU is the paper's, not ``torch.nn.GRU``: z weights the *new* candidate, and the reset gate acts
       before the recurrent matrix, U(r o h); torch computes r o (U h + b), which is not equivalent.
-    * Biases ("omitted for readability" in the paper) sit on the input-side maps W, W_z, W_r of both GRUs,
-      on W_s, on the readout's state map U_o and on the output layer W_o -- where GroundHog learns them;
-      the recurrent (U), context (C, C_o), previous-word readout (V_o) and alignment (W_a, U_a, v_a) maps
-      have none (GroundHog: A_cp, B_hp, D_pe without bias).
+    * Biases ("omitted for readability" in the paper) sit on the input-side maps W, W_z, W_r of both GRUs
+      (one per gate pre-activation), on W_s, on the readout's state map U_o and on the output layer W_o; the
+      recurrent (U), context (C, C_o), previous-word readout (V_o) and alignment (W_a, U_a, v_a) maps have
+      none.  Where GroundHog learns them (read in ``experiments/nmt/encdec.py`` and
+      ``groundhog/layers/rec_layers.py``): a bias on the candidate's input map W only (``input_embdr``);
+      the update- and reset-gate input maps W_z, W_r (``update_embdr``, ``reset_embdr``) are built with
+      ``learn_bias=False``, so npattn's biases of W_z and W_r have no GroundHog counterpart -- set them to
+      zero (and keep them out of training) to reproduce it.  The recurrent layers (``W_hh, G_hh, R_hh``,
+      ``A_cp, B_hp, D_pe``), the context maps (``dec_inputter/updater/reseter``), ``repr_readout`` (C_o) and
+      ``prev_readout`` (V_o) have no bias; ``initializer`` (W_s), ``hid_readout`` (U_o, "the only readout
+      layer with trainable bias") and the softmax (W_o, ``b_em``) have one.  GroundHog's word embedding
+      (``approx_embdr``) carries a bias too; here it is part of the embeddings the caller passes in.
     * A padded source step keeps the encoder state, so <-h_1 (hence s_0) ignores the padding.
     * ``readout_state="prev"`` is the appendix's t~_i = U_o s_{i-1} + ...; ``"new"`` feeds s_i instead (as
       the main text's g(y_{i-1}, s_i, c_i) and dl4mt-style code do).
+
+Parameters (the contract of :mod:`npattn.params`): the model has no structural options; the sizes m, n, n',
+l come from the shapes (m and n from the in-features of ``encoder.forward.W`` and ``encoder.forward.U``, n'
+and l from those of ``attention.v_a`` and ``output.W_o``) and every parameter is checked against them.
 """
 from __future__ import annotations
 
@@ -44,6 +56,7 @@ import numpy as np
 import autograd as ag
 
 from ..layers import example, init_linear, linear
+from ..params import uses_params
 from ..registry import Mechanism, Paper, register
 from ._sequence import (
     additive_energy,
@@ -51,6 +64,7 @@ from ._sequence import (
     check_padding_mask,
     check_sequence,
     keep_from_padding,
+    prefix_view,
     shift_right,
     weighted_sum,
 )
@@ -76,21 +90,26 @@ def init_paper_gru(rng, params: dict, prefix: str, input_dim: int, hidden: int, 
         init_linear(rng, params, f"{prefix}.{gate}", hidden, context_dim, bias=False, dtype=dtype)
 
 
-def _input_projections(params, prefix, x) -> tuple:
+def _input_projections(params, prefix, x, hidden: int) -> tuple:
     """(W x + b, W_z x + b_z, W_r x + b_r) for every step at once: x (B, T, in) -> 3 x (B, T, n)."""
-    return tuple(linear(params, f"{prefix}.{gate}", x) for gate in INPUT_GATES)
+    return tuple(linear(params, f"{prefix}.{gate}", x, out=hidden) for gate in INPUT_GATES)
 
 
 def _gru_step(params, prefix, projected, state, context=None) -> ag.Tensor:
     """One PaperGRU transition from this step's input projections; state (B, n) -> (B, n)."""
     candidate_in, update_in, reset_in = projected
+    hidden = state.shape[-1]
+
+    def recurrent(gate, v):                    # U, U_z, U_r, C, C_z, C_r: no bias (GroundHog neither)
+        return linear(params, f"{prefix}.{gate}", v, bias=False, out=hidden)
+
     if context is not None:
-        candidate_in = candidate_in + linear(params, f"{prefix}.C", context)
-        update_in = update_in + linear(params, f"{prefix}.C_z", context)
-        reset_in = reset_in + linear(params, f"{prefix}.C_r", context)
-    update = ag.sigmoid(update_in + linear(params, f"{prefix}.U_z", state))           # z
-    reset = ag.sigmoid(reset_in + linear(params, f"{prefix}.U_r", state))             # r
-    candidate = ag.tanh(candidate_in + linear(params, f"{prefix}.U", reset * state))  # h~ = tanh(Wx + U(r o h))
+        candidate_in = candidate_in + recurrent("C", context)
+        update_in = update_in + recurrent("C_z", context)
+        reset_in = reset_in + recurrent("C_r", context)
+    update = ag.sigmoid(update_in + recurrent("U_z", state))                # z
+    reset = ag.sigmoid(reset_in + recurrent("U_r", state))                  # r
+    candidate = ag.tanh(candidate_in + recurrent("U", reset * state))       # h~ = tanh(Wx + U(r o h))
     return (1.0 - update) * state + update * candidate
 
 
@@ -98,12 +117,20 @@ def paper_gru(params: dict, prefix: str, x, keep=None, *, reverse: bool = False)
     """Run a PaperGRU over x (B, T, in) from h_0 = 0; returns every state (B, T, n).
 
     ``keep`` (B, T) bool (True = real step): a padded step keeps the previous state.  ``reverse`` runs
-    from the last step to the first (the states are still returned in input order).
+    from the last step to the first (the states are still returned in input order).  Reads the keys under
+    ``prefix`` (given a whole dict, every one of them must be the GRU's: see :func:`init_paper_gru`).
     """
-    x = ag.as_tensor(x)
+    view, owned = prefix_view(NAME, params, prefix)
+    states = _paper_gru(view, prefix, ag.as_tensor(x), keep, reverse)
+    if owned:
+        view.check_all_used()
+    return states
+
+
+def _paper_gru(params, prefix: str, x: ag.Tensor, keep, reverse: bool) -> ag.Tensor:
     batch, steps = x.shape[:2]
-    hidden = params[f"{prefix}.U.weight"].shape[0]
-    projected = _input_projections(params, prefix, x)
+    hidden = params.shape(f"{prefix}.U.weight")[1]
+    projected = _input_projections(params, prefix, x, hidden)
     state = ag.Tensor(ag.xp.zeros((batch, hidden), dtype=x.dtype))
     states = [None] * steps
     for t in (reversed(range(steps)) if reverse else range(steps)):
@@ -144,37 +171,46 @@ def init(rng, embed_dim: int, hidden: int, *, vocab: int, align_dim: int | None 
     return params
 
 
+READOUT_STATES = ("prev", "new")
+
+
 def _check(params, source, target, source_padding_mask, readout_state):
-    embed_dim = params["encoder.forward.W.weight"].shape[1]
+    embed_dim = params.shape("encoder.forward.W.weight")[1]
     layout = "(B, T, embed_dim)"
     source = check_sequence(NAME, source, params, arg="source", features=embed_dim, layout=layout)
     target = check_sequence(NAME, target, params, arg="target", features=embed_dim, layout=layout)
     check_batch(NAME, target, source.shape[0], "target")
+    for arg, sequence in (("source", source), ("target", target)):
+        if sequence.shape[1] < 1:       # s_0 reads <-h_1; a decoder pass has at least one word
+            raise ValueError(f"{NAME}: {arg} must have at least one time step (B, T >= 1, embed_dim), "
+                             f"got shape {sequence.shape}")
     padding = check_padding_mask(NAME, source_padding_mask, arg="source_padding_mask", shape=source.shape[:2])
-    if readout_state not in ("prev", "new"):
+    if readout_state not in READOUT_STATES:
         raise ValueError(f"{NAME}: readout_state must be 'prev' (paper appendix) or 'new', got {readout_state!r}")
     return source, target, keep_from_padding(padding)
 
 
 def _encode(params, source, keep):
     """Annotations h_j = [->h_j ; <-h_j] (B, Tx, 2n) and s_0 = tanh(W_s <-h_1) (B, n)."""
-    forward = paper_gru(params, "encoder.forward", source, keep)
-    backward = paper_gru(params, "encoder.backward", source, keep, reverse=True)
-    initial = ag.tanh(linear(params, "decoder.init", backward[:, 0]))
+    forward = _paper_gru(params, "encoder.forward", source, keep, reverse=False)
+    backward = _paper_gru(params, "encoder.backward", source, keep, reverse=True)
+    initial = ag.tanh(linear(params, "decoder.init", backward[:, 0], out=backward.shape[-1]))
     return ag.concatenate([forward, backward], axis=2), initial
 
 
 def _decode(params, source, target, keep, readout_state):
     """Teacher-forced pass: log-probs (B, Ty, K) and alignments alpha (B, Ty, Tx)."""
     annotations, state = _encode(params, source, keep)
-    keys = linear(params, "attention.U_a", annotations)              # U_a h_j, once for all i
-    previous_words = shift_right(target)                             # E y_{i-1}, E y_0 = 0
-    projected = _input_projections(params, "decoder.gru", previous_words)
+    align_dim = params.shape("attention.v_a.weight")[1]
+    keys = linear(params, "attention.U_a", annotations, bias=False, out=align_dim)   # U_a h_j, once for all i
+    previous_words = shift_right(target)                                            # E y_{i-1}, E y_0 = 0
+    projected = _input_projections(params, "decoder.gru", previous_words, state.shape[-1])
     readout_states, contexts, alignments = [], [], []
     for i in range(target.shape[1]):
-        energy = additive_energy(params, "attention.v_a", keys, linear(params, "attention.W_a", state))
+        query = linear(params, "attention.W_a", state, bias=False, out=align_dim)   # W_a s_{i-1}
+        energy = additive_energy(params, "attention.v_a", keys, query, bias=False)  # e_ij
         alpha = ag.softmax(energy, axis=-1, mask=keep)
-        context = weighted_sum(alpha, annotations)                   # c_i
+        context = weighted_sum(alpha, annotations)                                  # c_i
         new_state = _gru_step(params, "decoder.gru", tuple(p[:, i] for p in projected), state, context)
         readout_states.append(state if readout_state == "prev" else new_state)
         contexts.append(context)
@@ -186,24 +222,28 @@ def _decode(params, source, target, keep, readout_state):
 
 def _readout(params, states, previous_words, contexts) -> ag.Tensor:
     """Deep output with maxout: t~ = U_o s + V_o E y_{i-1} + C_o c_i; t = max over pairs; log softmax(W_o t)."""
-    pre = (linear(params, "readout.U_o", states) + linear(params, "readout.V_o", previous_words)
-           + linear(params, "readout.C_o", contexts))
-    batch, steps, double = pre.shape
+    double = 2 * params.shape("output.W_o.weight")[1]                               # 2l
+    pre = (linear(params, "readout.U_o", states, out=double)
+           + linear(params, "readout.V_o", previous_words, bias=False, out=double)
+           + linear(params, "readout.C_o", contexts, bias=False, out=double))
+    batch, steps = pre.shape[:2]
     maxout = ag.max(ag.reshape(pre, (batch, steps, double // 2, 2)), axis=-1)
     return ag.log_softmax(linear(params, "output.W_o", maxout), axis=-1)
 
 
+@uses_params(NAME)
 def bahdanau(params: dict, source, target, source_padding_mask=None, *, train: bool = False,
              readout_state: str = "prev") -> ag.Tensor:
     """RNNsearch, one teacher-forced pass: source (B, Tx, m), target (B, Ty, m) embeddings, padding mask
     (B, Tx) bool (True = pad) -> log p(y_i | y_<i, x) of every target word, (B, Ty, K).
 
-    ``train`` has no effect (no dropout / BatchNorm).
+    ``train`` has no effect (no dropout / BatchNorm).  Tx, Ty >= 1.
     """
     source, target, keep = _check(params, source, target, source_padding_mask, readout_state)
     return _decode(params, source, target, keep, readout_state)[0]
 
 
+@uses_params(NAME)
 def alignment(params: dict, source, target, source_padding_mask=None, *, readout_state: str = "prev") -> ag.Tensor:
     """The alignment matrix alpha_ij (B, Ty, Tx) of :func:`bahdanau` (rows sum to 1, padding columns 0)."""
     source, target, keep = _check(params, source, target, source_padding_mask, readout_state)

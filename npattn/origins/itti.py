@@ -54,11 +54,16 @@ images away from them -- :func:`example_image` does, measuring the distance with
 
 Inputs are RGB images (N, 3, H, W) with non-negative values (e.g. in [0, 1]); H and W must be at least
 ``2 ** (levels - 1)`` so that every pyramid level is a true decimation.
+
+Parameters: none.  :func:`itti` takes ``params`` for the registry's uniform signature and accepts only an
+empty dict; any key is a KeyError saying that the model has no parameters (never silently ignored).  The
+keyword options are validated (types, ranges, odd Gabor size) with the expected and the received value.
 """
 from __future__ import annotations
 
 import contextvars
 import math
+from typing import Mapping
 
 import numpy as np
 
@@ -66,6 +71,7 @@ import autograd as ag
 from autograd import backend
 
 from ..layers import check_input
+from ..params import ParameterKeyError
 from ..registry import Mechanism, Paper, register
 
 NAME = "itti"
@@ -265,17 +271,46 @@ def normalize(maps, norm_max: float = 1.0) -> ag.Tensor:
 # the model
 
 
-def _validate_options(levels: int, centers, deltas, map_level: int) -> None:
-    if levels < 2:
-        raise ValueError(f"itti: levels must be >= 2, got {levels}")
+def _integer(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _levels_list(name: str, values) -> tuple:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{NAME}: {name} must be a non-empty sequence of integers, got {values!r}")
+    values = tuple(values)
+    if not values or not all(_integer(v) for v in values):
+        raise ValueError(f"{NAME}: {name} must be a non-empty sequence of integers, got {values!r}")
+    return values
+
+
+def _positive_finite(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not 0 < value < math.inf:
+        raise ValueError(f"{NAME}: {name} must be a finite positive number, got {value!r}")
+
+
+def _validate_options(levels: int, centers, deltas, map_level: int, gabor: tuple = (7, 2.0, 4.0, 0.5),
+                      norm_max: float = 1.0) -> tuple:
+    """Checked (centers, deltas) as tuples; every option's expected and received value in the errors."""
+    if not _integer(levels) or levels < 2:
+        raise ValueError(f"{NAME}: levels must be an integer >= 2, got {levels!r}")
+    centers, deltas = _levels_list("centers", centers), _levels_list("deltas", deltas)
     surrounds = [c + d for c in centers for d in deltas]
     if min(centers) < 0 or min(deltas) < 1 or max(surrounds) > levels - 1:
         raise ValueError(
-            f"itti: centres {tuple(centers)} + deltas {tuple(deltas)} must give surround levels within "
-            f"0..{levels - 1}"
+            f"{NAME}: centres {centers} + deltas {deltas} must give surround levels within 0..{levels - 1} "
+            "(centres >= 0, deltas >= 1)"
         )
-    if not 0 <= map_level < levels:
-        raise ValueError(f"itti: map_level must be in 0..{levels - 1}, got {map_level}")
+    if not _integer(map_level) or not 0 <= map_level < levels:
+        raise ValueError(f"{NAME}: map_level must be an integer in 0..{levels - 1}, got {map_level!r}")
+    size, sigma, wavelength, gamma = gabor
+    if not _integer(size) or size < 1 or size % 2 == 0:
+        raise ValueError(f"{NAME}: gabor_size must be an odd positive integer (a centred kernel), got {size!r}")
+    for name, value in (("gabor_sigma", sigma), ("gabor_wavelength", wavelength), ("gabor_gamma", gamma),
+                        ("norm_max", norm_max)):
+        _positive_finite(name, value)
+    return centers, deltas
 
 
 def conspicuity_maps(x, *, levels: int = 9, centers=(2, 3, 4), deltas=(3, 4), map_level: int = 4,
@@ -283,8 +318,12 @@ def conspicuity_maps(x, *, levels: int = 9, centers=(2, 3, 4), deltas=(3, 4), ma
                      gabor_gamma: float = 0.5, norm_max: float = 1.0) -> dict:
     """The three conspicuity maps ``{"intensity": Ibar, "colour": Cbar, "orientation": Obar}``, each
     (N, 1, h, w) at the map level.  x: (N, 3, H, W) RGB.  Keywords as :func:`itti`."""
-    _validate_options(levels, centers, deltas, map_level)
-    x = check_input(NAME, x, channels=3, min_size=2 ** (levels - 1), layout="(N, 3, H, W) RGB")
+    centers, deltas = _validate_options(levels, centers, deltas, map_level,
+                                        (gabor_size, gabor_sigma, gabor_wavelength, gabor_gamma), norm_max)
+    x = check_input(NAME, x, min_size=2 ** (levels - 1), layout="(N, 3, H, W) RGB")
+    if x.shape[1] != 3:
+        raise ValueError(f"{NAME}: x must be an RGB image batch (N, 3, H, W) (the colour channels are r, g, b), "
+                         f"got shape {x.shape}")
     features = pyramid(_features(x), levels)
     kernels = backend.from_numpy(gabor_kernels(gabor_size, gabor_sigma, gabor_wavelength, gabor_gamma, dtype=x.dtype))
     used = set(centers) | {c + d for c in centers for d in deltas}
@@ -300,13 +339,24 @@ def conspicuity_maps(x, *, levels: int = 9, centers=(2, 3, 4), deltas=(3, 4), ma
     return {"intensity": total[:, 0:1], "colour": total[:, 1:2] + total[:, 2:3], "orientation": orientation}
 
 
+def _check_no_parameters(params) -> None:
+    """The model has none: ``params`` must be an empty dict, and any key is an error saying so."""
+    if not isinstance(params, Mapping):
+        raise TypeError(f"{NAME}: params must be an empty dict (the model has no parameters), "
+                        f"got {type(params).__name__}")
+    if len(params):
+        keys = ", ".join(repr(k) for k in list(params)[:5]) + (", ..." if len(params) > 5 else "")
+        raise ParameterKeyError(f"{NAME}: the model has no parameters (init returns {{}}), but params has "
+                                f"{len(params)} key(s): {keys}; pass {{}}")
+
+
 def itti(params: dict, x, *, train: bool = False, levels: int = 9, centers=(2, 3, 4), deltas=(3, 4),
          map_level: int = 4, gabor_size: int = 7, gabor_sigma: float = 2.0, gabor_wavelength: float = 4.0,
          gabor_gamma: float = 0.5, norm_max: float = 1.0) -> ag.Tensor:
     """Saliency map S = (N(Ibar) + N(Cbar) + N(Obar)) / 3 of RGB images.
 
     Args:
-        params: ``{}`` (the model has no parameters).
+        params: ``{}`` (the model has no parameters; a non-empty dict is a KeyError saying so).
         x: (N, 3, H, W) non-negative RGB, H, W >= 2 ** (levels - 1).
         train: no effect.
         levels, centers, deltas, map_level: pyramid depth, centre levels c, deltas s - c, level of S.
@@ -316,6 +366,7 @@ def itti(params: dict, x, *, train: bool = False, levels: int = 9, centers=(2, 3
     Returns:
         (N, 1, ceil(H / 2^map_level), ceil(W / 2^map_level)), dtype of ``x``.
     """
+    _check_no_parameters(params)
     maps = conspicuity_maps(x, levels=levels, centers=centers, deltas=deltas, map_level=map_level,
                             gabor_size=gabor_size, gabor_sigma=gabor_sigma, gabor_wavelength=gabor_wavelength,
                             gabor_gamma=gabor_gamma, norm_max=norm_max)

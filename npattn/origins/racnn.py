@@ -36,7 +36,11 @@ No official code was released; these choices are ours (spec sheet, "In PyTorch t
   where the bilinear weights have kinks).  ``grad_through_sampling=False`` is the paper's estimator
   (eqs. 9-10): the gradient reaches (t_x, t_y, t_l) through the mask M only.
 * ``loss``: cross-entropy and ranking terms are averaged over the batch; p_t^(s) is the softmax
-  probability of the true class at scale s.
+  probability of the true class at scale s.  Labels must be integer ids in [0, classes).
+
+Parameters (the contract of :mod:`npattn.params`): no structural options; the sizes come from the shapes
+(C from ``cnn1.conv1``, the width from the in-channels of ``cnn1.conv2``, S from the in-features of
+``classifier1``, the APN width from the in-features of ``apn{s}.fc2``) and every parameter is checked on them.
 """
 from __future__ import annotations
 
@@ -45,7 +49,10 @@ import numpy as np
 import autograd as ag
 
 from ..layers import check_dtype, check_input, conv, example, init_conv, init_linear, linear
+from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ._labels import check_labels
+from ._sequence import prefix_view
 
 NAME = "racnn"
 SCALES = 3
@@ -121,8 +128,21 @@ def crop_and_zoom(x, box, *, k: float = 10.0, grad_through_sampling: bool = True
 
 
 def attention_box(params: dict, scale: int, features, image_size: int) -> ag.Tensor:
-    """APN_s: features (N, F) -> (N, 3) = (t_x, t_y, t_l) in pixels of the scale's input."""
-    a = ag.sigmoid(linear(params, f"apn{scale}.fc2", ag.tanh(linear(params, f"apn{scale}.fc1", features))))
+    """APN_s: features (N, F) -> (N, 3) = (t_x, t_y, t_l) in pixels of the scale's input.
+
+    Reads ``apn{scale}.fc1`` (hidden, F) and ``apn{scale}.fc2`` (3, hidden) (given a whole dict, every key
+    under ``apn{scale}`` must be one of them)."""
+    view, owned = prefix_view(NAME, params, f"apn{scale}")
+    box = _attention_box(view, scale, ag.as_tensor(features), image_size)
+    if owned:
+        view.check_all_used()
+    return box
+
+
+def _attention_box(params, scale: int, features: ag.Tensor, image_size: int) -> ag.Tensor:
+    hidden = params.shape(f"apn{scale}.fc2.weight")[1]
+    a = ag.sigmoid(linear(params, f"apn{scale}.fc2", ag.tanh(linear(params, f"apn{scale}.fc1", features, out=hidden)),
+                          out=3))
     side = float(image_size)
     offset = ag.from_numpy(np.array([0.0, 0.0, side / 6.0], dtype=a.dtype))
     span = ag.from_numpy(np.array([side, side, side / 2.0 - side / 6.0], dtype=a.dtype))
@@ -137,26 +157,50 @@ ACTIVATIONS = {"tanh": ag.tanh, "relu": ag.relu}
 POOLINGS = {"avg": ag.avg_pool2d, "max": ag.max_pool2d}
 
 
-def _features(params: dict, scale: int, x, activation: str, pooling: str) -> ag.Tensor:
-    """CNN_s: (N, C, S, S) -> (N, width (S/4)^2)."""
+def _features(params, scale: int, x, activation: str, pooling: str) -> ag.Tensor:
+    """CNN_s: (N, C, S, S) -> (N, width (S/4)^2); both convolutions are 3x3 with padding 1 (size kept)."""
     act, pool = ACTIVATIONS[activation], POOLINGS[pooling]
-    hidden = pool(act(conv(params, f"cnn{scale}.conv1", x, padding=1)), 2)
-    hidden = pool(act(conv(params, f"cnn{scale}.conv2", hidden, padding=1)), 2)
-    return ag.reshape(hidden, (hidden.shape[0], -1))
+    width = params.shape("cnn1.conv2.weight")[1]
+    params.take(f"cnn{scale}.conv1.weight", (width, x.shape[1], 3, 3))
+    hidden = pool(act(conv(params, f"cnn{scale}.conv1", x, padding=1, out=width)), 2)
+    params.take(f"cnn{scale}.conv2.weight", (width, width, 3, 3))
+    hidden = pool(act(conv(params, f"cnn{scale}.conv2", hidden, padding=1, out=width)), 2)
+    return ag.reshape(hidden, (hidden.shape[0], width * hidden.shape[2] * hidden.shape[3]))   # no -1: N may be 0
 
 
-def _check(params: dict, x) -> ag.Tensor:
-    weight = params["cnn1.conv1.weight"]
-    features = params["classifier1.weight"].shape[1]
-    side = 4 * int(round((features / params["cnn1.conv2.weight"].shape[0]) ** 0.5))
-    x = check_input(NAME, x, channels=weight.shape[1], min_size=side)
+def _input_side(params) -> int:
+    """S, from the classifiers' in-features F = width (S/4)^2."""
+    width = params.shape("cnn1.conv2.weight")[1]
+    features = params.shape("classifier1.weight")[1]
+    quarter = int(round((features / width) ** 0.5)) if width else 0
+    if width < 1 or quarter < 1 or width * quarter * quarter != features:
+        raise ValueError(f"{NAME}: parameter 'classifier1.weight' must have width * (S/4)^2 in-features with "
+                         f"width = {width} (in-channels of 'cnn1.conv2.weight'), got {features}")
+    return 4 * quarter
+
+
+def _check(params, x) -> ag.Tensor:
+    channels = params.shape("cnn1.conv1.weight")[1]
+    side = _input_side(params)
+    x = check_input(NAME, x, channels=channels, min_size=side)
     check_dtype(NAME, x, params)
     if x.shape[2:] != (side, side):
-        raise ValueError(f"racnn: x must be (N, {weight.shape[1]}, {side}, {side}) to match the classifiers, "
+        raise ValueError(f"{NAME}: x must be (N, {channels}, {side}, {side}) to match the classifiers, "
                          f"got shape {x.shape}")
     return x
 
 
+def _check_options(k, grad_through_sampling, activation, pooling) -> None:
+    if activation not in ACTIVATIONS or pooling not in POOLINGS:
+        raise ValueError(f"{NAME}: activation must be one of {sorted(ACTIVATIONS)} and pooling one of "
+                         f"{sorted(POOLINGS)}, got {activation!r}, {pooling!r}")
+    if isinstance(k, bool) or not isinstance(k, (int, float, np.integer, np.floating)) or not 0 < k < np.inf:
+        raise ValueError(f"{NAME}: k (the boxcar's logistic steepness) must be a finite positive number, got {k!r}")
+    if not isinstance(grad_through_sampling, (bool, np.bool_)):
+        raise TypeError(f"{NAME}: grad_through_sampling must be True or False, got {grad_through_sampling!r}")
+
+
+@uses_params(NAME)
 def forward(params: dict, x, *, k: float = 10.0, grad_through_sampling: bool = True, activation: str = "tanh",
             pooling: str = "avg") -> dict:
     """All three scales.  x: (N, C, S, S).  ``activation`` ("tanh"/"relu"), ``pooling`` ("avg"/"max"): the
@@ -165,22 +209,22 @@ def forward(params: dict, x, *, k: float = 10.0, grad_through_sampling: bool = T
     Returns dict: ``logits`` list of 3 (N, classes), ``boxes`` (N, 2, 3) the APN boxes (t_x, t_y, t_l) of
     scales 1 and 2 (each in its scale's input pixels), ``inputs`` list of the 3 scale inputs (N, C, S, S).
     """
-    if activation not in ACTIVATIONS or pooling not in POOLINGS:
-        raise ValueError(f"racnn: activation must be one of {sorted(ACTIVATIONS)} and pooling one of "
-                         f"{sorted(POOLINGS)}, got {activation!r}, {pooling!r}")
+    _check_options(k, grad_through_sampling, activation, pooling)
     x = _check(params, x)
     side = x.shape[2]
+    classes = params.shape("classifier1.weight")[0]
     logits, boxes, inputs = [], [], [x]
     for scale in range(1, SCALES + 1):
         features = _features(params, scale, inputs[-1], activation, pooling)
-        logits.append(linear(params, f"classifier{scale}", features))
+        logits.append(linear(params, f"classifier{scale}", features, out=classes))
         if scale < SCALES:
-            box = attention_box(params, scale, features, side)
+            box = _attention_box(params, scale, features, side)
             boxes.append(box)
             inputs.append(crop_and_zoom(inputs[-1], box, k=k, grad_through_sampling=grad_through_sampling))
     return {"logits": logits, "boxes": ag.stack(boxes, axis=1), "inputs": inputs}
 
 
+@uses_params(NAME)
 def racnn(params: dict, x, *, train: bool = False, k: float = 10.0, grad_through_sampling: bool = True,
           activation: str = "tanh", pooling: str = "avg") -> ag.Tensor:
     """Class scores of the three scales, stacked: (N, 3, classes).  x: (N, C, S, S).  ``train``: no effect.
@@ -190,19 +234,22 @@ def racnn(params: dict, x, *, train: bool = False, k: float = 10.0, grad_through
     return ag.stack(out["logits"], axis=1)
 
 
+@uses_params(NAME)
 def loss(params: dict, x, labels, *, margin: float = 0.05, k: float = 10.0, grad_through_sampling: bool = True,
          activation: str = "tanh", pooling: str = "avg") -> ag.Tensor:
     """L = sum_s mean_N CE(Y_s, y) + sum_{s=1,2} mean_N max(0, p_t^(s) - p_t^(s+1) + margin); a scalar.
 
-    labels: (N,) integer class labels (backend array).
+    labels: (N,) integer class ids in [0, classes) (backend array); anything else is an error (a negative
+    id would silently pick a class from the end).
     """
+    if isinstance(margin, bool) or not isinstance(margin, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(margin):
+        raise ValueError(f"{NAME}: margin must be a finite number, got {margin!r}")
     xp = ag.xp
     logits = forward(params, x, k=k, grad_through_sampling=grad_through_sampling, activation=activation,
                      pooling=pooling)["logits"]
-    labels = labels.data if isinstance(labels, ag.Tensor) else labels
-    n = logits[0].shape[0]
-    if labels.shape != (n,) or np.dtype(labels.dtype).kind not in "iu":
-        raise ValueError(f"racnn: labels must be ({n},) integers, got {labels.shape} {labels.dtype}")
+    n, classes = logits[0].shape
+    labels = check_labels(NAME, labels, batch=n, classes=classes)
     rows = xp.arange(n)
     log_probs = [ag.log_softmax(scores, axis=-1) for scores in logits]
     classification = sum(-ag.mean(lp[rows, labels]) for lp in log_probs)

@@ -41,6 +41,13 @@ Exceptions to the port (spec sheet):
 
 Gradients w.r.t. ``locations`` are defined but only piecewise (the glimpse position is an integer
 function of l), so the registry checks gradients w.r.t. the image and every parameter.
+
+Parameters (the contract of :mod:`npattn.params`): ``patch_size`` (g) and ``num_patches`` (k) are keywords
+of :func:`init` *and* of the apply functions, with the same defaults (a registry entry's ``config`` reaches
+both); ``glimpse_scale`` (s) has no parameters and is an apply option.  The hidden sizes come from the shapes
+(in-features of ``sensor.fc3``, ``sensor.fc4`` and ``rnn.h2h``) and every parameter is checked on them.
+Pixels outside the image read exactly zero (a selection, so a non-finite edge pixel does not leak into
+them), and labels must be integer ids in [0, classes).
 """
 from __future__ import annotations
 
@@ -51,7 +58,9 @@ import numpy as np
 import autograd as ag
 
 from ..layers import check_dtype, check_input, example, init_linear, linear
+from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ._labels import check_labels
 
 NAME = "ram"
 
@@ -114,7 +123,9 @@ def extract_patch(x: ag.Tensor, locations, side: int) -> ag.Tensor:
     rows_in, cols_in = xp.clip(rows, 0, h - 1)[:, :, None], xp.clip(cols, 0, w - 1)[:, None, :]
     pixels = ag.transpose(x, (0, 2, 3, 1))[batch, rows_in, cols_in]  # (N, side, side, C), scatter-add VJP
     patch = ag.transpose(pixels, (0, 3, 1, 2))  # (N, C, side, side)
-    return patch * xp.expand_dims(inside, 1).astype(x.dtype)
+    # Outside the image the clipped index read an edge pixel: select 0 there (multiplying by 0 would turn a
+    # NaN/Inf edge pixel into NaN where the port's zero padding gives 0).
+    return ag.where(xp.expand_dims(inside, 1), patch, 0.0)
 
 
 def glimpse_sensor(x, locations, *, patch_size: int = 8, num_patches: int = 1,
@@ -130,7 +141,7 @@ def glimpse_sensor(x, locations, *, patch_size: int = 8, num_patches: int = 1,
             patch = ag.avg_pool2d(patch, side // patch_size)
         patches.append(patch)
     glimpse = ag.concatenate(patches, axis=1)
-    return ag.reshape(glimpse, (glimpse.shape[0], -1))
+    return ag.reshape(glimpse, (glimpse.shape[0], int(np.prod(glimpse.shape[1:]))))   # no -1: N may be 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,27 +152,55 @@ def _detached(t: ag.Tensor) -> ag.Tensor:
     return ag.Tensor(t.data)
 
 
-def _step(params: dict, x, location, hidden, glimpse: dict, detach_policy_input: bool,
+def _step(params, x, location, hidden, glimpse: dict, detach_policy_input: bool,
           detach_baseline_input: bool):
     """One glimpse: (clamped l_{t-1}, h_{t-1}) -> (h_t, mu_t, b_t)."""
+    glimpse_hidden, loc_hidden = params.shape("sensor.fc3.weight")[1], params.shape("sensor.fc4.weight")[1]
+    core = hidden.shape[-1]
     rho = glimpse_sensor(x, location, **glimpse)
-    what = linear(params, "sensor.fc3", ag.relu(linear(params, "sensor.fc1", rho)))
-    where = linear(params, "sensor.fc4", ag.relu(linear(params, "sensor.fc2", location)))
+    what = linear(params, "sensor.fc3", ag.relu(linear(params, "sensor.fc1", rho, out=glimpse_hidden)), out=core)
+    where = linear(params, "sensor.fc4", ag.relu(linear(params, "sensor.fc2", location, out=loc_hidden)), out=core)
     g_t = ag.relu(what + where)
-    hidden = ag.relu(linear(params, "rnn.i2h", g_t) + linear(params, "rnn.h2h", hidden))
-    mean = ag.tanh(linear(params, "locator.fc", _detached(hidden) if detach_policy_input else hidden))
-    baseline = linear(params, "baseliner.fc", _detached(hidden) if detach_baseline_input else hidden)
+    hidden = ag.relu(linear(params, "rnn.i2h", g_t, out=core) + linear(params, "rnn.h2h", hidden, out=core))
+    mean = ag.tanh(linear(params, "locator.fc", _detached(hidden) if detach_policy_input else hidden, out=2))
+    baseline = linear(params, "baseliner.fc", _detached(hidden) if detach_baseline_input else hidden, out=1)
     return hidden, mean, baseline[:, 0]
 
 
-def _check_image(params: dict, x, glimpse: dict) -> ag.Tensor:
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{NAME}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _finite(name: str, value, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value) or (positive and value <= 0):
+        raise ValueError(f"{NAME}: {name} must be a finite{' positive' if positive else ''} number, got {value!r}")
+    return float(value)
+
+
+def _check_flags(**flags) -> None:
+    for name, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{NAME}: {name} must be True or False, got {type(value).__name__} {value!r}")
+
+
+def _glimpse_options(patch_size, num_patches, glimpse_scale) -> dict:
+    return {"patch_size": _positive_int("patch_size", patch_size),
+            "num_patches": _positive_int("num_patches", num_patches),
+            "glimpse_scale": _finite("glimpse_scale", glimpse_scale, positive=True)}
+
+
+def _check_image(params, x, glimpse: dict) -> ag.Tensor:
     """Validate the image against the parameters and glimpse options; returns it as a Tensor."""
-    in_features = params["sensor.fc1.weight"].shape[1]
+    in_features = params.shape("sensor.fc1.weight")[1]
     per_channel = glimpse["num_patches"] * glimpse["patch_size"] ** 2
     if in_features % per_channel:
-        raise ValueError(f"ram: sensor.fc1 takes {in_features} inputs, not a multiple of k g^2 = {per_channel}; "
+        raise ValueError(f"{NAME}: sensor.fc1 takes {in_features} inputs, not a multiple of k g^2 = {per_channel}; "
                          "patch_size/num_patches do not match the parameters")
-    x = check_input(NAME, x, channels=in_features // per_channel)
+    patch_sides(glimpse["patch_size"], glimpse["num_patches"], glimpse["glimpse_scale"])
+    x = check_input(NAME, x, channels=in_features // per_channel, min_size=1)   # a 0-size image has no pixel
     check_dtype(NAME, x, params)
     return x
 
@@ -169,27 +208,32 @@ def _check_image(params: dict, x, glimpse: dict) -> ag.Tensor:
 def _check_locations(x: ag.Tensor, locations) -> ag.Tensor:
     locations = ag.as_tensor(locations)
     if locations.ndim != 3 or locations.shape[0] != x.shape[0] or locations.shape[2] != 2 or locations.shape[1] < 2:
-        raise ValueError(f"ram: locations must be (N, T+1, 2) with N = {x.shape[0]} and T >= 1, got shape "
+        raise ValueError(f"{NAME}: locations must be (N, T+1, 2) with N = {x.shape[0]} and T >= 1, got shape "
                          f"{locations.shape}")
     if locations.dtype != x.dtype:
-        raise TypeError(f"ram: locations have dtype {locations.dtype} but x has {x.dtype}")
+        raise TypeError(f"{NAME}: locations have dtype {locations.dtype} but x has {x.dtype}")
+    if locations.data.size and not bool(ag.xp.all(ag.xp.isfinite(locations.data))):
+        raise ValueError(f"{NAME}: locations must be finite (a glimpse position is an integer function of them)")
     return locations
 
 
+@uses_params(NAME)
 def rollout(params: dict, x, locations, *, patch_size: int = 8, num_patches: int = 1, glimpse_scale: float = 1.0,
             detach_policy_input: bool = False, detach_baseline_input: bool = True) -> dict:
     """Run the T = locations.shape[1] - 1 glimpses for given sampled locations.
 
     Args:
         x: (N, C, H, W) images.  locations: (N, T+1, 2) pre-clamp locations (l_0, then the samples).
+        patch_size, num_patches: g and k, as given to :func:`init`; glimpse_scale: s.
 
     Returns:
         dict: ``log_probs`` (N, classes), ``means`` (N, T, 2) policy means mu_1..mu_T, ``baselines`` (N, T).
     """
-    glimpse = {"patch_size": patch_size, "num_patches": num_patches, "glimpse_scale": glimpse_scale}
+    glimpse = _glimpse_options(patch_size, num_patches, glimpse_scale)
+    _check_flags(detach_policy_input=detach_policy_input, detach_baseline_input=detach_baseline_input)
     x = _check_image(params, x, glimpse)
     locations = _check_locations(x, locations)
-    hidden_size = params["rnn.h2h.weight"].shape[0]
+    hidden_size = params.shape("rnn.h2h.weight")[1]
     hidden = ag.Tensor(ag.xp.zeros((x.shape[0], hidden_size), dtype=x.dtype))
     means, baselines = [], []
     for t in range(locations.shape[1] - 1):
@@ -202,6 +246,7 @@ def rollout(params: dict, x, locations, *, patch_size: int = 8, num_patches: int
     return {"log_probs": log_probs, "means": ag.stack(means, axis=1), "baselines": ag.stack(baselines, axis=1)}
 
 
+@uses_params(NAME)
 def ram(params: dict, x, locations, *, train: bool = False, patch_size: int = 8, num_patches: int = 1,
         glimpse_scale: float = 1.0, detach_policy_input: bool = False,
         detach_baseline_input: bool = True) -> ag.Tensor:
@@ -215,24 +260,29 @@ def ram(params: dict, x, locations, *, train: bool = False, patch_size: int = 8,
                    detach_baseline_input=detach_baseline_input)["log_probs"]
 
 
+@uses_params(NAME)
 def sample_locations(params: dict, x, rng: np.random.Generator, num_glimpses: int, *, std: float = 0.05,
                      patch_size: int = 8, num_patches: int = 1, glimpse_scale: float = 1.0):
     """Draw (N, T+1, 2) pre-clamp locations from the policy: l_0 ~ U(-1, 1), l_t = mu_t + std * eps_t.
 
     Runs the recurrence without gradient, drawing from ``rng`` on the host (so a seed gives the same
-    locations on every backend).  Returns a backend array in the dtype of ``x``.
+    locations on every backend).  Returns a backend array in the dtype of ``x``.  Every parameter is read
+    (the classifier's too, though no class is predicted here), so the parameters are those of :func:`ram`.
     """
-    glimpse = {"patch_size": patch_size, "num_patches": num_patches, "glimpse_scale": glimpse_scale}
+    glimpse = _glimpse_options(patch_size, num_patches, glimpse_scale)
+    num_glimpses = _positive_int("num_glimpses", num_glimpses)
+    std = _finite("std", std, positive=True)
     x = _check_image(params, x, glimpse)
     n = x.shape[0]
     first = ag.uniform(rng, (n, 2), -1.0, 1.0, dtype=x.dtype)
-    hidden = ag.Tensor(ag.xp.zeros((n, params["rnn.h2h.weight"].shape[0]), dtype=x.dtype))
+    hidden = ag.Tensor(ag.xp.zeros((n, params.shape("rnn.h2h.weight")[1]), dtype=x.dtype))
     samples = [first]
     with ag.no_grad():
         for _ in range(num_glimpses):
             location = ag.xp.clip(samples[-1], -1.0, 1.0)
             hidden, mean, _ = _step(params, x, location, hidden, glimpse, False, False)
             samples.append(mean.data + ag.normal(rng, (n, 2), std=std, dtype=x.dtype))
+        linear(params, "classifier.fc", hidden)          # validates the classifier (nothing else reads it here)
     return ag.xp.stack(samples, axis=1)
 
 
@@ -246,6 +296,7 @@ def log_policy(means, locations, std: float) -> ag.Tensor:
     return ag.sum(-0.5 * z * z - math.log(std) - 0.5 * math.log(2.0 * math.pi), axis=-1)
 
 
+@uses_params(NAME)
 def reinforce_loss(params: dict, x, locations, labels, *, std: float = 0.05, advantage=None,
                    reinforce_weight: float = 0.01, patch_size: int = 8, num_patches: int = 1,
                    glimpse_scale: float = 1.0, detach_policy_input: bool = False,
@@ -253,21 +304,21 @@ def reinforce_loss(params: dict, x, locations, labels, *, std: float = 0.05, adv
     """The hybrid loss (a scalar): NLL + MSE(b, R) + w * mean_N sum_T -log pi(l_t | mu_t) A_t.
 
     Args:
-        labels: (N,) integer class labels (backend array).
+        labels: (N,) integer class ids in [0, classes) (backend array); anything else is an error.
         advantage: None (default) for A = R - b.detach() (the port), or a constant (N, T) (or broadcastable)
             array: then the loss is an ordinary function of the parameters that finite differences can check.
             Its gradient is never taken.
         reinforce_weight: w (0.01 in the port).
     """
+    std = _finite("std", std, positive=True)
+    reinforce_weight = _finite("reinforce_weight", reinforce_weight)
     out = rollout(params, x, locations, patch_size=patch_size, num_patches=num_patches,
                   glimpse_scale=glimpse_scale, detach_policy_input=detach_policy_input,
                   detach_baseline_input=detach_baseline_input)
     xp = ag.xp
     log_probs, baselines = out["log_probs"], out["baselines"]
-    labels = labels.data if isinstance(labels, ag.Tensor) else labels
-    if labels.shape != (log_probs.shape[0],) or np.dtype(labels.dtype).kind not in "iu":
-        raise ValueError(f"ram: labels must be ({log_probs.shape[0]},) integers, got {labels.shape} {labels.dtype}")
-    n = log_probs.shape[0]
+    n, classes = log_probs.shape
+    labels = check_labels(NAME, labels, batch=n, classes=classes)
     nll = -ag.mean(log_probs[xp.arange(n), labels])
     reward = (xp.argmax(log_probs.data, axis=1) == labels).astype(log_probs.dtype)  # R, no gradient
     reward = xp.broadcast_to(xp.expand_dims(reward, 1), baselines.shape)
@@ -275,8 +326,12 @@ def reinforce_loss(params: dict, x, locations, labels, *, std: float = 0.05, adv
     if advantage is None:
         advantage = reward - baselines.data
     else:
-        advantage = xp.broadcast_to(advantage.data if isinstance(advantage, ag.Tensor) else advantage,
-                                    baselines.shape)
+        advantage = advantage.data if isinstance(advantage, ag.Tensor) else advantage
+        try:
+            advantage = xp.broadcast_to(advantage, baselines.shape)
+        except ValueError:
+            raise ValueError(f"{NAME}: advantage of shape {tuple(advantage.shape)} does not broadcast to the "
+                             f"(N, T) = {tuple(baselines.shape)} of the rollout") from None
     log_pi = log_policy(out["means"], ag.as_tensor(locations)[:, 1:], std)
     reinforce = ag.mean(ag.sum(-log_pi * advantage, axis=1))
     return nll + baseline_loss + reinforce_weight * reinforce
@@ -299,7 +354,7 @@ register(Mechanism(
     init=init, apply_fn=ram,
     config={"channels": 1, "glimpse_hidden": 8, "loc_hidden": 8, "num_classes": 4,
             "patch_size": SMALL_GLIMPSE["patch_size"], "num_patches": SMALL_GLIMPSE["num_patches"]},
-    options=dict(SMALL_GLIMPSE),
+    options={"glimpse_scale": SMALL_GLIMPSE["glimpse_scale"]},        # g and k reach apply as structure
     example_input=_example, differentiable_inputs=(0,), channel_axis=1,
     description="hard attention: a recurrent glimpse policy trained with REINFORCE; inputs are image and "
                 "sampled locations",

@@ -39,7 +39,18 @@ Official code versus paper, and what is followed here:
       (baseline - cost_b)/10 * (-s/alpha) + 0.002 (log alpha + 1), with cost_b the per-caption masked cost
       averaged over time; :func:`hard_surrogate` is a scalar whose gradient is exactly that.  With
       probability ``semi_sampling_p = 0.5`` per minibatch the official code uses alpha itself instead of a
-      sample: run the soft pass (``attention="soft"``) for that branch.  Softmax temperature 1.
+      sample: run the soft pass (``attention="soft"``) for that branch.
+    * ``temperature`` is an *inverse* temperature, as the official ``temperature_c``: the hard path takes
+      alpha = softmax(temperature * e) (capgen.py: ``softmax(temperature_c * alpha)``), so a larger value
+      sharpens the distribution; 1 (the official default) leaves it unchanged.  The official soft path has
+      none, so ``attention="soft"`` accepts only 1.
+
+Structure (the parameter contract, :mod:`npattn.params`): ``selector`` (the gating scalar beta, parameters
+``decoder.W_sel``) and ``ctx2out`` (the context term of the deep output, ``ff_logit_ctx``) are keywords of
+:func:`init` *and* of every function that reads the parameters, with the same defaults (True, the paper's
+model); the parameters must be exactly those ``init`` makes for them.  ``prev2out`` has no parameters and is
+an option of the apply functions only.  D, n, m and the vocabulary come from the shapes (in-features of
+``decoder.Wc_att`` and ``decoder.U``, the ``embedding.weight`` table) and every parameter is checked on them.
 """
 from __future__ import annotations
 
@@ -51,6 +62,7 @@ import autograd as ag
 from autograd import backend
 
 from ..layers import check_dtype, check_input, example, init_linear, linear
+from ..params import uses_params
 from ..registry import Mechanism, Paper, register
 from ._sequence import additive_energy, check_padding_mask, check_tokens, shift_right, weighted_sum
 
@@ -58,6 +70,7 @@ NAME = "show-attend-tell"
 PAPER = Paper("Xu, Ba, Kiros, Cho, Courville, Salakhutdinov, Zemel, Bengio",
               "Show, Attend and Tell: Neural Image Caption Generation with Visual Attention", "ICML", 2015)
 NLL_EPS = 1e-8          # the official -log(p + 1e-8)
+REGULARISERS = ("official", "paper")
 
 
 def init(rng, ctx_dim: int, hidden: int, *, embed_dim: int, vocab: int, selector: bool = True,
@@ -103,9 +116,17 @@ class Decoded(NamedTuple):
 
 def _annotations(features: ag.Tensor) -> ag.Tensor:
     """(B, D, H, W) -> (B, L = H*W, D), locations in row-major order."""
-    batch, channels = features.shape[:2]
-    return ag.transpose(ag.reshape(features, (batch, channels, -1)), (0, 2, 1))
+    batch, channels, height, width = features.shape
+    return ag.transpose(ag.reshape(features, (batch, channels, height * width)), (0, 2, 1))   # no -1: B may be 0
 
+
+
+class _Structure(NamedTuple):
+    """The model's variant: the parameter-carrying switches of :func:`init` and the parameter-free prev2out."""
+
+    selector: bool
+    ctx2out: bool
+    prev2out: bool
 
 
 def _lstm_step(params, projected_word, state, memory, context, step_keep):
@@ -113,8 +134,9 @@ def _lstm_step(params, projected_word, state, memory, context, step_keep):
 
     A padded step (``step_keep`` False) keeps c and h, as the official ``m_ * c + (1 - m_) * c_``.
     """
-    preact = projected_word + linear(params, "decoder.U", state) + linear(params, "decoder.Wc", context)
     hidden = state.shape[-1]
+    preact = (projected_word + linear(params, "decoder.U", state, bias=False, out=4 * hidden)
+              + linear(params, "decoder.Wc", context, bias=False, out=4 * hidden))
     input_gate, forget_gate, output_gate = (ag.sigmoid(preact[:, k * hidden:(k + 1) * hidden]) for k in range(3))
     candidate = ag.tanh(preact[:, 3 * hidden:])
     new_memory = forget_gate * memory + input_gate * candidate
@@ -126,37 +148,40 @@ def _lstm_step(params, projected_word, state, memory, context, step_keep):
     return new_state, new_memory
 
 
-def _deep_output(params, states, previous_words, contexts, prev2out: bool) -> ag.Tensor:
+def _deep_output(params, states, previous_words, contexts, structure: _Structure) -> ag.Tensor:
     """Eq. (7): log softmax(ff_logit(tanh(ff_logit_lstm(h_t) [+ E y_{t-1}] [+ ff_logit_ctx(z_t)])))."""
-    logit = linear(params, "ff_logit_lstm", states)
-    if prev2out:
+    embed_dim, vocab = previous_words.shape[-1], params.shape("embedding.weight")[0]
+    logit = linear(params, "ff_logit_lstm", states, out=embed_dim)
+    if structure.prev2out:
         logit = logit + previous_words
-    if "ff_logit_ctx.weight" in params:
-        logit = logit + linear(params, "ff_logit_ctx", contexts)
-    return ag.log_softmax(linear(params, "ff_logit", ag.tanh(logit)), axis=-1)
+    if structure.ctx2out:
+        logit = logit + linear(params, "ff_logit_ctx", contexts, out=embed_dim)
+    return ag.log_softmax(linear(params, "ff_logit", ag.tanh(logit), out=vocab), axis=-1)
 
 
-def _decode(params, features, captions, keep, choose, temperature: float, prev2out: bool) -> Decoded:
+def _decode(params, features, captions, keep, choose, temperature: float, structure: _Structure) -> Decoded:
     """Run the attention LSTM over the T caption steps.
 
     ``choose(t, alpha)`` returns the weights that form z_t: alpha itself (soft attention) or the sample
     s_t (hard attention).
     """
+    hidden = params.shape("decoder.U.weight")[1]
     annotations = _annotations(features)
+    ctx_dim = annotations.shape[-1]
     mean = ag.mean(annotations, axis=1)
-    state = ag.tanh(linear(params, "ff_state", mean))                                # h_0
-    memory = ag.tanh(linear(params, "ff_memory", mean))                              # c_0
+    state = ag.tanh(linear(params, "ff_state", mean, out=hidden))                    # h_0
+    memory = ag.tanh(linear(params, "ff_memory", mean, out=hidden))                  # c_0
     previous_words = shift_right(ag.getitem(params["embedding.weight"], captions))   # E y_{t-1}, 0 at t = 0
-    projected_words = linear(params, "decoder.W", previous_words)                   # W E y_{t-1} + b
-    keys = linear(params, "decoder.Wc_att", annotations)                             # Wc_att a_i + b_att
-    selector = "decoder.W_sel.weight" in params
+    projected_words = linear(params, "decoder.W", previous_words, out=4 * hidden)   # W E y_{t-1} + b
+    keys = linear(params, "decoder.Wc_att", annotations, out=ctx_dim)                # Wc_att a_i + b_att
     states, contexts, alphas, betas = [], [], [], []
     for t in range(captions.shape[1]):
-        energy = additive_energy(params, "decoder.U_att", keys, linear(params, "decoder.Wd_att", state))
+        query = linear(params, "decoder.Wd_att", state, bias=False, out=ctx_dim)    # Wd_att h_{t-1}
+        energy = additive_energy(params, "decoder.U_att", keys, query, bias=True)   # e_ti (with c_tt)
         alpha = ag.softmax(energy if temperature == 1.0 else energy * temperature, axis=-1)   # eq. (5)
         context = weighted_sum(choose(t, alpha), annotations)                       # eq. (6) / (8)
-        if selector:
-            beta = ag.sigmoid(linear(params, "decoder.W_sel", state))                # (B, 1)
+        if structure.selector:
+            beta = ag.sigmoid(linear(params, "decoder.W_sel", state, out=1))        # (B, 1)
             context = beta * context
             betas.append(beta[:, 0])
         step_keep = None if keep is None else keep[:, t, None]
@@ -164,8 +189,8 @@ def _decode(params, features, captions, keep, choose, temperature: float, prev2o
         states.append(state)
         contexts.append(context)
         alphas.append(alpha)
-    log_probs = _deep_output(params, ag.stack(states, axis=1), previous_words, ag.stack(contexts, axis=1), prev2out)
-    return Decoded(log_probs, ag.stack(alphas, axis=1), ag.stack(betas, axis=1) if selector else None)
+    log_probs = _deep_output(params, ag.stack(states, axis=1), previous_words, ag.stack(contexts, axis=1), structure)
+    return Decoded(log_probs, ag.stack(alphas, axis=1), ag.stack(betas, axis=1) if structure.selector else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,15 +204,42 @@ class _Inputs(NamedTuple):
     samples: ag.Tensor | None  # (B, T, L) or None
 
 
+def _check_flag(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{NAME}: {name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def _structure(selector, ctx2out, prev2out) -> _Structure:
+    return _Structure(_check_flag("selector", selector), _check_flag("ctx2out", ctx2out),
+                      _check_flag("prev2out", prev2out))
+
+
+def _check_temperature(temperature) -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{NAME}: temperature (an inverse temperature) must be a number, got "
+                        f"{type(temperature).__name__} {temperature!r}")
+    if not 0.0 < temperature < np.inf:
+        raise ValueError(f"{NAME}: temperature (an inverse temperature, multiplying the scores) must be a finite "
+                         f"positive number, got {temperature!r}")
+    return float(temperature)
+
+
 def _check(params, features, captions, caption_mask, samples, attention, temperature) -> _Inputs:
-    ctx_dim = params["decoder.Wc_att.weight"].shape[0]
+    ctx_dim = params.shape("decoder.Wc_att.weight")[1]
     features = check_input(NAME, features, arg="features", ndim=4, channels=ctx_dim, layout="(B, D, H, W)")
     check_dtype(NAME, features, params, arg="features")
     batch, _, height, width = features.shape
-    captions = check_tokens(NAME, captions, arg="captions", vocab=params["embedding.weight"].shape[0], batch=batch)
+    if height * width < 1:
+        raise ValueError(f"{NAME}: features must have at least one location (H, W >= 1), got shape {features.shape}")
+    vocab = params.shape("embedding.weight")[0]
+    captions = check_tokens(NAME, captions, arg="captions", vocab=vocab, batch=batch)
+    if captions.shape[1] < 1:
+        raise ValueError(f"{NAME}: captions must have at least one word (B, T >= 1), got shape {tuple(captions.shape)}")
     padding = check_padding_mask(NAME, caption_mask, arg="caption_mask", shape=tuple(captions.shape))
     if attention not in ("soft", "hard"):
         raise ValueError(f"{NAME}: attention must be 'soft' or 'hard', got {attention!r}")
+    temperature = _check_temperature(temperature)
     if attention == "soft" and temperature != 1.0:
         raise ValueError(f"{NAME}: temperature applies to hard attention only (the official soft path has none)")
     if attention == "hard":
@@ -209,52 +261,69 @@ def _chooser(inputs: _Inputs):
     return lambda t, alpha: inputs.samples[:, t]
 
 
-def _run(params, features, captions, caption_mask, samples, attention, temperature, prev2out):
+def _run(params, features, captions, caption_mask, samples, attention, temperature, structure: _Structure):
     inputs = _check(params, features, captions, caption_mask, samples, attention, temperature)
-    return _decode(params, inputs.features, inputs.captions, inputs.keep, _chooser(inputs), temperature, prev2out)
+    return _decode(params, inputs.features, inputs.captions, inputs.keep, _chooser(inputs), float(temperature),
+                   structure)
 
 
 # ---------------------------------------------------------------------------------------------
 # public API
 
 
+@uses_params(NAME)
 def show_attend_tell(params: dict, features, captions, caption_mask=None, samples=None, *, train: bool = False,
-                     attention: str = "soft", temperature: float = 1.0, prev2out: bool = True) -> ag.Tensor:
+                     attention: str = "soft", temperature: float = 1.0, prev2out: bool = True, selector: bool = True,
+                     ctx2out: bool = True) -> ag.Tensor:
     """Teacher-forced caption log-probs (B, T, vocab) for features (B, D, H, W) and captions (B, T) ids.
 
     ``caption_mask`` (B, T) bool, True = padding.  ``attention="soft"``: z_t = beta_t sum_i alpha_ti a_i.
     ``attention="hard"``: z_t = beta_t sum_i s_ti a_i with the given ``samples`` (B, T, H, W) (one-hot
     draws from :func:`sample_attention`; the samples carry no gradient in the official estimator).
-    ``train`` has no effect (no dropout / BatchNorm).
+    ``temperature``: the hard path's *inverse* temperature, alpha = softmax(temperature * e) (official
+    ``temperature_c``; larger is sharper).  ``selector``, ``ctx2out``: the structure, as given to :func:`init`;
+    ``prev2out`` adds E y_{t-1} to the deep output.  ``train`` has no effect (no dropout / BatchNorm).
     """
-    return _run(params, features, captions, caption_mask, samples, attention, temperature, prev2out).log_probs
+    structure = _structure(selector, ctx2out, prev2out)
+    return _run(params, features, captions, caption_mask, samples, attention, temperature, structure).log_probs
 
 
+@uses_params(NAME)
 def attention_maps(params: dict, features, captions, caption_mask=None, samples=None, *, attention: str = "soft",
-                   temperature: float = 1.0, prev2out: bool = True) -> ag.Tensor:
-    """alpha_t over the feature map for every step: (B, T, H, W) (each map sums to 1)."""
-    alphas = _run(params, features, captions, caption_mask, samples, attention, temperature, prev2out).alphas
+                   temperature: float = 1.0, prev2out: bool = True, selector: bool = True,
+                   ctx2out: bool = True) -> ag.Tensor:
+    """alpha_t over the feature map for every step: (B, T, H, W) (each map sums to 1).  Keywords as
+    :func:`show_attend_tell`."""
+    structure = _structure(selector, ctx2out, prev2out)
+    alphas = _run(params, features, captions, caption_mask, samples, attention, temperature, structure).alphas
     batch, _, height, width = ag.as_tensor(features).shape
     return ag.reshape(alphas, (batch, alphas.shape[1], height, width))
 
 
+@uses_params(NAME)
 def selector_gates(params: dict, features, captions, caption_mask=None, samples=None, *, attention: str = "soft",
-                   temperature: float = 1.0, prev2out: bool = True) -> ag.Tensor:
-    """The gating scalars beta_t (B, T) (needs the selector parameters ``decoder.W_sel``)."""
-    betas = _run(params, features, captions, caption_mask, samples, attention, temperature, prev2out).betas
-    if betas is None:
-        raise ValueError(f"{NAME}: these parameters have no selector (init(..., selector=True) adds it)")
-    return betas
+                   temperature: float = 1.0, prev2out: bool = True, selector: bool = True,
+                   ctx2out: bool = True) -> ag.Tensor:
+    """The gating scalars beta_t (B, T) of the selector (``selector=True``, parameters ``decoder.W_sel``)."""
+    if not _check_flag("selector", selector):
+        raise ValueError(f"{NAME}: selector=False builds no gating scalar beta; selector_gates needs selector=True "
+                         "(and the parameters init(..., selector=True) makes)")
+    structure = _structure(selector, ctx2out, prev2out)
+    return _run(params, features, captions, caption_mask, samples, attention, temperature, structure).betas
 
 
+@uses_params(NAME)
 def sample_attention(params: dict, features, captions, caption_mask=None, *, rng, temperature: float = 1.0,
-                     prev2out: bool = True):
+                     prev2out: bool = True, selector: bool = True, ctx2out: bool = True):
     """Draw the hard-attention locations s_t ~ Multinoulli(alpha_t) step by step (alpha_t depends on the
     earlier samples through h_{t-1}) from the explicit generator ``rng``; returns one-hot (B, T, H, W).
 
-    The draws use ``autograd.categorical`` (inverse CDF on the host), so a seed gives the same samples on
+    ``temperature`` is the inverse temperature of the hard path (alpha = softmax(temperature * e)).  The
+    draws use ``autograd.categorical`` (inverse CDF on the host), so a seed gives the same samples on
     every backend.
     """
+    structure = _structure(selector, ctx2out, prev2out)
+    temperature = _check_temperature(temperature)
     inputs = _check(params, features, captions, caption_mask, None, "soft", 1.0)
     locations = inputs.features.shape[2] * inputs.features.shape[3]
     identity = np.eye(locations, dtype=np.dtype(inputs.features.dtype))
@@ -266,7 +335,7 @@ def sample_attention(params: dict, features, captions, caption_mask=None, *, rng
         return one_hot
 
     with ag.no_grad():
-        _decode(params, inputs.features, inputs.captions, inputs.keep, draw, temperature, prev2out)
+        _decode(params, inputs.features, inputs.captions, inputs.keep, draw, temperature, structure)
     batch, _, height, width = inputs.features.shape
     return ag.xp.reshape(ag.xp.stack([s.data for s in drawn], axis=1), (batch, len(drawn), height, width))
 
@@ -297,11 +366,18 @@ def doubly_stochastic(alphas, *, regulariser: str = "official") -> ag.Tensor:
     raise ValueError(f"{NAME}: regulariser must be 'official' or 'paper', got {regulariser!r}")
 
 
+@uses_params(NAME)
 def loss(params: dict, features, captions, caption_mask=None, *, alpha_c: float = 1.0, regulariser: str = "official",
-         prev2out: bool = True) -> ag.Tensor:
+         prev2out: bool = True, selector: bool = True, ctx2out: bool = True) -> ag.Tensor:
     """Soft-attention training loss: masked NLL summed over time, averaged over the batch, plus
     alpha_c times the doubly stochastic penalty (:func:`doubly_stochastic`).  A scalar Tensor."""
-    decoded = _run(params, features, captions, caption_mask, None, "soft", 1.0, prev2out)
+    if regulariser not in REGULARISERS:         # checked here too: alpha_c = 0 skips the penalty
+        raise ValueError(f"{NAME}: regulariser must be 'official' or 'paper', got {regulariser!r}")
+    if isinstance(alpha_c, bool) or not isinstance(alpha_c, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(alpha_c):
+        raise ValueError(f"{NAME}: alpha_c must be a finite number, got {alpha_c!r}")
+    decoded = _run(params, features, captions, caption_mask, None, "soft", 1.0,
+                   _structure(selector, ctx2out, prev2out))
     nll = ag.mean(ag.sum(masked_cost(decoded.log_probs, captions, caption_mask), axis=1))
     if alpha_c == 0:
         return nll
@@ -324,9 +400,10 @@ def reinforce_term(alphas, samples, cost, baseline: float, *, entropy_c: float =
     return ag.sum(advantage * (-ag.as_tensor(samples) * log_alpha)) + entropy_c * ag.sum(alphas * log_alpha)
 
 
+@uses_params(NAME)
 def hard_surrogate(params: dict, features, captions, caption_mask, samples, cost=None, baseline: float = 0.0, *,
                    entropy_c: float = 0.002, reward_scale: float = 0.1, temperature: float = 1.0,
-                   prev2out: bool = True) -> ag.Tensor:
+                   prev2out: bool = True, selector: bool = True, ctx2out: bool = True) -> ag.Tensor:
     """Scalar surrogate of the official hard-attention update (``RL_sumCost=True``).
 
     Its gradient in every parameter equals the official one for the sampled branch: the gradient of the
@@ -337,8 +414,10 @@ def hard_surrogate(params: dict, features, captions, caption_mask, samples, cost
     ``cost`` (B,) is cost_b, the per-caption masked cost averaged over time; by default it is computed from
     this pass (and treated as a constant).  Pass it explicitly, with ``baseline``, for finite differences.
     """
+    structure = _structure(selector, ctx2out, prev2out)
     inputs = _check(params, features, captions, caption_mask, samples, "hard", temperature)
-    decoded = _decode(params, inputs.features, inputs.captions, inputs.keep, _chooser(inputs), temperature, prev2out)
+    decoded = _decode(params, inputs.features, inputs.captions, inputs.keep, _chooser(inputs), float(temperature),
+                      structure)
     word_cost = masked_cost(decoded.log_probs, captions, caption_mask)
     if cost is None:
         cost = ag.mean(word_cost, axis=1).detach()

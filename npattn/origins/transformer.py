@@ -40,6 +40,14 @@ Official code (tensorflow/tensor2tensor) versus the paper, and what is followed 
       from the explicit ``rng``; eval mode is the identity.
     * post-LN as in the paper and ``transformer_base_v1``.  There is no final LayerNorm after the stacks
       (``torch.nn.Transformer`` adds one; its layers alone match these).
+
+Structure (the parameter contract, :mod:`npattn.params`): ``attn_bias`` (biases on Q/K/V/O) and, for the
+stack, ``num_layers`` (layers per stack) are keywords of ``init``/``init_mha`` *and* of the apply functions,
+with the same defaults; a registry entry's ``config`` reaches both.  The parameters must be exactly those
+``init`` makes for those values: a missing key (one decoder LayerNorm, a whole layer) is a KeyError naming
+it -- never a shallower model -- and every parameter's shape is checked against ``d_model`` (read from the
+in-features of the first query projection), ``d_ff`` (in-features of ``linear2``) and the options.
+Dropout rates are checked (numbers in [0, 1]) in eval mode too.
 """
 from __future__ import annotations
 
@@ -52,8 +60,9 @@ import autograd as ag
 from autograd import backend
 
 from ..layers import example, init_layer_norm, init_linear, layer_norm, linear
+from ..params import uses_params
 from ..registry import Mechanism, Paper, register
-from ._sequence import check_batch, check_padding_mask, check_sequence, keep_from_padding
+from ._sequence import check_batch, check_padding_mask, check_sequence, keep_from_padding, prefix_view
 
 NAME = "transformer"
 NAME_MHA = "mha"
@@ -121,12 +130,13 @@ def init_attention(rng, params: dict, prefix: str, d_model: int, *, bias: bool =
         init_linear(rng, params, _key(prefix, name), d_model, d_model, bias=bias, dtype=dtype)
 
 
-def _project(params: dict, name: str, x) -> ag.Tensor:
-    """``linear`` on (B, L, d_in) -> (B, L, d_out) as one (B*L, d_in) GEMM: a single BLAS call forward and a
-    single weight-gradient GEMM backward (no per-batch products summed afterwards)."""
+def _project(params, name: str, x, *, bias: bool, out: int) -> ag.Tensor:
+    """``linear`` on (B, L, d_in) -> (B, L, out) as one (B*L, d_in) GEMM: a single BLAS call forward and a
+    single weight-gradient GEMM backward (no per-batch products summed afterwards).  ``{name}.weight`` must
+    be (out, d_in) (and ``{name}.bias`` (out,) if ``bias``)."""
     lead = x.shape[:-1]
-    out = linear(params, name, ag.reshape(x, (-1, x.shape[-1])))
-    return ag.reshape(out, lead + (out.shape[-1],))
+    projected = linear(params, name, ag.reshape(x, (-1, x.shape[-1])), bias=bias, out=out)
+    return ag.reshape(projected, lead + (out,))
 
 
 def _split_heads(x: ag.Tensor, heads: int) -> ag.Tensor:
@@ -141,9 +151,29 @@ def _merge_heads(x: ag.Tensor) -> ag.Tensor:
     return ag.reshape(ag.transpose(x, (0, 2, 1, 3)), (batch, length, heads * d_k))
 
 
-def _check_heads(mechanism: str, d_model: int, heads: int) -> None:
-    if not isinstance(heads, (int, np.integer)) or heads < 1 or d_model % heads:
+def _check_heads(mechanism: str, d_model: int, heads) -> None:
+    if isinstance(heads, bool) or not isinstance(heads, (int, np.integer)) or heads < 1 or d_model % heads:
         raise ValueError(f"{mechanism}: heads={heads!r} must be a positive divisor of d_model={d_model}")
+
+
+def _check_rate(mechanism: str, name: str, p) -> float:
+    """A dropout probability: a real number in [0, 1] (checked in eval mode too, as torch's modules do)."""
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{mechanism}: {name} must be a number in [0, 1], got {type(p).__name__} {p!r}")
+    if not 0.0 <= p <= 1.0:                       # also False for NaN
+        raise ValueError(f"{mechanism}: {name} must be in [0, 1], got {p!r}")
+    return float(p)
+
+
+def _check_flag(mechanism: str, name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{mechanism}: {name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def _check_training_rng(mechanism: str, train: bool, rng, *rates) -> None:
+    if train and rng is None and max(rates) > 0:
+        raise ValueError(f"{mechanism}: train=True with dropout needs an explicit rng (numpy.random.Generator)")
 
 
 #: Attention rows are independent, so a batch whose (B, h, Lq, Lk) weights would exceed this many bytes is
@@ -154,7 +184,7 @@ BLOCK_BYTES = 32 * 2**20
 
 def _batch_blocks(batch: int, heads: int, query_length: int, key_length: int, itemsize: int) -> list:
     """Slices of the batch axis whose attention weights take about BLOCK_BYTES (at least one item each)."""
-    per_item = heads * query_length * key_length * itemsize
+    per_item = max(heads * query_length * key_length * itemsize, 1)
     size = max(1, BLOCK_BYTES // per_item)
     return [slice(start, min(start + size, batch)) for start in range(0, batch, size)]
 
@@ -163,7 +193,7 @@ def _multi_head(params, prefix, query, key, value, keep, regime: "_Regime") -> a
     """MultiHead(Q, K, V) = Concat(head_1..h) W^O on (B, Lq, d), (B, Lk, d), (B, Lk, d) -> (B, Lq, d)."""
     batch, query_length = query.shape[:2]
     blocks = _batch_blocks(batch, regime.heads, query_length, key.shape[1], np.dtype(query.dtype).itemsize)
-    if len(blocks) == 1:
+    if len(blocks) <= 1:                                          # one block, or an empty batch
         return _multi_head_block(params, prefix, query, key, value, keep, regime)
     outputs = []
     for rows in blocks:
@@ -176,16 +206,17 @@ def _multi_head(params, prefix, query, key, value, keep, regime: "_Regime") -> a
 
 
 def _multi_head_block(params, prefix, query, key, value, keep, regime: "_Regime") -> ag.Tensor:
-    q = _split_heads(_project(params, _key(prefix, "w_q"), query), regime.heads)
-    k = _split_heads(_project(params, _key(prefix, "w_k"), key), regime.heads)
-    v = _split_heads(_project(params, _key(prefix, "w_v"), value), regime.heads)
+    d_model, bias = query.shape[-1], regime.attn_bias
+    q = _split_heads(_project(params, _key(prefix, "w_q"), query, bias=bias, out=d_model), regime.heads)
+    k = _split_heads(_project(params, _key(prefix, "w_k"), key, bias=bias, out=d_model), regime.heads)
+    v = _split_heads(_project(params, _key(prefix, "w_v"), value, bias=bias, out=d_model), regime.heads)
     heads = scaled_dot_product_attention(q, k, v, keep, train=regime.train, dropout=regime.attention_dropout,
                                          rng=regime.rng)
-    return _project(params, _key(prefix, "w_o"), _merge_heads(heads))
+    return _project(params, _key(prefix, "w_o"), _merge_heads(heads), bias=bias, out=d_model)
 
 
 def _mha_inputs(params, query, key, value, key_padding_mask, heads, prefix=""):
-    d_model = params[_key(prefix, "w_q.weight")].shape[1]
+    d_model = params.shape(_key(prefix, "w_q.weight"))[1]     # in-features: the other shapes are checked on it
     layout = "(B, L, d_model)"
     query = check_sequence(NAME_MHA, query, params, arg="query", features=d_model, layout=layout)
     key = query if key is None else check_sequence(NAME_MHA, key, params, arg="key", features=d_model, layout=layout)
@@ -206,28 +237,52 @@ def init_mha(rng, d_model: int, *, attn_bias: bool = False, dtype=np.float64) ->
     return params
 
 
+@uses_params(NAME_MHA)
 def mha(params: dict, query, key=None, value=None, key_padding_mask=None, *, heads: int, causal: bool = False,
-        train: bool = False, dropout: float = 0.0, rng=None) -> ag.Tensor:
+        train: bool = False, dropout: float = 0.0, rng=None, attn_bias: bool = False) -> ag.Tensor:
     """Multi-head attention MultiHead(Q, K, V): query (B, Lq, d), key/value (B, Lk, d) -> (B, Lq, d).
 
     ``key`` defaults to ``query`` (self-attention), ``value`` to ``key``.  ``key_padding_mask`` (B, Lk) is
     boolean with True = padding; ``causal`` hides keys j > i from query i.  ``dropout`` drops attention
     weights in train mode (explicit ``rng``).  ``heads`` is not encoded in the parameter shapes, so it is
-    an argument (d_k = d_model / heads).
+    an argument (d_k = d_model / heads).  ``attn_bias`` as given to :func:`init_mha`.
     """
+    dropout = _check_rate(NAME_MHA, "dropout", dropout)
+    attn_bias, causal = _check_flag(NAME_MHA, "attn_bias", attn_bias), _check_flag(NAME_MHA, "causal", causal)
+    _check_training_rng(NAME_MHA, train, rng, dropout)
     query, key, value, padding = _mha_inputs(params, query, key, value, key_padding_mask, heads)
     keep = attention_keep(padding, causal=causal, query_length=query.shape[1], key_length=key.shape[1])
-    regime = _Regime(heads=heads, train=train, rng=rng, attention_dropout=dropout)
+    regime = _Regime(heads=heads, train=train, rng=rng, attention_dropout=dropout, attn_bias=attn_bias)
     return _multi_head(params, "", query, key, value, keep, regime)
 
 
+@uses_params(NAME_MHA)
 def mha_weights(params: dict, query, key=None, key_padding_mask=None, *, heads: int, causal: bool = False,
-                prefix: str = "") -> ag.Tensor:
-    """The attention maps of :func:`mha` (eval mode): (B, h, Lq, Lk); masked entries are exactly 0."""
-    query, key, _, padding = _mha_inputs(params, query, key, None, key_padding_mask, heads, prefix)
+                attn_bias: bool = False) -> ag.Tensor:
+    """The attention maps of :func:`mha` (eval mode): (B, h, Lq, Lk); masked entries are exactly 0.
+
+    ``params`` are the whole parameter set of :func:`mha` (the value and output projections are checked,
+    though the maps do not depend on them).
+    """
+    attn_bias, causal = _check_flag(NAME_MHA, "attn_bias", attn_bias), _check_flag(NAME_MHA, "causal", causal)
+    query, key, _, padding = _mha_inputs(params, query, key, None, key_padding_mask, heads)
+    for name in ("w_v", "w_o"):
+        _check_projection(params, name, query.shape[-1], attn_bias)
+    return _attention_maps(params, "", query, key, padding, heads, causal, attn_bias)
+
+
+def _check_projection(params, name: str, d_model: int, bias: bool) -> None:
+    params.take(f"{name}.weight", (d_model, d_model))
+    if bias:
+        params.take(f"{name}.bias", (d_model,))
+
+
+def _attention_maps(params, prefix, query, key, padding, heads, causal, attn_bias) -> ag.Tensor:
+    """softmax(Q K^T / sqrt(d_k)) of one attention block ``prefix``: (B, h, Lq, Lk)."""
+    d_model = query.shape[-1]
     keep = attention_keep(padding, causal=causal, query_length=query.shape[1], key_length=key.shape[1])
-    q = _split_heads(_project(params, _key(prefix, "w_q"), query), heads)
-    k = _split_heads(_project(params, _key(prefix, "w_k"), key), heads)
+    q = _split_heads(_project(params, _key(prefix, "w_q"), query, bias=attn_bias, out=d_model), heads)
+    k = _split_heads(_project(params, _key(prefix, "w_k"), key, bias=attn_bias, out=d_model), heads)
     return attention_weights(q, k, keep)
 
 
@@ -237,7 +292,7 @@ def mha_weights(params: dict, query, key=None, key_padding_mask=None, *, heads: 
 
 @dataclass(frozen=True)
 class _Regime:
-    """Head count, mode and dropout rates shared by every sub-layer of one call."""
+    """Head count, mode, dropout rates and structure shared by every sub-layer of one call."""
 
     heads: int
     train: bool = False
@@ -246,6 +301,7 @@ class _Regime:
     attention_dropout: float = 0.0   # on attention weights (t2t, torch)
     relu_dropout: float = 0.0        # on the FFN hidden layer (t2t, torch's TransformerEncoderLayer)
     eps: float = 1e-6                # LayerNorm epsilon (t2t)
+    attn_bias: bool = False          # biases on the Q/K/V/O projections
 
     def drop(self, x, p: float):
         return ag.dropout(x, p, self.train, self.rng)
@@ -276,9 +332,13 @@ def _init_feed_forward(rng, params, prefix, d_model, d_ff, dtype):
 
 
 def _feed_forward(params, prefix, x, regime: _Regime) -> ag.Tensor:
-    """FFN(x) = max(0, x W_1 + b_1) W_2 + b_2 (dropout on the hidden layer only if relu_dropout > 0)."""
-    hidden = regime.drop(ag.relu(_project(params, _key(prefix, "linear1"), x)), regime.relu_dropout)
-    return _project(params, _key(prefix, "linear2"), hidden)
+    """FFN(x) = max(0, x W_1 + b_1) W_2 + b_2 (dropout on the hidden layer only if relu_dropout > 0).
+
+    d_ff is the in-features of ``linear2``; ``linear1`` must produce exactly that many."""
+    d_ff = params.shape(_key(prefix, "linear2.weight"))[1]
+    hidden = ag.relu(_project(params, _key(prefix, "linear1"), x, bias=True, out=d_ff))
+    hidden = regime.drop(hidden, regime.relu_dropout)
+    return _project(params, _key(prefix, "linear2"), hidden, bias=True, out=x.shape[-1])
 
 
 def _add_and_norm(params, norm, x, sublayer_out, regime: _Regime) -> ag.Tensor:
@@ -304,47 +364,61 @@ def _decoder_layer(params, prefix, x, memory, self_keep, memory_keep, regime: _R
     return _add_and_norm(params, _key(prefix, "norm3"), x, _feed_forward(params, prefix, x, regime), regime)
 
 
-def _regime(heads, train, rng, dropout, attention_dropout, relu_dropout, eps, d_model) -> _Regime:
+def _regime(heads, train, rng, dropout, attention_dropout, relu_dropout, eps, d_model, attn_bias) -> _Regime:
     _check_heads(NAME, d_model, heads)
-    if train and rng is None and max(dropout, attention_dropout, relu_dropout) > 0:
-        raise ValueError(f"{NAME}: train=True with dropout needs an explicit rng (numpy.random.Generator)")
-    return _Regime(heads=heads, train=train, rng=rng, dropout=dropout, attention_dropout=attention_dropout,
-                   relu_dropout=relu_dropout, eps=eps)
+    rates = [_check_rate(NAME, name, p) for name, p in (("dropout", dropout), ("attention_dropout", attention_dropout),
+                                                       ("relu_dropout", relu_dropout))]
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)) or not 0 <= eps < math.inf:
+        raise ValueError(f"{NAME}: eps (LayerNorm epsilon) must be a finite number >= 0, got {eps!r}")
+    _check_training_rng(NAME, train, rng, *rates)
+    return _Regime(heads=heads, train=train, rng=rng, dropout=rates[0], attention_dropout=rates[1],
+                   relu_dropout=rates[2], eps=float(eps), attn_bias=_check_flag(NAME, "attn_bias", attn_bias))
 
 
 def encoder_layer(params: dict, x, src_key_padding_mask=None, *, prefix: str = "", heads: int,
                   train: bool = False, rng=None, dropout: float = 0.0, attention_dropout: float = 0.0,
-                  relu_dropout: float = 0.0, eps: float = 1e-6) -> ag.Tensor:
+                  relu_dropout: float = 0.0, eps: float = 1e-6, attn_bias: bool = False) -> ag.Tensor:
     """One post-LN encoder layer on x (B, L, d) with a (B, L) padding mask (True = pad) -> (B, L, d).
 
     x = LN1(x + Dropout(SelfAttn(x)));  x = LN2(x + Dropout(FFN(x)))  -- torch's TransformerEncoderLayer
     with ``norm_first=False`` (parameter names match its state_dict except w_q/w_k/w_v/w_o).
+    Reads the keys under ``prefix`` (all of them must be used); ``attn_bias`` as in :func:`init_encoder_layer`.
     """
-    d_model = params[_key(prefix, "norm1.weight")].shape[0]
-    x = check_sequence(NAME, x, params, arg="x", features=d_model, layout="(B, L, d_model)")
+    view, owned = prefix_view(NAME, params, prefix)
+    d_model = view.shape(_key(prefix, "self_attn.w_q.weight"))[1]
+    x = check_sequence(NAME, x, view, arg="x", features=d_model, layout="(B, L, d_model)")
     padding = check_padding_mask(NAME, src_key_padding_mask, arg="src_key_padding_mask", shape=x.shape[:2])
-    regime = _regime(heads, train, rng, dropout, attention_dropout, relu_dropout, eps, d_model)
-    return _encoder_layer(params, prefix, x, attention_keep(padding), regime)
+    regime = _regime(heads, train, rng, dropout, attention_dropout, relu_dropout, eps, d_model, attn_bias)
+    out = _encoder_layer(view, prefix, x, attention_keep(padding), regime)
+    if owned:
+        view.check_all_used()
+    return out
 
 
 def decoder_layer(params: dict, x, memory, tgt_key_padding_mask=None, memory_key_padding_mask=None, *,
                   prefix: str = "", heads: int, causal: bool = True, train: bool = False, rng=None,
                   dropout: float = 0.0, attention_dropout: float = 0.0, relu_dropout: float = 0.0,
-                  eps: float = 1e-6) -> ag.Tensor:
+                  eps: float = 1e-6, attn_bias: bool = False) -> ag.Tensor:
     """One post-LN decoder layer: x (B, Lt, d), memory (B, Ls, d), padding masks (True = pad) -> (B, Lt, d).
 
     x = LN1(x + Dropout(MaskedSelfAttn(x)));  x = LN2(x + Dropout(Attn(x, memory)));  x = LN3(x + Dropout(FFN(x))).
+    Reads the keys under ``prefix`` (all of them must be used); ``attn_bias`` as in :func:`init_decoder_layer`.
     """
-    d_model = params[_key(prefix, "norm1.weight")].shape[0]
-    x = check_sequence(NAME, x, params, arg="x", features=d_model, layout="(B, L, d_model)")
-    memory = check_sequence(NAME, memory, params, arg="memory", features=d_model, layout="(B, L, d_model)")
+    view, owned = prefix_view(NAME, params, prefix)
+    d_model = view.shape(_key(prefix, "self_attn.w_q.weight"))[1]
+    x = check_sequence(NAME, x, view, arg="x", features=d_model, layout="(B, L, d_model)")
+    memory = check_sequence(NAME, memory, view, arg="memory", features=d_model, layout="(B, L, d_model)")
     check_batch(NAME, memory, x.shape[0], "memory")
     tgt_padding = check_padding_mask(NAME, tgt_key_padding_mask, arg="tgt_key_padding_mask", shape=x.shape[:2])
     memory_padding = check_padding_mask(NAME, memory_key_padding_mask, arg="memory_key_padding_mask",
                                         shape=memory.shape[:2])
-    regime = _regime(heads, train, rng, dropout, attention_dropout, relu_dropout, eps, d_model)
+    regime = _regime(heads, train, rng, dropout, attention_dropout, relu_dropout, eps, d_model, attn_bias)
+    causal = _check_flag(NAME, "causal", causal)
     self_keep = attention_keep(tgt_padding, causal=causal, query_length=x.shape[1], key_length=x.shape[1])
-    return _decoder_layer(params, prefix, x, memory, self_keep, attention_keep(memory_padding), regime)
+    out = _decoder_layer(view, prefix, x, memory, self_keep, attention_keep(memory_padding), regime)
+    if owned:
+        view.check_all_used()
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,19 +453,20 @@ def _embed(x: ag.Tensor, layout: str, regime: _Regime) -> ag.Tensor:
     return regime.drop(x * math.sqrt(d_model) + positional_encoding(length, d_model, layout, x.dtype), regime.dropout)
 
 
-def _count_layers(params: dict, stack: str) -> int:
-    count = 0
-    while f"{stack}.layers.{count}.norm1.weight" in params:
-        count += 1
-    return count
+def _check_num_layers(num_layers) -> int:
+    if isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
+        raise ValueError(f"{NAME}: num_layers must be a positive integer (layers per stack), got {num_layers!r}")
+    return int(num_layers)
 
 
 def init(rng, d_model: int, *, d_ff: int, num_layers: int = 6, attn_bias: bool = False, dtype=np.float64) -> dict:
     """Encoder-decoder parameters: ``encoder.layers.{i}.*`` and ``decoder.layers.{i}.*``, i < num_layers.
 
     Per layer as torch's TransformerEncoderLayer / TransformerDecoderLayer state_dict, with the fused
-    ``in_proj_weight`` split into ``w_q/w_k/w_v`` and ``out_proj`` named ``w_o``.
+    ``in_proj_weight`` split into ``w_q/w_k/w_v`` and ``out_proj`` named ``w_o``.  :func:`transformer`
+    takes the same ``num_layers`` and ``attn_bias``.
     """
+    num_layers = _check_num_layers(num_layers)
     params: dict = {}
     for i in range(num_layers):
         init_encoder_layer(rng, params, f"encoder.layers.{i}", d_model, d_ff, attn_bias=attn_bias, dtype=dtype)
@@ -400,37 +475,49 @@ def init(rng, d_model: int, *, d_ff: int, num_layers: int = 6, attn_bias: bool =
     return params
 
 
+@uses_params(NAME)
 def transformer(params: dict, src, tgt, src_key_padding_mask=None, tgt_key_padding_mask=None, *, heads: int,
                 train: bool = False, rng=None, dropout: float = 0.1, attention_dropout: float = 0.0,
-                relu_dropout: float = 0.0, pe_layout: str = "interleave", eps: float = 1e-6) -> ag.Tensor:
+                relu_dropout: float = 0.0, pe_layout: str = "interleave", eps: float = 1e-6, num_layers: int = 6,
+                attn_bias: bool = False) -> ag.Tensor:
     """Encoder-decoder pass: src (B, Ls, d), tgt (B, Lt, d) embeddings, padding masks (True = pad) -> (B, Lt, d).
 
     The target is teacher-forced (the caller shifts it); the decoder self-attention is causal and also
-    hides padded target keys, the encoder-decoder attention hides padded source keys.
+    hides padded target keys, the encoder-decoder attention hides padded source keys.  ``num_layers`` and
+    ``attn_bias``: the structure, as given to :func:`init` (the parameters must be exactly those it makes).
     """
-    inputs = _transformer_inputs(params, src, tgt, src_key_padding_mask, tgt_key_padding_mask)
-    regime = _regime(heads, train, rng, dropout, attention_dropout, relu_dropout, eps, inputs[0].shape[2])
-    return _encode_decode(params, *inputs, regime, pe_layout)[0]
+    num_layers = _check_num_layers(num_layers)
+    inputs = _transformer_inputs(params, src, tgt, src_key_padding_mask, tgt_key_padding_mask, pe_layout)
+    regime = _regime(heads, train, rng, dropout, attention_dropout, relu_dropout, eps, inputs[0].shape[2], attn_bias)
+    return _encode_decode(params, *inputs, regime, pe_layout, num_layers)[0]
 
 
+@uses_params(NAME)
 def cross_attention_weights(params: dict, src, tgt, src_key_padding_mask=None, tgt_key_padding_mask=None, *,
-                            heads: int, pe_layout: str = "interleave", eps: float = 1e-6) -> list:
+                            heads: int, pe_layout: str = "interleave", eps: float = 1e-6, num_layers: int = 6,
+                            attn_bias: bool = False) -> list:
     """The encoder-decoder attention maps of :func:`transformer` in eval mode, for plotting alignments.
 
     Returns one (B, h, Lt, Ls) tensor per decoder layer: row i of head k is the weight that target
     position i gives each source position; padded source positions get exactly 0.
     """
-    inputs = _transformer_inputs(params, src, tgt, src_key_padding_mask, tgt_key_padding_mask)
-    regime = _regime(heads, False, None, 0.0, 0.0, 0.0, eps, inputs[0].shape[2])
+    num_layers = _check_num_layers(num_layers)
+    inputs = _transformer_inputs(params, src, tgt, src_key_padding_mask, tgt_key_padding_mask, pe_layout)
+    regime = _regime(heads, False, None, 0.0, 0.0, 0.0, eps, inputs[0].shape[2], attn_bias)
     queries: list = []
-    _, memory = _encode_decode(params, *inputs, regime, pe_layout, probe=queries)
-    return [mha_weights(params, query, memory, inputs[2], heads=heads, prefix=f"decoder.layers.{i}.multihead_attn")
-            for i, query in enumerate(queries)]
+    _, memory = _encode_decode(params, *inputs, regime, pe_layout, num_layers, probe=queries)
+    return [_attention_maps(params, f"decoder.layers.{i}.multihead_attn", query, memory, inputs[2], heads, False,
+                            regime.attn_bias) for i, query in enumerate(queries)]
 
 
-def _transformer_inputs(params, src, tgt, src_key_padding_mask, tgt_key_padding_mask) -> tuple:
+PE_LAYOUTS = ("interleave", "concat")
+
+
+def _transformer_inputs(params, src, tgt, src_key_padding_mask, tgt_key_padding_mask, pe_layout) -> tuple:
     """Checked (src, tgt, src_padding, tgt_padding)."""
-    d_model = params["encoder.layers.0.norm1.weight"].shape[0]
+    if pe_layout not in PE_LAYOUTS:
+        raise ValueError(f"{NAME}: pe_layout must be 'interleave' (paper) or 'concat' (t2t), got {pe_layout!r}")
+    d_model = params.shape("encoder.layers.0.self_attn.w_q.weight")[1]
     layout = "(B, L, d_model)"
     src = check_sequence(NAME, src, params, arg="src", features=d_model, layout=layout)
     tgt = check_sequence(NAME, tgt, params, arg="tgt", features=d_model, layout=layout)
@@ -440,16 +527,17 @@ def _transformer_inputs(params, src, tgt, src_key_padding_mask, tgt_key_padding_
     return src, tgt, src_padding, tgt_padding
 
 
-def _encode_decode(params, src, tgt, src_padding, tgt_padding, regime: _Regime, pe_layout: str, probe=None):
-    """(decoder output (B, Lt, d), encoder output (B, Ls, d))."""
+def _encode_decode(params, src, tgt, src_padding, tgt_padding, regime: _Regime, pe_layout: str, num_layers: int,
+                   probe=None):
+    """(decoder output (B, Lt, d), encoder output (B, Ls, d)) through ``num_layers`` layers per stack."""
     source_keep = attention_keep(src_padding)
     memory = _embed(src, pe_layout, regime)
-    for i in range(_count_layers(params, "encoder")):
+    for i in range(num_layers):
         memory = _encoder_layer(params, f"encoder.layers.{i}", memory, source_keep, regime)
 
     target_keep = attention_keep(tgt_padding, causal=True, query_length=tgt.shape[1], key_length=tgt.shape[1])
     out = _embed(tgt, pe_layout, regime)
-    for i in range(_count_layers(params, "decoder")):
+    for i in range(num_layers):
         out = _decoder_layer(params, f"decoder.layers.{i}", out, memory, target_keep, source_keep, regime, probe)
     return out, memory
 

@@ -18,7 +18,7 @@ import autograd as ag
 from autograd.backend import xp
 from autograd.tensor import record
 
-from ..layers import batch_norm, conv
+from ..layers import batch_norm, check_dropout, conv
 
 # ---------------------------------------------------------------------------------------------
 # shapes
@@ -148,10 +148,10 @@ def _recorded_grads(query, key, value, scale, g):
 # layer stacks
 
 
-def conv_bn(params: dict, conv_prefix: str, bn_prefix: str, x, train: bool, *, padding=0, relu: bool = True,
-            eps: float = 1e-5) -> ag.Tensor:
+def conv_bn(params, conv_prefix: str, bn_prefix: str, x, train: bool, *, padding=0, relu: bool = True,
+            eps: float = 1e-5, bias: bool = True) -> ag.Tensor:
     """conv -> BatchNorm (-> ReLU): the ``Sequential(Conv2d, BN, ReLU)`` stacks of the official code."""
-    y = batch_norm(params, bn_prefix, conv(params, conv_prefix, x, padding=padding), train, eps=eps)
+    y = batch_norm(params, bn_prefix, conv(params, conv_prefix, x, padding=padding, bias=bias), train, eps=eps)
     return ag.relu(y) if relu else y
 
 
@@ -161,10 +161,9 @@ def dropout2d(x: ag.Tensor, p: float, train: bool, rng=None, mechanism: str = ""
     Identity in eval mode or with ``p == 0``; otherwise the (N, C, 1, 1) keep-mask is drawn on the host
     from ``rng`` (a ``numpy.random.Generator``), so a seed gives the same mask on every backend.
     """
+    p = check_dropout(mechanism, p)
     if not train or p == 0.0:
         return x
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"{mechanism}: dropout must be in [0, 1), got {p}")
     if rng is None:
         raise ValueError(f"{mechanism}: dropout={p} in training mode needs an explicit rng (numpy.random.Generator)")
     n, c = x.shape[:2]
@@ -195,10 +194,3 @@ def zero_conv(params: dict, prefix: str) -> None:
 def init_gamma(params: dict, name: str, value: float, dtype=np.float64) -> None:
     """A learnable scalar of shape (1,) (``nn.Parameter(torch.zeros(1))`` when ``value`` is 0)."""
     params[name] = ag.from_numpy(np.full(1, value, dtype=dtype))
-
-
-def require(mechanism: str, params: dict, keys, what: str) -> None:
-    """A clear error when ``params`` lack the keys that ``what`` (a variant / mode) needs."""
-    missing = [k for k in keys if k not in params]
-    if missing:
-        raise ValueError(f"{mechanism}: {what} needs parameters {missing}; initialise with the matching option")

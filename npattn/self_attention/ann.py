@@ -34,10 +34,14 @@ The official APNB calls its shared ``f_query``/``f_key`` module twice per forwar
 mode that BatchNorm's running statistics advance twice (momentum applied twice, counter + 2).  Query and
 key are one computation here and advance it once by default; ``query_key_bn_updates=2`` reproduces the
 official buffers exactly.  The official state_dict lists the shared tensors under both
-``stages.0.f_key.*`` and ``stages.0.f_query.*``; :func:`official_state_dict` adds the alias.
+``stages.0.f_key.*`` and ``stages.0.f_query.*``; :func:`official_state_dict` adds the alias and
+:func:`from_official_state_dict` removes it (checking that both names hold equal tensors).
 
 Dropout2d (official p = 0.05 in the network) is off by default (``dropout=0.0``); a positive ``dropout``
-in training mode needs ``rng`` (a ``numpy.random.Generator``).  BatchNorm: eps 1e-5, momentum 0.1.
+in training mode needs ``rng`` (a ``numpy.random.Generator``); ``dropout`` outside [0, 1) is an error in
+eval mode too.  BatchNorm: eps 1e-5, momentum 0.1.  ``psp_sizes`` is a non-empty tuple of positive ints
+(an empty pyramid leaves nothing to attend to: ValueError).  Every parameter's shape is checked against
+C (the fusion conv's output), Ck and Cv before anything is computed.
 """
 from __future__ import annotations
 
@@ -49,16 +53,20 @@ import autograd as ag
 
 from ..layers import (
     batch_norm,
+    batch_norm_shapes,
     check_dtype,
     check_input,
     conv,
+    conv_shapes,
     example,
     init_batch_norm,
     init_conv,
+    take_all,
     track_running_stats,
 )
+from ..params import uses_params
 from ..registry import Mechanism, Paper, register
-from ._common import dot_product_attention, dropout2d, flatten_spatial, zero_conv
+from ._common import check_dropout, dot_product_attention, dropout2d, flatten_spatial, zero_conv
 
 NAME = "ann"
 PSP_SIZES = (1, 3, 6, 8)
@@ -147,13 +155,102 @@ def init_afnb(rng, low_channels: int, high_channels: int, *, out_channels: int |
     return params
 
 
+#: The official APNB lists its one query/key transform under two names: official alias prefix -> npattn prefix.
+OFFICIAL_ALIASES = {f"{STAGE}.f_query.": f"{STAGE}.f_key."}
+
+
 def official_state_dict(params: dict) -> dict:
     """APNB parameters with the shared ``f_key`` tensors also listed as ``f_query`` (the official keys)."""
     out = dict(params)
-    for key, value in params.items():
-        if key.startswith(f"{STAGE}.f_key."):
-            out[key.replace(".f_key.", ".f_query.", 1)] = value
+    for alias, shared in OFFICIAL_ALIASES.items():
+        for key, value in params.items():
+            if key.startswith(shared):
+                out[alias + key[len(shared):]] = value
     return out
+
+
+def from_official_state_dict(state_dict: dict) -> dict:
+    """APNB parameters from an official state_dict: the inverse of :func:`official_state_dict`.
+
+    Each ``stages.0.f_query.*`` entry is the same tensor as its ``stages.0.f_key.*`` twin in the official
+    module (one ``f_key`` module, called twice); it is dropped after checking that both hold equal arrays
+    (shape, dtype and values).  A differing pair is a ValueError and an alias without its twin a KeyError,
+    both naming the keys: a state_dict whose query and key transforms differ is not an APNB.
+    """
+    out = dict(state_dict)
+    for alias, shared in OFFICIAL_ALIASES.items():
+        for key in [k for k in state_dict if k.startswith(alias)]:
+            twin = shared + key[len(alias):]
+            if twin not in state_dict:
+                raise KeyError(f"{NAME}-apnb: state_dict has {key!r} but not {twin!r}, the tensor it aliases "
+                               "(the official APNB shares one query/key transform)")
+            if not _same_array(state_dict[key], state_dict[twin]):
+                raise ValueError(f"{NAME}-apnb: {key!r} and {twin!r} differ; the official APNB shares one query/key "
+                                 "transform, so they must be equal tensors")
+            del out[key]
+    return out
+
+
+def _same_array(a, b) -> bool:
+    """Equal shape, dtype and values (NaN equal to NaN) of two host, backend or torch arrays."""
+    from ..testing import to_host
+
+    a, b = to_host(a), to_host(b)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
+
+
+# ---------------------------------------------------------------------------------------------
+# the parameters a block reads
+
+
+def _check_sizes(psp_sizes) -> tuple:
+    """The pyramid's output sizes as a non-empty tuple of positive ints."""
+    sizes = (psp_sizes,) if isinstance(psp_sizes, (int, np.integer)) else psp_sizes
+    try:
+        sizes = tuple(sizes)
+    except TypeError:
+        raise TypeError(f"{NAME}: psp_sizes must be a tuple of positive ints, got {psp_sizes!r}") from None
+    if not sizes:
+        raise ValueError(f"{NAME}: psp_sizes must name at least one pooled size (official (1, 3, 6, 8)), got "
+                         f"{psp_sizes!r}: without anchors the attention has nothing to attend to")
+    if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in sizes):
+        raise ValueError(f"{NAME}: psp_sizes must be positive ints, got {psp_sizes!r}")
+    return tuple(int(s) for s in sizes)
+
+
+def _key_like_shapes(prefix: str, out_channels: int, in_channels: int) -> dict:
+    return {**conv_shapes(f"{prefix}.0", out_channels, in_channels), **batch_norm_shapes(f"{prefix}.1.0", out_channels)}
+
+
+def _apnb_channels(params):
+    """APNB's (C, Ck, Cv), all parameters checked against them; C is the fusion conv's output."""
+    channels = params.shape("conv_bn_dropout.0.weight")[0]
+    key_channels = params.shape(f"{STAGE}.f_key.0.weight")[0]
+    value_channels = params.shape(f"{STAGE}.f_value.weight")[0]
+    take_all(params, {**_key_like_shapes(f"{STAGE}.f_key", key_channels, channels),
+                      **conv_shapes(f"{STAGE}.f_value", value_channels, channels),
+                      **conv_shapes(f"{STAGE}.W", channels, value_channels),
+                      **conv_shapes("conv_bn_dropout.0", channels, 2 * channels),
+                      **batch_norm_shapes("conv_bn_dropout.1.0", channels)})
+    return channels, key_channels, value_channels
+
+
+def _afnb_channels(params):
+    """AFNB's (C_low, C_high, C_out), all parameters checked against them."""
+    out_channels = params.shape("conv_bn_dropout.0.weight")[0]
+    low_channels = params.shape(f"{STAGE}.f_key.0.weight")[1]
+    high_channels = params.shape(f"{STAGE}.f_query.0.weight")[1]
+    key_channels = params.shape(f"{STAGE}.f_key.0.weight")[0]
+    value_channels = params.shape(f"{STAGE}.f_value.weight")[0]
+    take_all(params, {**_key_like_shapes(f"{STAGE}.f_key", key_channels, low_channels),
+                      **_key_like_shapes(f"{STAGE}.f_query", key_channels, high_channels),
+                      **conv_shapes(f"{STAGE}.f_value", value_channels, low_channels),
+                      **conv_shapes(f"{STAGE}.W", out_channels, value_channels),
+                      **conv_shapes("conv_bn_dropout.0", out_channels, out_channels + high_channels),
+                      **batch_norm_shapes("conv_bn_dropout.1", out_channels)})
+    return low_channels, high_channels, out_channels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,7 +264,7 @@ def _key_like(params, prefix, x, train, updates=1):
     if train and updates == 2:
         with track_running_stats() as first:                  # the f_query call
             batch_norm(params, bn, y, train)
-        params = {**params, **first}                           # the f_key call starts from its result
+        params = params.overlay(first)                         # the f_key call starts from its result
     return ag.relu(batch_norm(params, bn, y, train))
 
 
@@ -180,28 +277,39 @@ def _context(params, query, key_map, value_map, out_shape, sizes):
     return conv(params, f"{STAGE}.W", ag.reshape(context, (n, context.shape[1], h, w)))
 
 
-def apnb_attention(params: dict, x, *, train: bool = False, psp_sizes=PSP_SIZES) -> ag.Tensor:
-    """APNB's (B, N, S) attention softmax_j(Ck^-0.5 q_i^T P(k)_j) on x (B, C, H, W)."""
-    x = _check_apnb(params, x)
-    key = _key_like(params, f"{STAGE}.f_key", x, train)
-    return ag.softmax(ag.matmul(ag.swapaxes(flatten_spatial(key), 1, 2), pyramid_pool(key, tuple(psp_sizes)))
-                      * key.shape[1] ** -0.5, axis=-1)
-
-
 def _check_apnb(params, x):
-    channels = params[f"{STAGE}.f_key.0.weight"].shape[1]
-    x = check_input(NAME, x, channels=channels)
+    channels, _, _ = _apnb_channels(params)
+    x = check_input(NAME, x, channels=channels, min_size=1)
     check_dtype(NAME, x, params)
     return x
 
 
-def ann_apnb(params: dict, x, *, train: bool = False, psp_sizes=PSP_SIZES, dropout: float = 0.0, rng=None,
+@uses_params(NAME)
+def apnb_attention(params, x, *, train: bool = False, psp_sizes=PSP_SIZES) -> ag.Tensor:
+    """APNB's (B, N, S) attention softmax_j(Ck^-0.5 q_i^T P(k)_j) on x (B, C, H, W).
+
+    Takes the whole APNB parameter dict (every parameter is checked, as by :func:`ann_apnb`).
+    """
+    x = _check_apnb(params, x)
+    sizes = _check_sizes(psp_sizes)
+    key = _key_like(params, f"{STAGE}.f_key", x, train)
+    return ag.softmax(ag.matmul(ag.swapaxes(flatten_spatial(key), 1, 2), pyramid_pool(key, sizes))
+                      * key.shape[1] ** -0.5, axis=-1)
+
+
+def _check_updates(query_key_bn_updates):
+    if isinstance(query_key_bn_updates, bool) or query_key_bn_updates not in (1, 2):
+        raise ValueError(f"{NAME}: query_key_bn_updates must be 1 or 2, got {query_key_bn_updates!r}")
+
+
+@uses_params(NAME)
+def ann_apnb(params, x, *, train: bool = False, psp_sizes=PSP_SIZES, dropout: float = 0.0, rng=None,
              query_key_bn_updates: int = 1) -> ag.Tensor:
     """Asymmetric pyramid non-local block on x (B, C, H, W) -> (B, C, H, W)."""
     x = _check_apnb(params, x)
-    if query_key_bn_updates not in (1, 2):
-        raise ValueError(f"{NAME}: query_key_bn_updates must be 1 or 2, got {query_key_bn_updates}")
-    sizes = tuple(psp_sizes)
+    _check_updates(query_key_bn_updates)
+    sizes = _check_sizes(psp_sizes)
+    check_dropout(NAME, dropout)
     key = _key_like(params, f"{STAGE}.f_key", x, train, query_key_bn_updates)   # = query (shared module)
     value = conv(params, f"{STAGE}.f_value", x)
     context = _context(params, key, key, value, x.shape, sizes)
@@ -210,18 +318,21 @@ def ann_apnb(params: dict, x, *, train: bool = False, psp_sizes=PSP_SIZES, dropo
     return dropout2d(fused, dropout, train, rng, NAME)
 
 
-def ann_afnb(params: dict, low, high, *, train: bool = False, psp_sizes=PSP_SIZES, dropout: float = 0.0,
+@uses_params(NAME)
+def ann_afnb(params, low, high, *, train: bool = False, psp_sizes=PSP_SIZES, dropout: float = 0.0,
              rng=None) -> ag.Tensor:
     """Asymmetric fusion non-local block: keys/values from ``low`` (B, C_low, H', W'), queries from ``high``
     (B, C_high, H, W); returns (B, C_out, H, W).
     """
-    low = check_input(NAME, low, arg="low", channels=params[f"{STAGE}.f_key.0.weight"].shape[1])
-    high = check_input(NAME, high, arg="high", channels=params[f"{STAGE}.f_query.0.weight"].shape[1])
+    low_channels, high_channels, _ = _afnb_channels(params)
+    low = check_input(NAME, low, arg="low", channels=low_channels, min_size=1)
+    high = check_input(NAME, high, arg="high", channels=high_channels, min_size=1)
     check_dtype(NAME, low, params, arg="low")
     check_dtype(NAME, high, params, arg="high")
     if low.shape[0] != high.shape[0]:
         raise ValueError(f"{NAME}: low {low.shape} and high {high.shape} must have the same batch size")
-    sizes = tuple(psp_sizes)
+    sizes = _check_sizes(psp_sizes)
+    check_dropout(NAME, dropout)
     query = _key_like(params, f"{STAGE}.f_query", high, train)
     key = _key_like(params, f"{STAGE}.f_key", low, train)
     value = conv(params, f"{STAGE}.f_value", low)

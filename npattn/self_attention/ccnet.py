@@ -36,7 +36,8 @@ import numpy as np
 
 import autograd as ag
 
-from ..layers import check_dtype, check_input, conv, example, init_conv
+from ..layers import check_dtype, check_input, conv, conv_shapes, example, init_conv, take_all
+from ..params import uses_params
 from ..registry import Mechanism, Paper, register
 from ._common import init_gamma
 
@@ -125,8 +126,11 @@ def criss_cross_aggregate(attention: ag.Tensor, value: ag.Tensor) -> ag.Tensor:
             + ag.transpose(ag.reshape(out_row, (b, h, c, w)), (0, 2, 1, 3)))
 
 
-def criss_cross(params: dict, x: ag.Tensor) -> ag.Tensor:
-    """One criss-cross attention step: y = gamma * out + x, (B, C, H, W) -> (B, C, H, W)."""
+def criss_cross(params, x: ag.Tensor) -> ag.Tensor:
+    """One criss-cross attention step: y = gamma * out + x, (B, C, H, W) -> (B, C, H, W).
+
+    A building block (the parameters as :func:`ccnet` has checked them); :func:`ccnet` is the public entry.
+    """
     query = conv(params, f"{PREFIX}query_conv", x)
     key = conv(params, f"{PREFIX}key_conv", x)
     value = conv(params, f"{PREFIX}value_conv", x)
@@ -134,15 +138,27 @@ def criss_cross(params: dict, x: ag.Tensor) -> ag.Tensor:
     return params[f"{PREFIX}gamma"] * out + x
 
 
-def ccnet(params: dict, x, *, train: bool = False, recurrence: int = 2) -> ag.Tensor:
+def _channels(params) -> int:
+    """C, with every parameter checked: query/key (Ck, C, 1, 1), value (C, C, 1, 1), all with bias, gamma (1,)."""
+    channels = params.shape(f"{PREFIX}value_conv.weight")[0]
+    key_channels = params.shape(f"{PREFIX}query_conv.weight")[0]
+    take_all(params, {**conv_shapes(f"{PREFIX}query_conv", key_channels, channels),
+                      **conv_shapes(f"{PREFIX}key_conv", key_channels, channels),
+                      **conv_shapes(f"{PREFIX}value_conv", channels, channels),
+                      f"{PREFIX}gamma": (1,)})
+    return channels
+
+
+@uses_params(NAME)
+def ccnet(params, x, *, train: bool = False, recurrence: int = 2) -> ag.Tensor:
     """Recurrent criss-cross attention: ``recurrence`` steps of one shared module on x (B, C, H, W).
 
     ``train`` has no effect (no BatchNorm or dropout in the attention module).
     """
-    x = check_input(NAME, x, channels=params[f"{PREFIX}value_conv.weight"].shape[0])
+    x = check_input(NAME, x, channels=_channels(params), min_size=1)
     check_dtype(NAME, x, params)
-    if recurrence < 1:
-        raise ValueError(f"{NAME}: recurrence must be at least 1, got {recurrence}")
+    if isinstance(recurrence, bool) or not isinstance(recurrence, (int, np.integer)) or recurrence < 1:
+        raise ValueError(f"{NAME}: recurrence must be an int of at least 1, got {recurrence!r}")
     for _ in range(recurrence):
         x = criss_cross(params, x)
     return x

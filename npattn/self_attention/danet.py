@@ -28,7 +28,8 @@ The head (``encoding/models/sseg/danet.py: DANetHead``) with Ci = C // 4::
 1x1 conv) to sa_conv, sc_conv and the sum; they are task-specific and not part of the attention, so
 ``variant="head"`` returns the fused feature map ``sa_conv + sc_conv`` before them.
 
-Variants (``variant`` option of :func:`danet`, one parameter layout each):
+Variants (``variant`` of :func:`init` and :func:`danet`, one parameter layout each; a registry entry's
+``config`` gives both the same value, npattn.params):
 
 * ``"head"`` (registry ``danet``): the dual head above; names ``conv5a.{0,1}``, ``conv5c.{0,1}``,
   ``sa.{query,key,value}_conv``, ``sa.gamma``, ``sc.gamma``, ``conv51.{0,1}``, ``conv52.{0,1}``.
@@ -47,9 +48,20 @@ import numpy as np
 
 import autograd as ag
 
-from ..layers import check_dtype, check_input, conv, example, init_batch_norm, init_conv
+from ..layers import (
+    batch_norm_shapes,
+    check_dtype,
+    check_input,
+    conv,
+    conv_shapes,
+    example,
+    init_batch_norm,
+    init_conv,
+    take_all,
+)
+from ..params import uses_params
 from ..registry import Mechanism, Paper, register
-from ._common import conv_bn, dot_product_attention, flatten_spatial, init_gamma, require
+from ._common import conv_bn, dot_product_attention, flatten_spatial, init_gamma
 
 NAME = "danet"
 VARIANTS = ("head", "pam", "cam", "pam+cam")
@@ -104,8 +116,11 @@ def _check_variant(variant):
 # the two modules
 
 
-def position_attention(params: dict, x: ag.Tensor, prefix: str = "") -> ag.Tensor:
-    """PAM: E = gamma * V softmax(Q^T K)^T + A on x (B, C, H, W) -> (B, C, H, W)."""
+def position_attention(params, x: ag.Tensor, prefix: str = "") -> ag.Tensor:
+    """PAM: E = gamma * V softmax(Q^T K)^T + A on x (B, C, H, W) -> (B, C, H, W).
+
+    A building block (parameters as :func:`danet` checks them); :func:`danet` is the public entry.
+    """
     n, c, h, w = x.shape
     query = flatten_spatial(conv(params, f"{prefix}query_conv", x))      # (B, Ck, N)
     key = flatten_spatial(conv(params, f"{prefix}key_conv", x))          # (B, Ck, N)
@@ -125,8 +140,8 @@ def channel_attention_map(x: ag.Tensor, cam_form: str = "official") -> ag.Tensor
     return ag.softmax(energy, axis=-1)
 
 
-def channel_attention(params: dict, x: ag.Tensor, prefix: str = "", cam_form: str = "official") -> ag.Tensor:
-    """CAM: E = gamma * attention A + A on x (B, C, H, W) -> (B, C, H, W)."""
+def channel_attention(params, x: ag.Tensor, prefix: str = "", cam_form: str = "official") -> ag.Tensor:
+    """CAM: E = gamma * attention A + A on x (B, C, H, W) -> (B, C, H, W) (a building block, as PAM's)."""
     attention = channel_attention_map(x, cam_form)
     out = ag.reshape(ag.matmul(attention, flatten_spatial(x)), x.shape)   # sum_i x_ji A_i
     return params[f"{prefix}gamma"] * out + x
@@ -136,34 +151,52 @@ def channel_attention(params: dict, x: ag.Tensor, prefix: str = "", cam_form: st
 # the entry point
 
 
-_REQUIRED = {
-    "pam": ["query_conv.weight", "key_conv.weight", "value_conv.weight", "gamma"],
-    "cam": ["gamma"],
-    "pam+cam": ["sa.query_conv.weight", "sa.gamma", "sc.gamma"],
-    "head": ["conv5a.0.weight", "conv5c.0.weight", "sa.query_conv.weight", "sa.gamma", "sc.gamma",
-             "conv51.0.weight", "conv52.0.weight"],
-}
+def _pam_shapes(prefix: str, channels: int, key_channels: int) -> dict:
+    return {**conv_shapes(f"{prefix}query_conv", key_channels, channels),
+            **conv_shapes(f"{prefix}key_conv", key_channels, channels),
+            **conv_shapes(f"{prefix}value_conv", channels, channels), f"{prefix}gamma": (1,)}
 
 
-def _channels(params, variant):
-    if variant == "pam":
-        return params["value_conv.weight"].shape[0]
-    if variant == "pam+cam":
-        return params["sa.value_conv.weight"].shape[0]
-    if variant == "head":
-        return params["conv5a.0.weight"].shape[1]
-    return None
+def _conv_bn_shapes(prefix: str, out_channels: int, in_channels: int) -> dict:
+    return {**conv_shapes(f"{prefix}.0", out_channels, in_channels, 3, bias=False),
+            **batch_norm_shapes(f"{prefix}.1", out_channels)}
 
 
-def danet(params: dict, x, *, train: bool = False, variant: str = "head", cam_form: str = "official") -> ag.Tensor:
+def _channels(params, variant: str):
+    """The input channels the variant's parameters imply (None for CAM alone), every parameter checked."""
+    if variant == "cam":
+        take_all(params, {"gamma": (1,)})
+        return None
+    if variant in ("pam", "pam+cam"):
+        prefix = "" if variant == "pam" else "sa."
+        channels = params.shape(f"{prefix}value_conv.weight")[0]
+        shapes = _pam_shapes(prefix, channels, params.shape(f"{prefix}query_conv.weight")[0])
+        take_all(params, shapes if variant == "pam" else {**shapes, "sc.gamma": (1,)})
+        return channels
+    channels, inter = params.shape("conv5a.0.weight")[1], params.shape("conv5a.0.weight")[0]
+    take_all(params, {**_conv_bn_shapes("conv5a", inter, channels), **_conv_bn_shapes("conv5c", inter, channels),
+                      **_pam_shapes("sa.", inter, params.shape("sa.query_conv.weight")[0]), "sc.gamma": (1,),
+                      **_conv_bn_shapes("conv51", inter, inter), **_conv_bn_shapes("conv52", inter, inter)})
+    return channels
+
+
+def _head_unit(params, prefix, x, train):
+    """ReLU(BN(conv3x3(x))), no conv bias: conv5a / conv5c / conv51 / conv52."""
+    return conv_bn(params, f"{prefix}.0", f"{prefix}.1", x, train, padding=1, bias=False)
+
+
+@uses_params(NAME)
+def danet(params, x, *, train: bool = False, variant: str = "head", cam_form: str = "official") -> ag.Tensor:
     """Apply a DANet variant to ``x`` (B, C, H, W).
 
     Returns (B, C, H, W) for ``pam``, ``cam`` and ``pam+cam``, and (B, C // 4, H, W) for ``head``
-    (``train`` only matters there: its BatchNorms).  ``cam_form="paper"`` gives the paper's CAM sign.
+    (``train`` only matters there: its BatchNorms).  ``variant`` is the structure, as given to
+    :func:`init`; ``cam_form="paper"`` gives the paper's CAM sign.
     """
     _check_variant(variant)
-    require(NAME, params, _REQUIRED[variant], f"variant {variant!r}")
-    x = check_input(NAME, x, channels=_channels(params, variant))
+    if cam_form not in CAM_FORMS:
+        raise ValueError(f"{NAME}: cam_form must be one of {CAM_FORMS}, got {cam_form!r}")
+    x = check_input(NAME, x, channels=_channels(params, variant), min_size=1)
     check_dtype(NAME, x, params)
     if variant == "pam":
         return position_attention(params, x)
@@ -171,11 +204,10 @@ def danet(params: dict, x, *, train: bool = False, variant: str = "head", cam_fo
         return channel_attention(params, x, cam_form=cam_form)
     if variant == "pam+cam":
         return position_attention(params, x, "sa.") + channel_attention(params, x, "sc.", cam_form) - x
-    sa_feat = position_attention(params, conv_bn(params, "conv5a.0", "conv5a.1", x, train, padding=1), "sa.")
-    sa_conv = conv_bn(params, "conv51.0", "conv51.1", sa_feat, train, padding=1)
-    sc_feat = channel_attention(params, conv_bn(params, "conv5c.0", "conv5c.1", x, train, padding=1), "sc.", cam_form)
-    sc_conv = conv_bn(params, "conv52.0", "conv52.1", sc_feat, train, padding=1)
-    return sa_conv + sc_conv
+    sa_conv = _head_unit(params, "conv51", position_attention(params, _head_unit(params, "conv5a", x, train), "sa."),
+                         train)
+    sc_feat = channel_attention(params, _head_unit(params, "conv5c", x, train), "sc.", cam_form)
+    return sa_conv + _head_unit(params, "conv52", sc_feat, train)
 
 
 _PAPER = Paper("Fu, Liu, Tian, Li, Bao, Fang, Lu", "Dual Attention Network for Scene Segmentation", "CVPR", 2019)
@@ -185,7 +217,6 @@ def _entry(name, variant, channels, shape, description, channel_axis=1):
     register(Mechanism(
         name=name, family="self_attention", paper=_PAPER, init=init, apply_fn=danet,
         config={"channels": channels, "variant": variant, "gamma_init": 0.5},
-        options={"variant": variant},
         example_input=lambda rng, dtype=np.float64: (example(rng, shape, dtype),),
         channel_axis=channel_axis, description=description,
     ))

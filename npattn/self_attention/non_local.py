@@ -40,7 +40,9 @@ gives the official GaussianFill N(0, 0.01^2) with zero bias.  BN eps is PyTorch'
 
 Parameters (PyTorch-style names): ``theta.weight (Ci, C, 1, 1)``, ``phi.weight``, ``g.weight`` (+ biases),
 ``concat_project.weight (1, 2Ci, 1, 1)`` (concatenation only), ``W.weight (C, Ci, 1, 1)`` + bias,
-``W_bn.*`` BatchNorm(C).
+``W_bn.*`` BatchNorm(C) (``bn_layer=True`` only).  ``mode`` and ``bn_layer`` are the structure: options of
+:func:`init` and of :func:`non_local` / :func:`pairwise` alike (a registry entry's ``config`` reaches both),
+never read from which parameters exist.
 
 Memory and time: the softmax modes hold one (B, N, M) matrix (sub-sampling makes M = N/4) through an
 in-place fused attention primitive, so (2, 256, 64, 64) in float32 runs forward and backward in well under
@@ -54,17 +56,21 @@ import numpy as np
 
 import autograd as ag
 
-from ..layers import batch_norm, check_dtype, check_input, conv, example, init_batch_norm, init_conv
-from ..registry import Mechanism, Paper, register
-from ._common import (
-    aggregate,
-    attention_map,
-    dot_product_attention,
-    flatten_spatial,
-    init_conv_normal,
-    require,
-    zero_conv,
+from ..layers import (
+    batch_norm,
+    batch_norm_shapes,
+    check_dtype,
+    check_input,
+    conv,
+    conv_shapes,
+    example,
+    init_batch_norm,
+    init_conv,
+    take_all,
 )
+from ..params import uses_params
+from ..registry import Mechanism, Paper, register
+from ._common import aggregate, attention_map, dot_product_attention, flatten_spatial, init_conv_normal, zero_conv
 
 NAME = "nonlocal"
 MODES = ("embedded_gaussian", "gaussian", "dot_product", "concatenation")
@@ -164,42 +170,56 @@ def _linear_weights(params, theta, phi, mode):
     return ag.relu(ag.expand_dims(theta_term, 2) + ag.expand_dims(phi_term, 1))
 
 
-def pairwise(params: dict, x, *, mode: str = "embedded_gaussian", sub_sample: bool = True,
-             pool_first: bool = True, use_scale: bool = True, scale: float | None = None) -> ag.Tensor:
-    """The normalised pairwise weights f(x_i, x_j) / C(x): (B, N, M); rows sum to 1 in the softmax modes."""
-    x = _validate(params, x, mode, sub_sample)
+def _sizes(params, mode: str, bn_layer: bool) -> tuple:
+    """(C, Ci), every parameter of the structure checked against them."""
+    channels, inter = params.shape("W.weight")[0], params.shape("g.weight")[0]
+    shapes = {}
+    if mode != "gaussian":
+        shapes.update({**conv_shapes("theta", inter, channels), **conv_shapes("phi", inter, channels)})
+    shapes.update(conv_shapes("g", inter, channels))
+    if mode == "concatenation":
+        shapes.update(conv_shapes("concat_project", 1, 2 * inter, bias=False))
+    shapes.update(conv_shapes("W", channels, inter))
+    if bn_layer:
+        shapes.update(batch_norm_shapes("W_bn", channels))
+    take_all(params, shapes)
+    return channels, inter
+
+
+def _validate(params, x, mode, sub_sample, bn_layer):
+    _check_mode(mode)
+    channels, inter = _sizes(params, mode, bn_layer)
+    x = check_input(NAME, x, channels=channels, min_size=2 if sub_sample else 1)
+    check_dtype(NAME, x, params)
+    return x, inter
+
+
+@uses_params(NAME)
+def pairwise(params, x, *, mode: str = "embedded_gaussian", sub_sample: bool = True, pool_first: bool = True,
+             use_scale: bool = True, scale: float | None = None, bn_layer: bool = True) -> ag.Tensor:
+    """The normalised pairwise weights f(x_i, x_j) / C(x): (B, N, M); rows sum to 1 in the softmax modes.
+
+    Takes the whole block's parameters (``mode``, ``bn_layer`` as given to :func:`init`; all checked).
+    """
+    x, inter = _validate(params, x, mode, sub_sample, bn_layer)
     theta, phi, _ = _operands(params, x, mode, sub_sample, pool_first)
     if mode in SOFTMAX_MODES:
-        return attention_map(theta, phi, _logit_scale(mode, params["g.weight"].shape[0], use_scale, scale))
+        return attention_map(theta, phi, _logit_scale(mode, inter, use_scale, scale))
     _logit_scale(mode, None, use_scale, scale)                                  # rejects a stray scale
     return _linear_weights(params, theta, phi, mode)
 
 
-def _validate(params, x, mode, sub_sample):
-    _check_mode(mode)
-    channels = params["W.weight"].shape[0]
-    x = check_input(NAME, x, channels=channels, min_size=2 if sub_sample else 1)
-    check_dtype(NAME, x, params)
-    if mode == "gaussian":
-        if "theta.weight" in params:
-            raise ValueError(f"{NAME}: mode 'gaussian' has no theta/phi convs but the parameters have them; "
-                             "initialise with mode='gaussian'")
-    else:
-        require(NAME, params, ["theta.weight", "phi.weight"], f"mode {mode!r}")
-    if mode == "concatenation":
-        require(NAME, params, ["concat_project.weight"], "mode 'concatenation'")
-    return x
-
-
-def non_local(params: dict, x, *, train: bool = False, mode: str = "embedded_gaussian", sub_sample: bool = True,
-              pool_first: bool = True, use_scale: bool = True, scale: float | None = None) -> ag.Tensor:
+@uses_params(NAME)
+def non_local(params, x, *, train: bool = False, mode: str = "embedded_gaussian", sub_sample: bool = True,
+              pool_first: bool = True, use_scale: bool = True, scale: float | None = None,
+              bn_layer: bool = True) -> ag.Tensor:
     """Apply the non-local block to ``x`` (B, C, H, W); returns z (B, C, H, W).
 
-    ``train`` switches W's BatchNorm to batch statistics.  Sub-sampling needs H, W >= 2.
+    ``train`` switches W's BatchNorm to batch statistics.  Sub-sampling needs H, W >= 2.  ``mode`` and
+    ``bn_layer``: the structure, as given to :func:`init`.
     """
-    x = _validate(params, x, mode, sub_sample)
+    x, inter = _validate(params, x, mode, sub_sample, bn_layer)
     theta, phi, value = _operands(params, x, mode, sub_sample, pool_first)
-    inter = params["g.weight"].shape[0]
     if mode in SOFTMAX_MODES:                                                  # y_i = sum_j softmax_j(.) g_j
         y = dot_product_attention(theta, phi, value, _logit_scale(mode, inter, use_scale, scale))
     elif mode == "dot_product":                                                # y_i = theta_i^T (sum_j phi_j g_j^T) / M
@@ -212,7 +232,7 @@ def non_local(params: dict, x, *, train: bool = False, mode: str = "embedded_gau
     n, c, h, w = x.shape
     y = ag.reshape(y, (n, inter, h, w))
     out = conv(params, "W", y)                                                 # W_z y
-    if "W_bn.weight" in params:
+    if bn_layer:
         out = batch_norm(params, "W_bn", out, train)
     return out + x                                                             # z = W_z y + x
 
@@ -223,7 +243,6 @@ def _entry(name, mode, description):
         paper=Paper("Wang, Girshick, Gupta, He", "Non-local Neural Networks", "CVPR", 2018),
         init=init, apply_fn=non_local,
         config={"channels": 16, "mode": mode, "zero_init": False},
-        options={"mode": mode},
         example_input=lambda rng, dtype=np.float64: (example(rng, (2, 16, 6, 6), dtype),),
         min_spatial=2, description=description,
     ))

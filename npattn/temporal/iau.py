@@ -30,9 +30,12 @@ Follows the official code (``blue-blue272/ImgReID-IAnet``: ``models/IAU3D.py`` `
 * Official layout is (B, C, T, H, W) (Conv3d / BatchNorm3d); ``layout="btchw"`` (the registry's, a clip
   of frames) permutes to it and back; ``layout="bcthw"`` takes the official layout directly.
 * The official mask subtracts 1e8 from the masked logits (``W_init`` = 1 on the diagonal and on
-  different-frame-different-part pairs); we pass the equivalent boolean mask to the softmax, which gives
-  exactly zero weight (the official weights there are exp(-1e8) = 0 as well).  The mask is built from the
-  input's T, where the official module slices a mask built for its ``seq_len``.
+  different-frame-different-part pairs) and so do we: a masked weight is exp(-1e8) = 0, and a row with
+  every entry masked -- only with one frame and one part (T = P = 1), where the single node has no
+  allowed neighbour -- is shifted as a whole, so the softmax gives the node **its own weight 1** (the
+  graph step sees [p; p]).  A boolean mask with the core's fully-masked-row policy would give it weight 0
+  instead, a different output.  The mask is built from the input's T, where the official module slices a
+  mask built for its ``seq_len``.
 * The relation conv sees the pair difference *and* the clip descriptor u; u is concatenated after the
   (C/2)-dim parts, and after the part mean in v, as the official ``torch.cat`` calls.
 * W1's and W2's BatchNorms are initialised to zero (weight and bias) officially, so the block starts as the
@@ -48,13 +51,28 @@ import numpy as np
 
 import autograd as ag
 
-from ..layers import batch_norm, check_dtype, check_input, conv_bn, example, init_batch_norm, init_conv, init_conv_bn
+from ..layers import (
+    batch_norm,
+    batch_norm_shapes,
+    check_dtype,
+    check_input,
+    conv_bn,
+    conv_shapes,
+    example,
+    init_batch_norm,
+    init_conv,
+    init_conv_bn,
+    take_all,
+)
+from ..params import uses_params
 from ..registry import Mechanism, Paper, register
 
 NAME = "iau"
 LAYOUTS = ("btchw", "bcthw")
 NUM_PARTS = 4  # official SpatialAttn(number=4)
 RELATION = ("STIAU.module_w.relation.0", "STIAU.module_w.relation.1")
+#: The official fill of the masked relation logits (``W_new - W_id * 1e8``).
+MASK_FILL = 1e8
 GCONV = ("STIAU.module_l.fsm.0", "STIAU.module_l.fsm.1")
 
 
@@ -89,7 +107,7 @@ def init(rng, in_channels: int, *, num_parts: int = NUM_PARTS, zero_init: bool =
 # pieces
 
 
-def _pointwise3d_bn(params: dict, conv_prefix: str, bn_prefix: str, x: ag.Tensor, train: bool) -> ag.Tensor:
+def _pointwise3d_bn(params, conv_prefix: str, bn_prefix: str, x: ag.Tensor, train: bool) -> ag.Tensor:
     """BN3d(Conv3d 1x1x1 (x)) for x (B, C, T, H, W): a 1x1 conv2d on (B, C, T*H, W)."""
     b, c, t, h, w = x.shape
     weight = params[f"{conv_prefix}.weight"]
@@ -98,13 +116,13 @@ def _pointwise3d_bn(params: dict, conv_prefix: str, bn_prefix: str, x: ag.Tensor
     return batch_norm(params, bn_prefix, ag.reshape(y, (b, weight.shape[0], t, h, w)), train)
 
 
-def _shared_g(params: dict, features: ag.Tensor) -> ag.Tensor:
+def _shared_g(params, features: ag.Tensor) -> ag.Tensor:
     """The official ``g`` (Conv2d 1x1, C -> C/2, bias) applied to rows (..., C): a linear map."""
     weight = params["g.weight"]
     return ag.linear(features, ag.reshape(weight, weight.shape[:2]), params["g.bias"])
 
 
-def _channel_interaction(params: dict, x: ag.Tensor, train: bool) -> ag.Tensor:
+def _channel_interaction(params, x: ag.Tensor, train: bool) -> ag.Tensor:
     """CIAU: z = x + W1(softmax(X X^T) X), x (B, C, T, H, W)."""
     b, c, t, h, w = x.shape
     nodes = ag.reshape(x, (b, c * t, h * w))                                    # X (B, CT, HW)
@@ -123,7 +141,7 @@ def graph_mask(frames: int, parts: int):
     return same_frame != same_part
 
 
-def _graph_update(params: dict, parts: ag.Tensor, context: ag.Tensor, train: bool) -> ag.Tensor:
+def _graph_update(params, parts: ag.Tensor, context: ag.Tensor, train: bool) -> ag.Tensor:
     """STIAU's graph step on nodes (B, T, P, c) with the clip context (B, c): returns s (B, T, P, c)."""
     b, t, p, c = parts.shape
     nodes = ag.reshape(parts, (b, t * p, c))                                            # (B, TP, c)
@@ -132,21 +150,21 @@ def _graph_update(params: dict, parts: ag.Tensor, context: ag.Tensor, train: boo
     difference = ag.abs(ag.expand_dims(channels_first, 3) - ag.expand_dims(channels_first, 2))
     context_map = ag.broadcast_to(ag.reshape(context, (b, c, 1, 1)), difference.shape)
     edges = ag.concatenate([difference, context_map], axis=1)                            # (B, 2c, TP, TP)
-    logits = conv_bn(params, *RELATION, edges, train, relu=False)                       # e (B, 1, TP, TP)
-    keep = ag.from_numpy(graph_mask(t, p))
-    adjacency = ag.softmax(ag.reshape(logits, (b, t * p, t * p)), axis=-1, mask=keep)   # W
+    logits = conv_bn(params, *RELATION, edges, train, relu=False, bias=True)            # e (B, 1, TP, TP)
+    blocked = ag.from_numpy((~graph_mask(t, p)).astype(np.dtype(logits.dtype)) * MASK_FILL)
+    adjacency = ag.softmax(ag.reshape(logits, (b, t * p, t * p)) - blocked, axis=-1)    # W (official -1e8 fill)
     neighbours = ag.matmul(adjacency, nodes)                                             # W p
     stacked = ag.reshape(ag.concatenate([nodes, neighbours], axis=2), (b * t * p, 2 * c, 1, 1))
-    updated = conv_bn(params, *GCONV, stacked, train)                                   # s
+    updated = conv_bn(params, *GCONV, stacked, train, bias=True)                        # s
     return ag.reshape(updated, (b, t, p, c))
 
 
-def _part_maps(params: dict, z: ag.Tensor, train: bool) -> ag.Tensor:
+def _part_maps(params, z: ag.Tensor, train: bool) -> ag.Tensor:
     """a = sigmoid(BN3d(conv(z))): (B, P, T, H, W)."""
     return ag.sigmoid(_pointwise3d_bn(params, "SA.conv.conv", "SA.conv.bn", z, train))
 
 
-def _spatial_temporal_interaction(params: dict, z: ag.Tensor, train: bool) -> ag.Tensor:
+def _spatial_temporal_interaction(params, z: ag.Tensor, train: bool) -> ag.Tensor:
     """STIAU: out = z + W2([mean_k s; u]) broadcast over H, W; z (B, C, T, H, W)."""
     b, c, t, h, w = z.shape
     descriptor = ag.mean(z, axis=(2, 3, 4))                                             # u (B, C)
@@ -168,29 +186,57 @@ def _spatial_temporal_interaction(params: dict, z: ag.Tensor, train: bool) -> ag
 # public entry points
 
 
-def _to_official(params: dict, x, layout: str) -> ag.Tensor:
+def _structure(params) -> tuple:
+    """(C, P) with every parameter checked; C is even (g maps C -> C/2 and v = [s; u] has 2 * C/2 = C rows)."""
+    channels, parts = params.shape("W1.0.weight")[1], params.shape("SA.conv.conv.weight")[0]
+    if channels % 2:
+        raise ValueError(f"{NAME}: parameter 'W1.0.weight' must have shape (C, C, 1, 1, 1) with C even (inter "
+                         f"channels C/2), got {params.shape('W1.0.weight')}")
+    inter = channels // 2
+    shapes = {}
+    for conv_prefix, bn_prefix, out in (("W1.0", "W1.1", channels), ("SA.conv.conv", "SA.conv.bn", parts),
+                                        ("W2.0", "W2.1", channels)):
+        shapes.update({f"{conv_prefix}.weight": (out, channels, 1, 1, 1), f"{conv_prefix}.bias": (out,),
+                       **batch_norm_shapes(bn_prefix, out)})
+    shapes.update(conv_shapes("g", inter, channels))
+    for (conv_prefix, bn_prefix), out in ((RELATION, 1), (GCONV, inter)):
+        shapes.update({**conv_shapes(conv_prefix, out, 2 * inter), **batch_norm_shapes(bn_prefix, out)})
+    take_all(params, shapes)
+    return channels, parts
+
+
+def _to_official(params, x, layout: str) -> ag.Tensor:
     if layout not in LAYOUTS:
         raise ValueError(f"{NAME}: layout must be one of {LAYOUTS}, got {layout!r}")
     shape_text = "(B, T, C, H, W)" if layout == "btchw" else "(B, C, T, H, W)"
+    channels, _ = _structure(params)
     x = check_input(NAME, x, ndim=5, layout=shape_text)
-    channels = params["W1.0.weight"].shape[0]
     axis = 2 if layout == "btchw" else 1
     if x.shape[axis] != channels:
         raise ValueError(f"{NAME}: x must have {channels} channels (axis {axis} of {shape_text}) to match the "
                          f"parameters, got shape {x.shape}")
+    frames = x.shape[3 - axis]
+    if frames < 1 or min(x.shape[3:]) < 1:
+        raise ValueError(f"{NAME}: x must have at least one frame and a non-empty H x W {shape_text}, got shape "
+                         f"{x.shape}")
     check_dtype(NAME, x, params)
     return ag.swapaxes(x, 1, 2) if layout == "btchw" else x
 
 
-def part_attention(params: dict, x, *, train: bool = False, layout: str = "btchw") -> ag.Tensor:
-    """The STIAU part maps a (B*T, P, H, W), as the official block's second output."""
+@uses_params(NAME)
+def part_attention(params, x, *, train: bool = False, layout: str = "btchw") -> ag.Tensor:
+    """The STIAU part maps a (B*T, P, H, W), as the official block's second output.
+
+    Takes the whole IAU parameter dict (every parameter checked, as by :func:`iau`).
+    """
     clip = _to_official(params, x, layout)
     maps = _part_maps(params, _channel_interaction(params, clip, train), train)        # (B, P, T, H, W)
     b, p, t, h, w = maps.shape
     return ag.reshape(ag.swapaxes(maps, 1, 2), (b * t, p, h, w))
 
 
-def iau(params: dict, x, *, train: bool = False, layout: str = "btchw") -> ag.Tensor:
+@uses_params(NAME)
+def iau(params, x, *, train: bool = False, layout: str = "btchw") -> ag.Tensor:
     """Apply the IAU block (CIAU, then STIAU) to a clip ``x``; returns the same shape and layout.
 
     ``layout="btchw"``: x is (B, T, C, H, W); ``"bcthw"``: the official (B, C, T, H, W).

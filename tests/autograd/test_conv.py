@@ -202,6 +202,23 @@ def test_conv2d_with_a_kernel_the_size_of_the_input(rng, groups, c_out):
     check_grads(lambda *a: ag.conv2d(*a, groups=groups), dev(x[:2]), dev(w), dev(b), mode="full")
 
 
+@pytest.mark.parametrize("kernel, groups, stride, size", [((1, 1), 1, 1, (5, 4)), ((3, 3), 1, 2, (5, 4)),
+                                                         ((3, 3), 4, 1, (5, 4)), ((3, 3), 4, 2, (5, 4)),
+                                                         ((5, 2), 2, 1, (5, 2))],
+                         ids=["pointwise", "gemm", "depthwise", "depthwise-strided", "whole-map"])
+def test_conv2d_empty_batch(rng, kernel, groups, stride, size):
+    """N = 0 on every kernel path: an empty output, an empty input gradient and a zero weight/bias gradient."""
+    x, w, b = rng.standard_normal((0, 4) + size), rng.standard_normal((4, 4 // groups) + kernel), rng.standard_normal(4)
+    out = ag.conv2d(dev(x), dev(w), dev(b), stride=stride, groups=groups)
+    one = ag.conv2d(dev(np.zeros((1, 4) + size)), dev(w), dev(b), stride=stride, groups=groups)
+    assert out.shape == (0,) + one.shape[1:]
+    grads = ag.grad(lambda *a: ag.sum(ag.conv2d(*a, stride=stride, groups=groups) ** 2), argnums=(0, 1, 2))(
+        dev(x), dev(w), dev(b))
+    assert grads[0].shape == x.shape
+    assert grads[1].shape == w.shape and not np.any(ag.to_numpy(grads[1]))
+    assert grads[2].shape == b.shape and not np.any(ag.to_numpy(grads[2]))
+
+
 def test_conv2d_full_jacobian_small(rng):
     x, w, b = rng.standard_normal((1, 2, 4, 3)), rng.standard_normal((2, 1, 2, 2)), rng.standard_normal(2)
     check_grads(lambda *a: ag.conv2d(*a, stride=(2, 1), padding=1, dilation=(1, 2), groups=2),

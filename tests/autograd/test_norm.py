@@ -96,6 +96,22 @@ def test_batch_norm_rejects_bad_arguments(call, pattern):
         call()
 
 
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (0, 3), (2, 3, 0, 4)])
+def test_batch_norm_training_on_an_empty_batch(shape):
+    """As torch: an empty output, the running statistics unchanged, zero weight/bias gradients (no NaN)."""
+    rm, rv = dev(np.full(3, 0.5)), dev(np.full(3, 2.0))
+    y, new_mean, new_var = ag.batch_norm(dev(np.zeros(shape)), rm, rv, training=True, return_running=True)
+    assert y.shape == shape
+    assert_close(new_mean, np.full(3, 0.5), atol=0)
+    assert_close(new_var, np.full(3, 2.0), atol=0)
+    out, pullback = ag.vjp(lambda x, w, b: ag.batch_norm(x, rm, rv, w, b, training=True), dev(np.zeros(shape)),
+                           dev(np.ones(3)), dev(np.zeros(3)))
+    gx, gw, gb = pullback(dev(np.zeros(shape)))
+    assert gx.shape == shape
+    assert_close(gw, np.zeros(3), atol=0)
+    assert_close(gb, np.zeros(3), atol=0)
+
+
 # ---------------------------------------------------------------------------------------------
 # layer_norm / group_norm
 

@@ -358,3 +358,38 @@ X4 = np.ones((1, 2, 5, 5))
 def test_pooling_rejects_bad_arguments(call, error, pattern):
     with pytest.raises(error, match=pattern):
         call()
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_ceil_mode_window_longer_than_the_input(rng, size):
+    """Ceil mode keeps the one window that starts inside an input shorter than the kernel (PyTorch, Caffe):
+    max_pool2d(3, 2, ceil_mode=True) of a 2 x 2 map is its maximum; of a 1 x 1 map (numerator -2 <= -stride)
+    and without ceil mode it is an error naming the op."""
+    x = distinct(rng, (2, 3, size + 1, size + 1))[:, :, :size, :size]
+    if size == 1:
+        for op in (ag.max_pool2d, ag.avg_pool2d):
+            with pytest.raises(ValueError, match=f"{op.__name__}: kernel_size 3"):
+                op(dev(x), 3, 2, 0, ceil_mode=True)
+        return
+    expected, chosen = _loop_max_pool2d(x, 3, stride=2, ceil_mode=True)
+    assert expected.shape == (2, 3, 1, 1)
+    np.testing.assert_array_equal(expected[..., 0, 0], x.max(axis=(2, 3)))
+    t = tensor(x, requires_grad=True)
+    out = ag.max_pool2d(t, 3, stride=2, ceil_mode=True)
+    assert_close(out, expected, atol=0)
+    out.sum().backward()
+    assert_close(t.grad, chosen.sum(axis=(2, 3)), atol=0)
+    # the average's divisor counts the in-bounds window, never the ceil overhang
+    assert_close(ag.avg_pool2d(dev(x), 3, 2, 0, ceil_mode=True), _loop_avg_pool2d(x, 3, 2, 0, ceil_mode=True),
+                 rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(_loop_avg_pool2d(x, 3, 2, 0, ceil_mode=True)[..., 0, 0], x.mean(axis=(2, 3)),
+                               rtol=1e-14)
+    with pytest.raises(ValueError, match="max_pool2d: kernel_size 3.*ceil_mode=False"):
+        ag.max_pool2d(dev(x), 3, 2, 0)
+
+
+def test_zero_spatial_size_is_refused():
+    with pytest.raises(ValueError, match="max_pool2d: input spatial sizes must be positive"):
+        ag.max_pool2d(dev(np.zeros((1, 1, 0, 4))), 2, 1, 1)
+    with pytest.raises(ValueError, match="avg_pool2d: input spatial sizes must be positive"):
+        ag.avg_pool2d(dev(np.zeros((1, 1, 4, 0))), 3, 2, 1, ceil_mode=True)

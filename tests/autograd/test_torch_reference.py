@@ -154,3 +154,35 @@ def test_elementwise_activations(rng):
                          (lambda a: ag.softplus(a, 2.0, 1.0), lambda a: F.softplus(a, 2.0, 1.0)),
                          (lambda a: ag.leaky_relu(a, 0.2), lambda a: F.leaky_relu(a, 0.2)), (ag.relu, F.relu)):
         _compare(ours, theirs, [x], rng)
+
+
+def test_pool_output_sizes_and_refusals_match_torch():
+    """Every (size, kernel, stride, padding, ceil_mode) with size 0..5: accepted exactly where torch accepts it,
+    with torch's output size and values (ceil-mode windows longer than the input included)."""
+    import itertools
+
+    rng = np.random.default_rng(0)
+    for size, k, s, p, ceil in itertools.product(range(6), range(1, 5), range(1, 4), range(3), (False, True)):
+        if 2 * p > k:
+            continue
+        x = rng.standard_normal((1, 2, size, size + 1))
+        for ours, theirs in ((ag.max_pool2d, F.max_pool2d), (ag.avg_pool2d, F.avg_pool2d)):
+            try:
+                expected = theirs(torch.tensor(x), k, s, p, ceil_mode=ceil).numpy()
+            except RuntimeError:
+                with pytest.raises(ValueError, match=ours.__name__):
+                    ours(dev(x), k, s, p, ceil_mode=ceil)
+                continue
+            np.testing.assert_allclose(host(ours(dev(x), k, s, p, ceil_mode=ceil)), expected, rtol=1e-13, atol=1e-15,
+                                       err_msg=f"{ours.__name__} size={size} k={k} s={s} p={p} ceil={ceil}")
+
+
+def test_batch_norm_training_on_an_empty_batch_matches_torch():
+    rm, rv = np.full(3, 0.5), np.full(3, 2.0)
+    rm_t, rv_t = torch.tensor(rm), torch.tensor(rv)
+    x = np.zeros((0, 3, 2, 2))
+    expected = F.batch_norm(torch.tensor(x), rm_t, rv_t, training=True)
+    y, new_mean, new_var = ag.batch_norm(dev(x), dev(rm), dev(rv), training=True, return_running=True)
+    assert tuple(y.shape) == tuple(expected.shape)
+    np.testing.assert_array_equal(host(new_mean), rm_t.numpy())       # torch left them unchanged too
+    np.testing.assert_array_equal(host(new_var), rv_t.numpy())

@@ -1,5 +1,7 @@
 """What the registry matrix cannot check for OCR, IAUnet, FcaNet, RGA and GSoP: each mechanism's pieces
 against independent references (SciPy, NumPy loops, the official constructions), options, and errors."""
+import re
+
 import numpy as np
 import pytest
 import scipy.fft
@@ -250,7 +252,7 @@ def test_rga_relation_feature_stacks_incoming_then_outgoing_relations():
 
     rga_mod.conv_bn = spy
     try:
-        rga_mod.rga(incoming_only, x)
+        rga_mod.rga(incoming_only, x, use_channel=False)
     finally:
         rga_mod.conv_bn = original
     np.testing.assert_allclose(captured["relations"][:, :n], relations_in, rtol=1e-12, atol=1e-12)
@@ -295,3 +297,125 @@ def test_iau_layouts_agree_and_part_maps():
         iau_mod.iau(params, clip, layout="bcthw")
     with pytest.raises(ValueError, match="iau.*layout"):
         iau_mod.iau(params, clip, layout="tbchw")
+
+
+# ---------------------------------------------------------------------------------------------
+# the parameter contract and the structure options
+
+
+@pytest.mark.parametrize("shape", [(32, 49, 1), (32, 1, 49), (32, 7, 7, 1)])
+def test_fca_rejects_a_reshaped_filter_bank(shape):
+    """The DCT size is an option (7 x 7 here), never read from the buffer: a reshaped bank names the key."""
+    mech = npattn.get("fca")
+    params = mech.default_params()
+    (x,) = mech.example_input(np.random.default_rng(7))
+    reshaped = ag.from_numpy(host(params["dct_layer.weight"]).reshape(shape))
+    with pytest.raises(ValueError, match=rf"fca: parameter 'dct_layer.weight' must have shape \(32, 7, 7\) .*got "
+                                         rf"{re.escape(str(shape))}"):
+        mech.apply({**params, "dct_layer.weight": reshaped}, x)
+    with pytest.raises(ValueError, match=r"fca: parameter 'dct_layer.weight' must have shape \(32, 7, 7\)"):
+        fca_mod.attention({**params, "dct_layer.weight": reshaped}, x)
+
+
+def test_fca_dct_size_comes_from_the_options():
+    params = fca_mod.init(np.random.default_rng(0), 16, 14, 14, reduction=4, freq_sel_method="top4")
+    x = _normal((2, 16, 20, 17))
+    with pytest.raises(ValueError, match=r"fca: parameter 'dct_layer.weight' must have shape \(16, 7, 7\).*"
+                                         r"got \(16, 14, 14\); pass fca the dct_h, dct_w given to init"):
+        fca_mod.fca(params, x)
+    out = host(fca_mod.fca(params, x, dct_h=14, dct_w=14))
+    att = host(fca_mod.attention(params, x, dct_h=14, dct_w=14))
+    np.testing.assert_allclose(out, host(x) * att[:, :, None, None], rtol=1e-14)
+    with pytest.raises(ValueError, match="fca: dct_h must be a positive int"):
+        fca_mod.fca(params, x, dct_h=0, dct_w=14)
+
+
+def test_rga_min_spatial_is_the_smallest_square_it_accepts():
+    for name in ("rga", "rga-s", "rga-c"):
+        mech = npattn.get(name)
+        params = mech.default_params()
+        assert mech.min_spatial == 8
+        assert mech.apply(params, _normal((1, 64, 8, 8))).shape == (1, 64, 8, 8)
+        assert mech.apply(params, _normal((1, 64, 4, 16))).shape == (1, 64, 4, 16)       # H*W = 64, not square
+        for side in (7, 9, 1):
+            with pytest.raises(ValueError, match=rf"rga: x has H\*W = {side * side} positions"):
+                mech.apply(params, _normal((1, 64, side, side)))
+
+
+def test_rga_branches_come_from_the_options_not_the_keys():
+    x = _normal((2, 64, 8, 8))
+    spatial_only = npattn.get("rga-s").default_params()
+    with pytest.raises(KeyError, match="rga: parameter 'theta_channel.0.weight' is missing"):
+        rga_mod.rga(spatial_only, x)                                                     # default: both branches
+    both = npattn.get("rga").default_params()
+    with pytest.raises(KeyError, match="rga: params has 36 key.*'theta_channel.0.weight'"):
+        rga_mod.rga(both, x, use_channel=False)
+    gate = host(rga_mod.spatial_attention(spatial_only, x, use_channel=False))           # (B, 1, H, W)
+    np.testing.assert_allclose(host(rga_mod.rga(spatial_only, x, use_channel=False)), gate * host(x), rtol=1e-14)
+    with pytest.raises(ValueError, match="rga: channel_attention needs the channel branch"):
+        rga_mod.channel_attention(spatial_only, x, use_channel=False)
+    with pytest.raises(ValueError, match="rga: at least one of use_spatial / use_channel"):
+        rga_mod.rga(both, x, use_spatial=False, use_channel=False)
+
+
+def test_iau_one_frame_one_part_attends_to_itself_as_the_official_fill():
+    """T = P = 1: the only node has no allowed neighbour; the official ``-1e8 * W_init`` shifts its whole row,
+    so its softmax weight on itself is 1 and the graph step sees [p; p] (a boolean mask would give [p; 0])."""
+    params = iau_mod.init(np.random.default_rng(0), 8, num_parts=1, zero_init=False)
+    nodes = _normal((3, 1, 1, 4), seed=1)                                               # (B, T, P, C/2)
+    context = _normal((3, 4), seed=2)
+    view = npattn.params.Params("iau", params)
+    updated = host(iau_mod._graph_update(view, ag.Tensor(nodes), ag.Tensor(context), False))
+    stacked = np.concatenate([host(nodes), host(nodes)], axis=3).reshape(3, 8, 1, 1)   # [p; W p] with W = [[1]]
+    expected = npattn.layers.conv_bn(params, *iau_mod.GCONV, ag.from_numpy(stacked), False, bias=True)
+    np.testing.assert_allclose(updated.reshape(3, 4), host(expected).reshape(3, 4), rtol=1e-13, atol=1e-14)
+    # more than one node: masked weights are exactly 0 and each row sums to 1
+    mask = iau_mod.graph_mask(2, 3)
+    assert mask.sum(axis=1).min() >= 1 and not mask.diagonal().any()
+
+
+def test_iau_odd_channels_and_structure_errors():
+    mech = npattn.get("iau")
+    params = mech.default_params()
+    (clip,) = mech.example_input(np.random.default_rng(1))
+    odd = {k: ag.from_numpy(np.zeros(host(v).shape[:1] + (15,) + host(v).shape[2:])) if k == "W1.0.weight" else v
+           for k, v in params.items()}
+    with pytest.raises(ValueError, match=r"iau: parameter 'W1.0.weight' must have shape \(C, C, 1, 1, 1\) with C even"):
+        mech.apply(odd, clip)
+    with pytest.raises(ValueError, match=r"iau: parameter 'g.weight' must have shape \(8, 16, 1, 1\)"):
+        iau_mod.part_attention({**params, "g.weight": params["g.weight"][:, :, :1, :1].reshape(8, 16)}, clip)
+
+
+def test_ocr_options_are_checked_in_eval_too():
+    params, feats, coarse = _ocr_setup()
+    for dropout in (1.0, -0.5, float("nan")):
+        with pytest.raises(ValueError, match=r"ocr: dropout must be in \[0, 1\)"):
+            ocr_mod.ocr(params, feats, coarse, dropout=dropout)
+    for pool_scale in (0, 1.5, True):
+        with pytest.raises(ValueError, match="ocr: pool_scale must be a positive integer"):
+            ocr_mod.ocr(params, feats, coarse, pool_scale=pool_scale)
+    with pytest.raises(KeyError, match="ocr: params has 1 key"):
+        ocr_mod.pixel_region_relation({**params, "extra.weight": params["conv_bn_dropout.0.weight"]}, feats, coarse)
+
+
+def test_gsop_stride_is_checked():
+    params = gsop_mod.init(np.random.default_rng(0), 16, att_dim=4)
+    for stride in (0, 1.5, True):
+        with pytest.raises(ValueError, match="gsop: stride must be a positive int"):
+            gsop_mod.gsop(params, _normal((2, 16, 5, 5)), stride=stride)
+
+
+@pytest.mark.parametrize("name", ["ocr", "fca", "rga", "rga-s", "rga-c", "gsop"])
+@pytest.mark.parametrize("size", [(0, 0), (0, 8), (8, 0)])
+def test_an_empty_map_is_refused_by_name(name, size):
+    mech = npattn.get(name)
+    inputs = [dev(np.zeros(host(x).shape[:2] + size)) for x in mech.example_input(np.random.default_rng(7))]
+    with pytest.raises(ValueError, match=rf"{name.split('-')[0]}: (feats|x) (spatial size|has H\*W = 0)"):
+        mech.apply(mech.default_params(), *inputs)
+
+
+@pytest.mark.parametrize("layout,shape", [("btchw", (2, 0, 16, 4, 4)), ("btchw", (2, 3, 16, 0, 4)),
+                                          ("bcthw", (2, 16, 0, 4, 4)), ("bcthw", (2, 16, 3, 4, 0))])
+def test_iau_refuses_an_empty_clip_by_name(layout, shape):
+    with pytest.raises(ValueError, match="iau: x must have at least one frame and a non-empty H x W"):
+        npattn.get("iau").apply(npattn.get("iau").default_params(), dev(np.zeros(shape)), layout=layout)

@@ -174,6 +174,21 @@ def test_spa_psppse_gate_from_the_block_input():
         spa.spa(params, dev(x), dev(source[:, :15]))
 
 
+def test_spa_parameter_shapes_against_the_inputs():
+    rng = np.random.default_rng(4)
+    params = spa.init(rng, 24, reduction=4, in_channels=16)
+    source, x = _x(rng, (2, 16, 6, 6)), _x(rng, (2, 24, 3, 3))
+    with pytest.raises(ValueError, match=r"spa: parameter 'fc1\.weight' must have shape \(C_in // r, 21 \* C_in\).*"
+                                         r"got \(4, 337\)"):
+        spa.spa({**params, "fc1.weight": dev(rng.standard_normal((4, 337)))}, x, source)
+    with pytest.raises(ValueError, match=r"spa: without `source`.*16 channels.*PSPPSE form"):
+        spa.spa(params, x)
+    with pytest.raises(ValueError, match=r"spa: x must have 24 channels"):
+        spa.spa(params, x[:, :20], source)
+    with pytest.raises(ValueError, match=r"spa: parameter 'fc2\.weight' must have shape \(24, 4\), got \(24, 5\)"):
+        spa.spa({**params, "fc2.weight": dev(rng.standard_normal((24, 5)))}, x, source)
+
+
 # ---------------------------------------------------------------------------------------------
 # Gather-Excite
 
@@ -206,13 +221,13 @@ def test_ge_theta_minus_is_avg_pool_then_nearest(extent, size):
     expected = x * _sigmoid(_nearest_reference(gathered, size))
     params = gather_excite.init(np.random.default_rng(0), 3, variant="theta_minus", extent=extent)
     assert params == {}
-    out = gather_excite.gather_excite(params, dev(x), extent=extent)
+    out = gather_excite.gather_excite(params, dev(x), variant="theta_minus", extent=extent)
     np.testing.assert_allclose(host(out), expected, rtol=1e-13, atol=1e-14)
 
 
 def test_ge_theta_minus_global_is_sigmoid_of_the_mean():
     x = np.random.default_rng(6).standard_normal((2, 5, 4, 6))
-    out = gather_excite.gather_excite({}, dev(x), extent=0)
+    out = gather_excite.gather_excite({}, dev(x), variant="theta_minus", extent=0)
     np.testing.assert_allclose(host(out), x * _sigmoid(x.mean(axis=(2, 3), keepdims=True)), rtol=1e-13)
 
 
@@ -223,7 +238,7 @@ def test_ge_theta_stages_and_gathered_size(extent, stages, cells):
     assert sorted(k for k in params if k.endswith("weight") and "conv" in k) == [
         f"gather.conv{i}.weight" for i in range(1, stages + 1)]
     x = _x(rng, (2, 8, 9, 7))
-    assert gather_excite.gather(params, ag.Tensor(x), extent, train=False).shape == (2, 8) + cells
+    assert gather_excite.gather(params, x, extent=extent).shape == (2, 8) + cells
     assert gather_excite.gather_excite(params, x, extent=extent).shape == (2, 8, 9, 7)
 
 
@@ -253,12 +268,48 @@ def test_ge_theta_global_needs_feat_size_and_exact_input():
         gather_excite.init(rng, 4, variant="theta", extent=0)
     params = gather_excite.init(rng, 4, variant="theta", extent=0, feat_size=(5, 6))
     assert params["gather.conv1.weight"].shape == (4, 1, 5, 6)
-    assert gather_excite.gather(params, ag.Tensor(_x(rng, (2, 4, 5, 6))), 0, train=False).shape == (2, 4, 1, 1)
-    with pytest.raises(ValueError, match="ge-theta"):
+    assert gather_excite.gather(params, _x(rng, (2, 4, 5, 6)), extent=0).shape == (2, 4, 1, 1)
+    with pytest.raises(ValueError, match="ge-theta: global extent.*x must be \\(5, 6\\)"):
         gather_excite.gather_excite(params, _x(rng, (2, 4, 6, 6)), extent=0)
-    with pytest.raises(ValueError, match="ge-theta.*stage"):
-        gather_excite.gather_excite(gather_excite.init(rng, 4, variant="theta", extent=4), _x(rng, (2, 4, 8, 8)),
-                                    extent=8)
+
+
+def test_ge_stage_count_comes_from_the_extent_never_from_the_keys():
+    """Parameters of another extent are a KeyError naming the missing (or unused) stage, not another gather."""
+    rng = np.random.default_rng(9)
+    params = gather_excite.init(rng, 4, variant="theta", extent=4)          # two stages
+    x = _x(rng, (2, 4, 8, 8))
+    with pytest.raises(KeyError, match="ge-theta: parameter 'gather.conv3.weight' is missing"):
+        gather_excite.gather_excite(params, x, extent=8)
+    with pytest.raises(KeyError, match="ge-theta: params has 6 key.*'gather.conv2.weight'"):
+        gather_excite.gather_excite(params, x, extent=2)
+    plus = gather_excite.init(rng, 4, variant="theta_plus", extent=4, reduction=2)
+    with pytest.raises(KeyError, match="ge-theta: params has 4 key.*'mlp_down.weight'"):
+        gather_excite.gather_excite(plus, x, extent=4)                     # variant theta: the MLP is unused
+    with pytest.raises(KeyError, match="ge-theta-plus: parameter 'mlp_down.weight' is missing"):
+        gather_excite.gather_excite(params, x, variant="theta_plus", extent=4)
+    with pytest.raises(ValueError, match="ge: variant must be one of"):
+        gather_excite.gather_excite(params, x, variant="theta-plus", extent=4)
+    with pytest.raises(KeyError, match="ge-theta-minus: params has 12 key"):
+        gather_excite.gather_excite(params, x, variant="theta_minus", extent=4)
+    # a 3x3 stage kernel is checked: a global-extent kernel of another size is a shape error
+    wrong = {**params, "gather.conv2.weight": params["gather.conv2.weight"][:, :, :2]}
+    with pytest.raises(ValueError, match="ge-theta: parameter 'gather.conv2.weight' must have shape \\(4, 1, 3, 3\\)"):
+        gather_excite.gather_excite(wrong, x, extent=4)
+
+
+@pytest.mark.parametrize("variant", ["theta", "theta_plus"])
+def test_ge_global_gather_trained_on_a_batch_of_one_names_the_layer(variant):
+    """One value per channel reaches BatchNorm 'gather.bn1' (a whole-map kernel, N = 1): torch refuses to train it."""
+    rng = np.random.default_rng(12)
+    params = gather_excite.init(rng, 8, variant=variant, extent=0, feat_size=5, reduction=4)
+    x = _x(rng, (1, 8, 5, 5))
+    name = gather_excite.NAMES[variant]
+    with pytest.raises(ValueError, match=f"^{name}: BatchNorm 'gather.bn1' in training needs more than one value "
+                                         "per channel, got input shape \\(1, 8, 1, 1\\)"):
+        gather_excite.gather_excite(params, x, variant=variant, extent=0, train=True)
+    assert gather_excite.gather_excite(params, x, variant=variant, extent=0).shape == (1, 8, 5, 5)   # eval is fine
+    assert gather_excite.gather_excite(params, _x(rng, (2, 8, 5, 5)), variant=variant, extent=0,
+                                       train=True).shape == (2, 8, 5, 5)
 
 
 def test_ge_theta_plus_gather_relu_option():
@@ -266,12 +317,12 @@ def test_ge_theta_plus_gather_relu_option():
     params = gather_excite.init(rng, 16, variant="theta_plus", extent=2, reduction=4)
     assert params["mlp_down.weight"].shape == (4, 16, 1, 1) and params["mlp_up.bias"].shape == (16,)
     x = _x(rng, (2, 16, 6, 6))
-    official = host(gather_excite.gather_excite(params, x, extent=2))
-    timm_form = host(gather_excite.gather_excite(params, x, extent=2, gather_relu=False))
+    official = host(gather_excite.gather_excite(params, x, variant="theta_plus", extent=2))
+    timm_form = host(gather_excite.gather_excite(params, x, variant="theta_plus", extent=2, gather_relu=False))
     assert not np.allclose(official, timm_form)
     # timm's form by hand from the theta gather: MLP straight on the BN output
     theta = {k: v for k, v in params.items() if k.startswith("gather.")}
-    g = host(gather_excite.gather(theta, ag.Tensor(x), 2, train=False))
+    g = host(gather_excite.gather(theta, x, extent=2))
     down, up = host(params["mlp_down.weight"])[:, :, 0, 0], host(params["mlp_up.weight"])[:, :, 0, 0]
     hidden = np.maximum(np.einsum("dc,nchw->ndhw", down, g) + host(params["mlp_down.bias"])[None, :, None, None], 0)
     logits = np.einsum("cd,ndhw->nchw", up, hidden) + host(params["mlp_up.bias"])[None, :, None, None]
@@ -286,7 +337,8 @@ def test_ge_gradcheck_all_extents(variant, extent):
                            rng)
     x = _x(rng, (3, 8, 6, 5))
     for train in (False, True):
-        assert ag.gradcheck(lambda p, v: gather_excite.gather_excite(p, v, extent=extent, train=train), params, x,
+        assert ag.gradcheck(lambda p, v: gather_excite.gather_excite(p, v, variant=variant, extent=extent,
+                                                                     train=train), params, x,
                             mode="fast", n_directions=3)
 
 
@@ -318,7 +370,7 @@ def test_sk_paper_two_matrix_select_form():
     params = sk.init(rng, 16, branches=3, groups=4, reduction=4, min_hidden=6)
     assert params["fc.weight"].shape == (6, 16, 1, 1) and params["fc_select.weight"].shape == (48, 6, 1, 1)
     x = _x(rng, (2, 16, 5, 5))
-    features = sk.split(params, ag.Tensor(x), train=False)
+    features = sk.split(params, ag.Tensor(x), train=False, branches=3)
     fused = sum(host(u) for u in features)
     s = fused.mean(axis=(2, 3))
     fc = host(params["fc.weight"])[:, :, 0, 0]
@@ -326,9 +378,9 @@ def test_sk_paper_two_matrix_select_form():
     blocks = np.split(host(params["fc_select.weight"])[:, :, 0, 0], 3, axis=0)
     logits = np.stack([z @ a.T for a in blocks], axis=1)
     expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(host(sk.attention(params, x)), expected, rtol=1e-12)
+    np.testing.assert_allclose(host(sk.attention(params, x, branches=3)), expected, rtol=1e-12)
     out = sum(expected[:, m, :, None, None] * host(features[m]) for m in range(3))
-    np.testing.assert_allclose(host(sk.sk(params, x)), out, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(host(sk.sk(params, x, branches=3)), out, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("dilated,kernels", [(True, [3, 3, 3]), (False, [3, 5, 7])])
@@ -338,8 +390,43 @@ def test_sk_branch_forms_and_stride(dilated, kernels):
     assert [params[f"convs.{m}.weight"].shape[-1] for m in range(3)] == kernels
     assert params["convs.0.weight"].shape == (8, 4, kernels[0], kernels[0])
     x = _x(rng, (2, 8, 7, 6))
-    assert sk.sk(params, x).shape == (2, 8, 7, 6)
-    assert sk.sk(params, x, stride=2).shape == (2, 8, 4, 3)
+    structure = {"branches": 3, "dilated": dilated}
+    assert sk.sk(params, x, **structure).shape == (2, 8, 7, 6)
+    assert sk.sk(params, x, stride=2, **structure).shape == (2, 8, 4, 3)
+    # the form is the option's, never guessed from the kernels: the other form's kernels are a shape error
+    other = {"branches": 3, "dilated": not dilated}
+    with pytest.raises(ValueError, match=r"sk: parameter 'convs\.1\.weight' must have shape \(8, \*, [35], [35]\)"):
+        sk.sk(params, x, **other)
+
+
+def test_sk_branch_count_comes_from_the_option():
+    rng = np.random.default_rng(3)
+    params = sk.init(rng, 8, branches=3, groups=2, min_hidden=4)
+    x = _x(rng, (2, 8, 5, 5))
+    with pytest.raises(KeyError, match=r"sk: params has 6 key.*'convs\.2\.weight'"):
+        sk.sk(params, x, branches=2)         # named before fc_select's shape (3C rows for 2C), the consequence
+    with pytest.raises(KeyError, match=r"sk: parameter 'convs\.3\.weight' is missing"):
+        sk.sk(params, x, branches=4)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match=f"sk: branches must be an integer >= 1, got {bad!r}"):
+            sk.sk(params, x, branches=bad)
+    with pytest.raises(ValueError, match="sk: stride must be a positive integer, got 0"):
+        sk.sk(params, x, branches=3, stride=0)
+    with pytest.raises(ValueError, match=r"sk: parameter 'convs\.1\.weight' must have shape \(8, C/G, k, k\) "
+                                         r"with one C/G"):
+        sk.sk({**params, "convs.1.weight": dev(rng.standard_normal((8, 8, 3, 3)))}, x, branches=3)
+
+
+def test_sk_training_on_a_batch_of_one_names_the_fuse_batchnorm():
+    """The fuse FC's BatchNorm sees one value per channel per sample: torch refuses to train it at N = 1."""
+    mech = npattn.get("sk")
+    params = mech.default_params()
+    (x,) = mech.example_input(np.random.default_rng(1))
+    with pytest.raises(ValueError, match=r"^sk: BatchNorm 'fc_bn' in training needs more than one value per "
+                                         r"channel, got input shape \(1, 8, 1, 1\)"):
+        mech.apply(params, x[:1], train=True)
+    assert mech.apply(params, x[:1]).shape == (1,) + tuple(x.shape[1:])        # eval mode is fine
+    assert mech.apply(params, x[:2], train=True).shape == (2,) + tuple(x.shape[1:])
 
 
 def test_sk_dilated_branch_equals_explicit_dilated_conv():
@@ -354,7 +441,7 @@ def test_sk_dilated_branch_equals_explicit_dilated_conv():
         for i in range(3):
             for j in range(3):
                 conv[0, c] += weight[c, 0, i, j] * padded[0, c, 2 * i:2 * i + 6, 2 * j:2 * j + 6]
-    branch = host(sk.split(params, ag.Tensor(dev(x)), train=False)[1])
+    branch = host(sk.split(params, ag.Tensor(dev(x)), train=False, branches=2)[1])
     np.testing.assert_allclose(branch, np.maximum(conv / np.sqrt(1 + 1e-5), 0), rtol=1e-12, atol=1e-14)
 
 
@@ -363,12 +450,30 @@ def test_sk_dilated_branch_equals_explicit_dilated_conv():
 
 
 def test_ran_caffe_pooled_sizes():
-    for size in range(3, 40):
+    for size in range(2, 40):
         caffe = int(math.ceil((size - 3) / 2)) + 1          # Caffe: ceil((H + 2 pad - k) / s) + 1, pad 0
-        assert residual_attention.pooled_size(size) == caffe
+        assert residual_attention.pooled_size(size) == caffe >= 1
         pooled = ag.max_pool2d(dev(np.zeros((1, 1, size, size))), 3, stride=2, padding=0, ceil_mode=True)
         assert pooled.shape[2:] == (caffe, caffe)
-    assert [residual_attention.min_input_size(n) for n in (1, 2, 3)] == [3, 6, 12]
+    assert residual_attention.pooled_size(1) == 0           # Caffe's formula gives an empty map: undefined
+    with pytest.raises(ValueError, match="max_pool2d"):
+        ag.max_pool2d(dev(np.zeros((1, 1, 1, 1))), 3, stride=2, padding=0, ceil_mode=True)
+
+
+@pytest.mark.parametrize("n_down", [1, 2, 3, 4])
+def test_ran_min_input_size_is_where_every_caffe_pooling_is_defined(n_down):
+    """The smallest size whose n_down successive ceil-mode poolings all give a non-empty map (Caffe's formula,
+    pooling defined from 2 x 2 up): 2 ** n_down, so 4 x 4 and 5 x 5 are accepted with n_down = 2."""
+    def defined(size):
+        for _ in range(n_down):
+            size = int(math.ceil((size - 3) / 2)) + 1
+            if size < 1:
+                return False
+        return True
+
+    smallest = next(size for size in range(1, 64) if defined(size))
+    assert residual_attention.min_input_size(n_down) == smallest == 2 ** n_down
+    assert not defined(smallest - 1)
 
 
 def test_ran_caffe_max_pool_windows():
@@ -399,17 +504,73 @@ def test_ran_caffe_interp_is_align_corners():
     np.testing.assert_allclose(host(resized), expected, rtol=1e-13, atol=1e-14)
 
 
-@pytest.mark.parametrize("n_down,size", [(1, (3, 4)), (2, (6, 9)), (3, (12, 13)), (3, (16, 16))])
+@pytest.mark.parametrize("n_down,size", [(1, (2, 3)), (1, (3, 4)), (2, (4, 4)), (2, (5, 5)), (2, (6, 9)),
+                                         (3, (8, 9)), (3, (12, 13)), (3, (16, 16))])
 def test_ran_output_and_mask_sizes(n_down, size):
     rng = np.random.default_rng(7)
     params = residual_attention.init(rng, 8, n_down=n_down)
     x = _x(rng, (2, 8) + size)
-    assert residual_attention.ran(params, x).shape == (2, 8) + size
-    mask = host(residual_attention.soft_mask(params, x))
+    for train in (False, True):
+        assert residual_attention.ran(params, x, n_down=n_down, train=train).shape == (2, 8) + size
+    mask = host(residual_attention.soft_mask(params, x, n_down=n_down))
     assert mask.shape == (2, 8) + size and np.all((mask > 0) & (mask < 1))
     small = x[..., : residual_attention.min_input_size(n_down) - 1, :]
-    with pytest.raises(ValueError, match="ran"):
-        residual_attention.ran(params, small)
+    with pytest.raises(ValueError, match=f"ran: x spatial size .* too small; this configuration needs at least "
+                                         f"{2 ** n_down}"):
+        residual_attention.ran(params, small, n_down=n_down)
+
+
+def test_ran_structure_comes_from_the_options_never_from_the_keys():
+    rng = np.random.default_rng(7)
+    params = residual_attention.init(rng, 8, n_down=3)
+    x = _x(rng, (2, 8, 8, 8))
+    # n_down = 2 wants 2r = 2 units at level 1 (the bottom), the n_down = 3 parameters have r = 1 there
+    with pytest.raises(KeyError, match=r"ran: parameter 'down\.1\.1\.bn1\.weight' is missing \(params has "
+                                       r"'down\.2\.1\.bn1\.weight'"):
+        residual_attention.ran(params, x, n_down=2)
+    with pytest.raises(KeyError, match=r"ran: parameter 'pre\.1\.bn1\.weight' is missing"):
+        residual_attention.ran(params, x, n_down=3, p=2)
+    # fewer units than the parameters hold: the unused ones are named before anything is computed
+    with pytest.raises(KeyError, match=r"ran: params has 36 key\(s\) this configuration does not use: "
+                                       r"'pre\.0\.bn1\.weight'"):
+        residual_attention.ran(params, x, n_down=3, p=0)
+    # a dropped unit is named, never a shallower mask branch; a misspelt key is pointed at
+    dropped = {k: v for k, v in params.items() if not k.startswith("up.0.0.")}
+    with pytest.raises(KeyError, match=r"ran: parameter 'up\.0\.0\.bn1\.weight' is missing"):
+        residual_attention.ran(dropped, x, n_down=3)
+    typo = {("down.1.0.conv2.wieght" if k == "down.1.0.conv2.weight" else k): v for k, v in params.items()}
+    with pytest.raises(KeyError, match=r"'down\.1\.0\.conv2\.weight' is missing \(params has "
+                                       r"'down\.1\.0\.conv2\.wieght'"):
+        residual_attention.ran(typo, x, n_down=3)
+    for option, value in (("n_down", 0), ("r", 0), ("p", -1), ("t", 1.5), ("n_down", True)):
+        with pytest.raises(ValueError, match=f"ran: {option} must be an integer >= [01], got {value!r}"):
+            residual_attention.ran(params, x, **{"n_down": 3, option: value})
+
+
+def test_ran_every_shape_is_checked_before_computing():
+    """A bottleneck conv of the wrong kernel, or a unit of another width, names its key (not a broadcast error)."""
+    rng = np.random.default_rng(7)
+    params = residual_attention.init(rng, 8, n_down=2)
+    x = _x(rng, (2, 8, 6, 6))
+    wrong = {**params, "trunk.1.conv2.weight": dev(rng.standard_normal((2, 2, 1, 1)))}
+    with pytest.raises(ValueError, match=r"ran: parameter 'trunk\.1\.conv2\.weight' must have shape \(2, 2, 3, 3\)"):
+        residual_attention.ran(wrong, x)
+    wrong = {**params, "post.0.conv1.weight": dev(rng.standard_normal((3, 8, 1, 1)))}
+    with pytest.raises(ValueError, match=r"ran: parameter 'post\.0\.conv1\.weight' must have shape \(2, 8, 1, 1\)"):
+        residual_attention.soft_mask(wrong, x)       # soft_mask checks the units it does not compute too
+
+
+def test_ran_training_a_1x1_bottom_level_on_one_sample_names_the_layer():
+    """4 x 4 with n_down = 2: the bottom level is 1 x 1, one value per channel with N = 1 -- torch refuses to
+    train its BatchNorm, and so does npattn, naming the layer; eval mode and N = 2 are fine."""
+    rng = np.random.default_rng(7)
+    params = residual_attention.init(rng, 8, n_down=2)
+    x = _x(rng, (1, 8, 4, 4))
+    with pytest.raises(ValueError, match=r"^ran: BatchNorm 'down\.1\.0\.bn1' in training needs more than one value "
+                                         r"per channel, got input shape \(1, 8, 1, 1\)"):
+        residual_attention.ran(params, x, train=True)
+    assert residual_attention.ran(params, x).shape == (1, 8, 4, 4)
+    assert residual_attention.ran(params, _x(rng, (2, 8, 4, 4)), train=True).shape == (2, 8, 4, 4)
 
 
 def test_ran_unit_counts_follow_p_t_r():
@@ -442,16 +603,19 @@ def test_ran_mask_branch_starts_from_the_pre_unit():
 
 def test_ran_fusion_is_one_plus_mask_times_trunk():
     rng = np.random.default_rng(9)
-    params = residual_attention.init(rng, 8, n_down=1, p=1, t=1)
-    without_post = {k: v for k, v in params.items() if not k.startswith("post.")}
+    structure = {"n_down": 1, "p": 1, "t": 1}
+    params = residual_attention.init(rng, 8, **structure)
     x = _x(rng, (2, 8, 5, 5))
     h = residual_attention.unit(params, "pre.0", ag.Tensor(x), train=False)
     trunk = host(residual_attention.unit(params, "trunk.0", h, train=False))
-    mask = host(residual_attention.soft_mask(params, x))
-    np.testing.assert_allclose(host(residual_attention.ran(without_post, x)), (1 + mask) * trunk, rtol=1e-13)
+    mask = host(residual_attention.soft_mask(params, x, **structure))
+    fused = residual_attention.unit(params, "post.0", ag.Tensor(dev((1 + mask) * trunk)), train=False)
+    np.testing.assert_allclose(host(residual_attention.ran(params, x, **structure)), host(fused), rtol=1e-13,
+                               atol=1e-14)
 
 
-@pytest.mark.parametrize("size, gate_size", [((28, 28), (7, 7)), ((12, 9), (4, 3)), ((27, 14), (7, 4)), ((8, 8), (1, 1))])
+@pytest.mark.parametrize("size, gate_size",
+                         [((28, 28), (7, 7)), ((12, 9), (4, 3)), ((27, 14), (7, 4)), ((8, 8), (1, 1))])
 def test_ge_block_product_equals_upsample_then_multiply(size, gate_size):
     """scale_by_gate's block-view product (when nearest upsampling repeats blocks) = interpolate, then multiply."""
     rng = np.random.default_rng(8)
@@ -471,3 +635,85 @@ def test_ge_block_product_equals_upsample_then_multiply(size, gate_size):
 def test_ge_block_path_is_taken_only_where_nearest_repeats_blocks():
     assert gather_excite._repeats_blocks(7, 28) and gather_excite._repeats_blocks(3, 9)
     assert not gather_excite._repeats_blocks(7, 27) and not gather_excite._repeats_blocks(4, 6)
+
+
+# ---------------------------------------------------------------------------------------------
+# channel counts not divisible by the reduction ratio: hidden widths are C // r (floor), as the official code
+
+
+#: name -> (init config at C = 30, r = 4, the shapes it must give: hidden width 30 // 4 = 7)
+INDIVISIBLE = {
+    "se": ({"reduction": 4}, {"fc1.weight": (7, 30), "fc1.bias": (7,), "fc2.weight": (30, 7), "fc2.bias": (30,)}),
+    "spa": ({"reduction": 4}, {"fc1.weight": (7, 21 * 30), "fc2.weight": (30, 7)}),
+    "ge-theta-plus": ({"reduction": 4, "extent": 2, "feat_size": None},
+                      {"mlp_down.weight": (7, 30, 1, 1), "mlp_down.bias": (7,), "mlp_up.weight": (30, 7, 1, 1),
+                       "gather.conv1.weight": (30, 1, 3, 3)}),
+    "sk": ({"reduction": 4, "groups": 6, "min_hidden": 2},
+           {"convs.0.weight": (30, 5, 3, 3), "fc.weight": (7, 30, 1, 1), "fc_bn.running_var": (7,),
+            "fc_select.weight": (60, 7, 1, 1)}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INDIVISIBLE))
+def test_channel_counts_not_divisible_by_the_reduction(name):
+    mech = npattn.get(name)
+    overrides, expected = INDIVISIBLE[name]
+    config = {**mech.config, "channels": 30, **overrides}
+    params = mech.init(np.random.default_rng(0), **config)
+    for key, shape in expected.items():
+        assert tuple(params[key].shape) == shape, key
+    structure = {k: v for k, v in config.items() if k in {"variant", "extent", "branches", "dilated"}}
+    x = _x(np.random.default_rng(1), (2, 30, 5, 6))
+    assert mech.apply_fn(params, x, **structure).shape == (2, 30, 5, 6)
+    assert ag.gradcheck(lambda p, v: mech.apply_fn(p, v, **structure), params, x, mode="fast", n_directions=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# min_spatial is the smallest accepted size; 0 x W and H x 0 maps are refused by name
+
+
+def _spatial_input(mech, size, other):
+    (x,) = mech.example_input(np.random.default_rng(0))
+    return dev(np.random.default_rng(1).standard_normal(tuple(x.shape[:2]) + (size, other)))
+
+
+@pytest.mark.parametrize("mech", npattn.mechanisms("channel"), ids=lambda m: m.name)
+def test_min_spatial_is_the_smallest_accepted_size(mech):
+    params = mech.default_params()
+    smallest = mech.min_spatial
+    exact = mech.name == "ge-theta-plus"          # the global gather's kernel is the whole (7, 7) map
+    assert mech.apply(params, _spatial_input(mech, smallest, smallest if exact else smallest + 1)).shape[2:] == (
+        smallest, smallest if exact else smallest + 1)
+    for size, other in ((smallest - 1, smallest), (0, 3), (3, 0)):
+        if size == other == smallest:
+            continue
+        with pytest.raises(ValueError, match=f"^{mech.name}: x spatial size|^{mech.name}: global extent"):
+            mech.apply(params, _spatial_input(mech, size, other))
+
+
+# ---------------------------------------------------------------------------------------------
+# training on an empty batch (torch's semantics): empty output, zero gradients, running statistics unchanged
+# and num_batches_tracked + 1 (the module counts the call)
+
+_WITH_BN = [m for m in npattn.mechanisms("channel") if any(k.endswith("running_mean") for k in m.default_params())]
+
+
+@pytest.mark.parametrize("mech", _WITH_BN, ids=lambda m: m.name)
+def test_training_on_an_empty_batch(mech):
+    params = mech.default_params()
+    (x,) = mech.example_input(np.random.default_rng(0))
+    empty = dev(np.zeros((0,) + tuple(x.shape[1:])))
+    trainable = npattn.trainable(params)
+    with npattn.track_running_stats() as stats:
+        out, grads = ag.value_and_grad(lambda p: ag.sum(mech.apply({**params, **p}, empty, train=True)))(trainable)
+    assert float(host(out)) == 0.0
+    for key, g in grads.items():
+        assert np.array_equal(host(g), np.zeros(params[key].shape)), key
+    bn = [k[: -len(".running_mean")] for k in params if k.endswith(".running_mean")]
+    assert bn and {k.rsplit(".", 1)[0] for k in stats} == set(bn)
+    for prefix in bn:
+        for leaf in ("running_mean", "running_var"):
+            np.testing.assert_array_equal(host(stats[f"{prefix}.{leaf}"]), host(params[f"{prefix}.{leaf}"]))
+        count = f"{prefix}.num_batches_tracked"
+        assert int(host(stats[count])) == int(host(params[count])) + 1
+    assert mech.apply(params, empty, train=True).shape == (0,) + tuple(x.shape[1:])

@@ -57,6 +57,24 @@ def test_check_reports_a_broken_backward(capsys, monkeypatch):
     assert "FAIL" in capsys.readouterr().out
 
 
+def test_check_reports_a_nan_gradient(capsys, monkeypatch):
+    """A NaN gradient with a finite output fails `check` (max(0.0, nan) used to keep the error at 0.0)."""
+    import autograd as ag
+    from autograd.tensor import record
+
+    mech = npattn.get(FIRST)
+
+    def nan_backward(params, *inputs, train=False, **kw):
+        out = mech.apply_fn(params, *inputs, train=train, **kw)
+        return record(out.data * 1.0, ((out, lambda g: ag.mul(g, float("nan"))),))
+
+    from dataclasses import replace
+    monkeypatch.setitem(npattn.registry._REGISTRY, FIRST, replace(mech, apply_fn=nan_backward))
+    assert run("check", FIRST) == 1
+    out = capsys.readouterr().out
+    assert "FAIL gradient error inf" in out and "0 of 1 mechanisms passed" in out
+
+
 def test_unknown_name_suggests_close_names():
     with pytest.raises(SystemExit, match="did you mean"):
         run("check", FIRST + "x")
@@ -82,6 +100,20 @@ def test_golden_refuses_to_overwrite_without_force(tmp_path, capsys):
     assert run("golden", FIRST, "-o", str(tmp_path)) == 1
     assert "--force" in capsys.readouterr().err
     assert run("golden", FIRST, "-o", str(tmp_path), "--force") == 0
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--size", "0", "must be a positive integer, got 0"), ("--batch", "0", "must be a positive integer, got 0"),
+    ("--batch", "-2", "must be a positive integer, got -2"), ("--size", "-1", "must be a positive integer"),
+    ("--seed", "-1", "must be a non-negative integer"), ("--batch", "two", "invalid int value: 'two'"),
+])
+def test_golden_rejects_sizes_below_one_as_argparse_errors(tmp_path, capsys, flag, value, words):
+    with pytest.raises(SystemExit) as info:
+        run("golden", FIRST, "-o", str(tmp_path), flag, value)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: {words}" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
 
 
 def test_golden_batch_size_and_dtype(tmp_path):

@@ -76,8 +76,32 @@ def test_cbam_channel_gate_matches_numpy(pool_types):
              "lse": np.log(np.exp(flat).sum(2))}
     raw = sum(_mlp(p, "mlp.0", "mlp.2", pools[t]) for t in pool_types)   # summed *before* the sigmoid
     expected = xh * _sigmoid(raw)[:, :, None, None]
-    got = host(cbam.cbam(params, x, pool_types=pool_types))
+    got = host(cbam.cbam(params, x, pool_types=pool_types, no_spatial=True))
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("pool_types", [("lp",), ("lp", "avg")])
+def test_cbam_lp_gradient_on_an_all_zero_channel_is_finite(pool_types):
+    """||x|| has no derivative at 0, and sqrt'(0) * 0 gave NaN; F.lp_pool2d's gradient there is 0 (the
+    subgradient central differences also see).  So the input gradient of a zero channel is the gate alone:
+    d/dx [x * Mc(x)] = Mc + x * dMc/dx, and x = 0."""
+    _, params, x = _setup("cbam-channel")
+    x = host(x).copy()
+    x[0, 3] = 0.0
+    cotangent = np.random.default_rng(5).standard_normal(x.shape)
+    grad = host(ag.grad(lambda v: ag.sum(cbam.cbam(params, v, pool_types=pool_types, no_spatial=True)
+                                         * dev(cotangent)))(dev(x)))
+    assert np.all(np.isfinite(grad))
+    gate = host(cbam.attention_maps(params, dev(x), pool_types=pool_types, no_spatial=True)[0])
+    if pool_types == ("lp",):
+        np.testing.assert_allclose(grad[0, 3], cotangent[0, 3] * gate[0, 3], rtol=1e-14, atol=1e-15)
+    # away from that channel the gradient is the ordinary x / ||x||: central differences agree everywhere
+    small = dev(x[:, :, :3, :3])
+    assert ag.gradcheck(lambda v: cbam.cbam(params, v, pool_types=pool_types, no_spatial=True), small, mode="full")
+    # a NaN still reaches the output through the L2 descriptor
+    x[1, 5, 0, 0] = np.nan
+    out = host(cbam.cbam(params, dev(x), pool_types=("lp",), no_spatial=True))
+    assert np.isnan(out[1]).all() and np.isfinite(out[0]).all()
 
 
 @pytest.mark.parametrize("order", ["max-mean", "mean-max"])
@@ -106,7 +130,8 @@ def test_cbam_orders_are_a_channel_swap_of_the_kernel():
 def test_cbam_paper_form_without_bn():
     _, params, x = _setup("cbam", spatial_bn=False)
     assert not any(k.startswith("spatial_bn") for k in params)
-    train, eval_ = (host(cbam.cbam(params, x, train=t, spatial_order="mean-max")) for t in (True, False))
+    train, eval_ = (host(cbam.cbam(params, x, train=t, spatial_order="mean-max", spatial_bn=False))
+                    for t in (True, False))
     np.testing.assert_array_equal(train, eval_)   # nothing depends on the mode without BN
 
 
@@ -116,7 +141,7 @@ def test_cbam_output_is_product_of_gates():
     expected = host(x) * host(channel_gate)[:, :, None, None] * host(spatial_gate)
     np.testing.assert_allclose(host(cbam.cbam(params, x)), expected, rtol=1e-13, atol=1e-14)
     _, channel_params, _ = _setup("cbam-channel")
-    assert cbam.attention_maps(channel_params, x)[1] is None
+    assert cbam.attention_maps(channel_params, x, no_spatial=True)[1] is None
 
 
 def test_cbam_spatial_bn_momentum_is_0_01():
@@ -180,21 +205,47 @@ def test_bam_extra_layers_and_dilation():
     assert host(params["ch_fc1.weight"]).shape == (4, 4) and "ch_bn1.running_mean" in params
     assert "sp_di2.weight" in params and "sp_di3.weight" not in params
     x = dev(np.random.default_rng(1).standard_normal((2, 16, 3, 5)))
+    structure = {"num_layers": 2, "dilation_conv_num": 3}
     for dilation in (1, 4):
-        assert bam.bam(params, x, train=True, dilation=dilation).shape == (2, 16, 3, 5)
+        assert bam.bam(params, x, train=True, dilation=dilation, **structure).shape == (2, 16, 3, 5)
     with npattn.track_running_stats() as stats:
-        bam.bam(params, x, train=True)
+        bam.bam(params, x, train=True, **structure)
     assert {k.rsplit(".", 1)[0] for k in stats} == {"ch_bn0", "ch_bn1", "sp_bn_reduce", "sp_bn_di0",
                                                     "sp_bn_di1", "sp_bn_di2"}
 
 
 def test_bam_errors():
     _, params, x = _setup("bam")
-    with pytest.raises(ValueError, match="bam.*batch of at least 2"):
+    # BatchNorm1d over the (N, C/r) channel descriptor has one value per channel when N == 1 (torch refuses)
+    with pytest.raises(ValueError, match=r"^bam: BatchNorm 'ch_bn0' in training needs more than one value per "
+                                         r"channel, got input shape \(1, 8\)"):
         bam.bam(params, x[:1], train=True)
     assert bam.bam(params, x[:1]).shape == (1,) + tuple(x.shape[1:])   # eval mode is fine with N = 1
     with pytest.raises(ValueError, match="bam.*combine"):
         bam.bam(params, x, combine="max")
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match=f"bam: dilation must be a positive integer, got {bad!r}"):
+            bam.bam(params, x, dilation=bad)
+    with pytest.raises(ValueError, match="bam: num_layers must be an integer >= 1, got 0"):
+        bam.bam(params, x, num_layers=0)
+    with pytest.raises(ValueError, match="bam: dilation_conv_num must be an integer >= 0, got -1"):
+        bam.bam(params, x, dilation_conv_num=-1)
+
+
+def test_bam_layer_counts_come_from_the_options_never_from_the_keys():
+    params = bam.init(np.random.default_rng(0), 16, reduction=4, num_layers=2, dilation_conv_num=1)
+    x = dev(np.random.default_rng(1).standard_normal((2, 16, 3, 5)))
+    with pytest.raises(KeyError, match=r"bam: params has 7 key.*'ch_fc1\.weight'"):
+        bam.bam(params, x, dilation_conv_num=1)                      # num_layers=1: the second FC-BN is unused
+    with pytest.raises(KeyError, match=r"bam: parameter 'sp_di1\.weight' is missing"):
+        bam.bam(params, x, num_layers=2)                             # dilation_conv_num=2: one conv-BN short
+    with pytest.raises(KeyError, match=r"bam: params has 7 key.*'sp_di0\.weight'"):
+        bam.attention_maps(params, x, num_layers=2, dilation_conv_num=0)
+    bam.attention_maps(params, x, num_layers=2, dilation_conv_num=1)
+    # a hidden FC of the wrong width names its key
+    wrong = {**params, "ch_fc1.weight": dev(np.zeros((4, 5)))}
+    with pytest.raises(ValueError, match=r"bam: parameter 'ch_fc1\.weight' must have shape \(4, 4\), got \(4, 5\)"):
+        bam.bam(wrong, x, num_layers=2, dilation_conv_num=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,19 +331,21 @@ def test_scse_max_tie_splits_the_gradient():
     _, params, x = _setup("scse-max")
     params = {**params, "cse.fc2.weight": dev(np.zeros((32, 16))), "cse.fc2.bias": dev(np.full(32, 0.25)),
               "sse.conv.weight": dev(np.zeros((1, 32, 1, 1))), "sse.conv.bias": dev(np.full(1, 0.25))}
-    cse_out, sse_out = (host(m) for m in (scse.scse({k: v for k, v in params.items() if k.startswith(b)}, x)
-                                          for b in ("cse", "sse")))
+    def branch(b):
+        return {k: v for k, v in params.items() if k.startswith(b)}
+
+    cse_out, sse_out = (host(scse.scse(branch(b), x, branches=(b,))) for b in ("cse", "sse"))
     np.testing.assert_array_equal(cse_out, sse_out)   # an exact tie everywhere
 
     def loss(p, combine="max"):
         return ag.sum(scse.scse(p, x, combine=combine) * x)
 
-    def branch_loss(p):
-        return ag.sum(scse.scse(p, x) * x)
+    def branch_loss(b):
+        return lambda p: ag.sum(scse.scse(p, x, branches=(b,)) * x)
 
     grads = ag.grad(loss)(params)
-    cse_only = ag.grad(branch_loss)({k: v for k, v in params.items() if k.startswith("cse")})
-    sse_only = ag.grad(branch_loss)({k: v for k, v in params.items() if k.startswith("sse")})
+    cse_only = ag.grad(branch_loss("cse"))(branch("cse"))
+    sse_only = ag.grad(branch_loss("sse"))(branch("sse"))
     for key in ("cse.fc2.bias", "cse.fc2.weight", "cse.fc1.weight"):
         np.testing.assert_allclose(host(grads[key]), 0.5 * host(cse_only[key]), rtol=1e-13, atol=1e-15)
     for key in ("sse.conv.bias", "sse.conv.weight"):
@@ -312,3 +365,94 @@ def test_scse_errors_name_the_entry():
         scse.scse(params, x, combine="mul")
     with pytest.raises(ValueError, match="scse.*branches"):
         scse.init(np.random.default_rng(0), 32, branches=("cse", "ese"))
+    with pytest.raises(ValueError, match="scse.*branches"):
+        scse.scse(params, x, branches=())
+
+
+def test_scse_branches_come_from_the_option_never_from_the_keys():
+    """Dropping the sSE weights is a KeyError, never a silent cSE; the single-branch entries name themselves."""
+    _, params, x = _setup("scse")
+    cse_only = {k: v for k, v in params.items() if k.startswith("cse.")}
+    with pytest.raises(KeyError, match="^scse: parameter 'sse.conv.weight' is missing"):
+        scse.scse(cse_only, x)
+    with pytest.raises(KeyError, match=r"^cse: params has 2 key.*'sse\.conv\.weight'"):
+        scse.scse(params, x, branches="cse")
+    with pytest.raises(KeyError, match=r"^sse: params has 4 key.*'cse\.fc1\.weight'"):
+        scse.scse(params, x, branches=("sse",))
+    # branch order does not matter; the result is the entry's
+    np.testing.assert_array_equal(host(scse.scse(params, x, branches=("sse", "cse"))), host(scse.scse(params, x)))
+    with pytest.raises(ValueError, match=r"^sse: parameter 'sse\.conv\.weight' must have shape \(1, 32, 1, 1\), "
+                                         r"got \(1, 32, 3, 3\)"):
+        scse.scse({"sse.conv.weight": dev(np.zeros((1, 32, 3, 3))), "sse.conv.bias": params["sse.conv.bias"]}, x,
+                  branches="sse")
+
+
+# ---------------------------------------------------------------------------------------------
+# channel counts not divisible by the reduction ratio: hidden widths are C // r (floor), as the official code
+
+
+INDIVISIBLE = {
+    "cbam": {"mlp.0.weight": (7, 30), "mlp.0.bias": (7,), "mlp.2.weight": (30, 7), "spatial_conv.weight": (1, 2, 7, 7)},
+    "cbam-channel": {"mlp.0.weight": (7, 30), "mlp.2.weight": (30, 7), "mlp.2.bias": (30,)},
+    "bam": {"ch_fc0.weight": (7, 30), "ch_bn0.running_mean": (7,), "ch_fc_final.weight": (30, 7),
+            "sp_reduce.weight": (7, 30, 1, 1), "sp_di1.weight": (7, 7, 3, 3), "sp_final.weight": (1, 7, 1, 1)},
+    "scse": {"cse.fc1.weight": (7, 30), "cse.fc2.weight": (30, 7), "sse.conv.weight": (1, 30, 1, 1)},
+    "cse": {"cse.fc1.weight": (7, 30), "cse.fc1.bias": (7,), "cse.fc2.weight": (30, 7)},
+}
+
+
+@pytest.mark.parametrize("name", sorted(INDIVISIBLE))
+def test_channel_counts_not_divisible_by_the_reduction(name):
+    mech = npattn.get(name)
+    params = mech.init(np.random.default_rng(0), **{**mech.config, "channels": 30, "reduction": 4})
+    for key, shape in INDIVISIBLE[name].items():
+        assert tuple(params[key].shape) == shape, key
+    x = dev(np.random.default_rng(1).standard_normal((3, 30, 5, 6)))
+    assert mech.apply(params, x).shape == (3, 30, 5, 6)
+    assert ag.gradcheck(lambda p, v: mech.apply(p, v), params, x, mode="fast", n_directions=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# min_spatial (1 for every hybrid entry) is the smallest accepted size; 0 x W and H x 0 maps are refused by name
+
+
+@pytest.mark.parametrize("mech", npattn.mechanisms("hybrid"), ids=lambda m: m.name)
+def test_min_spatial_is_the_smallest_accepted_size(mech):
+    params = mech.default_params()
+    (x,) = mech.example_input(np.random.default_rng(0))
+    assert mech.min_spatial == 1
+    one = dev(np.random.default_rng(1).standard_normal(tuple(x.shape[:2]) + (1, 1)))
+    out = mech.apply(params, one)
+    assert out.shape == tuple(x.shape[:2]) + (1, 1) and np.all(np.isfinite(host(out)))
+    for size in ((0, 3), (3, 0), (0, 0)):
+        empty = dev(np.zeros(tuple(x.shape[:2]) + size))
+        with pytest.raises(ValueError, match=f"^{mech.name.split('-')[0]}: x spatial size"):
+            mech.apply(params, empty)
+
+
+# ---------------------------------------------------------------------------------------------
+# training on an empty batch (torch's semantics): empty output, zero gradients, running statistics unchanged
+# and num_batches_tracked + 1 (the module counts the call)
+
+_WITH_BN = [m for m in npattn.mechanisms("hybrid") if any(k.endswith("running_mean") for k in m.default_params())]
+
+
+@pytest.mark.parametrize("mech", _WITH_BN, ids=lambda m: m.name)
+def test_training_on_an_empty_batch(mech):
+    params = mech.default_params()
+    (x,) = mech.example_input(np.random.default_rng(0))
+    empty = dev(np.zeros((0,) + tuple(x.shape[1:])))
+    trainable = npattn.trainable(params)
+    with npattn.track_running_stats() as stats:
+        out, grads = ag.value_and_grad(lambda p: ag.sum(mech.apply({**params, **p}, empty, train=True)))(trainable)
+    assert float(host(out)) == 0.0
+    for key, g in grads.items():
+        assert np.array_equal(host(g), np.zeros(params[key].shape)), key
+    bn = [k[: -len(".running_mean")] for k in params if k.endswith(".running_mean")]
+    assert bn and {k.rsplit(".", 1)[0] for k in stats} == set(bn)
+    for prefix in bn:
+        for leaf in ("running_mean", "running_var"):
+            np.testing.assert_array_equal(host(stats[f"{prefix}.{leaf}"]), host(params[f"{prefix}.{leaf}"]))
+        count = f"{prefix}.num_batches_tracked"
+        assert int(host(stats[count])) == int(host(params[count])) + 1
+    assert mech.apply(params, empty, train=True).shape == (0,) + tuple(x.shape[1:])

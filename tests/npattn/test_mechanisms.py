@@ -213,3 +213,175 @@ def test_bad_input_too_small(mech):
 def test_unknown_name_suggests():
     with pytest.raises(KeyError, match="did you mean"):
         npattn.get(IDS[0] + "x")
+
+
+# ---------------------------------------------------------------------------------------------
+# The parameter contract (npattn.params): apply reads exactly the keys init makes, checks their shapes,
+# and names the mechanism and the key in every error.
+
+def _name_pattern(mech):
+    return mech.name.split("-")[0]
+
+
+#: Registry-wide checks that are wrong for an entry *by its semantics* (the check is not weakened for it):
+#: {(test, entry): reason}.  Each reason names where the entry's own test covers the point instead.
+EXEMPT = {
+    ("nan_input", "ram"): "hard attention reads only the glimpsed patches and the example's NaN pixel lies outside "
+                          "all three (test_origins_vision.py::test_ram_nan_reaches_the_output_only_inside_a_glimpse)",
+}
+
+#: Entries whose init makes no parameters: there is no key to misspell or to give another dtype (an unknown
+#: key is still checked for them).  Each entry says why; the tests assert the dict really is empty.
+PARAMETER_FREE = {
+    "ge-theta-minus": "GE-theta-minus gathers by average pooling; init returns {}",
+    "itti": "a fixed saliency model; an extra key is a KeyError saying it has none "
+            "(test_origins_vision.py::test_itti_rejects_any_parameter)",
+}
+
+
+def _skip_if_exempt(test, mech):
+    reason = EXEMPT.get((test, mech.name))
+    if reason:
+        pytest.skip(f"exempt: {reason}")
+
+
+def test_exemptions_name_registered_entries_and_real_tests():
+    names = set(IDS)
+    tests = {name for name in globals() if name.startswith("test_")}
+    for test, entry in EXEMPT:
+        assert entry in names, f"EXEMPT names {entry!r}, which is not registered"
+        assert any(test in name for name in tests), f"EXEMPT names test {test!r}, which does not exist"
+    assert set(PARAMETER_FREE) <= names
+
+
+def _parameter_free(mech, params) -> bool:
+    if mech.name in PARAMETER_FREE:
+        assert not params, f"{mech.name} is in PARAMETER_FREE but init made {sorted(params)}"
+        return True
+    return False
+
+
+@pytest.mark.parametrize("mech", MECHANISMS, ids=IDS)
+def test_every_missing_key_is_a_key_error(mech):
+    params, inputs = _params(mech), _inputs(mech)
+    for key in params:
+        partial = {k: v for k, v in params.items() if k != key}
+        with pytest.raises(KeyError) as info:
+            mech.apply(partial, *inputs)
+        message = str(info.value)
+        assert _name_pattern(mech) in message and repr(key) in message, f"dropping {key!r}: {message}"
+
+
+@pytest.mark.parametrize("mech", MECHANISMS, ids=IDS)
+def test_unknown_key_is_a_key_error_with_a_suggestion(mech):
+    params, inputs = _params(mech), _inputs(mech)
+    if _parameter_free(mech, params):
+        with pytest.raises(KeyError, match=f"{_name_pattern(mech)}.*'extra_layer.weight'"):
+            mech.apply({"extra_layer.weight": ag.from_numpy(np.ones(3))}, *inputs)
+        return
+    key = sorted(params)[0]
+    with pytest.raises(KeyError, match=f"{_name_pattern(mech)}.*'extra_layer.weight'"):
+        mech.apply({**params, "extra_layer.weight": params[key]}, *inputs)
+    # a misspelt key: the missing one is named, and the message points at the misspelling
+    typo = key[:-2] + key[-1] + key[-2]
+    renamed = {(typo if k == key else k): v for k, v in params.items()}
+    with pytest.raises(KeyError) as info:
+        mech.apply(renamed, *inputs)
+    assert repr(key) in str(info.value) and repr(typo) in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("mech", MECHANISMS, ids=IDS)
+def test_every_wrong_shaped_parameter_names_a_parameter(mech):
+    params, inputs = _params(mech), _inputs(mech)
+    for key, value in params.items():
+        if value.ndim == 0:
+            wrong = value[None]
+        else:
+            wrong = ag.xp.concatenate([value, value[:1]], axis=0)
+        with pytest.raises(ValueError, match=rf"{_name_pattern(mech)}.*parameter '.*' must have shape") as info:
+            mech.apply({**params, key: wrong}, *inputs)
+        assert "got" in str(info.value), f"{key}: {info.value}"
+
+
+@pytest.mark.parametrize("mech", MECHANISMS, ids=IDS)
+def test_parameters_of_another_dtype_are_a_type_error(mech):
+    params, inputs = _params(mech), _inputs(mech)
+    if _parameter_free(mech, params):
+        pytest.skip(PARAMETER_FREE[mech.name])
+    key = _float_keys(params)[-1]
+    with pytest.raises(TypeError, match=rf"{_name_pattern(mech)}.*float32"):
+        mech.apply({**params, key: params[key].astype(np.float32)}, *inputs)
+    with pytest.raises(TypeError, match=rf"{_name_pattern(mech)}.*{key}"):
+        mech.apply({**params, key: params[key].astype(np.int64)}, *inputs)
+
+
+@pytest.mark.parametrize("mech", MECHANISMS, ids=IDS)
+def test_grad_over_the_whole_parameter_dict(mech):
+    """``ag.grad(loss)(params)`` works with integer buffers in the dict (their gradient is None)."""
+    params, inputs = _params(mech), _inputs(mech)
+    grads = ag.grad(lambda p: ag.sum(mech.apply(p, *inputs)))(params)
+    assert grads.keys() == params.keys()
+    for key, value in params.items():
+        if np.dtype(value.dtype).kind == "f":
+            assert grads[key].shape == value.shape
+        else:
+            assert grads[key] is None, key
+    trainable = npattn.trainable(params)
+    assert not any(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in trainable)
+    grads = ag.grad(lambda p: ag.sum(mech.apply({**params, **p}, *inputs)))(trainable)
+    assert grads.keys() == trainable.keys()
+
+
+def _batch_slice(mech, inputs, stop):
+    """Every input cut to its first ``stop`` samples along the batch axis of the first input (axis 0)."""
+    batch = inputs[0].shape[0]
+    return [x[:stop] if getattr(x, "ndim", 0) and x.shape[0] == batch else x for x in inputs]
+
+
+@pytest.mark.parametrize("mech", MECHANISMS, ids=IDS)
+def test_batch_of_one_and_of_zero(mech):
+    params, inputs = _params(mech), _inputs(mech)
+    full = host(mech.apply(params, *inputs))
+    one = host(mech.apply(params, *_batch_slice(mech, inputs, 1)))
+    np.testing.assert_allclose(one, full[:1], rtol=1e-12, atol=1e-12)
+    empty = mech.apply(params, *_batch_slice(mech, inputs, 0))
+    assert empty.shape == (0,) + full.shape[1:]
+    empty_inputs = _batch_slice(mech, inputs, 0)
+    grads = ag.grad(lambda p: ag.sum(mech.apply({**params, **p}, *empty_inputs)))(npattn.trainable(params))
+    for key, g in grads.items():
+        assert np.all(host(g) == 0), f"{key}: an empty batch gives a zero gradient"
+
+
+@pytest.mark.parametrize("mech", MECHANISMS, ids=IDS)
+def test_read_only_and_non_contiguous_arrays(mech):
+    params, inputs = _params(mech), _inputs(mech)
+    expected = host(mech.apply(params, *inputs))
+    if ag.backend.name == "numpy":
+        frozen = {}
+        for k, v in params.items():
+            v = v.copy()
+            v.flags.writeable = False
+            frozen[k] = v
+        ro_inputs = []
+        for x in inputs:
+            x = np.array(x)
+            x.flags.writeable = False
+            ro_inputs.append(x)
+        np.testing.assert_array_equal(host(mech.apply(frozen, *ro_inputs)), expected)
+    # the first input as a non-contiguous view with the same values
+    x = inputs[0]
+    strided = ag.xp.flip(ag.xp.flip(x, axis=-1).copy(), axis=-1)
+    assert np.array_equal(host(strided), host(x))
+    np.testing.assert_allclose(host(mech.apply(params, strided, *inputs[1:])), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mech", MECHANISMS, ids=IDS)
+def test_nan_input_reaches_the_output(mech):
+    """A NaN in the input never comes back as a finite, silently wrong result everywhere."""
+    _skip_if_exempt("nan_input", mech)
+    params, inputs = _params(mech), list(_inputs(mech))
+    x = host(inputs[0]).copy()
+    x.flat[x.size // 2] = np.nan
+    inputs[0] = ag.from_numpy(x)
+    out = host(mech.apply(params, *inputs))
+    assert np.isnan(out).any()

@@ -99,11 +99,12 @@ def test_transformer_in_batch_blocks_gives_the_same_numbers(rng, monkeypatch):
     params = _transformer()
     src, tgt = _x(rng, (3, 6, D_MODEL)), _x(rng, (3, 5, D_MODEL))
     pads = (_padding([6, 4, 3], 6), _padding([5, 5, 2], 5))
-    whole = host(tf.transformer(params, src, tgt, *pads, heads=HEADS))
+    whole = host(tf.transformer(params, src, tgt, *pads, heads=HEADS, num_layers=2))
     monkeypatch.setattr(tf, "BLOCK_BYTES", 1)
-    np.testing.assert_allclose(host(tf.transformer(params, src, tgt, *pads, heads=HEADS)), whole, rtol=0, atol=1e-13)
-    assert ag.gradcheck(lambda p, s: tf.transformer(p, s, tgt, *pads, heads=HEADS), params, src, mode="fast",
-                        n_directions=2)
+    blocked = host(tf.transformer(params, src, tgt, *pads, heads=HEADS, num_layers=2))
+    np.testing.assert_allclose(blocked, whole, rtol=0, atol=1e-13)
+    assert ag.gradcheck(lambda p, s: tf.transformer(p, s, tgt, *pads, heads=HEADS, num_layers=2), params, src,
+                        mode="fast", n_directions=2)
 
 
 def test_mha_masked_weights_are_exact_zeros(rng):
@@ -232,7 +233,7 @@ def test_transformer_decoder_is_causal_and_ignores_padding(rng):
     src_pad[1, 4:] = True
 
     def run(src, tgt):
-        return host(tf.transformer(params, dev(src), dev(tgt), dev(src_pad), dev(tgt_pad), heads=HEADS))
+        return host(tf.transformer(params, dev(src), dev(tgt), dev(src_pad), dev(tgt_pad), heads=HEADS, num_layers=2))
 
     base = run(src, tgt)
     future = tgt.copy()
@@ -255,7 +256,7 @@ def test_transformer_embedding_scale_and_layer_count(rng):
                               prefix="encoder.layers.0", heads=HEADS)
     expected = tf.decoder_layer(params, ag.as_tensor(tgt) * scale + tf.positional_encoding(3, D_MODEL), memory,
                                 prefix="decoder.layers.0", heads=HEADS)
-    out = tf.transformer(params, src, tgt, heads=HEADS)
+    out = tf.transformer(params, src, tgt, heads=HEADS, num_layers=1)
     np.testing.assert_array_equal(host(out), host(expected))
 
 
@@ -264,7 +265,7 @@ def test_cross_attention_weights_match_a_host_reference(rng):
     params = _transformer(layers=2)
     src, tgt = rng.standard_normal((2, 6, D_MODEL)), rng.standard_normal((2, 4, D_MODEL))
     src_pad = np.arange(6)[None, :] >= np.array([[6], [4]])
-    maps = tf.cross_attention_weights(params, dev(src), dev(tgt), dev(src_pad), heads=HEADS)
+    maps = tf.cross_attention_weights(params, dev(src), dev(tgt), dev(src_pad), heads=HEADS, num_layers=2)
     assert [tuple(m.shape) for m in maps] == [(2, HEADS, 4, 6)] * 2
 
     scale = math.sqrt(D_MODEL)
@@ -297,14 +298,14 @@ def test_cross_attention_weights_match_a_host_reference(rng):
 def test_transformer_dropout_train_vs_eval(rng):
     params = _transformer(layers=1)
     src, tgt = _x(rng, (2, 4, D_MODEL)), _x(rng, (2, 3, D_MODEL))
-    eval_out = host(tf.transformer(params, src, tgt, heads=HEADS))
+    eval_out = host(tf.transformer(params, src, tgt, heads=HEADS, num_layers=1))
     with pytest.raises(ValueError, match="transformer.*rng"):
-        tf.transformer(params, src, tgt, heads=HEADS, train=True)
-    a = host(tf.transformer(params, src, tgt, heads=HEADS, train=True, rng=np.random.default_rng(5)))
-    b = host(tf.transformer(params, src, tgt, heads=HEADS, train=True, rng=np.random.default_rng(5)))
+        tf.transformer(params, src, tgt, heads=HEADS, num_layers=1, train=True)
+    a = host(tf.transformer(params, src, tgt, heads=HEADS, num_layers=1, train=True, rng=np.random.default_rng(5)))
+    b = host(tf.transformer(params, src, tgt, heads=HEADS, num_layers=1, train=True, rng=np.random.default_rng(5)))
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, eval_out)
-    no_drop = tf.transformer(params, src, tgt, heads=HEADS, train=True, dropout=0.0)
+    no_drop = tf.transformer(params, src, tgt, heads=HEADS, num_layers=1, train=True, dropout=0.0)
     np.testing.assert_array_equal(host(no_drop), eval_out)
 
 
@@ -315,10 +316,114 @@ def test_transformer_gradcheck_with_all_dropouts_in_train_mode(rng):
     pads = (_padding([4, 2], 4), _padding([3, 2], 3))
 
     def f(params, src, tgt):
-        return tf.transformer(params, src, tgt, *pads, heads=HEADS, train=True, rng=np.random.default_rng(9),
-                              attention_dropout=0.2, relu_dropout=0.2, pe_layout="concat")
+        return tf.transformer(params, src, tgt, *pads, heads=HEADS, num_layers=1, train=True,
+                              rng=np.random.default_rng(9), attention_dropout=0.2, relu_dropout=0.2, pe_layout="concat")
 
     assert ag.gradcheck(f, params, src, tgt, mode="fast", n_directions=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# the parameter contract: structure comes from options, never from which keys exist
+
+
+def test_transformer_layer_count_is_an_option_not_a_count_of_keys(rng):
+    params = _transformer(layers=2)
+    src, tgt = _x(rng, (2, 4, D_MODEL)), _x(rng, (2, 3, D_MODEL))
+    # dropping one decoder norm is a KeyError naming it -- not a one-layer (or zero-layer) decoder
+    for key in ("decoder.layers.1.norm3.weight", "decoder.layers.0.norm1.weight", "encoder.layers.1.norm2.bias"):
+        partial = {k: v for k, v in params.items() if k != key}
+        with pytest.raises(KeyError, match=f"transformer: parameter '{key}' is missing"):
+            tf.transformer(partial, src, tgt, heads=HEADS, num_layers=2)
+    with pytest.raises(KeyError, match="transformer: params has .* not use: 'encoder.layers.1."):
+        tf.transformer(params, src, tgt, heads=HEADS, num_layers=1)
+    with pytest.raises(KeyError, match="'encoder.layers.2.self_attn.w_q.weight' is missing"):
+        tf.transformer(params, src, tgt, heads=HEADS, num_layers=3)
+    with pytest.raises(KeyError, match="'encoder.layers.2"):
+        tf.transformer(params, src, tgt, heads=HEADS)               # the default is the paper's 6
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="transformer: num_layers must be a positive integer"):
+            tf.transformer(params, src, tgt, heads=HEADS, num_layers=bad)
+    with pytest.raises(KeyError, match="transformer: parameter 'encoder.layers.0.self_attn.w_q.weight' is missing"):
+        tf.cross_attention_weights({}, src, tgt, heads=HEADS, num_layers=1)
+
+
+def test_attention_bias_is_an_option_not_the_presence_of_keys(rng):
+    x = _x(rng, (2, 5, D_MODEL))
+    with pytest.raises(KeyError, match="mha: params has 4 key.*'w_q.bias'"):
+        tf.mha(_mha_params(bias=True), x, heads=HEADS)
+    with pytest.raises(KeyError, match="mha: parameter 'w_q.bias' is missing"):
+        tf.mha(_mha_params(bias=False), x, heads=HEADS, attn_bias=True)
+    with pytest.raises(KeyError, match="mha: params has 4 key"):
+        tf.mha_weights(_mha_params(bias=True), x, heads=HEADS)
+    biased = tf.init(np.random.default_rng(0), D_MODEL, d_ff=16, num_layers=1, attn_bias=True)
+    src, tgt = _x(rng, (2, 4, D_MODEL)), _x(rng, (2, 3, D_MODEL))
+    with pytest.raises(KeyError, match="transformer: params has 12 key"):             # 4 biases x 3 attentions
+        tf.transformer(biased, src, tgt, heads=HEADS, num_layers=1)
+    out = tf.transformer(biased, src, tgt, heads=HEADS, num_layers=1, attn_bias=True)
+    zeroed = {k: (v * 0 if k.endswith(("w_q.bias", "w_k.bias", "w_v.bias", "w_o.bias")) else v)
+              for k, v in biased.items()}
+    unbiased = {k: v for k, v in biased.items() if not k.endswith(("w_q.bias", "w_k.bias", "w_v.bias", "w_o.bias"))}
+    np.testing.assert_allclose(host(tf.transformer(zeroed, src, tgt, heads=HEADS, num_layers=1, attn_bias=True)),
+                               host(tf.transformer(unbiased, src, tgt, heads=HEADS, num_layers=1)), rtol=0, atol=1e-14)
+    assert not np.allclose(host(out), host(tf.transformer(unbiased, src, tgt, heads=HEADS, num_layers=1)))
+    with pytest.raises(TypeError, match="transformer: attn_bias must be True or False"):
+        tf.transformer(biased, src, tgt, heads=HEADS, num_layers=1, attn_bias="yes")
+
+
+def test_every_projection_and_feed_forward_shape_is_checked(rng):
+    params = _transformer(layers=1)
+    src, tgt = _x(rng, (2, 4, D_MODEL)), _x(rng, (2, 3, D_MODEL))
+    wider = {**params, "encoder.layers.0.linear1.weight": dev(np.zeros((17, D_MODEL)))}   # d_ff is 16
+    with pytest.raises(ValueError, match=r"transformer: parameter 'encoder.layers.0.linear1.weight' must have "
+                                         r"shape \(16, 8\), got \(17, 8\)"):
+        tf.transformer(wider, src, tgt, heads=HEADS, num_layers=1)
+    mha_params = _mha_params()
+    for key, shape in (("w_v.weight", (D_MODEL, D_MODEL + 1)), ("w_o.weight", (D_MODEL + 1, D_MODEL))):
+        with pytest.raises(ValueError, match=f"mha: parameter '{key}' must have shape"):
+            tf.mha_weights({**mha_params, key: dev(np.zeros(shape))}, _x(rng, (2, 5, D_MODEL)), heads=HEADS)
+    with pytest.raises(KeyError, match="mha: parameter 'w_o.weight' is missing"):
+        tf.mha_weights({k: v for k, v in mha_params.items() if k != "w_o.weight"}, _x(rng, (2, 5, D_MODEL)),
+                       heads=HEADS)
+
+
+@pytest.mark.parametrize("name, value, error", [
+    ("dropout", 1.5, ValueError), ("dropout", -0.1, ValueError), ("dropout", np.nan, ValueError),
+    ("dropout", "0.1", TypeError), ("attention_dropout", 2.0, ValueError), ("relu_dropout", np.nan, ValueError),
+    ("eps", -1.0, ValueError), ("eps", np.nan, ValueError),
+])
+def test_rates_and_eps_are_checked_in_eval_mode_too(rng, name, value, error):
+    params = _transformer(layers=1)
+    src, tgt = _x(rng, (2, 4, D_MODEL)), _x(rng, (2, 3, D_MODEL))
+    with pytest.raises(error, match=f"transformer: {name}"):
+        tf.transformer(params, src, tgt, heads=HEADS, num_layers=1, **{name: value})       # train=False
+    if name == "dropout":
+        with pytest.raises(error, match="mha: dropout"):
+            tf.mha(_mha_params(), src, heads=HEADS, dropout=value)
+
+
+def test_dropout_probability_one_is_accepted_as_in_torch(rng):
+    x = _x(rng, (2, 5, D_MODEL))
+    out = tf.mha(_mha_params(), x, heads=HEADS, dropout=1.0, train=True, rng=np.random.default_rng(0))
+    assert np.all(host(out) == 0.0)                  # every attention weight dropped: a zero context
+    with pytest.raises(ValueError, match="mha: train=True with dropout needs an explicit rng"):
+        tf.mha(_mha_params(), x, heads=HEADS, dropout=0.5, train=True)
+
+
+def test_layer_functions_read_exactly_the_keys_under_their_prefix(rng):
+    params = _transformer(layers=1)
+    x = _x(rng, (2, 4, D_MODEL))
+    tf.encoder_layer(params, x, prefix="encoder.layers.0", heads=HEADS)          # other stacks' keys are not its own
+    stray = {**params, "encoder.layers.0.extra.weight": params["encoder.layers.0.norm1.weight"]}
+    with pytest.raises(KeyError, match="transformer: params has 1 key.*'encoder.layers.0.extra.weight'"):
+        tf.encoder_layer(stray, x, prefix="encoder.layers.0", heads=HEADS)
+    biased: dict = {}
+    tf.init_decoder_layer(np.random.default_rng(0), biased, "", D_MODEL, 16, attn_bias=True)
+    with pytest.raises(KeyError, match="transformer: params has 8 key"):
+        tf.decoder_layer(biased, x, x, heads=HEADS)
+    tf.decoder_layer(biased, x, x, heads=HEADS, attn_bias=True)
+    with pytest.raises(KeyError, match="transformer: parameter 'decoder.layers.0.norm3.weight' is missing"):
+        tf.decoder_layer({k: v for k, v in params.items() if k != "decoder.layers.0.norm3.weight"}, x, x,
+                         prefix="decoder.layers.0", heads=HEADS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,6 +555,33 @@ def test_bahdanau_readout_state_option(rng):
         bah.bahdanau(params, *inputs, readout_state="old")
 
 
+def test_bahdanau_parameters_and_sequences_are_checked(rng):
+    mech = npattn.get("bahdanau")
+    params = mech.default_params()
+    source, target, padding = mech.example_input(rng)
+    with pytest.raises(ValueError, match="bahdanau: source must have at least one time step"):
+        bah.bahdanau(params, source[:, :0], target)
+    with pytest.raises(ValueError, match="bahdanau: target must have at least one time step"):
+        bah.bahdanau(params, source, target[:, :0], padding)
+    wide = {**params, "readout.V_o.weight": dev(np.zeros((9, 6)))}                 # 2l = 8
+    with pytest.raises(ValueError, match=r"bahdanau: parameter 'readout.V_o.weight' must have shape \(8, 6\)"):
+        bah.bahdanau(wide, source, target, padding)
+    # no bias on a recurrent map: one there is an unused key, never silently added
+    with pytest.raises(KeyError, match="bahdanau: params has 1 key.*'decoder.gru.U.bias'"):
+        bah.bahdanau({**params, "decoder.gru.U.bias": dev(np.zeros(5))}, source, target, padding)
+    gru: dict = {}
+    bah.init_paper_gru(np.random.default_rng(0), gru, "g", 3, 4)
+    x = dev(rng.standard_normal((2, 3, 3)))
+    with pytest.raises(KeyError, match="bahdanau: params has 1 key.*'g.U_z.bias'"):
+        bah.paper_gru({**gru, "g.U_z.bias": dev(np.zeros(4))}, "g", x)
+    assert bah.paper_gru({**gru, "other.weight": dev(np.zeros(4))}, "g", x).shape == (2, 3, 4)   # not under "g"
+
+
+def test_bahdanau_docstring_says_where_groundhog_learns_the_gate_biases():
+    doc = bah.__doc__
+    assert "learn_bias=False" in doc and "input_embdr" in doc and "W_z, W_r" in doc
+
+
 # ---------------------------------------------------------------------------------------------
 # Show, Attend and Tell
 
@@ -520,8 +652,8 @@ def test_sat_variants(rng, flags):
     params = _sat(**flags)
     features, captions, padding = _sat_inputs(rng)
     assert ("decoder.W_sel.weight" in params) == flags.get("selector", True)
-    assert ag.gradcheck(lambda p, f: sat.show_attend_tell(p, f, captions, padding, prev2out=False), params, features,
-                        mode="fast", n_directions=2)
+    assert ag.gradcheck(lambda p, f: sat.show_attend_tell(p, f, captions, padding, prev2out=False, **flags), params,
+                        features, mode="fast", n_directions=2)
 
 
 def test_sat_sampling_is_seeded_one_hot_and_inside_the_support(rng):
@@ -597,3 +729,59 @@ def test_sat_bad_arguments(rng):
         sat.show_attend_tell(params, features, dev(host(captions) + 10))
     with pytest.raises(ValueError, match="show-attend-tell.*samples"):
         sat.show_attend_tell(params, features, captions, None, features[:, :4], attention="hard")
+
+
+@pytest.mark.parametrize("flag, key", [("selector", "decoder.W_sel.weight"), ("ctx2out", "ff_logit_ctx.weight")])
+def test_sat_structure_is_an_option_not_the_presence_of_keys(rng, flag, key):
+    features, captions, padding = _sat_inputs(rng)
+    without = _sat(**{flag: False})
+    with pytest.raises(KeyError, match=f"show-attend-tell: parameter '{key}' is missing"):
+        sat.show_attend_tell(without, features, captions, padding)                  # default: the paper's model
+    sat.show_attend_tell(without, features, captions, padding, **{flag: False})
+    with pytest.raises(KeyError, match=f"show-attend-tell: params has 2 key.*'{key}'"):
+        sat.show_attend_tell(_sat(), features, captions, padding, **{flag: False})
+    with pytest.raises(TypeError, match=f"show-attend-tell: {flag} must be True or False"):
+        sat.show_attend_tell(_sat(), features, captions, padding, **{flag: 1})
+
+
+def test_sat_selector_gates_need_the_selector(rng):
+    features, captions, padding = _sat_inputs(rng)
+    with pytest.raises(ValueError, match="show-attend-tell: selector=False builds no gating scalar"):
+        sat.selector_gates(_sat(selector=False), features, captions, padding, selector=False)
+
+
+def test_sat_temperature_is_an_inverse_temperature(rng):
+    """With the samples fixed the scores do not depend on alpha, so alpha_T = alpha_1^T / sum(alpha_1^T)."""
+    params = _sat()
+    features, captions, padding = _sat_inputs(rng)
+    samples = sat.sample_attention(params, features, captions, padding, rng=np.random.default_rng(2))
+    base = host(sat.attention_maps(params, features, captions, padding, samples, attention="hard"))
+    for temperature in (2.0, 0.5):
+        sharp = host(sat.attention_maps(params, features, captions, padding, samples, attention="hard",
+                                        temperature=temperature))
+        powered = base ** temperature
+        np.testing.assert_allclose(sharp, powered / powered.sum(axis=(2, 3), keepdims=True), rtol=1e-12)
+    assert host(sat.attention_maps(params, features, captions, padding, samples, attention="hard",
+                                   temperature=4.0)).max() > base.max()      # larger is sharper
+    for bad in (0.0, -1.0, np.inf, np.nan):
+        with pytest.raises(ValueError, match="show-attend-tell: temperature .*inverse temperature"):
+            sat.show_attend_tell(params, features, captions, padding, samples, attention="hard", temperature=bad)
+        with pytest.raises(ValueError, match="show-attend-tell: temperature"):
+            sat.sample_attention(params, features, captions, padding, rng=np.random.default_rng(0), temperature=bad)
+    assert "*inverse* temperature" in sat.show_attend_tell.__doc__
+
+
+def test_sat_loss_options_and_captions_are_checked(rng):
+    params = _sat()
+    features, captions, padding = _sat_inputs(rng)
+    with pytest.raises(ValueError, match="show-attend-tell: regulariser"):
+        sat.loss(params, features, captions, padding, alpha_c=0.0, regulariser="papr")
+    with pytest.raises(ValueError, match="show-attend-tell: alpha_c"):
+        sat.loss(params, features, captions, padding, alpha_c=np.nan)
+    with pytest.raises(ValueError, match="show-attend-tell: features must have at least one location"):
+        sat.show_attend_tell(params, features[:, :, :0], captions, padding)
+    with pytest.raises(ValueError, match="show-attend-tell: captions must have at least one word"):
+        sat.show_attend_tell(params, features, captions[:, :0])
+    wrong = {**params, "decoder.U.weight": dev(np.zeros((25, 6)))}                 # 4n = 24
+    with pytest.raises(ValueError, match=r"show-attend-tell: parameter 'decoder.U.weight' must have shape \(24, 6\)"):
+        sat.show_attend_tell(wrong, features, captions, padding)

@@ -180,6 +180,41 @@ def test_itti_bad_options_and_sizes():
         itti.itti({}, x)  # paper defaults need 256 pixels
 
 
+def test_itti_rejects_any_parameter():
+    """The model has none: a key is a KeyError that says so (never silently ignored), also via the registry."""
+    x = itti.example_image(np.random.default_rng(8), (1, 3, 32, 32), margin=0.0)
+    with pytest.raises(KeyError, match=r"itti: the model has no parameters.*'extra_layer.weight'.*pass \{\}"):
+        itti.itti({"extra_layer.weight": dev(np.zeros(3))}, x, **itti.SMALL_OPTIONS)
+    with pytest.raises(KeyError, match="itti.*no parameters"):
+        npattn.get("itti").apply({"w": dev(np.zeros(1))}, x)
+    with pytest.raises(TypeError, match="itti.*empty dict"):
+        itti.itti(None, x, **itti.SMALL_OPTIONS)
+
+
+def test_itti_channel_error_names_rgb_not_parameters():
+    x = dev(np.ones((1, 4, 32, 32)))
+    with pytest.raises(ValueError, match=r"itti: x must be an RGB image batch \(N, 3, H, W\).*got shape") as info:
+        itti.itti({}, x, **itti.SMALL_OPTIONS)
+    assert "parameters" not in str(info.value)
+
+
+@pytest.mark.parametrize("option, value", [
+    ("gabor_size", 6), ("gabor_size", 0), ("gabor_size", 7.0), ("gabor_sigma", 0.0), ("gabor_wavelength", np.nan),
+    ("gabor_gamma", -1.0), ("norm_max", np.inf), ("levels", 5.5), ("levels", True), ("map_level", 1.0),
+    ("centers", ()), ("centers", (1.5,)), ("deltas", ()),
+])
+def test_itti_option_errors_name_the_option(option, value):
+    x = itti.example_image(np.random.default_rng(8), (1, 3, 32, 32), margin=0.0)
+    name = {"centers": "centers", "deltas": "deltas"}.get(option, option)
+    with pytest.raises(ValueError, match=f"itti: {name}"):
+        itti.itti({}, x, **{**itti.SMALL_OPTIONS, option: value})
+
+
+def test_itti_empty_batch_gives_an_empty_map():
+    x = dev(np.zeros((0, 3, 32, 32)))
+    assert itti.itti({}, x, **itti.SMALL_OPTIONS).shape == (0, 1, 8, 8)
+
+
 # =============================================================================================
 # RAM
 
@@ -335,8 +370,87 @@ def test_ram_bad_locations_and_labels():
         ram.ram(params, dev(x), dev(np.zeros((2, 4, 2), dtype=np.float32)), **opts)
     with pytest.raises(ValueError, match="ram"):
         ram.ram(params, dev(x), dev(np.zeros((2, 4, 2))), patch_size=4, num_patches=3)  # options vs params
-    with pytest.raises(ValueError, match="ram"):
+    with pytest.raises(TypeError, match="ram.*labels.*float64"):
         ram.reinforce_loss(params, dev(x), dev(np.zeros((2, 4, 2))), dev(np.array([0.5, 1.0])), **opts)
+
+
+def test_ram_nan_reaches_the_output_only_inside_a_glimpse():
+    """Hard attention reads only the glimpsed patches: a NaN pixel inside one reaches the class scores, one
+    outside all of them leaves the output finite and unchanged (the registry's NaN check is exempt for this)."""
+    mech = npattn.get("ram")
+    params = mech.default_params()
+    x, locations = mech.example_input(np.random.default_rng(7))
+    clean = host(mech.apply(params, x, locations))
+    clamped = np.clip(host(locations), -1.0, 1.0)
+    read = np.zeros((2, 12, 12), bool)                      # pixels each sample's glimpses read
+    for t in range(locations.shape[1] - 1):
+        for side in (4, 8):                                 # g = 4, k = 2, s = 2
+            centre = np.floor(0.5 * (clamped[:, t] + 1.0) * 12).astype(int)     # the port's start, H on both axes
+            rows, cols = centre[:, 1] - side // 2, centre[:, 0] - side // 2
+            for n in range(2):
+                read[n, max(rows[n], 0):rows[n] + side, max(cols[n], 0):cols[n] + side] = True
+    assert read[1].any() and not read[1].all()
+    inside, outside = np.argwhere(read[1])[0], np.argwhere(~read[1])[0]
+    for (row, col), reaches in ((inside, True), (outside, False)):
+        image = host(x).copy()
+        image[1, 0, row, col] = np.nan
+        out = host(mech.apply(params, dev(image), locations))
+        np.testing.assert_array_equal(out[0], clean[0])
+        if reaches:
+            assert np.isnan(out[1]).all()
+        else:
+            np.testing.assert_array_equal(out[1], clean[1])
+
+
+def test_ram_glimpse_outside_the_image_reads_zeros_even_next_to_a_non_finite_pixel():
+    """The port zero-pads: a patch wholly right of a narrow image is 0, even if the edge column is NaN/Inf
+    (the clipped index used to read it and multiply by 0, giving NaN)."""
+    image = np.arange(12 * 6, dtype=np.float64).reshape(1, 1, 12, 6)
+    image[0, 0, :, -1] = [np.nan, np.inf] * 6
+    location = dev(np.array([[1.0, 0.0]]))                   # column centre floor(0.5 * 2 * 12) = 12 >= W = 6
+    glimpse = host(ram.glimpse_sensor(dev(image), location, patch_size=2))
+    np.testing.assert_array_equal(glimpse, np.zeros((1, 4)))
+    grad = host(ag.grad(lambda im: ag.sum(ram.glimpse_sensor(im, location, patch_size=2)))(dev(image)))
+    np.testing.assert_array_equal(grad, np.zeros_like(image))
+
+
+@pytest.mark.parametrize("labels", [[-1, 0], [0, 4], [3, 100]])
+def test_ram_labels_out_of_range_or_negative_are_errors(labels):
+    mech = npattn.get("ram")
+    params = mech.default_params()
+    x, locations = mech.example_input(np.random.default_rng(7))
+    with pytest.raises(ValueError, match=r"ram: labels must be class ids in \[0, 4\).*from"):
+        ram.reinforce_loss(params, x, locations, dev(np.array(labels)), **mech.structure, **mech.options)
+    with pytest.raises(ValueError, match=r"ram: labels must have shape \(2,\)"):
+        ram.reinforce_loss(params, x, locations, dev(np.array([0, 1, 2])), **mech.structure, **mech.options)
+
+
+def test_ram_sizes_are_structure_and_options_are_checked():
+    mech = npattn.get("ram")
+    assert mech.structure == {"patch_size": 4, "num_patches": 2} and mech.options == {"glimpse_scale": 2}
+    params = mech.default_params()
+    x, locations = mech.example_input(np.random.default_rng(7))
+    for bad in (dict(glimpse_scale=np.nan), dict(patch_size=0), dict(num_patches=1.5)):
+        with pytest.raises(ValueError, match="ram: (glimpse_scale|patch_size|num_patches)"):
+            mech.apply(params, x, locations, **bad)
+    with pytest.raises(TypeError, match="ram: detach_policy_input must be True or False"):
+        mech.apply(params, x, locations, detach_policy_input="no")
+    nan_locations = host(locations).copy()
+    nan_locations[0, 1, 0] = np.nan
+    with pytest.raises(ValueError, match="ram: locations must be finite"):
+        mech.apply(params, x, dev(nan_locations))
+    labels = dev(np.array([0, 1]))
+    for bad in (dict(std=0.0), dict(reinforce_weight=np.inf)):
+        with pytest.raises(ValueError, match="ram: (std|reinforce_weight)"):
+            ram.reinforce_loss(params, x, locations, labels, **mech.structure, **mech.options, **bad)
+    for size in ((0, 0), (0, 5), (5, 0)):
+        with pytest.raises(ValueError, match="ram: x spatial size .* too small"):
+            mech.apply(params, dev(np.zeros((2, 1) + size)), locations)
+    with pytest.raises(ValueError, match="ram: num_glimpses"):
+        ram.sample_locations(params, x, np.random.default_rng(0), 0, **mech.structure, **mech.options)
+    with pytest.raises(ValueError, match="ram: advantage of shape"):
+        ram.reinforce_loss(params, x, locations, labels, advantage=dev(np.zeros((2, 5))), **mech.structure,
+                           **mech.options)
 
 
 # =============================================================================================
@@ -503,7 +617,48 @@ def test_racnn_relu_maxpool_backbone_and_bad_inputs():
         racnn.racnn(params, x, activation="gelu")
     with pytest.raises(ValueError, match="racnn"):
         racnn.racnn(params, dev(np.zeros((2, 3, 20, 20))))
-    with pytest.raises(ValueError, match="racnn"):
+    with pytest.raises(TypeError, match="racnn.*labels.*float64"):
         racnn.loss(params, x, dev(np.array([0.0, 1.0])))
     with pytest.raises(ValueError, match="racnn"):
         racnn.init(np.random.default_rng(0), image_size=18)
+
+
+@pytest.mark.parametrize("labels", [[-1, 0], [0, 5], [7, 1]])
+def test_racnn_labels_out_of_range_or_negative_are_errors(labels):
+    mech = npattn.get("racnn")
+    params = mech.default_params()
+    (x,) = mech.example_input(np.random.default_rng(8))
+    with pytest.raises(ValueError, match=r"racnn: labels must be class ids in \[0, 5\).*from"):
+        racnn.loss(params, x, dev(np.array(labels)))
+    with pytest.raises(ValueError, match=r"racnn: labels must have shape \(2,\)"):
+        racnn.loss(params, x, dev(np.array([[0, 1]])))
+
+
+def test_racnn_options_and_parameter_shapes_are_checked():
+    mech = npattn.get("racnn")
+    params = mech.default_params()
+    (x,) = mech.example_input(np.random.default_rng(8))
+    for bad in (dict(k=0.0), dict(k=np.nan)):
+        with pytest.raises(ValueError, match="racnn: k"):
+            racnn.racnn(params, x, **bad)
+    with pytest.raises(TypeError, match="racnn: grad_through_sampling"):
+        racnn.racnn(params, x, grad_through_sampling="no")
+    with pytest.raises(ValueError, match="racnn: margin"):
+        racnn.loss(params, x, dev(np.array([0, 1])), margin=np.inf)
+    wide = {**params, "cnn2.conv1.weight": dev(np.zeros((8, 3, 5, 5)))}      # a 5x5 kernel would shrink the map
+    with pytest.raises(ValueError, match=r"racnn: parameter 'cnn2.conv1.weight' must have shape \(8, 3, 3, 3\)"):
+        racnn.racnn(wide, x)
+    odd = {**params, "classifier1.weight": dev(np.zeros((5, 100)))}
+    with pytest.raises(ValueError, match=r"racnn: parameter 'classifier1.weight' must have width \* \(S/4\)\^2"):
+        racnn.racnn(odd, x)
+
+
+def test_racnn_attention_box_reads_its_own_prefix():
+    mech = npattn.get("racnn")
+    params = mech.default_params()
+    (x,) = mech.example_input(np.random.default_rng(8))
+    out = racnn.forward(params, x)
+    features = racnn._features(npattn.params.Params("racnn", params), 1, x, "tanh", "avg")
+    np.testing.assert_array_equal(host(racnn.attention_box(params, 1, features, 16)), host(out["boxes"][:, 0]))
+    with pytest.raises(KeyError, match="racnn.*'apn1.extra.weight'"):
+        racnn.attention_box({**params, "apn1.extra.weight": params["apn1.fc1.weight"]}, 1, features, 16)

@@ -5,6 +5,9 @@ an explicit concatenation for the Non-local pairwise function), the official-cod
 max-minus-energy, the zero inits that make the blocks start as the identity), option errors and
 second-order gradients.  References are computed on the host in float64.
 """
+import re
+import warnings
+
 import numpy as np
 import pytest
 
@@ -219,8 +222,11 @@ def test_danet_gamma_zero_is_identity(variant):
 
 def test_danet_variant_and_parameters_must_match():
     params = danet.init(np.random.default_rng(0), 16, variant="cam")
-    with pytest.raises(ValueError, match="danet.*variant 'pam'"):
+    with pytest.raises(KeyError, match="danet: parameter 'value_conv.weight' is missing"):
         danet.danet(params, _x((2, 16, 4, 4)), variant="pam")
+    pam = danet.init(np.random.default_rng(0), 16, variant="pam")
+    with pytest.raises(KeyError, match="danet.*does not use: 'query_conv.weight'"):   # never a silent CAM
+        danet.danet(pam, _x((2, 16, 4, 4)), variant="cam")
     with pytest.raises(ValueError, match="danet"):
         danet.init(np.random.default_rng(0), 16, variant="head")            # PAM on 16 // 4 = 4 channels
 
@@ -236,7 +242,8 @@ def test_nonlocal_official_init_is_identity(mode, train):
     x = _x((2, 16, 6, 6))
     for bn_layer in (True, False):
         params = non_local.init(np.random.default_rng(0), 16, mode=mode, bn_layer=bn_layer)
-        assert np.array_equal(host(non_local.non_local(params, x, train=train, mode=mode)), host(x))
+        out = non_local.non_local(params, x, train=train, mode=mode, bn_layer=bn_layer)
+        assert np.array_equal(host(out), host(x))
 
 
 def test_nonlocal_pairwise_forms():
@@ -281,10 +288,15 @@ def test_nonlocal_option_errors():
     x = _x((2, 16, 6, 6))
     with pytest.raises(ValueError, match="nonlocal.*mode"):
         non_local.non_local(params, x, mode="cosine")
-    with pytest.raises(ValueError, match="nonlocal.*gaussian"):
+    # the mode is the structure: parameters of another mode are missing or unused keys, never a silent variant
+    with pytest.raises(KeyError, match="nonlocal.*does not use: 'theta.weight'"):
         non_local.non_local(params, x, mode="gaussian")
-    with pytest.raises(ValueError, match="nonlocal.*concat_project"):
+    with pytest.raises(KeyError, match="nonlocal: parameter 'concat_project.weight' is missing"):
         non_local.non_local(params, x, mode="concatenation")
+    with pytest.raises(KeyError, match="nonlocal: parameter 'W_bn.weight' is missing"):
+        non_local.non_local(non_local.init(np.random.default_rng(0), 16, bn_layer=False), x)
+    with pytest.raises(KeyError, match="nonlocal.*does not use: 'W_bn.weight'"):
+        non_local.non_local(params, x, bn_layer=False)
     dot = non_local.init(np.random.default_rng(0), 16, mode="dot_product")
     with pytest.raises(ValueError, match="nonlocal.*scale"):
         non_local.non_local(dot, x, mode="dot_product", scale=0.5)
@@ -309,7 +321,7 @@ def test_gcnet_official_init_and_fusion():
     assert add["channel_add_conv.1.weight"].shape == (2, 1, 1)
     assert np.array_equal(host(gcnet.gcnet(add, x)), host(x))               # last conv at 0: identity
     mul = gcnet.init(np.random.default_rng(0), 32, fusion_types=("channel_mul",))
-    np.testing.assert_array_equal(host(gcnet.gcnet(mul, x)), host(x) * 0.5)  # sigmoid(0)
+    np.testing.assert_array_equal(host(gcnet.gcnet(mul, x, fusion_types=("channel_mul",))), host(x) * 0.5)  # sigmoid(0)
     std = host(add["conv_mask.weight"]).std()
     assert 0.15 < std < 0.35                                                 # kaiming fan_in: sqrt(2/32) = 0.25
 
@@ -323,7 +335,8 @@ def test_gcnet_attention_pooling_reference():
                                np.einsum("bcn,bn->bc", hx.reshape(2, 32, 30), alpha), atol=1e-14)
     avg = gcnet.init(np.random.default_rng(0), 32, pooling_type="avg")
     assert "conv_mask.weight" not in avg
-    np.testing.assert_allclose(host(gcnet.context(avg, x))[:, :, 0, 0], hx.mean(axis=(2, 3)), atol=1e-15)
+    np.testing.assert_allclose(host(gcnet.context(avg, x, pooling_type="avg"))[:, :, 0, 0], hx.mean(axis=(2, 3)),
+                               atol=1e-15)
     with pytest.raises(ValueError, match="gcnet"):
         gcnet.init(np.random.default_rng(0), 8, ratio=1 / 16)
 
@@ -373,3 +386,147 @@ def test_fused_attention_matches_composed(scale):
             np.testing.assert_allclose(host(a), host(e), atol=1e-13)
     assert ag.gradcheck(lambda *t: fused(*t), q, k, v, mode="full")
     assert ag.gradgradcheck(lambda *t: fused(*t), q, k, v, n_directions=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# the parameter contract: errors that name the mechanism, the argument, expected and received
+
+
+@pytest.mark.parametrize("name,key", [("ccnet", "cca.gamma"), ("danet-pam", "gamma"), ("danet-cam", "gamma"),
+                                      ("danet", "sa.gamma"), ("danet", "sc.gamma")])
+@pytest.mark.parametrize("shape", [(), (1, 1), (16, 1, 1)], ids=["0-d", "1x1", "per-channel"])
+def test_gamma_of_another_shape_is_the_contracts_value_error(name, key, shape):
+    """A (16, 1, 1) gamma would broadcast silently into a per-channel scale: the contract refuses it by name."""
+    mech = npattn.get(name)
+    params = mech.default_params()
+    (x,) = mech.example_input(np.random.default_rng(7))
+    wrong = ag.from_numpy(np.full(shape, 0.5))
+    with pytest.raises(ValueError, match=rf"{name.split('-')[0]}: parameter '{key}' must have shape \(1,\), "
+                                         rf"got {re.escape(str(shape))}"):
+        mech.apply({**params, key: wrong}, x)
+
+
+def test_ann_pyramid_sizes_and_options_are_validated():
+    mech = npattn.get("ann-apnb")
+    params = mech.default_params()
+    (x,) = mech.example_input(np.random.default_rng(7))
+    with pytest.raises(ValueError, match=r"ann: psp_sizes must name at least one pooled size .*got \(\)"):
+        mech.apply(params, x, psp_sizes=())
+    with pytest.raises(ValueError, match="ann: psp_sizes must be positive ints, got"):
+        mech.apply(params, x, psp_sizes=(1, 0))
+    with pytest.raises(ValueError, match="ann: psp_sizes must be positive ints"):
+        mech.apply(params, x, psp_sizes=(1, 2.5))
+    with pytest.raises(ValueError, match="ann: psp_sizes"):
+        ann.apnb_attention(params, x, psp_sizes=[])
+    with pytest.raises(ValueError, match="ann: query_key_bn_updates must be 1 or 2, got 3"):
+        mech.apply(params, x, query_key_bn_updates=3)
+    # a single size is one stage of anchors (AdaptiveAvgPool2d(3): 9 anchors)
+    assert ann.apnb_attention(params, x, psp_sizes=3).shape == (2, 81, 9)
+
+
+@pytest.mark.parametrize("name", ["ann-apnb", "ann-afnb"])
+@pytest.mark.parametrize("dropout", [1.0, -0.1, float("nan")])
+def test_ann_dropout_is_checked_in_eval_too(name, dropout):
+    mech = npattn.get(name)
+    inputs = mech.example_input(np.random.default_rng(7))
+    with pytest.raises(ValueError, match=r"ann: dropout must be in \[0, 1\)"):
+        mech.apply(mech.default_params(), *inputs, dropout=dropout)
+    with pytest.raises(TypeError, match="ann: dropout must be a number"):
+        mech.apply(mech.default_params(), *inputs, dropout="0.1")
+
+
+def test_ann_apnb_double_update_reads_through_the_view():
+    """The second BN call starts from the first one's statistics (Params.overlay) and every key is still read:
+    an unused key is reported, and the caller's dict is not touched."""
+    mech = npattn.get("ann-apnb")
+    params = mech.default_params()
+    (x,) = mech.example_input(np.random.default_rng(7))
+    before = {k: host(v).copy() for k, v in params.items()}
+    with npattn.track_running_stats() as stats:
+        mech.apply(params, x, train=True, query_key_bn_updates=2)
+    assert int(host(stats["stages.0.f_key.1.0.num_batches_tracked"])) == 2
+    for key, value in before.items():
+        np.testing.assert_array_equal(host(params[key]), value)
+    with pytest.raises(KeyError, match="ann: params has 1 key"):
+        mech.apply({**params, "stages.0.f_query.0.weight": params["stages.0.f_key.0.weight"]}, x, train=True,
+                   query_key_bn_updates=2)
+
+
+def test_danet_cam_form_is_checked_for_every_variant():
+    for name in ("danet", "danet-pam", "danet-cam"):
+        mech = npattn.get(name)
+        with pytest.raises(ValueError, match="danet: cam_form must be one of"):
+            mech.apply(mech.default_params(), *mech.example_input(np.random.default_rng(7)), cam_form="Paper")
+
+
+def test_nonlocal_pairwise_reads_the_whole_block():
+    params = non_local.init(np.random.default_rng(0), 16)
+    x = _x((2, 16, 6, 6))
+    with pytest.raises(KeyError, match="nonlocal: parameter 'W_bn.running_var' is missing"):
+        non_local.pairwise({k: v for k, v in params.items() if k != "W_bn.running_var"}, x)
+    with pytest.raises(ValueError, match=r"nonlocal: parameter 'W.weight' must have shape \(16, 8, 1, 1\)"):
+        non_local.pairwise({**params, "W.weight": ag.from_numpy(np.zeros((16, 8, 3, 3)))}, x)
+
+
+def test_gcnet_fusion_types_must_be_a_tuple_of_names():
+    x = _x((2, 32, 5, 6))
+    with pytest.raises(TypeError, match=r"gcnet: fusion_types must be a tuple or list .*got 'channel_add'"):
+        gcnet.init(np.random.default_rng(0), 32, fusion_types="channel_add")
+    params = gcnet.init(np.random.default_rng(0), 32)
+    with pytest.raises(TypeError, match="gcnet: fusion_types must be a tuple or list"):
+        gcnet.gcnet(params, x, fusion_types="channel_add")
+    with pytest.raises(ValueError, match="gcnet: fusion_types must be a non-empty subset .* without repeats"):
+        gcnet.gcnet(params, x, fusion_types=("channel_add", "channel_add"))
+    with pytest.raises(ValueError, match="gcnet: fusion_types"):
+        gcnet.init(np.random.default_rng(0), 32, fusion_types=())
+    with pytest.raises(ValueError, match="gcnet: pooling_type must be one of"):
+        gcnet.gcnet(params, x, pooling_type="max")
+    assert gcnet.gcnet(params, x, fusion_types=["channel_add"]).shape == x.shape      # a list is fine
+
+
+@pytest.mark.parametrize("fusion", ["channel_add", "channel_mul"])
+def test_gcnet_single_plane_warns_and_ignores_the_context(fusion):
+    """int(C * ratio) == 1: LayerNorm over one value is 0 * weight + bias, so the transform is a constant (as the
+    official code); init and apply warn, the output does not depend on the context, its gradients are zero."""
+    with pytest.warns(UserWarning, match=r"gcnet: int\(C \* ratio\) = 1"):
+        params = gcnet.init(np.random.default_rng(0), 16, ratio=1 / 16, fusion_types=(fusion,), zero_init=False)
+    params = {**params, f"{fusion}_conv.1.bias": ag.from_numpy(np.array([[[0.7]]]))}   # a non-zero LN bias
+    a, b = _x((2, 16, 4, 5), seed=1), _x((2, 16, 4, 5), seed=2)
+    with pytest.warns(UserWarning, match="gcnet: int"):
+        out_a, out_b = (host(gcnet.gcnet(params, t, fusion_types=(fusion,))) for t in (a, b))
+    # the same constant (added, or as a gate) whatever the input; with LN bias 0.7 it is conv3(relu(0.7))
+    p = _hp(params)
+    constant = p[f"{fusion}_conv.3.weight"][:, 0, 0, 0] * 0.7 + p[f"{fusion}_conv.3.bias"]
+    if fusion == "channel_add":
+        expected_a, expected_b = host(a) + constant[:, None, None], host(b) + constant[:, None, None]
+    else:
+        gate = 1 / (1 + np.exp(-constant))
+        expected_a, expected_b = host(a) * gate[:, None, None], host(b) * gate[:, None, None]
+    np.testing.assert_allclose(out_a, expected_a, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out_b, expected_b, rtol=1e-12, atol=1e-12)
+    with pytest.warns(UserWarning):
+        grads = ag.grad(lambda q: ag.sum(gcnet.gcnet({**params, **q}, a, fusion_types=(fusion,)) ** 2))(
+            {k: params[k] for k in ("conv_mask.weight", f"{fusion}_conv.0.weight", f"{fusion}_conv.3.weight")})
+    assert not np.any(host(grads["conv_mask.weight"])) and not np.any(host(grads[f"{fusion}_conv.0.weight"]))
+    assert np.any(host(grads[f"{fusion}_conv.3.weight"]))
+
+
+def test_gcnet_wider_bottleneck_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        params = gcnet.init(np.random.default_rng(0), 32)                                # P = 2
+        gcnet.gcnet(params, _x((1, 32, 3, 3)))
+
+
+@pytest.mark.parametrize("name", [m.name for m in npattn.mechanisms("self_attention")])
+@pytest.mark.parametrize("size", [(0, 0), (0, 5), (5, 0)])
+def test_an_empty_map_is_refused_by_name(name, size):
+    """min_spatial = 1 (2 with the Non-local's sub-sampling): a 0 x W map is a ValueError naming the mechanism
+    and the argument, not conv2d's (DANet's CAM alone would otherwise return an empty map)."""
+    mech = npattn.get(name)
+    inputs = list(mech.example_input(np.random.default_rng(7)))
+    for i in range(len(inputs)):                      # AFNB: each of low and high in turn
+        cut = list(inputs)
+        cut[i] = ag.from_numpy(np.zeros(host(inputs[i]).shape[:2] + size))
+        with pytest.raises(ValueError, match=rf"{name.split('-')[0]}: \w+ spatial size .* is too small"):
+            mech.apply(mech.default_params(), *cut)

@@ -7,6 +7,7 @@ statistics are randomised first (the defaults are an identity).  In float64, for
 output, the gradient of every input, the gradient of every torch parameter and -- in train mode -- every
 updated BatchNorm buffer must agree to 1e-10.
 """
+import inspect
 import math
 
 import numpy as np
@@ -70,7 +71,7 @@ class TorchSPA(nn.Module):
         b, c = source.shape[:2]
         pooled = [nn.AdaptiveAvgPool2d(s)(source).view(b, s * s * c) for s in (1, 2, 4)]
         gate = torch.sigmoid(self.fc2(F.relu(self.fc1(torch.cat(pooled, 1)))))
-        return x * gate.view(b, -1, 1, 1).expand_as(x)
+        return x * gate.view(b, gate.shape[1], 1, 1).expand_as(x)
 
 
 class TorchGE(nn.Module):
@@ -238,17 +239,39 @@ CASES = [_registry_case(name) for name in REGISTRY_TWINS] + [
      {}, [(2, 8, 5, 4)], lambda: TorchRAN(8, 1, 1, 1, 2)),
     ("ran-n3-p2", residual_attention.ran, residual_attention.init,
      {"channels": 8, "n_down": 3, "p": 2, "t": 1, "r": 1}, {}, [(2, 8, 13, 12)], lambda: TorchRAN(8, 3, 2, 1, 1)),
+    # the smallest inputs whose Caffe poolings are all defined (2 ** n_down): windows longer than the map
+    ("ran-n1-2x3-min", residual_attention.ran, residual_attention.init,
+     {"channels": 8, "n_down": 1, "p": 1, "t": 1, "r": 1}, {}, [(2, 8, 2, 3)], lambda: TorchRAN(8, 1, 1, 1, 1)),
+    ("ran-n2-4x5-min", residual_attention.ran, residual_attention.init,
+     {"channels": 8, "n_down": 2, "p": 1, "t": 1, "r": 1}, {}, [(2, 8, 4, 5)], lambda: TorchRAN(8, 2, 1, 1, 1)),
+    ("ran-n3-8x9-min", residual_attention.ran, residual_attention.init,
+     {"channels": 8, "n_down": 3, "p": 1, "t": 1, "r": 1}, {}, [(2, 8, 8, 9)], lambda: TorchRAN(8, 3, 1, 1, 1)),
+]
+
+# channel counts not divisible by the reduction ratio (hidden width 30 // 4 = 7): strict loading into twins
+# built with C // r checks every shape, and the numbers must agree as everywhere
+CASES += [
+    ("se-c30-r4", se.se, se.init, {"channels": 30, "reduction": 4}, {}, [(2, 30, 4, 3)], lambda: TorchSE(30, 4)),
+    ("spa-c30-r4", spa.spa, spa.init, {"channels": 30, "reduction": 4}, {}, [(2, 30, 5, 6)],
+     lambda: TorchSPA(30, 30, 4)),
+    ("spa-psppse-c20-in30-r8", spa.spa, spa.init, {"channels": 20, "reduction": 8, "in_channels": 30}, {},
+     [(2, 20, 3, 3), (2, 30, 6, 5)], lambda: TorchSPA(30, 20, 8)),
+    ("ge-theta_plus-c30-r4", gather_excite.gather_excite, gather_excite.init,
+     {"channels": 30, "variant": "theta_plus", "extent": 2, "reduction": 4}, {}, [(2, 30, 5, 6)],
+     lambda: TorchGE(30, "theta_plus", 2, reduction=4)),
+    ("sk-c30-r4", sk.sk, sk.init, {"channels": 30, "groups": 6, "reduction": 4, "min_hidden": 2}, {},
+     [(2, 30, 5, 6)], lambda: TorchSK(30, 2, 6, 7)),
 ]
 
 for _variant in ("theta_minus", "theta", "theta_plus"):
     for _extent in (0, 2, 4, 8):
         _kwargs = {"channels": 8, "variant": _variant, "extent": _extent, "feat_size": (7, 6), "reduction": 4}
         CASES.append((f"ge-{_variant}-e{_extent}", gather_excite.gather_excite, gather_excite.init, _kwargs,
-                      {"extent": _extent}, [(3, 8, 7, 6)],
+                      {}, [(3, 8, 7, 6)],
                       lambda v=_variant, e=_extent: TorchGE(8, v, e, (7, 6), 4)))
 CASES.append(("ge-theta_plus-e4-timm", gather_excite.gather_excite, gather_excite.init,
               {"channels": 8, "variant": "theta_plus", "extent": 4, "reduction": 4},
-              {"extent": 4, "gather_relu": False}, [(3, 8, 9, 7)],
+              {"gather_relu": False}, [(3, 8, 9, 7)],
               lambda: TorchGE(8, "theta_plus", 4, reduction=4, gather_relu=False)))
 
 
@@ -304,6 +327,12 @@ def compare_with_twin(apply, params, inputs, module, train, options):
     return worst
 
 
+def _structure(apply, init_kwargs):
+    """The init keywords that apply takes too (variant, extent, branches, ...): they reach both, as in the registry."""
+    accepted = {p.name for p in inspect.signature(apply).parameters.values() if p.kind == p.KEYWORD_ONLY}
+    return {k: v for k, v in init_kwargs.items() if k in accepted}
+
+
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_twin(case, train):
@@ -311,7 +340,7 @@ def test_twin(case, train):
     rng = np.random.default_rng(5)
     params = _randomize_bn(init(rng, **kwargs), rng)
     inputs = [dev(rng.standard_normal(shape)) for shape in shapes]
-    worst = compare_with_twin(apply, params, inputs, twin(), train, options)
+    worst = compare_with_twin(apply, params, inputs, twin(), train, {**_structure(apply, kwargs), **options})
     print(f"{case[0]} {'train' if train else 'eval'}: max |diff| {worst:.3g}")
 
 
@@ -331,4 +360,35 @@ def test_sk_selection_weights_match_twin():
         feats = [F.relu(bn(conv(x_t))) for conv, bn in zip(module.convs, module.bns)]
         z = F.relu(module.fc_bn(module.fc(F.adaptive_avg_pool2d(sum(feats), 1))))
         expected = torch.softmax(module.fc_select(z).view(2, 3, 16), dim=1)
-    assert_close(host(sk.attention(params, dev(x))), expected, rtol=TOL, atol=TOL)
+    assert_close(host(sk.attention(params, dev(x), branches=3)), expected, rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("n_down", [1, 2, 3])
+def test_ran_min_input_size_is_where_torch_accepts_the_twin(n_down):
+    """The twin (F.max_pool2d(3, 2, 0, ceil_mode=True), Caffe's pooling) runs from min_input_size(n_down) up and
+    refuses one less; npattn accepts and refuses the same sizes."""
+    smallest = residual_attention.min_input_size(n_down)
+    rng = np.random.default_rng(8)
+    params = residual_attention.init(rng, 8, n_down=n_down, t=1)
+    module = TorchRAN(8, n_down, 1, 1, 1).double().eval()
+    module.load_state_dict(_torch_state(params), strict=True)
+    with torch.no_grad():
+        module(torch.zeros(1, 8, smallest, smallest + 1, dtype=torch.float64))
+        with pytest.raises(RuntimeError, match="too small"):
+            module(torch.zeros(1, 8, smallest - 1, smallest + 1, dtype=torch.float64))
+    residual_attention.ran(params, dev(np.zeros((1, 8, smallest, smallest + 1))), n_down=n_down, t=1)
+    with pytest.raises(ValueError, match=f"ran: .*needs at least {smallest}"):
+        residual_attention.ran(params, dev(np.zeros((1, 8, smallest - 1, smallest + 1))), n_down=n_down, t=1)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name", sorted(REGISTRY_TWINS))
+def test_empty_batch_matches_twin(name, train):
+    """N = 0, as torch: an empty output, zero parameter gradients, and in training unchanged running
+    statistics with num_batches_tracked + 1 (the module counts the call)."""
+    case = _registry_case(name)
+    _, apply, init, kwargs, options, shapes, twin = case
+    rng = np.random.default_rng(5)
+    params = _randomize_bn(init(rng, **kwargs), rng)
+    inputs = [dev(np.zeros((0,) + shape[1:])) for shape in shapes]
+    compare_with_twin(apply, params, inputs, twin(), train, {**_structure(apply, kwargs), **options})

@@ -14,6 +14,7 @@ F = torch.nn.functional
 
 import autograd as ag  # noqa: E402
 import npattn  # noqa: E402
+from npattn.hybrid import cbam  # noqa: E402
 from tests.conftest import host  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -144,7 +145,7 @@ class TorchA2(nn.Module):
         attention_maps = F.softmax(self.convB(x).flatten(2), dim=-1)
         attention_vectors = F.softmax(self.convV(x).flatten(2), dim=1)
         descriptors = torch.bmm(features, attention_maps.transpose(1, 2))
-        out = torch.bmm(descriptors, attention_vectors).view(n, -1, h, w)
+        out = torch.bmm(descriptors, attention_vectors).view(n, features.shape[1], h, w)
         out = self.conv_reconstruct(out)
         return x + out if self.residual else out
 
@@ -252,20 +253,45 @@ def test_cbam_pool_types(train, pool_types):
                pool_types=pool_types)
 
 
+def test_lp_pool2d_gradient_at_an_all_zero_window_is_zero_in_torch_and_npattn():
+    """The reference itself: F.lp_pool2d(p=2) over a window of zeros has value 0 and gradient 0 (its ReLU's
+    backward zeroes the inf of pow(0, 0.5)); npattn's CBAM descriptor gives the same, and x / ||x|| elsewhere."""
+    x = np.zeros((1, 2, 3, 4))
+    x[0, 1] = np.random.default_rng(0).standard_normal((3, 4))
+    x_t = torch.tensor(x, requires_grad=True)
+    F.lp_pool2d(x_t, 2, (3, 4), stride=(3, 4)).sum().backward()
+    assert np.array_equal(x_t.grad.numpy()[0, 0], np.zeros((3, 4)))
+    grad = host(ag.grad(lambda v: ag.sum(cbam._channel_descriptor(v, "lp")))(ag.from_numpy(x)))
+    _assert_close("lp descriptor grad", grad, x_t.grad.numpy())
+    np.testing.assert_allclose(grad[0, 1], x[0, 1] / np.linalg.norm(x[0, 1]), rtol=1e-14)
+
+
+@MODES
+@pytest.mark.parametrize("pool_types", [("lp",), ("lp", "avg", "max")], ids="+".join)
+def test_cbam_lp_with_an_all_zero_channel(train, pool_types):
+    """A zero channel (e.g. after a ReLU): output, input gradient (finite) and parameter gradients as torch."""
+    mech, params, x = _setup("cbam")
+    x = host(x).copy()
+    x[0, 3] = 0.0
+    x[1, 7] = 0.0
+    check_twin(TorchCBAM(32, mech.config["reduction"], pool_types=pool_types), "cbam", params, ag.from_numpy(x),
+               train, pool_types=pool_types)
+
+
 @MODES
 def test_cbam_paper_form(train):
     """[avg; max] order and no BN in the spatial gate (the paper's equation)."""
     mech, params, x = _setup("cbam", spatial_bn=False)
     assert not any(k.startswith("spatial_bn") for k in params)
     twin = TorchCBAM(32, mech.config["reduction"], spatial_bn=False, order="mean-max")
-    check_twin(twin, "cbam", params, x, train, spatial_order="mean-max")
+    check_twin(twin, "cbam", params, x, train, spatial_order="mean-max", spatial_bn=False)
 
 
 def test_cbam_spatial_bias_mean_max_with_bn():
     """timm's ordering with BN, and a biased spatial conv."""
     mech, params, x = _setup("cbam", spatial_bias=True)
     twin = TorchCBAM(32, mech.config["reduction"], spatial_bias=True, order="mean-max")
-    check_twin(twin, "cbam", params, x, True, spatial_order="mean-max")
+    check_twin(twin, "cbam", params, x, True, spatial_order="mean-max", spatial_bias=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,3 +345,53 @@ def test_a2(train, residual):
     mech, params, x = _setup("a2")
     twin = TorchA2(32, mech.config["c_m"], mech.config["c_n"], residual=residual)
     check_twin(twin, "a2", params, x, train, residual=residual)
+
+
+# ---------------------------------------------------------------------------------------------
+# channel counts not divisible by the reduction ratio (30 // 4 = 7): strict loading checks every shape
+
+INDIVISIBLE = {
+    "cbam": lambda: TorchCBAM(30, 4),
+    "cbam-channel": lambda: TorchCBAM(30, 4, spatial=False),
+    "bam": lambda: TorchBAM(30, 4),
+    "scse": lambda: TorchSCSE(30, 4),
+    "scse-max": lambda: TorchSCSE(30, 4, combine="max"),
+    "cse": lambda: TorchSCSE(30, 4, branches=("cse",)),
+}
+
+
+@MODES
+@pytest.mark.parametrize("name", sorted(INDIVISIBLE))
+def test_channel_counts_not_divisible_by_the_reduction(train, name):
+    mech = npattn.get(name)
+    params = mech.init(np.random.default_rng(0), **{**mech.config, "channels": 30, "reduction": 4})
+    if any(k.endswith("running_mean") for k in params):
+        params = _perturb_bn(params, np.random.default_rng(1))
+    x = ag.from_numpy(np.random.default_rng(2).standard_normal((4, 30, 5, 6)))
+    check_twin(INDIVISIBLE[name](), name, params, x, train, **mech.options)
+
+
+# ---------------------------------------------------------------------------------------------
+# empty batches: as torch, an empty output, zero gradients, unchanged running statistics (counter + 1)
+
+EMPTY = {
+    "cbam": lambda: TorchCBAM(32, 8),
+    "cbam-channel": lambda: TorchCBAM(32, 8, spatial=False),
+    "bam": lambda: TorchBAM(32, 4),
+    "scse": lambda: TorchSCSE(32, 16),
+    "scse-max": lambda: TorchSCSE(32, 2, combine="max"),
+    "cse": lambda: TorchSCSE(32, 16, branches=("cse",)),
+    "sse": lambda: TorchSCSE(32, 16, branches=("sse",)),
+    "a2": lambda: TorchA2(32, 12, 8),
+}
+
+
+def test_every_hybrid_entry_has_an_empty_batch_twin():
+    assert set(EMPTY) == {m.name for m in npattn.mechanisms("hybrid")}
+
+
+@MODES
+@pytest.mark.parametrize("name", sorted(EMPTY))
+def test_empty_batch(train, name):
+    mech, params, x = _setup(name)
+    check_twin(EMPTY[name](), name, params, ag.from_numpy(np.zeros((0,) + tuple(x.shape[1:]))), train)

@@ -107,7 +107,7 @@ def test_mha_matches_torch_multihead_attention(bias, causal, blocked, monkeypatc
     cotangent = rng.standard_normal((3, length_q, D_MODEL))
 
     def ours_fn(p, q, k, v):
-        return tf.mha(p, q, k, v, dev(pad), heads=HEADS, causal=causal)
+        return tf.mha(p, q, k, v, dev(pad), heads=HEADS, causal=causal, attn_bias=bias)
 
     out, g_params, g_inputs = _ours_with_grads(ours_fn, params, [dev(a) for a in (query, key, value)], cotangent)
 
@@ -119,7 +119,8 @@ def test_mha_matches_torch_multihead_attention(bias, causal, blocked, monkeypatc
                              need_weights=True, average_attn_weights=False)
     theirs.backward(torch.from_numpy(cotangent))
     _assert_close(out, theirs, "output")
-    _assert_close(host(tf.mha_weights(params, dev(query), dev(key), dev(pad), heads=HEADS, causal=causal)), weights,
+    _assert_close(host(tf.mha_weights(params, dev(query), dev(key), dev(pad), heads=HEADS, causal=causal,
+                                   attn_bias=bias)), weights,
                   "attention weights")
     for ours_grad, t, name in zip(g_inputs, (tq, tk, tv), ("query", "key", "value")):
         _assert_close(host(ours_grad), t.grad, f"grad of {name}")
@@ -144,7 +145,7 @@ def test_encoder_layer_matches_torch(bias):
     pad = _padding([7, 5, 3], 7)
     cotangent = rng.standard_normal(x.shape)
     out, g_params, (g_x,) = _ours_with_grads(
-        lambda p, x: tf.encoder_layer(p, x, dev(pad), heads=HEADS), params, [dev(x)], cotangent)
+        lambda p, x: tf.encoder_layer(p, x, dev(pad), heads=HEADS, attn_bias=bias), params, [dev(x)], cotangent)
 
     module = nn.TransformerEncoderLayer(D_MODEL, HEADS, **_layer_kwargs()).eval()
     _load(module, params, D_MODEL)
@@ -165,7 +166,8 @@ def test_decoder_layer_matches_torch(bias):
     tgt_pad, memory_pad = _padding([5, 5, 3], 5), _padding([6, 4, 2], 6)
     cotangent = rng.standard_normal(x.shape)
     out, g_params, (g_x, g_memory) = _ours_with_grads(
-        lambda p, x, m: tf.decoder_layer(p, x, m, dev(tgt_pad), dev(memory_pad), heads=HEADS), params,
+        lambda p, x, m: tf.decoder_layer(p, x, m, dev(tgt_pad), dev(memory_pad), heads=HEADS, attn_bias=bias),
+        params,
         [dev(x), dev(memory)], cotangent)
 
     module = nn.TransformerDecoderLayer(D_MODEL, HEADS, **_layer_kwargs()).eval()
@@ -222,7 +224,7 @@ def test_transformer_stack_matches_torch(pe_layout, blocked, monkeypatch):
     src_pad, tgt_pad = _padding([6, 4], 6), _padding([5, 3], 5)
     cotangent = rng.standard_normal(tgt.shape)
     out, g_params, (g_src, g_tgt) = _ours_with_grads(
-        lambda p, s, t: tf.transformer(p, s, t, dev(src_pad), dev(tgt_pad), heads=HEADS, dropout=0.0,
+        lambda p, s, t: tf.transformer(p, s, t, dev(src_pad), dev(tgt_pad), heads=HEADS, num_layers=2, dropout=0.0,
                                        pe_layout=pe_layout), params, [dev(src), dev(tgt)], cotangent)
 
     module = TorchTransformer(2, pe_layout).eval()

@@ -424,7 +424,7 @@ def test_nonlocal_without_bn_and_custom_inter(train):
     params = non_local.init(np.random.default_rng(0), 12, inter_channels=5, bn_layer=False, zero_init=False,
                             conv_std=0.2)
     twin = TorchNonLocal(12, 5, bn_layer=False)
-    check_twin(twin, apply_of("nonlocal"), params, [example(2, (2, 12, 6, 4))], train)
+    check_twin(twin, apply_of("nonlocal", bn_layer=False), params, [example(2, (2, 12, 6, 4))], train)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -525,7 +525,8 @@ def test_gcnet(pooling_type, fusion_types):
     params = {**params, **{k: ag.from_numpy(np.random.default_rng(5).uniform(0.5, 1.5, host(v).shape))
                            for k, v in params.items() if k.endswith((".1.weight", ".1.bias"))}}
     twin = TorchContextBlock(32, 1 / 4, pooling_type, fusion_types)
-    check_twin(twin, apply_of("gcnet"), params, [example(2, (2, 32, 6, 7))], False)
+    check_twin(twin, apply_of("gcnet", pooling_type=pooling_type, fusion_types=fusion_types), params,
+               [example(2, (2, 32, 6, 7))], False)
 
 
 def test_gcnet_ratio_truncates():
@@ -534,3 +535,21 @@ def test_gcnet_ratio_truncates():
     params = gcnet.init(np.random.default_rng(0), 20, ratio=1 / 16 * 3, zero_init=False)   # int(3.75) = 3
     assert params["channel_add_conv.0.weight"].shape[0] == 3
     check_twin(TorchContextBlock(20, 1 / 16 * 3), apply_of("gcnet"), params, [example(2, (2, 20, 5, 5))], False)
+
+
+def test_gcnet_single_plane_follows_the_official_code():
+    """int(C * ratio) == 1: the twin's LayerNorm([1, 1, 1]) returns its bias too, so both ignore the context."""
+    from npattn.self_attention import gcnet
+
+    with pytest.warns(UserWarning, match="gcnet: int"):
+        params = gcnet.init(np.random.default_rng(0), 16, ratio=1 / 16, fusion_types=("channel_add", "channel_mul"),
+                            zero_init=False)
+    params = {**params, **{k: ag.from_numpy(np.random.default_rng(5).uniform(0.5, 1.5, host(v).shape))
+                           for k, v in params.items() if k.endswith((".1.weight", ".1.bias"))}}
+    twin = TorchContextBlock(16, 1 / 16, "att", ("channel_add", "channel_mul"))
+    with pytest.warns(UserWarning, match="gcnet: int"):
+        check_twin(twin, apply_of("gcnet", fusion_types=("channel_add", "channel_mul")), params,
+                   [example(2, (2, 16, 5, 4))], False)
+    # torch's LayerNorm backward over one value leaves rounding (~1e-13) where the exact gradient is 0
+    assert twin.conv_mask.weight.grad.abs().max() < 1e-10 and twin.channel_add_conv[0].weight.grad.abs().max() < 1e-10
+
