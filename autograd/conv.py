@@ -24,8 +24,11 @@ from .tensor import Tensor, record
 
 
 def _pair(value, name: str, allow_zero: bool = False) -> tuple:
+    """An int, a pair of ints, or (as torch) a 1-sequence, as a checked pair."""
     if isinstance(value, (int,)) and not isinstance(value, bool):
         value = (value, value)
+    elif isinstance(value, (tuple, list)) and len(value) == 1:
+        value = (value[0], value[0])
     try:
         value = tuple(operator.index(v) for v in value)  # rejects 1.5 rather than truncating it
     except TypeError:

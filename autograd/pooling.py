@@ -14,8 +14,7 @@ import operator
 
 import numpy as _np
 
-from . import backend, ops
-from . import _conv_kernels
+from . import _conv_kernels, backend, ops
 from ._conv_kernels import Geometry, Phases
 from ._threads import parallel_for
 from .backend import xp
@@ -40,6 +39,7 @@ def _pool_geometry(size, kernel, stride, padding, dilation, ceil_mode, name="poo
 
 
 def _pool_args(x, kernel_size, stride, padding, dilation, name):
+    """Checked pooling arguments; ``x`` must be 4-D here (unbatched inputs get their batch axis first)."""
     x = ops._lift(x)
     _check_ndim(x, 4, name)
     kernel = _pair(kernel_size, "kernel_size")
@@ -51,6 +51,36 @@ def _pool_args(x, kernel_size, stride, padding, dilation, name):
     return x, kernel, stride, padding, dilation
 
 
+_LAYOUTS = {1: ("(C, L)", "(N, C, L)"), 2: ("(C, H, W)", "(N, C, H, W)"), 3: ("(C, D, H, W)", "(N, C, D, H, W)")}
+
+
+def with_batch(x, spatial: int, name: str):
+    """(x with a batch axis, whether one was added): (C, *S) -> (1, C, *S); (N, C, *S) stays.
+
+    As torch, an unbatched input is accepted wherever a batched one is, and every non-batch axis must be
+    non-empty (a batch of 0 is fine).
+    """
+    x = ops._lift(x)
+    unbatched, batched = _LAYOUTS[spatial]
+    if x.ndim not in (spatial + 1, spatial + 2):
+        raise ValueError(f"{name}: input must be {spatial + 1}-D {unbatched} or {spatial + 2}-D {batched}, "
+                         f"got shape {x.shape}")
+    if 0 in x.shape[-spatial - 1:]:
+        raise ValueError(f"{name}: every non-batch axis of the input must be non-empty, got shape {x.shape}")
+    if x.ndim == spatial + 1:
+        return ops.expand_dims(x, 0), True
+    return x, False
+
+
+def without_batch(result, added: bool):
+    """Undo :func:`with_batch` on an output (or on each of a tuple of outputs: values, indices)."""
+    if not added:
+        return result
+    if isinstance(result, tuple):
+        return tuple(without_batch(r, True) for r in result)
+    return ops.squeeze(result, 0) if isinstance(result, Tensor) else result[0]
+
+
 def _geometry(x: Tensor, kernel, stride, padding, dilation, ceil_mode, name) -> Geometry:
     """Window geometry; ceil mode's overhang is extra padding at the bottom/right."""
     h, w = x.shape[2:]
@@ -60,22 +90,41 @@ def _geometry(x: Tensor, kernel, stride, padding, dilation, ceil_mode, name) -> 
     return Geometry(kernel, stride, dilation, pads, 1, (h, w), (oh, ow))
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> Tensor:
-    """Max pooling over (N, C, H, W); padding counts as -inf, as in PyTorch.
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
+               return_indices: bool = False):
+    """Max pooling over (N, C, H, W) or (C, H, W); padding counts as -inf, as in PyTorch.
 
     A running ``maximum`` over the kh*kw windows, read as contiguous slices of the stride phases of
     the padded input (:class:`autograd._conv_kernels.Phases`, no im2col tensor).  NaN propagates as in
     PyTorch.  The gradient goes to the first maximal tap of each window in row-major order, as in
     PyTorch (for a window holding NaN, PyTorch routes it to the last NaN, this code to the first
     maximum before the first NaN).
+
+    With ``return_indices=True`` the result is ``(values, indices)``: ``indices`` (an int64 backend array
+    of the output's shape) holds the flat position ``row * W + col`` of each chosen element within its
+    (H, W) plane, as torch returns them.
     """
+    x, added = with_batch(x, 2, "max_pool2d")
     x, kernel, stride, padding, dilation = _pool_args(x, kernel_size, stride, padding, dilation, "max_pool2d")
     geo = _geometry(x, kernel, stride, padding, dilation, ceil_mode, "max_pool2d")
+    out, tap = _max_pool_taps(x, geo, return_indices)
+    if not return_indices:
+        return without_batch(out, added)
+    return without_batch((out, _tap_positions(tap, geo)), added)
+
+
+def _max_pool_taps(x: Tensor, geo: Geometry, want_taps: bool):
+    """(max-pooled x, each window's first maximal tap or None): (N, C, oh, ow) Tensor and int array.
+
+    The taps are computed when the gradient needs them or ``want_taps`` asks for them.
+    """
     if _conv_kernels.whole_batch(x.shape[0]):  # launch-bound backends: all samples in one pass
-        return _unfold_batch(max_pool2d(_fold_batch(x), kernel, stride, padding, dilation, ceil_mode), x)
+        out, tap = _max_pool_taps(_fold_batch(x), geo, want_taps)
+        shape = tuple(x.shape[:2]) + geo.out_size
+        return _unfold_batch(out, x), (None if tap is None else xp.reshape(tap, shape))
     layout = Phases(geo)
     out = xp.empty(x.shape[:2] + geo.out_size, dtype=x.dtype)
-    needs_tap = x.requires_grad and is_grad_enabled()
+    needs_tap = want_taps or (x.requires_grad and is_grad_enabled())
     tap = xp.empty(out.shape, dtype=xp.int8 if len(layout.taps) <= 127 else xp.int32) if needs_tap else None
 
     def sample(n):
@@ -91,9 +140,25 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bo
             tap[n] = layout.crop(first)
 
     parallel_for(sample, x.shape[0], x.size)
-    if not needs_tap:
-        return Tensor(out)
-    return record(out, ((x, lambda g: _scatter_taps(g, tap, geo)),))
+    if not (x.requires_grad and is_grad_enabled()):
+        return Tensor(out), tap
+    return record(out, ((x, lambda g: _scatter_taps(g, tap, geo)),)), tap
+
+
+def _tap_positions(tap, geo: Geometry):
+    """Kernel tap t of each window -> the flat input position ``row * W + col`` it reads (int64, as torch).
+
+    Tap t is (i, j) = divmod(t, kw) (row-major); window (p, q) reads row p*sh - top + i*dh and column
+    q*sw - left + j*dw.  The first maximum never lies in the padding (padding is -inf and every window
+    starts inside the input or the left padding, which is at most half a kernel).
+    """
+    (sh, sw), (dh, dw), ((top, _), (left, _)) = geo.stride, geo.dilation, geo.pads
+    oh, ow = geo.out_size
+    tap = tap.astype(xp.int64)
+    i, j = tap // geo.kernel[1], tap % geo.kernel[1]
+    rows = xp.reshape(xp.arange(oh, dtype=xp.int64) * sh - top, (oh, 1)) + i * dh
+    cols = xp.reshape(xp.arange(ow, dtype=xp.int64) * sw - left, (1, ow)) + j * dw
+    return rows * geo.in_size[1] + cols
 
 
 def _fold_batch(x: Tensor) -> Tensor:
@@ -149,7 +214,13 @@ def _gather_taps(a, tap, geo: Geometry) -> Tensor:
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True, divisor_override=None) -> Tensor:
-    """Average pooling over (N, C, H, W), as torch.nn.functional.avg_pool2d."""
+    """Average pooling over (N, C, H, W) or (C, H, W), as torch.nn.functional.avg_pool2d."""
+    x, added = with_batch(x, 2, "avg_pool2d")
+    return without_batch(_avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                     divisor_override), added)
+
+
+def _avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override) -> Tensor:
     x, kernel, stride, padding, dilation = _pool_args(x, kernel_size, stride, padding, 1, "avg_pool2d")
     geo = _geometry(x, kernel, stride, padding, dilation, ceil_mode, "avg_pool2d")
     extra = (geo.pads[0][1] - padding[0], geo.pads[1][1] - padding[1])
@@ -161,7 +232,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                       for *axis, scale in zip(x.shape[2:], kernel, stride, padding, extra, scales))
         return axis_matrices(x, rows, cols)
     if _conv_kernels.whole_batch(x.shape[0]):  # launch-bound backends: all samples in one pass
-        folded = avg_pool2d(_fold_batch(x), kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
+        folded = _avg_pool2d(_fold_batch(x), kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
         return _unfold_batch(folded, x)
     total = _window_sum(x, geo)
     if divisor_override is not None:
@@ -276,9 +347,14 @@ def _avg_divisor(size, kernel, stride, padding, extra, count_include_pad, dtype)
 
 def take_max(a, axis: int) -> Tensor:
     """Max over one axis, routing the gradient to the first maximal element (torch.max(dim) rule)."""
+    return _take_max(a, axis)[0]
+
+
+def _take_max(a, axis: int):
+    """(max over ``axis``, the position of the first maximum along it): :func:`take_max` and its argmax."""
     a = ops._lift(a)
-    index = xp.expand_dims(xp.argmax(a.data, axis=axis), axis)
-    return ops.squeeze(take_along_axis(a, index, axis), axis)
+    first = xp.argmax(a.data, axis=axis)
+    return ops.squeeze(take_along_axis(a, xp.expand_dims(first, axis), axis), axis), first
 
 
 def take_along_axis(a, indices, axis: int) -> Tensor:
@@ -297,25 +373,26 @@ def _put_along_axis_add(shape, indices, values, axis) -> Tensor:
     return ops.index_add(shape, tuple(grids), values)
 
 
-def max_pool1d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> Tensor:
-    """Max pooling over (N, C, L)."""
-    x = ops._lift(x)
-    _check_ndim(x, 3, "max_pool1d", layout="(N, C, L)")
-    stride = kernel_size if stride is None else stride
+def max_pool1d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
+               return_indices: bool = False):
+    """Max pooling over (N, C, L) or (C, L); ``return_indices`` as :func:`max_pool2d` (positions along L)."""
+    x, added = with_batch(x, 1, "max_pool1d")
+    stride = kernel_size if stride is None or stride == () else stride
     out = max_pool2d(ops.expand_dims(x, 2), (1, _int(kernel_size, "kernel_size")), (1, _int(stride, "stride")),
-                     (0, _int(padding, "padding")), (1, _int(dilation, "dilation")), ceil_mode)
-    return ops.squeeze(out, 2)
+                     (0, _int(padding, "padding")), (1, _int(dilation, "dilation")), ceil_mode, return_indices)
+    if return_indices:  # a (1, L) plane: the flat position is the column
+        return without_batch((ops.squeeze(out[0], 2), out[1][:, :, 0]), added)
+    return without_batch(ops.squeeze(out, 2), added)
 
 
 def avg_pool1d(x, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True) -> Tensor:
-    """Average pooling over (N, C, L)."""
-    x = ops._lift(x)
-    _check_ndim(x, 3, "avg_pool1d", layout="(N, C, L)")
-    stride = kernel_size if stride is None else stride
+    """Average pooling over (N, C, L) or (C, L)."""
+    x, added = with_batch(x, 1, "avg_pool1d")
+    stride = kernel_size if stride is None or stride == () else stride
     out = avg_pool2d(ops.expand_dims(x, 2), (1, _int(kernel_size, "kernel_size")), (1, _int(stride, "stride")),
                      (0, _int(padding, "padding")), ceil_mode, count_include_pad)
-    return ops.squeeze(out, 2)
+    return without_batch(ops.squeeze(out, 2), added)
 
 
 def _int(value, name: str) -> int:
@@ -349,44 +426,54 @@ def adaptive_avg_matrix(size: int, out: int, dtype=_np.float64):
     return backend.from_numpy(matrix.astype(dtype))
 
 
-def _output_pair(output_size, h, w):
-    if isinstance(output_size, int):
-        output_size = (output_size, output_size)
-    oh, ow = output_size
-    oh, ow = (h if oh is None else int(oh)), (w if ow is None else int(ow))
-    if oh < 1 or ow < 1:
-        raise ValueError(f"adaptive pooling: output_size must be >= 1, got {output_size!r}")
-    return oh, ow
+def output_sizes(output_size, sizes, name: str) -> tuple:
+    """An adaptive pool's output size per spatial axis: an int for all, or one int (or None: keep) per axis."""
+    if not isinstance(output_size, (tuple, list)):
+        output_size = (output_size,) * len(sizes)
+    if len(output_size) != len(sizes):
+        raise ValueError(f"{name}: output_size must be an int or {len(sizes)} ints (or None), got {output_size!r}")
+    out = []
+    for value, size in zip(output_size, sizes):
+        try:
+            value = size if value is None else operator.index(value)
+        except TypeError:
+            raise TypeError(f"{name}: output_size must hold ints (or None), got {output_size!r}") from None
+        if value < 1:
+            raise ValueError(f"{name}: output_size must be >= 1, got {output_size!r}")
+        out.append(value)
+    return tuple(out)
 
 
 def adaptive_avg_pool2d(x, output_size) -> Tensor:
-    """Adaptive average pooling (N, C, H, W) -> (N, C, oh, ow) as two matrix products."""
-    x = ops._lift(x)
-    _check_ndim(x, 4, "adaptive_avg_pool2d")
+    """Adaptive average pooling (N, C, H, W) -> (N, C, oh, ow) (or unbatched (C, H, W)) as two matrix products."""
+    x, added = with_batch(x, 2, "adaptive_avg_pool2d")
     h, w = x.shape[2:]
-    oh, ow = _output_pair(output_size, h, w)
+    oh, ow = output_sizes(output_size, (h, w), "adaptive_avg_pool2d")
     if (oh, ow) == (1, 1):
-        return _spatial_mean(x, keepdims=True)
+        return without_batch(_spatial_mean(x, keepdims=True), added)
     rows = None if oh == h else Tensor(adaptive_avg_matrix(h, oh, x.dtype))
     cols = None if ow == w else Tensor(adaptive_avg_matrix(w, ow, x.dtype))
-    return axis_matrices(x, rows, cols)
+    return without_batch(axis_matrices(x, rows, cols), added)
 
 
-def adaptive_max_pool2d(x, output_size) -> Tensor:
-    """Adaptive max pooling; the gradient goes to the first maximum of each bin (as PyTorch).
+def adaptive_max_pool2d(x, output_size, return_indices: bool = False):
+    """Adaptive max pooling of (N, C, H, W) or (C, H, W); the gradient goes to the first maximum of each bin.
 
     Vectorised: every bin is gathered into a fixed-length window (bins of one axis differ in length
     by at most one, shorter ones are padded with -inf), then one ``take_max`` runs over all windows.
+    ``return_indices=True`` also returns the flat position ``row * W + col`` of each maximum (as torch).
     """
-    x = ops._lift(x)
-    _check_ndim(x, 4, "adaptive_max_pool2d")
+    x, added = with_batch(x, 2, "adaptive_max_pool2d")
     n, c, h, w = x.shape
-    oh, ow = _output_pair(output_size, h, w)
-    if (oh, ow) == (1, 1):
-        return ops.reshape(take_max(ops.reshape(x, (n, c, h * w)), axis=2), (n, c, 1, 1))
+    oh, ow = output_sizes(output_size, (h, w), "adaptive_max_pool2d")
+    if (oh, ow) == (1, 1):  # one bin: the plane flattened, whose argmax is already the flat position
+        values, first = _take_max(ops.reshape(x, (n, c, h * w)), axis=2)
+        values = ops.reshape(values, (n, c, 1, 1))
+        result = (values, xp.reshape(first, (n, c, 1, 1)).astype(xp.int64)) if return_indices else values
+        return without_batch(result, added)
     if h % oh == 0 and w % ow == 0 and (h // oh) * (w // ow) <= 64:
         # equal, disjoint bins: max pooling with kernel = stride = bin size, same first-max routing
-        return max_pool2d(x, (h // oh, w // ow))
+        return without_batch(max_pool2d(x, (h // oh, w // ow), return_indices=return_indices), added)
     rows, rows_valid = _bin_windows(h, oh)
     cols, cols_valid = _bin_windows(w, ow)
     gathered = x[:, :, backend.from_numpy(rows)][..., backend.from_numpy(cols)]  # (N, C, oh, Lh, ow, Lw)
@@ -395,7 +482,14 @@ def adaptive_max_pool2d(x, output_size) -> Tensor:
         gathered = ops.where(backend.from_numpy(valid), gathered, -_np.inf)
     windows = ops.reshape(ops.transpose(gathered, (0, 1, 2, 4, 3, 5)),
                           (n, c, oh, ow, rows.shape[1] * cols.shape[1]))
-    return take_max(windows, axis=4)  # row-major order inside a bin, as PyTorch scans it
+    values, first = _take_max(windows, axis=4)  # row-major order inside a bin, as PyTorch scans it
+    if not return_indices:
+        return without_batch(values, added)
+    # window entry k of bin (p, q) is (a, b) = divmod(k, Lw): input row rows[p, a], column cols[q, b]
+    a, b = first // cols.shape[1], first % cols.shape[1]
+    row_of = backend.from_numpy(rows)[xp.reshape(xp.arange(oh), (oh, 1)), a]
+    col_of = backend.from_numpy(cols)[xp.reshape(xp.arange(ow), (1, ow)), b]
+    return without_batch((values, (row_of * w + col_of).astype(xp.int64)), added)
 
 
 def _bin_windows(size: int, out: int):
@@ -409,16 +503,21 @@ def _bin_windows(size: int, out: int):
     return _np.where(valid, starts + offsets, starts), valid
 
 
-def adaptive_avg_pool1d(x, output_size: int) -> Tensor:
-    x = ops._lift(x)
-    _check_ndim(x, 3, "adaptive_avg_pool1d", layout="(N, C, L)")
-    return ops.squeeze(adaptive_avg_pool2d(ops.expand_dims(x, 2), (1, _int(output_size, "output_size"))), 2)
+def adaptive_avg_pool1d(x, output_size) -> Tensor:
+    """Adaptive average pooling of (N, C, L) or (C, L)."""
+    x, added = with_batch(x, 1, "adaptive_avg_pool1d")
+    (size,) = output_sizes(output_size, x.shape[2:], "adaptive_avg_pool1d")
+    return without_batch(ops.squeeze(adaptive_avg_pool2d(ops.expand_dims(x, 2), (1, size)), 2), added)
 
 
-def adaptive_max_pool1d(x, output_size: int) -> Tensor:
-    x = ops._lift(x)
-    _check_ndim(x, 3, "adaptive_max_pool1d", layout="(N, C, L)")
-    return ops.squeeze(adaptive_max_pool2d(ops.expand_dims(x, 2), (1, _int(output_size, "output_size"))), 2)
+def adaptive_max_pool1d(x, output_size, return_indices: bool = False):
+    """Adaptive max pooling of (N, C, L) or (C, L); ``return_indices`` gives positions along L."""
+    x, added = with_batch(x, 1, "adaptive_max_pool1d")
+    (size,) = output_sizes(output_size, x.shape[2:], "adaptive_max_pool1d")
+    out = adaptive_max_pool2d(ops.expand_dims(x, 2), (1, size), return_indices)
+    if return_indices:
+        return without_batch((ops.squeeze(out[0], 2), out[1][:, :, 0]), added)
+    return without_batch(ops.squeeze(out, 2), added)
 
 
 def global_avg_pool2d(x, keepdims: bool = True) -> Tensor:
@@ -439,6 +538,8 @@ def _spatial_mean(x: Tensor, keepdims: bool) -> Tensor:
 
 def global_max_pool2d(x, keepdims: bool = True) -> Tensor:
     """Max over H and W, gradient to the first maximum (as adaptive_max_pool2d(x, 1))."""
+    x = ops._lift(x)
+    _check_ndim(x, 4, "global_max_pool2d")
     out = adaptive_max_pool2d(x, 1)
     return out if keepdims else ops.reshape(out, out.shape[:2])
 
