@@ -32,6 +32,7 @@ from .ops import (abs, add, argmax, argmin, astype, broadcast_to, cat, clip, con
 from .pooling import (adaptive_avg_matrix, adaptive_avg_pool1d, adaptive_avg_pool2d, adaptive_bins,
                       adaptive_max_pool1d, adaptive_max_pool2d, avg_pool1d, avg_pool2d, global_avg_pool2d,
                       global_max_pool2d, max_pool1d, max_pool2d, take_along_axis, take_max)
+from .pooling3d import adaptive_avg_pool3d, adaptive_max_pool3d, avg_pool3d, max_pool3d
 from .resize import interpolate, resize_matrix
 from .tensor import Tensor, as_tensor, enable_grad, is_grad_enabled, no_grad
 

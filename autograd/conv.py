@@ -25,16 +25,23 @@ from .tensor import Tensor, record
 
 def _pair(value, name: str, allow_zero: bool = False) -> tuple:
     """An int, a pair of ints, or (as torch) a 1-sequence, as a checked pair."""
+    return _ntuple(value, 2, name, allow_zero)
+
+
+def _ntuple(value, n: int, name: str, allow_zero: bool = False) -> tuple:
+    """An int, ``n`` ints, or (as torch) a 1-sequence, as a checked ``n``-tuple of ints >= 1 (>= 0 with
+    ``allow_zero``)."""
     if isinstance(value, (int,)) and not isinstance(value, bool):
-        value = (value, value)
+        value = (value,) * n
     elif isinstance(value, (tuple, list)) and len(value) == 1:
-        value = (value[0], value[0])
+        value = tuple(value) * n
+    what = "a pair" if n == 2 else f"{n}"
     try:
         value = tuple(operator.index(v) for v in value)  # rejects 1.5 rather than truncating it
     except TypeError:
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
-    if len(value) != 2:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        raise TypeError(f"{name} must be an int or {what} of ints, got {value!r}") from None
+    if len(value) != n:
+        raise ValueError(f"{name} must be an int or {what} of ints, got {value!r}")
     low = 0 if allow_zero else 1
     if any(v < low for v in value):
         raise ValueError(f"{name} must be >= {low}, got {value!r}")
