@@ -18,7 +18,8 @@ __version__ = "0.1.0"
 
 from . import backend
 from .backend import from_numpy, to_numpy, xp
-from .conv import conv1d, conv2d, conv_transpose2d, fold, unfold
+from .conv import conv1d, conv2d, conv_transpose1d, conv_transpose2d, fold, unfold
+from .conv3d import conv3d, conv_transpose3d
 from .dct import dct, dct2, dct_matrix, dctn, idct, idct2, idct_matrix, idctn
 from .functional import grad, tree_flatten, tree_map, tree_unflatten, value_and_grad, vjp
 from .gradcheck import GradcheckError, gradcheck, gradgradcheck

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins as _builtins
 import numbers
+import operator as _operator
 from typing import Sequence
 
 import numpy as _np
@@ -656,17 +657,70 @@ def split(a, indices_or_sections, axis: int = 0) -> list:
     ]
 
 
-def pad(a, pad_width, value: float = 0.0) -> Tensor:
-    """Constant padding; ``pad_width`` is numpy's per-axis ``((before, after), ...)``."""
+PAD_MODES = ("constant", "reflect", "replicate", "circular")
+
+
+def pad(a, pad_width, value: float = 0.0, mode: str = "constant") -> Tensor:
+    """Pad each axis by ``pad_width`` = ((before, after), ...) (NumPy's layout; torch's ``F.pad`` lists the
+    last axis first); a negative width crops, as in torch.
+
+    Modes (torch.nn.functional.pad's): ``constant`` (``value``), ``reflect`` (mirror without repeating the
+    edge: width < axis length), ``replicate`` (repeat the edge), ``circular`` (wrap around what is left
+    after cropping the negative widths: width <= that length).  The non-constant modes are index maps --
+    output position j reads input position ``source(j)`` -- so they are a gather whose VJP is a scatter-add
+    (repeated sources accumulate).
+    """
     a = _lift(a)
-    pad_width = tuple((int(lo), int(hi)) for lo, hi in pad_width)
+    if mode not in PAD_MODES:
+        raise ValueError(f"pad: mode must be one of {PAD_MODES}, got {mode!r}")
+    try:
+        pad_width = tuple((_operator.index(lo), _operator.index(hi)) for lo, hi in pad_width)
+    except (TypeError, ValueError):
+        raise TypeError(f"pad: pad_width must be ((before, after), ...) of ints, got {pad_width!r}") from None
     if len(pad_width) != a.ndim:
-        raise ValueError(f"pad_width has {len(pad_width)} entries for a tensor with {a.ndim} axes")
+        raise ValueError(f"pad: pad_width has {len(pad_width)} entries for a tensor with {a.ndim} axes")
+    for (lo, hi), n in zip(pad_width, a.shape):
+        if n + lo + hi < 0:
+            raise ValueError(f"pad: widths {pad_width} give a negative size for an axis of {n} (shape {a.shape})")
+    if mode == "constant":
+        return _pad_constant(a, pad_width, value)
+    for axis, ((lo, hi), n) in enumerate(zip(pad_width, a.shape)):
+        if lo or hi:
+            index = (slice(None),) * axis + (backend.from_numpy(_pad_source(n, lo, hi, mode)),)
+            a = getitem(a, index)
+    return a
+
+
+def _pad_constant(a: Tensor, pad_width, value) -> Tensor:
+    """Crop the negative widths (a view), then pad the positive ones with ``value``; VJP: the interior."""
     if any(lo < 0 or hi < 0 for lo, hi in pad_width):
-        raise ValueError(f"pad widths must be non-negative, got {pad_width}")
+        kept = tuple(slice(_builtins.max(-lo, 0), n - _builtins.max(-hi, 0)) for (lo, hi), n in zip(pad_width, a.shape))
+        a = getitem(a, kept)
+        pad_width = tuple((_builtins.max(lo, 0), _builtins.max(hi, 0)) for lo, hi in pad_width)
+    if not any(lo or hi for lo, hi in pad_width):
+        return a
     out = xp.pad(a.data, pad_width, mode="constant", constant_values=value)
     index = tuple(slice(lo, lo + n) for (lo, _), n in zip(pad_width, a.shape))
     return record(out, ((a, lambda g: getitem(g, index)),))
+
+
+def _pad_source(n: int, lo: int, hi: int, mode: str) -> _np.ndarray:
+    """Host (n + lo + hi,) input position read by each output position of one padded axis."""
+    positions = _np.arange(-lo, n + hi)
+    if mode == "replicate":
+        if n == 0:
+            raise ValueError("pad: mode 'replicate' needs a non-empty axis")
+        return _np.clip(positions, 0, n - 1)
+    if mode == "reflect":
+        if _builtins.max(lo, hi) >= n:
+            raise ValueError(f"pad: mode 'reflect' needs widths smaller than the axis ({n}), got ({lo}, {hi})")
+        reflected = _np.abs(positions)  # -j -> j: the edge itself is not repeated
+        return _np.where(reflected > n - 1, 2 * (n - 1) - reflected, reflected)
+    # circular, as torch: crop the negative widths first, then wrap around what is left
+    start, kept = _builtins.max(-lo, 0), n - _builtins.max(-lo, 0) - _builtins.max(-hi, 0)
+    if _builtins.max(lo, hi) > kept:
+        raise ValueError(f"pad: mode 'circular' needs widths at most the (cropped) axis ({kept}), got ({lo}, {hi})")
+    return _np.arange(-_builtins.max(lo, 0), kept + _builtins.max(hi, 0)) % kept + start
 
 
 def flip(a, axis=None) -> Tensor:

@@ -18,7 +18,7 @@ from . import _conv_kernels, backend, ops
 from ._conv_kernels import Geometry, Phases
 from ._threads import parallel_for
 from .backend import xp
-from .conv import _check_ndim, _pair
+from .conv import _check_ndim, _pair, with_batch, without_batch
 from .tensor import Tensor, is_grad_enabled, record
 
 
@@ -49,36 +49,6 @@ def _pool_args(x, kernel_size, stride, padding, dilation, name):
     if any(p * 2 > k for p, k in zip(padding, kernel)):
         raise ValueError(f"{name}: padding {padding} must be at most half of kernel_size {kernel}")
     return x, kernel, stride, padding, dilation
-
-
-_LAYOUTS = {1: ("(C, L)", "(N, C, L)"), 2: ("(C, H, W)", "(N, C, H, W)"), 3: ("(C, D, H, W)", "(N, C, D, H, W)")}
-
-
-def with_batch(x, spatial: int, name: str):
-    """(x with a batch axis, whether one was added): (C, *S) -> (1, C, *S); (N, C, *S) stays.
-
-    As torch, an unbatched input is accepted wherever a batched one is, and every non-batch axis must be
-    non-empty (a batch of 0 is fine).
-    """
-    x = ops._lift(x)
-    unbatched, batched = _LAYOUTS[spatial]
-    if x.ndim not in (spatial + 1, spatial + 2):
-        raise ValueError(f"{name}: input must be {spatial + 1}-D {unbatched} or {spatial + 2}-D {batched}, "
-                         f"got shape {x.shape}")
-    if 0 in x.shape[-spatial - 1:]:
-        raise ValueError(f"{name}: every non-batch axis of the input must be non-empty, got shape {x.shape}")
-    if x.ndim == spatial + 1:
-        return ops.expand_dims(x, 0), True
-    return x, False
-
-
-def without_batch(result, added: bool):
-    """Undo :func:`with_batch` on an output (or on each of a tuple of outputs: values, indices)."""
-    if not added:
-        return result
-    if isinstance(result, tuple):
-        return tuple(without_batch(r, True) for r in result)
-    return ops.squeeze(result, 0) if isinstance(result, Tensor) else result[0]
 
 
 def _geometry(x: Tensor, kernel, stride, padding, dilation, ceil_mode, name) -> Geometry:
