@@ -1,26 +1,40 @@
-"""Resizing (``interpolate``) as separable linear maps: ``R_h @ x @ R_w^T``.
+"""Resizing (``interpolate``) as separable linear maps: one resampling matrix per spatial axis.
 
-Each resampling matrix is built on the host from PyTorch's exact index rules and applied with
-``matmul``, so the operation is exact, differentiable with no extra code, and identical on NumPy and
-CuPy.
+Each matrix is built on the host from PyTorch's exact index rules and applied with ``matmul`` (``R_h @ x @
+R_w^T`` for a plane, one more product along D for a volume), so every mode is exact, differentiable with no
+extra code, and identical on NumPy and CuPy.  For an axis of ``in`` -> ``out`` samples, with ``scale`` =
+``in / out`` when ``size`` is given (or ``recompute_scale_factor=True``) and ``1 / scale_factor`` otherwise:
 
-* ``nearest``: ``src = min(floor(dst * scale), in - 1)``, computed in single precision as PyTorch does,
-  with PyTorch's shortcuts: a copy when the size is unchanged and ``dst // 2`` when it doubles.
-* ``bilinear``, ``align_corners=False``: ``src = max((dst + 0.5) * scale - 0.5, 0)``;
-  ``align_corners=True``: ``src = dst * (in - 1) / (out - 1)``.
-* ``scale`` is ``in / out`` when ``size`` is given, and ``1 / scale_factor`` when ``scale_factor``
-  is given (PyTorch's default ``recompute_scale_factor=None``); the two differ when the scale
-  factor does not divide evenly.  An unchanged size is always a copy (both modes), as in PyTorch.
+* ``nearest``: ``src = min(floor(dst * scale), in - 1)`` in single precision, as PyTorch, with its
+  shortcuts: a copy when the size is unchanged and ``dst // 2`` when it doubles.
+* ``nearest-exact``: ``src = min(floor((dst + 0.5) * scale), in - 1)`` (the product rounded to single
+  precision before the floor, as PyTorch); no shortcuts.
+* ``linear`` / ``bilinear`` / ``trilinear`` (the linear family, one name per input rank):
+  ``align_corners=False``: ``src = max((dst + 0.5) * scale - 0.5, 0)``; ``align_corners=True``:
+  ``src = dst * (in - 1) / (out - 1)``; weights ``1 - t`` and ``t`` on ``floor(src)`` and the next sample
+  (clamped); an unchanged size is a copy.
+* ``bicubic`` (4-D): the same source coordinate without the clamp at 0, taps ``floor(src) - 1 .. + 2``
+  clamped to ``[0, in - 1]`` (so border samples repeat), Keys' cubic convolution weights with a = -0.75;
+  no copy shortcut (PyTorch has none for bicubic).
+* ``area``: adaptive average pooling (PyTorch's definition): bins ``[floor(i in / out), ceil((i+1) in / out))``.
 """
 from __future__ import annotations
 
 import math
+import operator
 
 import numpy as _np
 
 from . import backend, ops
-from .pooling import axis_matrices
+from .pooling import adaptive_avg_matrix, axis_matrices
 from .tensor import Tensor
+
+#: Input ranks each mode accepts (``bilinear`` on (N, C, L) is the core's long-standing alias of ``linear``).
+MODES = {"nearest": (3, 4, 5), "nearest-exact": (3, 4, 5), "area": (3, 4, 5), "linear": (3,), "bilinear": (3, 4),
+         "trilinear": (5,), "bicubic": (4,)}
+_INTERPOLATING = ("linear", "bilinear", "trilinear", "bicubic")
+#: Keys' cubic convolution parameter, as PyTorch's (and OpenCV's) bicubic.
+CUBIC_A = -0.75
 
 
 def nearest_indices(in_size: int, out_size: int, scale=None) -> _np.ndarray:
@@ -35,25 +49,59 @@ def nearest_indices(in_size: int, out_size: int, scale=None) -> _np.ndarray:
     return _np.minimum(_np.floor(rows.astype(_np.float32) * step).astype(_np.int64), in_size - 1)
 
 
+def nearest_exact_indices(in_size: int, out_size: int, scale=None) -> _np.ndarray:
+    """Host (out_size,) source index of ``nearest-exact``: floorf((dst + 0.5) * (float)scale), clamped."""
+    step = _np.float32(in_size / out_size if scale is None else scale)
+    product = ((_np.arange(out_size) + 0.5) * _np.float64(step)).astype(_np.float32)  # double product -> float
+    return _np.minimum(_np.floor(product).astype(_np.int64), in_size - 1)
+
+
+def _source_coordinates(in_size, out_size, align_corners, scale, cubic: bool) -> _np.ndarray:
+    """PyTorch's ``area_pixel_compute_source_index`` for every output position, in float64."""
+    dst = _np.arange(out_size, dtype=_np.float64)
+    if align_corners:
+        return dst * ((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
+    step = in_size / out_size if scale is None else scale
+    src = (dst + 0.5) * step - 0.5
+    return src if cubic else _np.maximum(src, 0.0)
+
+
+def _cubic_weights(t: _np.ndarray) -> _np.ndarray:
+    """(out, 4) weights of taps floor(src) - 1 .. floor(src) + 2 at fraction t (Keys, a = CUBIC_A)."""
+    a = CUBIC_A
+
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return _np.stack([far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)], axis=1)
+
+
 def resize_matrix(in_size: int, out_size: int, mode: str, align_corners=None, scale=None, dtype=_np.float64):
     """The (out_size, in_size) matrix that resamples one axis (host-built, returned on the backend)."""
+    if mode not in MODES:
+        raise ValueError(f"interpolate: mode must be one of {sorted(MODES)}, got {mode!r}")
     matrix = _np.zeros((out_size, in_size), dtype=_np.float64)
     rows = _np.arange(out_size)
-    if mode not in ("nearest", "bilinear", "linear"):
-        raise ValueError(f"interpolate: mode must be 'nearest' or 'bilinear', got {mode!r}")
-    if out_size == in_size:
+    if mode == "area":
+        return adaptive_avg_matrix(in_size, out_size, dtype)
+    if mode == "nearest-exact":
+        matrix[rows, nearest_exact_indices(in_size, out_size, scale)] = 1.0
+    elif mode == "bicubic":
+        src = _source_coordinates(in_size, out_size, align_corners, scale, cubic=True)
+        lower = _np.minimum(_np.floor(src).astype(_np.int64), in_size - 1)
+        weights = _cubic_weights(_np.clip(src - lower, 0.0, 1.0))
+        for tap in range(4):  # border taps are clamped: their weights pile onto the edge sample
+            _np.add.at(matrix, (rows, _np.clip(lower + tap - 1, 0, in_size - 1)), weights[:, tap])
+    elif out_size == in_size:
         # PyTorch copies when the size does not change, whatever scale_factor says (e.g. 1.05 on 5 pixels)
         matrix[rows, rows] = 1.0
     elif mode == "nearest":
         matrix[rows, nearest_indices(in_size, out_size, scale)] = 1.0
-    else:
-        dst = rows.astype(_np.float64)
-        if align_corners:
-            step = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
-            src = dst * step
-        else:
-            step = in_size / out_size if scale is None else scale
-            src = _np.maximum((dst + 0.5) * step - 0.5, 0.0)
+    else:  # the linear family
+        src = _source_coordinates(in_size, out_size, align_corners, scale, cubic=False)
         lower = _np.minimum(_np.floor(src).astype(_np.int64), in_size - 1)
         upper = _np.minimum(lower + 1, in_size - 1)
         frac = _np.clip(src - lower, 0.0, 1.0)
@@ -62,43 +110,80 @@ def resize_matrix(in_size: int, out_size: int, mode: str, align_corners=None, sc
     return backend.from_numpy(matrix.astype(dtype))
 
 
-def interpolate(x, size=None, scale_factor=None, mode: str = "nearest", align_corners=None) -> Tensor:
-    """Resize (N, C, H, W) (or (N, C, L)) like torch.nn.functional.interpolate.
+def interpolate(x, size=None, scale_factor=None, mode: str = "nearest", align_corners=None,
+                recompute_scale_factor=None) -> Tensor:
+    """Resize (N, C, L), (N, C, H, W) or (N, C, D, H, W) like torch.nn.functional.interpolate.
 
-    Give exactly one of ``size`` (int or pair) and ``scale_factor`` (float or pair).
-    ``align_corners`` applies to 'bilinear' only (default False, as PyTorch).
+    Give exactly one of ``size`` (an int or one per spatial axis) and ``scale_factor`` (a float or one per
+    axis; the output is ``floor(in * scale_factor)``).  ``align_corners`` applies to the interpolating
+    modes (linear, bilinear, trilinear, bicubic; default False, as PyTorch).  ``recompute_scale_factor=True``
+    indexes with ``in / out`` instead of ``1 / scale_factor``.  Modes and their index rules: module docstring.
     """
     x = ops._lift(x)
-    if x.ndim == 3:
-        mode_1d = "bilinear" if mode == "linear" else mode
-        size1 = None if size is None else (1, _first(size))
-        scale1 = None if scale_factor is None else (1.0, float(_first(scale_factor)))
-        return ops.squeeze(interpolate(ops.expand_dims(x, 2), size1, scale1, mode_1d, align_corners), 2)
-    if x.ndim != 4:
-        raise ValueError(f"interpolate: input must be (N, C, H, W) or (N, C, L), got shape {x.shape}")
-    if mode not in ("nearest", "bilinear"):
-        raise ValueError(f"interpolate: mode must be 'nearest' or 'bilinear', got {mode!r}")
-    if align_corners is not None and mode == "nearest":
-        raise ValueError("interpolate: align_corners only applies to mode='bilinear'")
+    if mode not in MODES:
+        raise ValueError(f"interpolate: mode must be one of {sorted(MODES)}, got {mode!r}")
+    if x.ndim not in MODES[mode]:
+        ranks = " or ".join(f"{r}-D" for r in MODES[mode])
+        raise ValueError(f"interpolate: mode {mode!r} needs a {ranks} input (N, C, ...), got shape {x.shape}")
+    if align_corners is not None and mode not in _INTERPOLATING:
+        raise ValueError(f"interpolate: align_corners only applies to the modes {_INTERPOLATING}, not {mode!r}")
+    spatial = x.shape[2:]
+    sizes, scales = _output_sizes(spatial, size, scale_factor, recompute_scale_factor)
+    out = x
+    for axis, (n_in, n_out, scale) in enumerate(zip(spatial, sizes, scales)):
+        matrix = resize_matrix(n_in, n_out, mode, align_corners, scale, x.dtype)
+        if not _is_identity(matrix):
+            out = _along_axis(out, Tensor(matrix), 2 + axis)
+    return out
+
+
+def _output_sizes(spatial, size, scale_factor, recompute_scale_factor):
+    """(output size per axis, the scale each axis indexes with: 1 / scale_factor or None for in / out)."""
     if (size is None) == (scale_factor is None):
         raise ValueError("interpolate: give exactly one of size and scale_factor")
-    h, w = x.shape[2:]
+    dims = len(spatial)
     if size is not None:
-        oh, ow = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
-        scales = (None, None)
+        if recompute_scale_factor:
+            raise ValueError("interpolate: recompute_scale_factor is not meaningful with an explicit size")
+        sizes = _per_axis(size, dims, "size")
+        try:
+            sizes = tuple(operator.index(s) for s in sizes)
+        except TypeError:
+            raise TypeError(f"interpolate: size must be ints, got {size!r}") from None
+        scales = (None,) * dims
     else:
-        sh, sw = (scale_factor, scale_factor) if not isinstance(scale_factor, (tuple, list)) else scale_factor
-        if sh <= 0 or sw <= 0:
-            raise ValueError(f"interpolate: scale_factor must be positive, got {scale_factor!r}")
-        oh, ow = int(math.floor(h * sh)), int(math.floor(w * sw))
-        scales = (1.0 / sh, 1.0 / sw)
-    if oh < 1 or ow < 1:
-        raise ValueError(f"interpolate: output size must be positive, got {(oh, ow)}")
-    # an unchanged axis is copied (PyTorch's rule), so no matrix is needed
-    rows = None if oh == h else Tensor(resize_matrix(h, oh, mode, align_corners, scales[0], x.dtype))
-    cols = None if ow == w else Tensor(resize_matrix(w, ow, mode, align_corners, scales[1], x.dtype))
-    return axis_matrices(x, rows, cols)
+        factors = tuple(float(f) for f in _per_axis(scale_factor, dims, "scale_factor"))
+        if not all(f > 0 and math.isfinite(f) for f in factors):
+            raise ValueError(f"interpolate: scale_factor must be positive and finite, got {scale_factor!r}")
+        sizes = tuple(int(math.floor(n * f)) for n, f in zip(spatial, factors))
+        scales = (None,) * dims if recompute_scale_factor else tuple(1.0 / f for f in factors)
+    if min(sizes) < 1:
+        raise ValueError(f"interpolate: output size must be positive, got {sizes}")
+    return sizes, scales
 
 
-def _first(value):
-    return value[-1] if isinstance(value, (tuple, list)) else value
+def _per_axis(value, dims: int, name: str) -> tuple:
+    if not isinstance(value, (tuple, list)):
+        return (value,) * dims
+    if len(value) == dims:
+        return tuple(value)
+    if dims == 1 and len(value) == 2:  # the core's (N, C, L) calls once took (1, L) pairs
+        return tuple(value[-1:])
+    raise ValueError(f"interpolate: {name} must be one value or {dims} (one per spatial axis), got {value!r}")
+
+
+def _is_identity(matrix) -> bool:
+    host = backend.to_numpy(matrix)
+    return host.shape[0] == host.shape[1] and _np.array_equal(host, _np.eye(host.shape[0], dtype=host.dtype))
+
+
+def _along_axis(x: Tensor, matrix: Tensor, axis: int) -> Tensor:
+    """Apply ``matrix`` (out, in) along ``axis`` of x: the last two axes as ``axis_matrices``, D via a reshape."""
+    if axis == x.ndim - 1:
+        return axis_matrices(x, None, matrix)
+    if axis == x.ndim - 2:
+        return axis_matrices(x, matrix, None)
+    # (N, C, D, H, W): (out, D) @ (N, C, D, H*W)
+    shape = x.shape
+    out = ops.matmul(matrix, ops.reshape(x, shape[:3] + (-1,)))
+    return ops.reshape(out, shape[:2] + (matrix.shape[0],) + shape[3:])
