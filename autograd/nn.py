@@ -228,6 +228,46 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     return y
 
 
+def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats: bool = True,
+                  momentum: float = 0.1, eps: float = 1e-5, return_running: bool = False):
+    """Instance normalisation of (N, C, ...), as torch.nn.functional.instance_norm.
+
+    With ``use_input_stats`` each (sample, channel) plane is normalised by its own mean and biased variance;
+    otherwise by the running statistics.  As torch, it is batch normalisation of the (1, N*C, ...) view with
+    the per-channel vectors repeated N times, and the running statistics' update is the mean over N of the
+    per-instance updates (unbiased instance variances, ``momentum``).  Nothing is updated in place: with
+    ``return_running=True`` the result is ``(y, new_running_mean, new_running_var)``.
+    """
+    x = ops._lift(x)
+    if x.ndim < 3:
+        raise ValueError(f"instance_norm: input must be (N, C, ...) with at least one spatial axis, got shape "
+                         f"{x.shape}")
+    n, c = x.shape[:2]
+    for name, value in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                        ("bias", bias)):
+        if value is not None and tuple(value.shape) != (c,):
+            raise ValueError(f"instance_norm: {name} must have shape ({c},), got {tuple(value.shape)}")
+    if use_input_stats and x.size // max(n * c, 1) < 2:
+        raise ValueError(f"instance_norm: training needs more than 1 spatial value per plane, got input shape "
+                         f"{x.shape}")
+
+    def per_instance(value):
+        return None if value is None else ops.tile(value, (n,))
+
+    y, new_mean, new_var = batch_norm(ops.reshape(x, (1, n * c) + x.shape[2:]), per_instance(running_mean),
+                                      per_instance(running_var), per_instance(weight), per_instance(bias),
+                                      training=use_input_stats, momentum=momentum, eps=eps, return_running=True)
+    y = ops.reshape(y, x.shape)
+    if not return_running:
+        return y
+    if use_input_stats:  # torch averages the N per-instance updates back to C channels
+        new_mean = None if new_mean is None else xp.mean(xp.reshape(_data(new_mean), (n, c)), axis=0)
+        new_var = None if new_var is None else xp.mean(xp.reshape(_data(new_var), (n, c)), axis=0)
+    else:
+        new_mean, new_var = running_mean, running_var
+    return y, new_mean, new_var
+
+
 def _data(value):
     return value.data if isinstance(value, Tensor) else value
 

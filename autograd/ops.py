@@ -484,19 +484,33 @@ def mean(a, axis=None, keepdims: bool = False) -> Tensor:
     return div(sum(a, axis=axes, keepdims=keepdims), float(count))
 
 
-def var(a, axis=None, keepdims: bool = False, unbiased: bool = False) -> Tensor:
-    """Variance; ``unbiased=False`` (default) divides by n, ``True`` by n - 1."""
+def var(a, axis=None, keepdims: bool = False, unbiased: bool = False, *, correction=None) -> Tensor:
+    """Variance ``sum((a - mean)^2) / max(n - correction, 0)`` over ``axis`` (0/0 is NaN, x/0 inf, as torch).
+
+    ``correction`` may be any real number (torch's keyword); ``unbiased=True`` is ``correction=1``.  The
+    default is 0, the biased variance (NumPy's default; torch.var's default is ``correction=1``).
+    """
     a = _lift(a)
+    if correction is None:
+        correction = int(unbiased)
+    elif unbiased:
+        raise ValueError("var: give either unbiased or correction, not both")
+    if not isinstance(correction, numbers.Real) or isinstance(correction, bool):
+        raise TypeError(f"var: correction must be a real number, got {correction!r}")
     axes = _normalize_axis(axis, a.ndim)
     count = 1
     for ax in axes:
         count *= a.shape[ax]
     centered = sub(a, mean(a, axis=axes, keepdims=True))
-    return div(sum_product(centered, centered, axis=axes, keepdims=keepdims), float(count - int(unbiased)))
+    divisor = _builtins.max(count - correction, 0)
+    total = sum_product(centered, centered, axis=axes, keepdims=keepdims)
+    with _np.errstate(divide="ignore", invalid="ignore"):  # no degrees of freedom left: inf or NaN, as torch
+        return div(total, float(divisor))
 
 
-def std(a, axis=None, keepdims: bool = False, unbiased: bool = False) -> Tensor:
-    return sqrt(var(a, axis=axis, keepdims=keepdims, unbiased=unbiased))
+def std(a, axis=None, keepdims: bool = False, unbiased: bool = False, *, correction=None) -> Tensor:
+    """Standard deviation: the square root of :func:`var` (same ``unbiased`` / ``correction``)."""
+    return sqrt(var(a, axis=axis, keepdims=keepdims, unbiased=unbiased, correction=correction))
 
 
 def max(a, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
@@ -530,14 +544,35 @@ def logsumexp(a, axis=None, keepdims: bool = False) -> Tensor:
     return out
 
 
-def argmax(a, axis=None):
-    """Index of the maximum (a backend integer array; no gradient)."""
-    return xp.argmax(_data(a), axis=axis)
+def argmax(a, axis=None, keepdims: bool = False):
+    """Index of the (first) maximum over ``axis`` or the flattened tensor (a backend int array; no gradient).
+
+    ``keepdims`` keeps the reduced axis with length 1 (with ``axis=None``, every axis, as NumPy).
+    """
+    return _arg_reduce(xp.argmax, a, axis, keepdims, "argmax")
 
 
-def argmin(a, axis=None):
-    """Index of the minimum (a backend integer array; no gradient)."""
-    return xp.argmin(_data(a), axis=axis)
+def argmin(a, axis=None, keepdims: bool = False):
+    """Index of the (first) minimum; as :func:`argmax`."""
+    return _arg_reduce(xp.argmin, a, axis, keepdims, "argmin")
+
+
+def _arg_reduce(reduce, a, axis, keepdims: bool, name: str):
+    data = _data(a)
+    if axis is not None:
+        try:
+            axis = _operator.index(axis)
+        except TypeError:
+            raise TypeError(f"{name}: axis must be an int or None, got {axis!r}") from None
+        if data.ndim == 0 and axis in (0, -1):  # a scalar is its own (only) element along axis 0, as torch
+            return xp.zeros((), dtype=xp.int64)
+        (axis,) = _normalize_axis(axis, data.ndim)
+    if data.ndim == 0:
+        return xp.zeros((), dtype=xp.int64)
+    if (data.size if axis is None else data.shape[axis]) == 0:
+        raise ValueError(f"{name}: the reduction over an empty axis (shape {tuple(data.shape)}, axis {axis}) "
+                         "has no index")
+    return reduce(data, axis=axis, keepdims=keepdims)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -836,27 +871,87 @@ def matmul(a, b) -> Tensor:
 
 
 def einsum(subscripts: str, *operands) -> Tensor:
-    """Einstein summation with explicit output (``'ij,jk->ik'``); each operand's VJP is an einsum.
+    """Einstein summation, as torch.einsum / numpy.einsum; each operand's VJP is an einsum.
 
-    Requires the explicit ``->`` form and no repeated index within one operand.
+    Explicit (``'ij,jk->ik'``) or implicit (``'ij,jk'``: the output is the indices that appear once, in
+    alphabetical order) form; ``...`` stands for the broadcast leading axes (right-aligned across operands;
+    left out of the output, they are summed).  An index repeated within one operand takes the diagonal
+    (``'ii->i'``).  Axes of length 1 broadcast against the same index elsewhere.
     """
-    if "->" not in subscripts:
-        raise ValueError("einsum needs the explicit form 'inputs->output'")
-    if "." in subscripts:
-        raise ValueError("einsum does not support ellipses; spell out the axes")
-    inputs, output = subscripts.replace(" ", "").split("->")
-    in_specs = inputs.split(",")
-    if len(in_specs) != len(operands):
-        raise ValueError(f"einsum got {len(operands)} operands for {len(in_specs)} subscripts")
     operands = [_lift(o) for o in operands]
+    in_specs, output = _einsum_specs(subscripts, operands)
+    operands, in_specs = zip(*[_einsum_diagonal(o, spec) for o, spec in zip(operands, in_specs)]) or ((), ())
     sizes = {}
     for spec, op in zip(in_specs, operands):
-        if len(set(spec)) != len(spec):
-            raise ValueError(f"repeated index in one operand ({spec!r}) is not supported")
-        if len(spec) != op.ndim:
-            raise ValueError(f"subscript {spec!r} does not match operand of shape {op.shape}")
         for ch, n in zip(spec, op.shape):
-            sizes.setdefault(ch, n)
+            if 1 != sizes.get(ch, 1) != n != 1:
+                raise ValueError(f"einsum: index {ch!r} has sizes {sizes[ch]} and {n} in {subscripts!r}")
+            sizes[ch] = _builtins.max(sizes.get(ch, 1), n)
+    operands = [broadcast_to(o, tuple(sizes[ch] for ch in spec)) for o, spec in zip(operands, in_specs)]
+    return _einsum_explicit(list(in_specs), output, operands, sizes)
+
+
+def _einsum_specs(subscripts: str, operands) -> tuple:
+    """(one index string per operand, the output's) with ``...`` spelled out as letters and the output explicit."""
+    if not isinstance(subscripts, str):
+        raise TypeError(f"einsum: subscripts must be a string, got {type(subscripts).__name__}")
+    text = subscripts.replace(" ", "")
+    inputs, arrow, output = text.partition("->")
+    in_specs = inputs.split(",")
+    if len(in_specs) != len(operands):
+        raise ValueError(f"einsum got {len(operands)} operands for {len(in_specs)} subscripts in {subscripts!r}")
+    letters = set(text) - set(",->.")
+    if not all(ch.isalpha() and ch.isascii() for ch in letters):
+        raise ValueError(f"einsum: indices must be ASCII letters, got {subscripts!r}")
+    spare = (ch for ch in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" if ch not in letters)
+    counts = [_ellipsis_axes(spec, op.ndim, subscripts) for spec, op in zip(in_specs, operands)]
+    ellipsis = "".join(next(spare) for _ in range(_builtins.max([c for c in counts if c is not None], default=0)))
+    in_specs = [spec if c is None else spec.replace("...", ellipsis[len(ellipsis) - c:])
+                for spec, c in zip(in_specs, counts)]
+    if not arrow:  # implicit: the broadcast axes, then the indices used once, alphabetically
+        used = "".join(in_specs)
+        output = ellipsis + "".join(sorted(ch for ch in letters if used.count(ch) == 1))
+    elif "." in output:
+        if output.count("...") != 1 or output.count(".") != 3:
+            raise ValueError(f"einsum: malformed ellipsis in the output of {subscripts!r}")
+        output = output.replace("...", ellipsis)
+    if len(set(output)) != len(output) or not set(output) <= set("".join(in_specs)):
+        raise ValueError(f"einsum: the output {output!r} repeats an index or names one no operand has")
+    return in_specs, output
+
+
+def _ellipsis_axes(spec: str, ndim: int, subscripts: str):
+    """How many axes ``...`` stands for in one operand's spec (None if it has none)."""
+    if "." not in spec:
+        if len(spec) != ndim:
+            raise ValueError(f"einsum: subscript {spec!r} does not match an operand with {ndim} axes")
+        return None
+    if spec.count("...") != 1 or spec.count(".") != 3:
+        raise ValueError(f"einsum: malformed ellipsis in {spec!r} of {subscripts!r}")
+    count = ndim - (len(spec) - 3)
+    if count < 0:
+        raise ValueError(f"einsum: subscript {spec!r} has more indices than the operand's {ndim} axes")
+    return count
+
+
+def _einsum_diagonal(operand: Tensor, spec: str):
+    """An index repeated within one operand takes the diagonal: (operand's diagonal, spec without repeats)."""
+    while len(set(spec)) != len(spec):
+        ch = next(c for c in spec if spec.count(c) > 1)
+        axes = [i for i, c in enumerate(spec) if c == ch]
+        if len({operand.shape[i] for i in axes}) != 1:
+            raise ValueError(f"einsum: the repeated index {ch!r} has different sizes {operand.shape} in {spec!r}")
+        rest = [i for i in range(operand.ndim) if i not in axes]
+        moved = transpose(operand, rest + axes)  # the repeated axes last, then one index array for all
+        diagonal = xp.arange(operand.shape[axes[0]])
+        operand = getitem(moved, (Ellipsis,) + (diagonal,) * len(axes))
+        spec = "".join(spec[i] for i in rest) + ch
+    return operand, spec
+
+
+def _einsum_explicit(in_specs: list, output: str, operands: list, sizes: dict) -> Tensor:
+    """einsum with explicit letters only: no ellipsis, no index repeated within an operand, equal sizes."""
+    subscripts = ",".join(in_specs) + "->" + output
     out = xp.einsum(subscripts, *[o.data for o in operands], optimize=True)
 
     def vjp_for(i):
@@ -868,7 +963,7 @@ def einsum(subscripts: str, *operands) -> Tensor:
         def vjp(g):
             missing = [ch for ch in target if ch not in output and ch not in "".join(other_specs)]
             spec = ",".join([output] + other_specs) + "->" + "".join(ch for ch in target if ch not in missing)
-            grad = einsum(spec, g, *others)
+            grad = _einsum_explicit([output] + other_specs, spec.split("->")[1], [g] + others, sizes)
             if missing:  # an index summed away by this operand alone: broadcast back
                 shape = tuple(1 if ch in missing else sizes[ch] for ch in target)
                 grad = broadcast_to(reshape(grad, shape), target_shape)

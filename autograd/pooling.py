@@ -377,6 +377,31 @@ def _int(value, name: str) -> int:
         raise TypeError(f"{name} must be an int or a 1-tuple for 1-D pooling, got {value!r}") from None
 
 
+def lp_pool2d(x, norm_type: float, kernel_size, stride=None, ceil_mode: bool = False) -> Tensor:
+    """Power-average pooling ``(sum over the window of x^p)^(1/p)`` of (N, C, H, W) or (C, H, W).
+
+    Composed exactly as torch.nn.functional.lp_pool2d: ``avg_pool2d(x^p) * kh * kw``, passed through
+    ``sign(s) * relu(|s|)`` (so a window summing to 0 passes gradient 0, not NaN), then ``^(1/p)``.  As in
+    torch, a ceil-mode window that overhangs the input is the average over its in-bounds part times kh * kw.
+    """
+    kh, kw = _pair(kernel_size, "kernel_size")
+    pooled = avg_pool2d(ops.pow(x, norm_type), (kh, kw), stride, 0, ceil_mode)
+    return _lp_root(pooled, kh * kw, norm_type)
+
+
+def lp_pool1d(x, norm_type: float, kernel_size, stride=None, ceil_mode: bool = False) -> Tensor:
+    """Power-average pooling of (N, C, L) or (C, L), as torch.nn.functional.lp_pool1d (see :func:`lp_pool2d`)."""
+    k = _int(kernel_size, "kernel_size")
+    pooled = avg_pool1d(ops.pow(x, norm_type), k, stride, 0, ceil_mode)
+    return _lp_root(pooled, k, norm_type)
+
+
+def _lp_root(pooled: Tensor, taps: int, norm_type: float) -> Tensor:
+    """torch's tail of lp_pool: (sign(s) * relu(|s|) * taps) ** (1 / p)."""
+    total = ops.mul(ops.mul(ops.sign(pooled), ops.relu(ops.abs(pooled))), float(taps))
+    return ops.pow(total, 1.0 / norm_type)
+
+
 # ---------------------------------------------------------------------------------------------
 # adaptive pooling
 

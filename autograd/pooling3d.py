@@ -20,6 +20,7 @@ from . import ops
 from .backend import xp
 from .conv import _ntuple
 from .pooling import (
+    _lp_root,
     _pool_geometry,
     _window_matrix,
     adaptive_avg_matrix,
@@ -148,3 +149,10 @@ def adaptive_max_pool3d(x, output_size, return_indices: bool = False):
     values, depth_index = (_depth_back(p, (n, c, oh, ow)) for p in pooled)
     plane_index = xp.reshape(plane_index, (n, c, d, oh, ow))
     return without_batch((values, _volume_positions(plane_index, depth_index, h, w)), added)
+
+
+def lp_pool3d(x, norm_type: float, kernel_size, stride=None, ceil_mode: bool = False) -> Tensor:
+    """Power-average pooling of (N, C, D, H, W) or (C, D, H, W), as torch.nn.functional.lp_pool3d."""
+    kernel = _ntuple(kernel_size, 3, "kernel_size")
+    pooled = avg_pool3d(ops.pow(x, norm_type), kernel, stride, 0, ceil_mode)
+    return _lp_root(pooled, kernel[0] * kernel[1] * kernel[2], norm_type)

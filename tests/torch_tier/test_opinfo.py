@@ -106,8 +106,8 @@ CORE_OPS = {
     # reductions
     "sum": _renamed(ag.sum), "mean": _renamed(ag.mean), "amax": _renamed(ag.max), "amin": _renamed(ag.min),
     "max.reduction_no_dim": ag.max, "min.reduction_no_dim": ag.min, "logsumexp": _renamed(ag.logsumexp),
-    "var": _variance(ag.var), "var.unbiased": _variance(ag.var), "std": _variance(ag.std),
-    "std.unbiased": _variance(ag.std), "argmax": _renamed(ag.argmax), "argmin": _renamed(ag.argmin),
+    "var": _variance(ag.var), "var.unbiased": lambda x, unbiased: ag.var(x, unbiased=unbiased),
+    "std": _variance(ag.std), "std.unbiased": lambda x, unbiased: ag.std(x, unbiased=unbiased), "argmax": _renamed(ag.argmax), "argmin": _renamed(ag.argmin),
     # shape and indexing
     "reshape": ag.reshape, "view": ag.reshape, "permute": ag.permute, "transpose": ag.swapaxes,
     "broadcast_to": ag.broadcast_to, "unsqueeze": ag.expand_dims, "squeeze": _renamed(ag.squeeze),
@@ -149,7 +149,8 @@ CORE_OPS = {
     "nn.functional.upsample_bilinear": lambda x, size=None, scale_factor=None: ag.interpolate(
         x, size, scale_factor, mode="bilinear", align_corners=True),
     "nn.functional.batch_norm": ag.batch_norm, "nn.functional.layer_norm": ag.layer_norm,
-    "nn.functional.group_norm": ag.group_norm, "nn.functional.dropout": _dropout,
+    "nn.functional.group_norm": ag.group_norm, "nn.functional.instance_norm": ag.instance_norm,
+    "nn.functional.dropout": _dropout,
 }
 
 
