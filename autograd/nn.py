@@ -29,15 +29,16 @@ def _mask_data(mask, shape):
         raise ValueError(f"softmax: mask of shape {tuple(mask.shape)} does not broadcast to {shape}") from None
 
 
-def softmax(x, axis: int = -1, mask=None) -> Tensor:
-    """exp(x - max) / sum(exp(x - max)) along ``axis``; optional boolean keep-mask.
+def softmax(x, axis: int = -1, mask=None, dtype=None) -> Tensor:
+    """exp(x - max) / sum(exp(x - max)) along ``axis``; optional boolean keep-mask; ``dtype`` casts the input
+    first (as torch's; the gradient comes back in the input's dtype).
 
     VJP: ``dx = y * (g - sum(g * y))`` (:func:`_softmax_vjp`, itself differentiable, so grad-of-grad
     works).  Both are computed row block by row block when ``axis`` is the last one (the common case:
     attention energies), which keeps the temporaries in cache and lets NumPy use every core; each row
     is computed exactly as in one pass, so the numbers do not depend on the blocking.
     """
-    x = ops._lift(x)
+    x = ops._lift(x) if dtype is None else ops.astype(x, dtype)
     (axis,) = ops._normalize_axis(axis, x.ndim)
     keep = _mask_data(mask, x.shape)
     data = x.data if keep is None else xp.where(keep, x.data, -xp.inf)
@@ -106,9 +107,9 @@ def _along_rows(kernel, axis: int, *arrays):
     return out
 
 
-def log_softmax(x, axis: int = -1, mask=None) -> Tensor:
-    """x - logsumexp(x) along ``axis``; masked positions give -inf (and zero gradient)."""
-    x = ops._lift(x)
+def log_softmax(x, axis: int = -1, mask=None, dtype=None) -> Tensor:
+    """x - logsumexp(x) along ``axis``; masked positions give -inf (and zero gradient); ``dtype`` as softmax's."""
+    x = ops._lift(x) if dtype is None else ops.astype(x, dtype)
     keep = _mask_data(mask, x.shape)
     data = x.data if keep is None else xp.where(keep, x.data, -xp.inf)
     shift = xp.max(data, axis=axis, keepdims=True)

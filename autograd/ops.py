@@ -86,13 +86,19 @@ def sum_to(x, shape) -> Tensor:
 # elementwise arithmetic
 
 
-def add(a, b) -> Tensor:
+def add(a, b, *, alpha=1) -> Tensor:
+    """``a + alpha * b`` (torch.add's ``alpha``; the product is a separate step only when alpha != 1)."""
+    if alpha != 1:
+        return add(a, mul(b, alpha))
     a, b = _binary_operands(a, b)
     sa, sb = a.shape, b.shape  # the VJPs read shapes only: the operands are not kept alive
     return record(a.data + b.data, ((a, lambda g: sum_to(g, sa)), (b, lambda g: sum_to(g, sb))))
 
 
-def sub(a, b) -> Tensor:
+def sub(a, b, *, alpha=1) -> Tensor:
+    """``a - alpha * b`` (torch.sub's ``alpha``)."""
+    if alpha != 1:
+        return sub(a, mul(b, alpha))
     a, b = _binary_operands(a, b)
     sa, sb = a.shape, b.shape
     return record(a.data - b.data, ((a, lambda g: sum_to(g, sa)), (b, lambda g: sum_to(neg(g), sb))))
@@ -764,9 +770,12 @@ def flip(a, axis=None) -> Tensor:
     return record(xp.flip(a.data, axis=axes), ((a, lambda g: flip(g, axes)),))
 
 
-def repeat(a, repeats: int, axis: int) -> Tensor:
-    """Repeat each element ``repeats`` times along ``axis`` (numpy.repeat with an int)."""
+def repeat(a, repeats: int, axis=None) -> Tensor:
+    """Repeat each element ``repeats`` times along ``axis`` (numpy.repeat with an int; ``axis=None`` repeats
+    the flattened tensor, as numpy.repeat and torch.repeat_interleave)."""
     a = _lift(a)
+    if axis is None:
+        return repeat(reshape(a, (a.size,)), repeats, 0)
     axis = axis % a.ndim
     out = xp.repeat(a.data, repeats, axis=axis)
     split_shape = a.shape[: axis + 1] + (repeats,) + a.shape[axis + 1 :]

@@ -327,9 +327,12 @@ def _take_max(a, axis: int):
     return ops.squeeze(take_along_axis(a, xp.expand_dims(first, axis), axis), axis), first
 
 
-def take_along_axis(a, indices, axis: int) -> Tensor:
-    """numpy.take_along_axis; the VJP scatters back (duplicates accumulate)."""
+def take_along_axis(a, indices, axis) -> Tensor:
+    """numpy.take_along_axis (``axis=None``: of the flattened tensor and indices, as NumPy and
+    torch.take_along_dim); the VJP scatters back (duplicates accumulate)."""
     a = ops._lift(a)
+    if axis is None:
+        return take_along_axis(ops.reshape(a, (a.size,)), xp.reshape(indices, (-1,)), 0)
     axis = axis % a.ndim
     out = xp.take_along_axis(a.data, indices, axis=axis)
     shape = a.shape

@@ -26,7 +26,7 @@ import operator
 import numpy as _np
 
 from . import backend, ops
-from .pooling import adaptive_avg_matrix, axis_matrices
+from .pooling import adaptive_bins, axis_matrices
 from .tensor import Tensor
 
 #: Input ranks each mode accepts (``bilinear`` on (N, C, L) is the core's long-standing alias of ``linear``).
@@ -81,13 +81,19 @@ def _cubic_weights(t: _np.ndarray) -> _np.ndarray:
 
 def resize_matrix(in_size: int, out_size: int, mode: str, align_corners=None, scale=None, dtype=_np.float64):
     """The (out_size, in_size) matrix that resamples one axis (host-built, returned on the backend)."""
+    return backend.from_numpy(_host_matrix(in_size, out_size, mode, align_corners, scale).astype(dtype))
+
+
+def _host_matrix(in_size: int, out_size: int, mode: str, align_corners, scale) -> _np.ndarray:
+    """:func:`resize_matrix` on the host, in float64."""
     if mode not in MODES:
         raise ValueError(f"interpolate: mode must be one of {sorted(MODES)}, got {mode!r}")
     matrix = _np.zeros((out_size, in_size), dtype=_np.float64)
     rows = _np.arange(out_size)
     if mode == "area":
-        return adaptive_avg_matrix(in_size, out_size, dtype)
-    if mode == "nearest-exact":
+        for i, (start, stop) in enumerate(adaptive_bins(in_size, out_size)):
+            matrix[i, start:stop] = 1.0 / (stop - start)
+    elif mode == "nearest-exact":
         matrix[rows, nearest_exact_indices(in_size, out_size, scale)] = 1.0
     elif mode == "bicubic":
         src = _source_coordinates(in_size, out_size, align_corners, scale, cubic=True)
@@ -107,7 +113,7 @@ def resize_matrix(in_size: int, out_size: int, mode: str, align_corners=None, sc
         frac = _np.clip(src - lower, 0.0, 1.0)
         _np.add.at(matrix, (rows, lower), 1.0 - frac)
         _np.add.at(matrix, (rows, upper), frac)
-    return backend.from_numpy(matrix.astype(dtype))
+    return matrix
 
 
 def interpolate(x, size=None, scale_factor=None, mode: str = "nearest", align_corners=None,
@@ -131,9 +137,9 @@ def interpolate(x, size=None, scale_factor=None, mode: str = "nearest", align_co
     sizes, scales = _output_sizes(spatial, size, scale_factor, recompute_scale_factor)
     out = x
     for axis, (n_in, n_out, scale) in enumerate(zip(spatial, sizes, scales)):
-        matrix = resize_matrix(n_in, n_out, mode, align_corners, scale, x.dtype)
-        if not _is_identity(matrix):
-            out = _along_axis(out, Tensor(matrix), 2 + axis)
+        matrix = _host_matrix(n_in, n_out, mode, align_corners, scale)
+        if not (n_in == n_out and _np.array_equal(matrix, _np.eye(n_in))):  # a copy needs no product
+            out = _along_axis(out, Tensor(backend.from_numpy(matrix.astype(x.dtype))), 2 + axis)
     return out
 
 
@@ -170,11 +176,6 @@ def _per_axis(value, dims: int, name: str) -> tuple:
     if dims == 1 and len(value) == 2:  # the core's (N, C, L) calls once took (1, L) pairs
         return tuple(value[-1:])
     raise ValueError(f"interpolate: {name} must be one value or {dims} (one per spatial axis), got {value!r}")
-
-
-def _is_identity(matrix) -> bool:
-    host = backend.to_numpy(matrix)
-    return host.shape[0] == host.shape[1] and _np.array_equal(host, _np.eye(host.shape[0], dtype=host.dtype))
 
 
 def _along_axis(x: Tensor, matrix: Tensor, axis: int) -> Tensor:

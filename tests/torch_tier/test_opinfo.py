@@ -23,6 +23,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("expecttest")  # torch.testing._internal imports it
 
 import autograd as ag  # noqa: E402
+from autograd.tensor import record  # noqa: E402
 
 from . import opinfo  # noqa: E402
 from .opinfo import Gap  # noqa: E402
@@ -74,11 +75,9 @@ def _split(x, split_size_or_sections, dim=0):
     return ag.split(x, [int(p) for p in points], axis=dim)
 
 
-def _dropout(x, p=0.5, training=True, inplace=False):
-    """F.dropout: torch's default is training=True (the core's is False)."""
-    if inplace:
-        return ag.dropout(x, p, training, inplace=True)  # the core has no in-place ops: it refuses
-    return ag.dropout(x, p, training)
+def _dropout(x, p=0.5, training=True, **kwargs):
+    """F.dropout: torch's default is training=True (the core's is False); ``inplace`` reaches the core (no)."""
+    return ag.dropout(x, p, training, **kwargs)
 
 
 def _reflected(method):
@@ -107,7 +106,8 @@ CORE_OPS = {
     "sum": _renamed(ag.sum), "mean": _renamed(ag.mean), "amax": _renamed(ag.max), "amin": _renamed(ag.min),
     "max.reduction_no_dim": ag.max, "min.reduction_no_dim": ag.min, "logsumexp": _renamed(ag.logsumexp),
     "var": _variance(ag.var), "var.unbiased": lambda x, unbiased: ag.var(x, unbiased=unbiased),
-    "std": _variance(ag.std), "std.unbiased": lambda x, unbiased: ag.std(x, unbiased=unbiased), "argmax": _renamed(ag.argmax), "argmin": _renamed(ag.argmin),
+    "std": _variance(ag.std), "std.unbiased": lambda x, unbiased: ag.std(x, unbiased=unbiased),
+    "argmax": _renamed(ag.argmax), "argmin": _renamed(ag.argmin),
     # shape and indexing
     "reshape": ag.reshape, "view": ag.reshape, "permute": ag.permute, "transpose": ag.swapaxes,
     "broadcast_to": ag.broadcast_to, "unsqueeze": ag.expand_dims, "squeeze": _renamed(ag.squeeze),
@@ -117,7 +117,7 @@ CORE_OPS = {
     "flip": _renamed(ag.flip), "tile": ag.tile,
     "repeat": ag.tile,  # torch.Tensor.repeat(sizes) is numpy.tile; the core's repeat is numpy.repeat
     "repeat_interleave": _renamed(ag.repeat), "__getitem__": ag.getitem,
-    "take_along_dim": _renamed(ag.take_along_axis),
+    "take_along_dim": lambda x, indices, dim=None: ag.take_along_axis(x, indices, dim),  # torch's default None
     "constant_pad_nd": lambda x, pad, value=0: ag.pad(x, _pad_width(pad, x.ndim), value),
     "nn.functional.pad.constant": _torch_pad, "nn.functional.pad.reflect": _torch_pad,
     "nn.functional.pad.replicate": _torch_pad, "nn.functional.pad.replicate_negative": _torch_pad,
@@ -158,14 +158,103 @@ CORE_OPS = {
 # the gaps table: every sample or error input the core does not handle, and why
 
 
-def _kw(name, *values):
-    """Predicate: the sample passes keyword ``name`` (with one of ``values``, when given)."""
-    def applies(s):
-        return name in s.kwargs and (not values or s.kwargs[name] in values)
-    return applies
+def _kw_zero(name):
+    return lambda s: s.kwargs.get(name) == 0
 
 
+def _scalar_with_axis(s):
+    """A 0-d input reduced or reshaped along an axis (torch accepts axis 0 / -1 there)."""
+    axis = s.args[0] if s.args else s.kwargs.get("dim", s.kwargs.get("start_dim"))
+    return getattr(s.input, "ndim", None) == 0 and axis is not None and axis not in ((), [])
+
+
+def _squeezes_a_long_axis(s):
+    dims = s.args[0] if s.args else s.kwargs.get("dim")
+    dims = () if dims is None else (dims,) if isinstance(dims, int) else dims
+    return s.input.ndim > 0 and any(s.input.shape[d] != 1 for d in dims)
+
+
+def _empty_axis(s):
+    return 0 in s.input.shape
+
+
+def _number_operand(s):
+    """An error input whose first or second operand is a Python number."""
+    return not isinstance(s.input, torch.Tensor) or any(not isinstance(a, torch.Tensor) for a in s.args[:1])
+
+
+def _tensor_bound(s):
+    return any(isinstance(a, torch.Tensor) and a.is_floating_point() for a in s.args)
+
+
+def _repeated_dim(s):
+    """A dim list that names one axis twice: (0, 0), or (0, -4) on 4 axes."""
+    return isinstance(s.kwargs.get("dim"), (tuple, list)) and len(set(
+        d % s.input.ndim for d in s.kwargs["dim"])) < len(s.kwargs["dim"])
+
+
+_CORE_SEM = "issue 14 section 2 (crash fixes; the core-sem branch)"
+_ISSUE_13 = "issue 13 section 3 (clear errors, dtype semantics; the core-sem branch)"
+_NUMBERS = ("the core's ops and operators take Python numbers (and arrays) on either side and lift them to "
+            "tensors (DESIGN.md: a Tensor mixes with plain arrays on either side); torch requires a Tensor there")
+
+#: Every sample or error input the core does not handle as torch does, and why: (op, feature, reason, which).
 GAPS = [
+    # --- features the core does not have (it must refuse them with a clear error) ---
+    Gap("nn.functional.dropout", "training=True with p > 0 (torch's default training=True included)",
+        "torch draws the mask from its own generator, which cannot be reproduced: the core's dropout takes its "
+        "mask from an explicit numpy Generator (rng=) and refuses training mode without one",
+        lambda s: s.kwargs.get("training", True) and s.kwargs.get("p", 0.5) != 0),
+    Gap("squeeze", "squeeze an axis whose length is not 1",
+        "torch makes it a no-op; the core follows numpy.squeeze and refuses (a silent no-op hides a wrong axis)",
+        _squeezes_a_long_axis),
+    Gap("squeeze.multiple", "squeeze axes whose length is not 1", "as squeeze", _squeezes_a_long_axis),
+    Gap("nn.functional.batch_norm", "a 1-D input (no channel axis)",
+        "torch accepts an empty 1-D input with empty statistics; the core requires (N, C, ...)",
+        lambda s: s.input.ndim < 2),
+    Gap("repeat_interleave", "output_size=", "a torch hint for the output length (to avoid a device sync); "
+        "the core computes the length itself and has no such argument", lambda s: "output_size" in s.kwargs),
+    # --- known bugs, fixed on the core-sem branch (these entries go when it merges) ---
+    *[Gap(op, "0-d input with an axis", _CORE_SEM, _scalar_with_axis, "bug")
+      for op in ("sum", "mean", "amax", "amin", "logsumexp", "squeeze", "squeeze.multiple", "transpose",
+                 "log_softmax", "log_softmax.with_dtype")],
+    Gap("flatten", "0-d input", _CORE_SEM, lambda s: s.input.ndim == 0, "bug"),
+    Gap("where", "0-d operands (backward of the second branch)", _CORE_SEM,
+        lambda s: s.input.ndim == 0 and all(a.ndim == 0 for a in s.args), "bug"),
+    *[Gap(op, "an empty softmax axis", _CORE_SEM, _empty_axis, "bug")
+      for op in ("softmax", "softmax.with_dtype", "log_softmax", "log_softmax.with_dtype")],
+    Gap("nn.functional.group_norm", "batch of 0", _CORE_SEM, lambda s: s.input.shape[0] == 0, "bug"),
+    Gap("take_along_dim", "indices that broadcast against the input (backward)", _CORE_SEM,
+        lambda s: isinstance(s.args[0], torch.Tensor) and len(s.args) > 1
+        and s.args[0].shape[:s.args[1]] + s.args[0].shape[s.args[1] + 1:]
+        != s.input.shape[:s.args[1]] + s.input.shape[s.args[1] + 1:], "bug"),
+    Gap("repeat_interleave", "a tensor of repeats (backward)", _CORE_SEM,
+        lambda s: isinstance(s.kwargs.get("repeats"), torch.Tensor) and "output_size" not in s.kwargs, "bug"),
+    *[Gap(op, "tensor bounds", _CORE_SEM, _tensor_bound, "bug") for op in ("clamp", "clamp_min", "clamp_max")],
+    Gap("cat", "an empty 1-D tensor among N-D ones (torch's legacy skip)",
+        "torch skips it; the core crashes inside NumPy instead of refusing: " + _ISSUE_13,
+        lambda s: any(t.ndim == 1 and t.shape[0] == 0 for t in s.input) and len({t.ndim for t in s.input}) > 1,
+        "bug"),
+    # --- error inputs the core accepts on purpose (Python-number conveniences) ---
+    *[Gap(op, "error input: a Python number as an operand", _NUMBERS, _number_operand, "accepted", errors=True)
+      for op in ("__radd__", "__rdiv__", "__rmul__", "__rpow__", "__rsub__", "rsub", "pow", "maximum", "minimum",
+                 "max.binary", "min.binary", "clamp_min", "clamp_max")],
+    # --- error inputs the core crashes on or accepts by mistake, fixed on the core-sem branch ---
+    *[Gap(op, "error input: a reduction over an empty axis", "crashes inside NumPy: " + _ISSUE_13,
+          lambda s: 0 in s.input.shape, "bug", errors=True) for op in ("amax", "amin")],
+    *[Gap(op, "error input: a repeated axis in dim", "issue 14 section 4 (duplicate axes must raise; core-sem)",
+          _repeated_dim, "bug", errors=True) for op in ("amax", "amin")],
+    Gap("mean", "error input: the mean of an integer tensor", "torch refuses; the core returns a float mean: "
+        + _ISSUE_13, lambda s: not s.input.is_floating_point(), "bug", errors=True),
+    Gap("neg", "error input: a boolean tensor", "crashes inside NumPy: " + _ISSUE_13,
+        lambda s: s.input.dtype == torch.bool, "bug", errors=True),
+    Gap("nn.functional.avg_pool2d", "error input: divisor_override=0",
+        "issue 14 section 4 (must raise on every path; core-sem)", _kw_zero("divisor_override"), "bug", errors=True),
+    *[Gap(op, "error input: a shape of the wrong size", "crashes inside NumPy: " + _ISSUE_13,
+          lambda s: True, "bug", errors=True) for op in ("reshape", "view")],
+    Gap("cat", "error input: operands whose shapes or ranks do not match (or None, or 0-d)",
+        "crashes inside NumPy: " + _ISSUE_13,
+        lambda s: "out" not in s.kwargs and len(s.input) > 0, "bug", errors=True),
 ]
 
 
@@ -199,3 +288,89 @@ def test_tables_name_real_opinfos():
     db = _op_db()
     assert not [n for n in CORE_OPS if n not in db], "CORE_OPS names an OpInfo torch does not have"
     assert not [g.op for g in GAPS if g.op not in CORE_OPS], "a gap entry names an op outside CORE_OPS"
+
+
+# ---------------------------------------------------------------------------------------------
+# the harness catches what it is meant to catch
+
+
+def _statuses(name, adapter, errors=False):
+    """The statuses of the op's samples that hold at least one value (or of its error inputs)."""
+    outcomes = opinfo.run_op(name, _op_db()[name], adapter, adapter_file=__file__)
+    return [o.status for o in outcomes if o.is_error_input == errors and (errors or _non_empty(o.sample))]
+
+
+def _non_empty(sample):
+    return sample.input.numel() > 0
+
+
+def test_compare_arrays_catches_wrong_values_dtypes_shapes_and_nan():
+    expected = np.array([1.0, -2.0, 3.0, np.nan, np.inf])
+    assert opinfo.compare_arrays(expected * (1 + 1e-12), expected, "x") is None
+    assert "max |core - torch|" in opinfo.compare_arrays(expected * (1 + 1e-9), expected, "x")
+    assert "NaN positions" in opinfo.compare_arrays(np.array([1.0, -2.0, 3.0, 0.0, np.inf]), expected, "x")
+    assert "inf positions" in opinfo.compare_arrays(np.array([1.0, -2.0, 3.0, np.nan, -np.inf]), expected, "x")
+    assert "dtype float32" in opinfo.compare_arrays(expected.astype(np.float32), expected, "x")
+    assert "shape" in opinfo.compare_arrays(expected[:4], expected, "x")
+    assert "integer values differ" in opinfo.compare_arrays(np.array([0, 2]), np.array([0, 1]), "x")
+    assert "dtype" in opinfo.compare_arrays(np.array([0.0, 1.0]), np.array([0, 1]), "x")
+
+
+def test_a_wrong_forward_or_gradient_is_a_mismatch():
+    assert set(_statuses("exp", ag.exp)) == {"agree"}
+    assert set(_statuses("exp", lambda x: ag.mul(ag.exp(x), 1 + 1e-8))) == {"mismatch"}
+
+    def exp_with_wrong_gradient(x):  # the right values, the VJP of the identity
+        return record(ag.xp.exp(x.data), ((x, lambda g: g),))
+
+    statuses = _statuses("exp", exp_with_wrong_gradient)
+    assert statuses and set(statuses) == {"mismatch"}
+
+
+def test_a_wrong_number_of_outputs_is_a_mismatch():
+    assert set(_statuses("nn.functional.max_pool1d", lambda *a, **k: ag.max_pool1d(
+        *a, **dict(k, return_indices=False)))) >= {"mismatch"}
+
+
+def test_crashes_and_clear_errors_are_told_apart():
+    def numpy_error(x):
+        return ag.Tensor(ag.xp.reshape(x.data, (7, 7, 7)))  # raised inside NumPy
+
+    def core_error(x):
+        return ag.pad(x, ((1, 1),) * (x.ndim + 1))  # a ``raise`` of the core
+
+    assert set(_statuses("exp", numpy_error)) == {"crash"}
+    assert set(_statuses("exp", core_error)) == {"rejected"}
+    assert set(_statuses("exp", lambda x: ag.exp(x, base=2))) == {"rejected"}  # an argument exp does not take
+
+
+def test_an_accepted_error_input_is_reported():
+    statuses = _statuses("nn.functional.conv2d", lambda *a, **k: a[0], errors=True)  # accepts anything
+    assert statuses and set(statuses) == {"accepted"}
+
+
+def test_judge_flags_unexplained_stale_and_unclear_outcomes():
+    outcomes = opinfo.run_op("exp", _op_db()["exp"], ag.exp)
+    assert opinfo.judge("exp", outcomes, []) == []
+    stale = [Gap("exp", "everything", "a test", lambda s: True)]
+    problems = opinfo.judge("exp", outcomes, stale)
+    assert problems and all(p.startswith("STALE") for p in problems)
+    unused = [Gap("exp", "nothing", "a test", lambda s: False)]
+    assert any("applies to no sample" in p for p in opinfo.judge("exp", outcomes, unused))
+    wrong = [o for o in opinfo.run_op("exp", _op_db()["exp"], lambda x: ag.mul(ag.exp(x), 2.0))
+             if _non_empty(o.sample)]  # (an empty sample agrees whatever the op computes)
+    assert wrong and all(p.startswith("UNEXPLAINED") for p in opinfo.judge("exp", wrong, []))
+    as_unsupported = [Gap("exp", "everything", "a test", lambda s: True)]
+    assert all(p.startswith("NOT CLEARLY REJECTED") for p in opinfo.judge("exp", wrong, as_unsupported))
+    as_bug = [Gap("exp", "everything", "a test", lambda s: True, "bug")]
+    assert opinfo.judge("exp", wrong, as_bug) == []
+
+
+def test_the_summary_counts_every_outcome():
+    results = {"exp": opinfo.run_op("exp", _op_db()["exp"], ag.exp),
+               "neg": opinfo.run_op("neg", _op_db()["neg"], ag.neg)}
+    totals = opinfo.summarize(results)
+    assert totals["samples"] == sum(not o.is_error_input for outs in results.values() for o in outs)
+    assert totals["agree"] + totals["rejected"] + totals["crash"] + totals["mismatch"] == totals["samples"]
+    assert totals["error_inputs"] == totals["error_rejected"] + totals["error_crash"] + totals["error_accepted"]
+    assert "2 OpInfos" in opinfo.format_summary(results)
