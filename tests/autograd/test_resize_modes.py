@@ -82,6 +82,7 @@ def test_nearest_exact(rng, case):
         sources.append([min(int(np.floor(np.float32((d + 0.5) * float(step)))), n_in - 1) for d in range(n_out)])
     expected = x[:, :, sources[0]][:, :, :, sources[1]]
     assert_close(ag.interpolate(dev(x), mode="nearest-exact", **case), expected, rtol=0, atol=0)
+    check_grads(lambda v: ag.interpolate(v, mode="nearest-exact", **case), dev(x[:1, :1]))
 
 
 def _pair(v):
@@ -97,6 +98,7 @@ def test_area_is_the_adaptive_bin_mean(rng, size):
         c0, c1 = math.floor(q * 6 / size[1]), math.ceil((q + 1) * 6 / size[1])
         expected[:, :, p, q] = x[:, :, r0:r1, c0:c1].mean(axis=(2, 3))
     assert_close(ag.interpolate(dev(x), size=size, mode="area"), expected, rtol=1e-13, atol=1e-14)
+    check_grads(lambda v: ag.interpolate(v, size=size, mode="area"), dev(x[:1, :1]))
     row = np.stack([x[:, :, 0, math.floor(q * 6 / size[1]):math.ceil((q + 1) * 6 / size[1])].mean(axis=-1)
                     for q in range(size[1])], axis=-1)
     assert_close(ag.interpolate(dev(x[:, :, 0]), size=size[1], mode="area"), row, rtol=1e-13, atol=1e-14)
