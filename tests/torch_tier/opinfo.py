@@ -417,6 +417,26 @@ def summarize(results: dict) -> dict:
     }
 
 
+def explained(results: dict, gaps: list) -> dict:
+    """How the gaps table explains the outcomes that are not ``agree`` / ``rejected``-error-input:
+    {(samples or error inputs, status, gap kind or "unexplained"): count}."""
+    counts = {}
+    for name, outcomes in results.items():
+        entries = [g for g in gaps if g.op == name]
+        for o in outcomes:
+            if o.status == ("rejected" if o.is_error_input else "agree"):
+                continue
+            kind = next((g.kind for g in entries if g.errors == o.is_error_input and g.applies(o.sample)),
+                        "unexplained")
+            key = ("error inputs" if o.is_error_input else "samples", o.status, kind)
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def format_explained(counts: dict) -> str:
+    return "\n".join(f"  {what}, {status}: {n} ({kind})" for (what, status, kind), n in sorted(counts.items()))
+
+
 def format_summary(results: dict, markdown: bool = False) -> str:
     rows = []
     header = ("op", "samples", "agree", "rejected", "crash", "mismatch", "error inputs", "err rejected",
@@ -462,9 +482,12 @@ def main(argv=None) -> int:
                 if o.status != ("rejected" if o.is_error_input else "agree"):
                     print(o.describe())
     print(format_summary(results))
+    breakdown = format_explained(explained(results, test_opinfo.GAPS))
+    print("\nby the gaps table (unsupported: refused on purpose; bug: a known defect; accepted: a convenience):\n"
+          + breakdown)
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(format_summary(results, markdown=True))
+            f.write(format_summary(results, markdown=True) + "\nBy the gaps table:\n\n```\n" + breakdown + "\n```\n")
     problems = [p for name, outs in results.items() for p in judge(name, outs, test_opinfo.GAPS)]
     print(f"\n{len(problems)} problems against the gaps table" + "".join(f"\n  {p}" for p in problems))
     return 0

@@ -374,3 +374,8 @@ def test_the_summary_counts_every_outcome():
     assert totals["agree"] + totals["rejected"] + totals["crash"] + totals["mismatch"] == totals["samples"]
     assert totals["error_inputs"] == totals["error_rejected"] + totals["error_crash"] + totals["error_accepted"]
     assert "2 OpInfos" in opinfo.format_summary(results)
+    counts = opinfo.explained(results, [Gap("neg", "error input: anything", "a test", lambda s: True, "bug",
+                                            errors=True)])
+    failing = sum(o.status != ("rejected" if o.is_error_input else "agree") for outs in results.values() for o in outs)
+    assert sum(counts.values()) == failing
+    assert all(kind in ("bug", "unexplained") for _, _, kind in counts)
