@@ -267,9 +267,12 @@ def run_sample(name: str, op, adapter, sample, index: int, adapter_file: str | N
 
     expected = op(sample.input, *sample.args, **sample.kwargs)
     leaves = {}
-    core_input = to_core(sample.input, leaves)
-    core_args = to_core(tuple(sample.args), leaves)
-    core_kwargs = to_core(dict(sample.kwargs), leaves)
+    try:
+        core_input = to_core(sample.input, leaves)
+        core_args = to_core(tuple(sample.args), leaves)
+        core_kwargs = to_core(dict(sample.kwargs), leaves)
+    except Exception as exc:  # noqa: BLE001 -- reported, never skipped
+        return outcome("crash", f"the harness cannot convert the sample: {_exception_text(exc)}")
     try:
         actual = adapter(core_input, *core_args, **core_kwargs)
     except Exception as exc:  # noqa: BLE001 -- every exception is classified
