@@ -89,6 +89,14 @@ class AxisMap:
             self._transposed._transposed = self
         return self._transposed
 
+    def with_plain_adjoint(self) -> "AxisMap":
+        """This map, with an adjoint (:attr:`T`) that reads only the nonzero weights -- for a kernel whose
+        backward skips the zero-weight reads of its forward (PyTorch's bicubic backward is a plain copy at an
+        unchanged size, where its forward reads the neighbours through weights of 0)."""
+        self._transposed = AxisMap(self.weights.T)
+        self._transposed._transposed = self
+        return self
+
     def indicator(self, which: str, dtype):
         """A 0/1 backend matrix of ``dtype``: the inputs read ("reads"), read through a zero weight
         ("zero"), or through a positive ("positive") or negative ("negative") weight; None where empty."""

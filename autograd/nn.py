@@ -35,17 +35,26 @@ def _mask_data(mask, shape, op: str = "softmax"):
         raise ValueError(f"{op}: mask of shape {tuple(mask.shape)} does not broadcast to {shape}") from None
 
 
-def _softmax_args(x, axis, mask, op: str):
-    """(x, axis, keep-mask or None), validated (a real floating-point x, an axis in range, a boolean mask)."""
+def _softmax_args(x, axis, mask, op: str, dtype=None):
+    """(x, axis, keep-mask or None), validated (a real floating-point x, an axis in range, a boolean mask).
+
+    A ``dtype`` (a real floating-point one) casts x first, as torch's ``dtype=``: an integer input is then
+    accepted, and the gradient comes back in x's own dtype.
+    """
     x = ops._lift(x)
+    if dtype is not None:
+        if not _np.issubdtype(_np.dtype(dtype), _np.floating):
+            raise TypeError(f"{op}: dtype must be a real floating-point dtype, got {_np.dtype(dtype)}")
+        x = ops.astype(x, dtype)
     ops._check_float(op, "input", x)
     axis = ops._one_axis(axis, x.ndim, op)
     keep = _mask_data(mask, x.shape, op)
     return x, axis, keep
 
 
-def softmax(x, axis: int = -1, mask=None) -> Tensor:
-    """exp(x - max) / sum(exp(x - max)) along ``axis``; optional boolean keep-mask (module docstring).
+def softmax(x, axis: int = -1, mask=None, dtype=None) -> Tensor:
+    """exp(x - max) / sum(exp(x - max)) along ``axis``; optional boolean keep-mask (module docstring);
+    ``dtype`` casts the input first (as torch's; the gradient comes back in the input's dtype).
 
     VJP: ``dx = y * (g - sum(g * y))`` (:func:`_softmax_vjp`, itself differentiable, so grad-of-grad
     works).  Both are computed row block by row block when ``axis`` is the last one (the common case:
@@ -53,7 +62,7 @@ def softmax(x, axis: int = -1, mask=None) -> Tensor:
     is computed exactly as in one pass, so the numbers do not depend on the blocking.  A 0-d input is one
     row of one entry (torch accepts axis 0 and -1 there); an empty axis gives an empty result.
     """
-    x, axis, keep = _softmax_args(x, axis, mask, "softmax")
+    x, axis, keep = _softmax_args(x, axis, mask, "softmax", dtype)
     if x.ndim == 0:
         return ops.reshape(softmax(ops.reshape(x, (1,)), 0, None if keep is None else xp.reshape(keep, (1,))), ())
     if x.shape[axis] == 0:
@@ -140,12 +149,13 @@ def _along_rows(kernel, axis: int, *arrays):
     return out
 
 
-def log_softmax(x, axis: int = -1, mask=None) -> Tensor:
-    """x - logsumexp(x) along ``axis`` (module docstring); masked positions give -inf and zero gradient.
+def log_softmax(x, axis: int = -1, mask=None, dtype=None) -> Tensor:
+    """x - logsumexp(x) along ``axis`` (module docstring); masked positions give -inf and zero gradient;
+    ``dtype`` as softmax's.
 
     VJP: ``dx = g - softmax(x) * sum(g)``, with the cotangent of masked positions dropped first.
     """
-    x, axis, keep = _softmax_args(x, axis, mask, "log_softmax")
+    x, axis, keep = _softmax_args(x, axis, mask, "log_softmax", dtype)
     if x.ndim == 0:
         flat_keep = None if keep is None else xp.reshape(keep, (1,))
         return ops.reshape(log_softmax(ops.reshape(x, (1,)), 0, flat_keep), ())
@@ -282,6 +292,46 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     if return_running:
         return y, new_mean, new_var
     return y
+
+
+def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats: bool = True,
+                  momentum: float = 0.1, eps: float = 1e-5, return_running: bool = False):
+    """Instance normalisation of (N, C, ...), as torch.nn.functional.instance_norm.
+
+    With ``use_input_stats`` each (sample, channel) plane is normalised by its own mean and biased variance;
+    otherwise by the running statistics.  As torch, it is batch normalisation of the (1, N*C, ...) view with
+    the per-channel vectors repeated N times, and the running statistics' update is the mean over N of the
+    per-instance updates (unbiased instance variances, ``momentum``).  Nothing is updated in place: with
+    ``return_running=True`` the result is ``(y, new_running_mean, new_running_var)``.
+    """
+    x = ops._lift(x)
+    if x.ndim < 3:
+        raise ValueError(f"instance_norm: input must be (N, C, ...) with at least one spatial axis, got shape "
+                         f"{x.shape}")
+    n, c = x.shape[:2]
+    for name, value in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                        ("bias", bias)):
+        if value is not None and tuple(value.shape) != (c,):
+            raise ValueError(f"instance_norm: {name} must have shape ({c},), got {tuple(value.shape)}")
+    if use_input_stats and x.size // max(n * c, 1) < 2:
+        raise ValueError(f"instance_norm: training needs more than 1 spatial value per plane, got input shape "
+                         f"{x.shape}")
+
+    def per_instance(value):
+        return None if value is None else ops.tile(value, (n,))
+
+    y, new_mean, new_var = batch_norm(ops.reshape(x, (1, n * c) + x.shape[2:]), per_instance(running_mean),
+                                      per_instance(running_var), per_instance(weight), per_instance(bias),
+                                      training=use_input_stats, momentum=momentum, eps=eps, return_running=True)
+    y = ops.reshape(y, x.shape)
+    if not return_running:
+        return y
+    if use_input_stats:  # torch averages the N per-instance updates back to C channels
+        new_mean = None if new_mean is None else xp.mean(xp.reshape(_data(new_mean), (n, c)), axis=0)
+        new_var = None if new_var is None else xp.mean(xp.reshape(_data(new_var), (n, c)), axis=0)
+    else:
+        new_mean, new_var = running_mean, running_var
+    return y, new_mean, new_var
 
 
 def _data(value):

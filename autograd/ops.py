@@ -166,13 +166,26 @@ def sum_to(x, shape) -> Tensor:
 # elementwise arithmetic
 
 
-def add(a, b) -> Tensor:
+def add(a, b, *, alpha=1) -> Tensor:
+    """``a + alpha * b`` (torch.add's ``alpha``; the product is a separate step only when alpha != 1)."""
+    if type(alpha) is not int or alpha != 1:  # (a bool or a tensor alpha is refused by _alpha)
+        return add(a, mul(b, _alpha(alpha, "add")))
     a, b = _binary_operands(a, b, "add")
     sa, sb = a.shape, b.shape  # the VJPs read shapes only: the operands are not kept alive
     return record(a.data + b.data, ((a, lambda g: sum_to(g, sa)), (b, lambda g: sum_to(g, sb))))
 
 
-def sub(a, b) -> Tensor:
+def _alpha(alpha, op: str):
+    """torch.add/sub's ``alpha``: a real number (a bool or a tensor is a TypeError, as for float tensors in torch)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise TypeError(f"{op}: alpha must be a real number, got {alpha!r}")
+    return alpha
+
+
+def sub(a, b, *, alpha=1) -> Tensor:
+    """``a - alpha * b`` (torch.sub's ``alpha``)."""
+    if type(alpha) is not int or alpha != 1:  # (a bool or a tensor alpha is refused by _alpha)
+        return sub(a, mul(b, _alpha(alpha, "sub")))
     a, b = _binary_operands(a, b, "sub")
     sa, sb = a.shape, b.shape
     return record(a.data - b.data, ((a, lambda g: sum_to(g, sa)), (b, lambda g: sum_to(neg(g), sb))))
@@ -197,7 +210,10 @@ def div(a, b) -> Tensor:
 
 
 def neg(a) -> Tensor:
+    """``-a`` (a boolean tensor is a TypeError, as in torch: use logical_not)."""
     a = _lift(a)
+    if a.dtype == bool:
+        raise TypeError("neg: a boolean tensor cannot be negated (use logical_not / ~), got dtype bool")
     return record(-a.data, ((a, lambda g: neg(g)),))
 
 
@@ -267,11 +283,12 @@ def sign(a) -> Tensor:
     """Sign of ``a``: -1, 0 or 1, and 0 for NaN (as torch.sign; NumPy's sign gives NaN).
 
     Piecewise constant: its gradient is zero everywhere (recorded, as in torch, so a loss through it
-    still has a gradient -- of zeros).
+    still has a gradient -- of zeros), even for a non-finite cotangent (torch's ``zeros_like(grad)``: an
+    infinite cotangent times 0 would be NaN, e.g. in lp pooling's ``sign(s) * relu(|s|)`` at s = 0).
     """
     a = _lift(a)
     shape = a.shape
-    return record(_sign_data(a.data), ((a, lambda g: mul(g, Tensor(xp.zeros(shape, g.dtype)))),))
+    return record(_sign_data(a.data), ((a, lambda g: Tensor(xp.zeros(shape, g.dtype))),))
 
 
 def _sign_data(data):
@@ -660,7 +677,12 @@ def _mul_sum_to(g, other, shape) -> Tensor:
 
 
 def mean(a, axis=None, keepdims: bool = False) -> Tensor:
+    """Mean over ``axis`` of a floating-point (or complex) tensor; an integer or boolean one is a TypeError, as
+    in torch (its mean has no dtype to be computed in: cast explicitly with :func:`astype`)."""
     a = _lift(a)
+    if a.dtype.kind in "biu":
+        raise TypeError(f"mean: input must be a floating-point or complex tensor, got dtype {a.dtype} "
+                        "(cast it with autograd.astype first)")
     axes = _normalize_axis(axis, a.ndim, "mean")
     count = 1
     for ax in axes:
@@ -668,20 +690,35 @@ def mean(a, axis=None, keepdims: bool = False) -> Tensor:
     return div(sum(a, axis=axes, keepdims=keepdims), float(count))
 
 
-def var(a, axis=None, keepdims: bool = False, unbiased: bool = False) -> Tensor:
-    """Variance; ``unbiased=False`` (default) divides by n, ``True`` by n - 1 (real floating-point input)."""
+def var(a, axis=None, keepdims: bool = False, unbiased: bool = False, *, correction=None) -> Tensor:
+    """Variance ``sum((a - mean)^2) / max(n - correction, 0)`` over ``axis`` (0/0 is NaN, x/0 inf, as torch);
+    real floating-point input.
+
+    ``correction`` may be any real number (torch's keyword); ``unbiased=True`` is ``correction=1``.  The
+    default is 0, the biased variance (NumPy's default; torch.var's default is ``correction=1``).
+    """
     a = _lift(a)
     _check_float("var", "input", a)
+    if correction is None:
+        correction = int(unbiased)
+    elif unbiased:
+        raise ValueError("var: give either unbiased or correction, not both")
+    if not isinstance(correction, numbers.Real) or isinstance(correction, bool):
+        raise TypeError(f"var: correction must be a real number, got {correction!r}")
     axes = _normalize_axis(axis, a.ndim, "var")
     count = 1
     for ax in axes:
         count *= a.shape[ax]
     centered = sub(a, mean(a, axis=axes, keepdims=True))
-    return div(sum_product(centered, centered, axis=axes, keepdims=keepdims), float(count - int(unbiased)))
+    divisor = _builtins.max(count - correction, 0)
+    total = sum_product(centered, centered, axis=axes, keepdims=keepdims)
+    with _np.errstate(divide="ignore", invalid="ignore"):  # no degrees of freedom left: inf or NaN, as torch
+        return div(total, float(divisor))
 
 
-def std(a, axis=None, keepdims: bool = False, unbiased: bool = False) -> Tensor:
-    return sqrt(var(a, axis=axis, keepdims=keepdims, unbiased=unbiased))
+def std(a, axis=None, keepdims: bool = False, unbiased: bool = False, *, correction=None) -> Tensor:
+    """Standard deviation: the square root of :func:`var` (same ``unbiased`` / ``correction``)."""
+    return sqrt(var(a, axis=axis, keepdims=keepdims, unbiased=unbiased, correction=correction))
 
 
 def max(a, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
@@ -729,14 +766,29 @@ def logsumexp(a, axis=None, keepdims: bool = False) -> Tensor:
     return out
 
 
-def argmax(a, axis=None):
-    """Index of the maximum (a backend integer array; no gradient)."""
-    return xp.argmax(_data(a), axis=axis)
+def argmax(a, axis=None, keepdims: bool = False):
+    """Index of the (first) maximum over ``axis`` or the flattened tensor (a backend int array; no gradient).
+
+    ``keepdims`` keeps the reduced axis with length 1 (with ``axis=None``, every axis, as NumPy).
+    """
+    return _arg_reduce(xp.argmax, a, axis, keepdims, "argmax")
 
 
-def argmin(a, axis=None):
-    """Index of the minimum (a backend integer array; no gradient)."""
-    return xp.argmin(_data(a), axis=axis)
+def argmin(a, axis=None, keepdims: bool = False):
+    """Index of the (first) minimum; as :func:`argmax`."""
+    return _arg_reduce(xp.argmin, a, axis, keepdims, "argmin")
+
+
+def _arg_reduce(reduce, a, axis, keepdims: bool, name: str):
+    data = _data(a)
+    if axis is not None:
+        axis = _one_axis(axis, data.ndim, name)  # a 0-d tensor accepts 0 and -1, as torch
+    if data.ndim == 0:  # a scalar is its own (only) element
+        return xp.zeros((), dtype=xp.int64)
+    if (data.size if axis is None else data.shape[axis]) == 0:
+        raise ValueError(f"{name}: the reduction over an empty axis (shape {tuple(data.shape)}, axis {axis}) "
+                         "has no index")
+    return reduce(data, axis=axis, keepdims=keepdims)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -744,14 +796,40 @@ def argmin(a, axis=None):
 
 
 def reshape(a, shape) -> Tensor:
+    """``a`` with a new ``shape`` of the same size (one entry may be -1: inferred), as numpy/torch.reshape."""
     a = _lift(a)
     if isinstance(shape, int):
         shape = (shape,)
     if tuple(shape) == a.shape:
         return a
-    out = xp.reshape(a.data, tuple(shape))
+    out = xp.reshape(a.data, _reshape_target(shape, a.shape))
     source = a.shape
     return record(out, ((a, lambda g: reshape(g, source)),))
+
+
+def _reshape_target(shape, source: tuple) -> tuple:
+    """``shape`` checked against a tensor of shape ``source``, its -1 resolved (errors name reshape)."""
+    try:
+        if any(isinstance(d, bool) for d in shape):
+            raise TypeError
+        dims = [operator.index(d) for d in shape]
+    except TypeError:
+        raise TypeError(f"reshape: shape must be an int or a sequence of ints, got {shape!r}") from None
+    size = int(_np.prod(source, dtype=_np.int64))
+    unknown = [i for i, d in enumerate(dims) if d == -1]
+    if len(unknown) > 1 or any(d < -1 for d in dims):
+        raise ValueError(f"reshape: shape {tuple(dims)} may hold one -1 and otherwise sizes >= 0 "
+                         f"(input shape {source})")
+    known = int(_np.prod([d for d in dims if d != -1], dtype=_np.int64))
+    if unknown:
+        if known == 0 or size % known:
+            raise ValueError(f"reshape: cannot reshape a tensor of shape {source} ({size} elements) into "
+                             f"{tuple(dims)}" + (": the -1 could be any size" if known == 0 else ""))
+        dims[unknown[0]] = size // known
+    elif known != size:
+        raise ValueError(f"reshape: cannot reshape a tensor of shape {source} ({size} elements) into "
+                         f"{tuple(dims)} ({known} elements)")
+    return tuple(dims)
 
 
 def transpose(a, axes=None) -> Tensor:
@@ -846,13 +924,19 @@ def concatenate(tensors: Sequence, axis: int = 0) -> Tensor:
     """Join tensors along an existing ``axis`` (numpy.concatenate / torch.cat); each gets its slice of g.
 
     Operands of two floating-point dtypes are a TypeError (the core's dtype rule, :func:`_match_dtypes`);
-    each gradient has its own operand's dtype.
+    each gradient has its own operand's dtype.  As torch's legacy rule, an empty 1-D tensor (shape (0,))
+    among tensors of more axes is skipped (its gradient is empty).
     """
     tensors = [_lift(t) for t in tensors]
     if not tensors:
         raise ValueError("concatenate: needs at least one tensor, got an empty sequence")
     if len({t.dtype for t in tensors}) > 1:
         tensors = _match_dtypes("concatenate", *tensors, names=[f"tensors[{i}]" for i in range(len(tensors))])
+    if any(t.shape == (0,) for t in tensors) and any(t.ndim > 1 for t in tensors):
+        kept = [t for t in tensors if t.shape != (0,)]
+        skipped = [(t, lambda g: Tensor(xp.zeros((0,), g.dtype))) for t in tensors if t.shape == (0,)]
+        out = concatenate(kept, axis)
+        return record(out.data, ((out, lambda g: g),) + tuple(skipped))
     first = tensors[0]
     if first.ndim == 0:
         raise ValueError("concatenate: 0-d tensors cannot be concatenated (use stack)")
@@ -911,17 +995,70 @@ def split(a, indices_or_sections, axis: int = 0) -> list:
     ]
 
 
-def pad(a, pad_width, value: float = 0.0) -> Tensor:
-    """Constant padding; ``pad_width`` is numpy's per-axis ``((before, after), ...)``."""
+PAD_MODES = ("constant", "reflect", "replicate", "circular")
+
+
+def pad(a, pad_width, value: float = 0.0, mode: str = "constant") -> Tensor:
+    """Pad each axis by ``pad_width`` = ((before, after), ...) (NumPy's layout; torch's ``F.pad`` lists the
+    last axis first); a negative width crops, as in torch.
+
+    Modes (torch.nn.functional.pad's): ``constant`` (``value``), ``reflect`` (mirror without repeating the
+    edge: width < axis length), ``replicate`` (repeat the edge), ``circular`` (wrap around what is left
+    after cropping the negative widths: width <= that length).  The non-constant modes are index maps --
+    output position j reads input position ``source(j)`` -- so they are a gather whose VJP is a scatter-add
+    (repeated sources accumulate).
+    """
     a = _lift(a)
-    pad_width = tuple((int(lo), int(hi)) for lo, hi in pad_width)
+    if mode not in PAD_MODES:
+        raise ValueError(f"pad: mode must be one of {PAD_MODES}, got {mode!r}")
+    try:
+        pad_width = tuple((operator.index(lo), operator.index(hi)) for lo, hi in pad_width)
+    except (TypeError, ValueError):
+        raise TypeError(f"pad: pad_width must be ((before, after), ...) of ints, got {pad_width!r}") from None
     if len(pad_width) != a.ndim:
-        raise ValueError(f"pad_width has {len(pad_width)} entries for a tensor with {a.ndim} axes")
+        raise ValueError(f"pad: pad_width has {len(pad_width)} entries for a tensor with {a.ndim} axes")
+    for (lo, hi), n in zip(pad_width, a.shape):
+        if n + lo + hi < 0:
+            raise ValueError(f"pad: widths {pad_width} give a negative size for an axis of {n} (shape {a.shape})")
+    if mode == "constant":
+        return _pad_constant(a, pad_width, value)
+    for axis, ((lo, hi), n) in enumerate(zip(pad_width, a.shape)):
+        if lo or hi:
+            index = (slice(None),) * axis + (backend.from_numpy(_pad_source(n, lo, hi, mode)),)
+            a = getitem(a, index)
+    return a
+
+
+def _pad_constant(a: Tensor, pad_width, value) -> Tensor:
+    """Crop the negative widths (a view), then pad the positive ones with ``value``; VJP: the interior."""
     if any(lo < 0 or hi < 0 for lo, hi in pad_width):
-        raise ValueError(f"pad widths must be non-negative, got {pad_width}")
+        kept = tuple(slice(_builtins.max(-lo, 0), n - _builtins.max(-hi, 0)) for (lo, hi), n in zip(pad_width, a.shape))
+        a = getitem(a, kept)
+        pad_width = tuple((_builtins.max(lo, 0), _builtins.max(hi, 0)) for lo, hi in pad_width)
+    if not any(lo or hi for lo, hi in pad_width):
+        return a
     out = xp.pad(a.data, pad_width, mode="constant", constant_values=value)
     index = tuple(slice(lo, lo + n) for (lo, _), n in zip(pad_width, a.shape))
     return record(out, ((a, lambda g: getitem(g, index)),))
+
+
+def _pad_source(n: int, lo: int, hi: int, mode: str) -> _np.ndarray:
+    """Host (n + lo + hi,) input position read by each output position of one padded axis."""
+    positions = _np.arange(-lo, n + hi)
+    if mode == "replicate":
+        if n == 0:
+            raise ValueError("pad: mode 'replicate' needs a non-empty axis")
+        return _np.clip(positions, 0, n - 1)
+    if mode == "reflect":
+        if _builtins.max(lo, hi) >= n:
+            raise ValueError(f"pad: mode 'reflect' needs widths smaller than the axis ({n}), got ({lo}, {hi})")
+        reflected = _np.abs(positions)  # -j -> j: the edge itself is not repeated
+        return _np.where(reflected > n - 1, 2 * (n - 1) - reflected, reflected)
+    # circular, as torch: crop the negative widths first, then wrap around what is left
+    start, kept = _builtins.max(-lo, 0), n - _builtins.max(-lo, 0) - _builtins.max(-hi, 0)
+    if _builtins.max(lo, hi) > kept:
+        raise ValueError(f"pad: mode 'circular' needs widths at most the (cropped) axis ({kept}), got ({lo}, {hi})")
+    return _np.arange(-_builtins.max(lo, 0), kept + _builtins.max(hi, 0)) % kept + start
 
 
 def flip(a, axis=None) -> Tensor:
@@ -931,13 +1068,16 @@ def flip(a, axis=None) -> Tensor:
     return record(xp.flip(a.data, axis=axes), ((a, lambda g: flip(g, axes)),))
 
 
-def repeat(a, repeats, axis: int) -> Tensor:
-    """Repeat each element along ``axis`` (numpy.repeat / torch.repeat_interleave).
+def repeat(a, repeats, axis=None) -> Tensor:
+    """Repeat each element along ``axis`` (numpy.repeat / torch.repeat_interleave); ``axis=None`` repeats the
+    flattened tensor, as both do.
 
     ``repeats`` is a non-negative int, or one non-negative int per position of ``axis`` (a sequence, a
     host array or a backend integer array).  VJP: the sum over each element's copies.
     """
     a = _lift(a)
+    if axis is None:
+        return repeat(reshape(a, (a.size,)), repeats, 0)
     axis = _one_axis(axis, a.ndim, "repeat")
     if a.ndim == 0:
         a = reshape(a, (1,))
@@ -1077,29 +1217,91 @@ def matmul(a, b) -> Tensor:
 
 
 def einsum(subscripts: str, *operands) -> Tensor:
-    """Einstein summation with explicit output (``'ij,jk->ik'``); each operand's VJP is an einsum.
+    """Einstein summation, as torch.einsum / numpy.einsum; each operand's VJP is an einsum.
 
-    Requires the explicit ``->`` form and no repeated index within one operand.
+    Explicit (``'ij,jk->ik'``) or implicit (``'ij,jk'``: the output is the indices that appear once, in
+    alphabetical order) form; ``...`` stands for the broadcast leading axes (right-aligned across operands;
+    left out of the output, they are summed).  An index repeated within one operand takes the diagonal
+    (``'ii->i'``).  Axes of length 1 broadcast against the same index elsewhere.
     """
-    if "->" not in subscripts:
-        raise ValueError("einsum needs the explicit form 'inputs->output'")
-    if "." in subscripts:
-        raise ValueError("einsum does not support ellipses; spell out the axes")
-    inputs, output = subscripts.replace(" ", "").split("->")
-    in_specs = inputs.split(",")
-    if len(in_specs) != len(operands):
-        raise ValueError(f"einsum got {len(operands)} operands for {len(in_specs)} subscripts")
     operands = _match_dtypes("einsum", *[_lift(o) for o in operands])
     for i, o in enumerate(operands):
         _check_float("einsum", f"operand {i}", o)
+    in_specs, output = _einsum_specs(subscripts, operands)
+    operands, in_specs = zip(*[_einsum_diagonal(o, spec) for o, spec in zip(operands, in_specs)])
     sizes = {}
     for spec, op in zip(in_specs, operands):
-        if len(set(spec)) != len(spec):
-            raise ValueError(f"repeated index in one operand ({spec!r}) is not supported")
-        if len(spec) != op.ndim:
-            raise ValueError(f"subscript {spec!r} does not match operand of shape {op.shape}")
         for ch, n in zip(spec, op.shape):
-            sizes.setdefault(ch, n)
+            seen = sizes.setdefault(ch, n)
+            if seen == 1:  # a size-1 axis broadcasts against the index's size elsewhere (0 included)
+                sizes[ch] = n
+            elif n not in (1, seen):
+                raise ValueError(f"einsum: index {ch!r} has sizes {seen} and {n} in {subscripts!r}")
+    operands = [broadcast_to(o, tuple(sizes[ch] for ch in spec)) for o, spec in zip(operands, in_specs)]
+    return _einsum_explicit(list(in_specs), output, operands, sizes)
+
+
+def _einsum_specs(subscripts: str, operands) -> tuple:
+    """(one index string per operand, the output's) with ``...`` spelled out as letters and the output explicit."""
+    if not isinstance(subscripts, str):
+        raise TypeError(f"einsum: subscripts must be a string, got {type(subscripts).__name__}")
+    text = subscripts.replace(" ", "")
+    inputs, arrow, output = text.partition("->")
+    in_specs = inputs.split(",")
+    if len(in_specs) != len(operands):
+        raise ValueError(f"einsum got {len(operands)} operands for {len(in_specs)} subscripts in {subscripts!r}")
+    letters = set(text) - set(",->.")
+    if not all(ch.isalpha() and ch.isascii() for ch in letters):
+        raise ValueError(f"einsum: indices must be ASCII letters, got {subscripts!r}")
+    spare = (ch for ch in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" if ch not in letters)
+    counts = [_ellipsis_axes(spec, op.ndim, subscripts) for spec, op in zip(in_specs, operands)]
+    ellipsis = "".join(next(spare) for _ in range(_builtins.max([c for c in counts if c is not None], default=0)))
+    in_specs = [spec if c is None else spec.replace("...", ellipsis[len(ellipsis) - c:])
+                for spec, c in zip(in_specs, counts)]
+    if not arrow:  # implicit: the broadcast axes, then the indices used once, alphabetically
+        used = "".join(in_specs)
+        output = ellipsis + "".join(sorted(ch for ch in letters if used.count(ch) == 1))
+    elif "." in output:
+        if output.count("...") != 1 or output.count(".") != 3:
+            raise ValueError(f"einsum: malformed ellipsis in the output of {subscripts!r}")
+        output = output.replace("...", ellipsis)
+    if len(set(output)) != len(output) or not set(output) <= set("".join(in_specs)):
+        raise ValueError(f"einsum: the output {output!r} repeats an index or names one no operand has")
+    return in_specs, output
+
+
+def _ellipsis_axes(spec: str, ndim: int, subscripts: str):
+    """How many axes ``...`` stands for in one operand's spec (None if it has none)."""
+    if "." not in spec:
+        if len(spec) != ndim:
+            raise ValueError(f"einsum: subscript {spec!r} does not match an operand with {ndim} axes")
+        return None
+    if spec.count("...") != 1 or spec.count(".") != 3:
+        raise ValueError(f"einsum: malformed ellipsis in {spec!r} of {subscripts!r}")
+    count = ndim - (len(spec) - 3)
+    if count < 0:
+        raise ValueError(f"einsum: subscript {spec!r} has more indices than the operand's {ndim} axes")
+    return count
+
+
+def _einsum_diagonal(operand: Tensor, spec: str):
+    """An index repeated within one operand takes the diagonal: (operand's diagonal, spec without repeats)."""
+    while len(set(spec)) != len(spec):
+        ch = next(c for c in spec if spec.count(c) > 1)
+        axes = [i for i, c in enumerate(spec) if c == ch]
+        if len({operand.shape[i] for i in axes}) != 1:
+            raise ValueError(f"einsum: the repeated index {ch!r} has different sizes {operand.shape} in {spec!r}")
+        rest = [i for i in range(operand.ndim) if i not in axes]
+        moved = transpose(operand, rest + axes)  # the repeated axes last, then one index array for all
+        diagonal = xp.arange(operand.shape[axes[0]])
+        operand = getitem(moved, (Ellipsis,) + (diagonal,) * len(axes))
+        spec = "".join(spec[i] for i in rest) + ch
+    return operand, spec
+
+
+def _einsum_explicit(in_specs: list, output: str, operands: list, sizes: dict) -> Tensor:
+    """einsum with explicit letters only: no ellipsis, no index repeated within an operand, equal sizes."""
+    subscripts = ",".join(in_specs) + "->" + output
     out = xp.einsum(subscripts, *[o.data for o in operands], optimize=True)
 
     def vjp_for(i):
@@ -1111,7 +1313,7 @@ def einsum(subscripts: str, *operands) -> Tensor:
         def vjp(g):
             missing = [ch for ch in target if ch not in output and ch not in "".join(other_specs)]
             spec = ",".join([output] + other_specs) + "->" + "".join(ch for ch in target if ch not in missing)
-            grad = einsum(spec, g, *others)
+            grad = _einsum_explicit([output] + other_specs, spec.split("->")[1], [g] + others, sizes)
             if missing:  # an index summed away by this operand alone: broadcast back
                 shape = tuple(1 if ch in missing else sizes[ch] for ch in target)
                 grad = broadcast_to(reshape(grad, shape), target_shape)

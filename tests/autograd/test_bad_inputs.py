@@ -26,6 +26,7 @@ class Op:
     shape: tuple
     bad: list = field(default_factory=list)
     ndim_arg: str = "input"  # the argument a wrong-ndim input must be named as
+    unbatched: bool = False  # whether the op also takes one sample without its batch axis, as torch
 
 
 def _w(*shape):
@@ -39,15 +40,15 @@ OPS = [
         (dict(dilation=(1, 2.0)), TypeError, "dilation"), (dict(w=_w(4, 3, 9, 9)), ValueError, "kernel"),
         (dict(w=_w(4, 2, 3, 3)), ValueError, "weight"), (dict(bias=_w(3)), ValueError, "bias"),
         (dict(w=dev(np.ones((4, 3, 3, 3), np.float32))), TypeError, "weight"),
-    ]),
+    ], unbatched=True),
     Op("conv1d", lambda x, **k: ag.conv1d(x, k.pop("w", _w(4, 3, 3)), **k), (2, 3, 9), [
         (dict(stride=1.5), TypeError, "stride"), (dict(groups=0), ValueError, "groups"),
         (dict(padding=(1, 1)), ValueError, "padding"),
-    ]),
+    ], unbatched=True),
     Op("conv_transpose2d", lambda x, **k: ag.conv_transpose2d(x, k.pop("w", _w(3, 2, 3, 3)), **k), (2, 3, 4, 5), [
         (dict(output_padding=2, stride=2), ValueError, "output_padding"), (dict(stride=(1, 0)), ValueError, "stride"),
         (dict(w=_w(4, 2, 3, 3)), ValueError, "weight"), (dict(bias=_w(3)), ValueError, "bias"),
-    ]),
+    ], unbatched=True),
     Op("unfold", lambda x, **k: ag.unfold(x, k.pop("kernel", 2), **k), (2, 3, 5, 5), [
         (dict(kernel=1.5), TypeError, "kernel_size"), (dict(stride=0), ValueError, "stride"),
     ]),
@@ -55,32 +56,32 @@ OPS = [
         (dict(kernel=0), ValueError, "kernel_size"), (dict(kernel=2.5), TypeError, "kernel_size"),
         (dict(stride=0), ValueError, "stride"), (dict(padding=2), ValueError, "padding"),
         (dict(kernel=9), ValueError, "kernel_size"), (dict(dilation=True), TypeError, "dilation"),
-    ]),
+    ], unbatched=True),
     Op("avg_pool2d", lambda x, **k: ag.avg_pool2d(x, k.pop("kernel", 2), **k), (2, 3, 7, 6), [
         (dict(divisor_override=0), ValueError, "divisor_override"),
         (dict(divisor_override=0, stride=1), ValueError, "divisor_override"),
         (dict(divisor_override=1.5), TypeError, "divisor_override"), (dict(kernel=(2, 9)), ValueError, "kernel_size"),
         (dict(stride=(1, 2, 3)), ValueError, "stride"),
-    ]),
+    ], unbatched=True),
     Op("max_pool1d", lambda x, **k: ag.max_pool1d(x, k.pop("kernel", 2), **k), (2, 3, 9), [
         (dict(kernel=(2, 2)), ValueError, "kernel_size"), (dict(stride=1.5), TypeError, "stride"),
-    ]),
+    ], unbatched=True),
     Op("avg_pool1d", lambda x, **k: ag.avg_pool1d(x, k.pop("kernel", 2), **k), (2, 3, 9), [
         (dict(kernel=10), ValueError, "kernel_size"), (dict(padding=1.0), TypeError, "padding"),
-    ]),
+    ], unbatched=True),
     Op("adaptive_avg_pool2d", lambda x, **k: ag.adaptive_avg_pool2d(x, k.pop("size", (3, 4))), (2, 3, 7, 6), [
         (dict(size=2.5), TypeError, "output_size"), (dict(size=(2, -1)), ValueError, "output_size"),
         (dict(size=(1, 2, 3)), ValueError, "output_size"),
-    ]),
+    ], unbatched=True),
     Op("adaptive_max_pool2d", lambda x, **k: ag.adaptive_max_pool2d(x, k.pop("size", (3, 4))), (2, 3, 7, 6), [
         (dict(size=(2.0, 2)), TypeError, "output_size"), (dict(size=-1), ValueError, "output_size"),
-    ]),
+    ], unbatched=True),
     Op("adaptive_avg_pool1d", lambda x, **k: ag.adaptive_avg_pool1d(x, k.pop("size", 4)), (2, 3, 9), [
         (dict(size=1.5), TypeError, "output_size"),
-    ]),
+    ], unbatched=True),
     Op("adaptive_max_pool1d", lambda x, **k: ag.adaptive_max_pool1d(x, k.pop("size", 4)), (2, 3, 9), [
         (dict(size=(2, 2)), ValueError, "output_size"),
-    ]),
+    ], unbatched=True),
     Op("global_avg_pool2d", lambda x, **k: ag.global_avg_pool2d(x), (2, 3, 5, 4)),
     Op("global_max_pool2d", lambda x, **k: ag.global_max_pool2d(x), (2, 3, 5, 4)),
     Op("interpolate", lambda x, **k: ag.interpolate(x, **({"size": (9, 5), "mode": "bilinear"} | k)), (2, 3, 6, 4), [
@@ -157,7 +158,7 @@ def test_bad_arguments_raise_naming_the_op_and_the_argument(rng, name, index):
 @pytest.mark.parametrize("name", [op.name for op in OPS if op.ndim_arg])
 def test_wrong_ndim_is_a_value_error_naming_the_input(rng, name):
     op = BY_NAME[name]
-    for shape in (op.shape[1:], op.shape + (2,)):
+    for shape in (op.shape[2:] if op.unbatched else op.shape[1:], op.shape + (2,)):
         with pytest.raises(ValueError, match=f"{name}: .*{op.ndim_arg}") as caught:
             op.call(dev(rng.standard_normal(shape)))
         message = str(caught.value)
@@ -202,6 +203,19 @@ def test_nan_and_inf_input_runs_and_reaches_the_output(rng, name):
         assert np.isnan(host(out)).any()
     pullback(dev(np.ones(out.shape)))
     np.testing.assert_array_equal(x, before)  # the caller's array is untouched
+
+
+@pytest.mark.parametrize("name", [op.name for op in OPS if op.unbatched])
+def test_an_unbatched_input_gives_the_batched_result_of_its_sample(rng, name):
+    """(C, *S) as torch: the output and gradient of the batch of one sample, without the batch axis."""
+    op = BY_NAME[name]
+    x = _input(op, rng, 1)
+    out, pullback = ag.vjp(lambda v: op.call(v), dev(x))
+    g = rng.standard_normal(out.shape)
+    single, single_pullback = ag.vjp(lambda v: op.call(v), dev(x[0]))
+    assert single.shape == out.shape[1:]
+    np.testing.assert_array_equal(host(single), host(out)[0])
+    np.testing.assert_array_equal(host(single_pullback(dev(g[0]))[0]), host(pullback(dev(g))[0])[0])
 
 
 def _values_and_grad(op, x, g):

@@ -15,6 +15,7 @@ from autograd import _separable
 from .helpers import dev, host
 from .test_pooling import AVG_CASES, _bins, _loop_adaptive, _loop_avg_pool2d, _pair
 from .test_resize import _linear_source, _nearest_source, _reference
+from .test_resize_modes import _loop_area, _loop_bicubic, _loop_nearest_exact, _loop_trilinear
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy warns about the NaNs we ask for
 
@@ -176,6 +177,38 @@ def test_interpolate_nonfinite_reaches_only_the_outputs_that_read_it(rng, case):
                            _reference_vjp(g, x.shape, mode, align))
 
 
+NEW_MODES = {
+    "bicubic up": (dict(size=(9, 11), mode="bicubic"), lambda x: _loop_bicubic(x, (9, 11)), (2, 2, 4, 5)),
+    "bicubic down": (dict(size=(3, 4), mode="bicubic"), lambda x: _loop_bicubic(x, (3, 4)), (2, 2, 7, 8)),
+    "bicubic unchanged": (dict(size=(4, 5), mode="bicubic"), lambda x: _loop_bicubic(x, (4, 5)), (2, 2, 4, 5)),
+    "bicubic align_corners": (dict(size=(6, 7), mode="bicubic", align_corners=True),
+                              lambda x: _loop_bicubic(x, (6, 7), align_corners=True), (2, 2, 4, 5)),
+    "bicubic scale 1.7": (dict(scale_factor=1.7, mode="bicubic"), lambda x: _loop_bicubic(x, (6, 8), 1.7),
+                          (2, 2, 4, 5)),
+    "nearest-exact": (dict(size=(7, 3), mode="nearest-exact"), lambda x: _loop_nearest_exact(x, dict(size=(7, 3))),
+                      (2, 2, 5, 6)),
+    "area down": (dict(size=(2, 3), mode="area"), lambda x: _loop_area(x, (2, 3)), (2, 2, 5, 6)),
+    "area up": (dict(size=(9, 11), mode="area"), lambda x: _loop_area(x, (9, 11)), (2, 2, 5, 6)),
+    "trilinear": (dict(size=(3, 7, 5), mode="trilinear"), lambda x: _loop_trilinear(x, dict(size=(3, 7, 5))),
+                  (1, 2, 4, 5, 3)),
+    "trilinear (axes unchanged)": (dict(size=(4, 7, 3), mode="trilinear"),
+                                   lambda x: _loop_trilinear(x, dict(size=(4, 7, 3))), (1, 2, 4, 5, 3)),
+    "trilinear align_corners": (dict(size=(6, 2, 4), mode="trilinear", align_corners=True),
+                                lambda x: _loop_trilinear(x, dict(size=(6, 2, 4), align_corners=True)),
+                                (1, 2, 4, 5, 3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_MODES))
+def test_new_resampling_modes_nonfinite_reach_only_the_outputs_that_read_them(rng, name):
+    """nearest-exact, bicubic, area and trilinear on the exact maps: a loop over each output's taps (IEEE
+    arithmetic: ``0 * inf`` is NaN, bicubic's clamped border taps of both signs give ``-w inf + w' inf``)."""
+    kwargs, loop, shape = NEW_MODES[name]
+    for trial in range(4):
+        x = _inject(rng, rng.standard_normal(shape), 1 + trial % 2)
+        assert_same_values(host(ag.interpolate(dev(x), **kwargs)), loop(x))
+
+
 # ---------------------------------------------------------------------------------------------
 # the fast path stays the fast path
 
@@ -186,6 +219,11 @@ FINITE_CALLS = {
     "bilinear up": lambda v: ag.interpolate(v, size=(15, 9), mode="bilinear"),
     "bilinear unchanged": lambda v: ag.interpolate(v, size=(7, 8), mode="bilinear"),
     "nearest down": lambda v: ag.interpolate(v, size=(3, 5)),
+    "bicubic up": lambda v: ag.interpolate(v, size=(9, 11), mode="bicubic"),
+    "bicubic unchanged": lambda v: ag.interpolate(v, size=(7, 8), mode="bicubic"),
+    "area": lambda v: ag.interpolate(v, size=(3, 5), mode="area"),
+    "nearest-exact": lambda v: ag.interpolate(v, size=(3, 5), mode="nearest-exact"),
+    "avg_pool3d": lambda v: ag.avg_pool3d(ag.reshape(v, (2, 3, 7, 2, 4)), 2),
 }
 
 

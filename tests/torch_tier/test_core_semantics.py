@@ -100,6 +100,24 @@ LINEAR_MAPS = {
         lambda m: lambda t: m.interpolate(t, size=(4, 5), mode="bilinear", align_corners=True)),
     "bilinear scale 1.5": (lambda m: lambda t: m.interpolate(t, scale_factor=1.5, mode="bilinear")),
     "linear 1-D": (lambda m: lambda t: m.interpolate(m_flat(m, t), size=20, mode="linear")),
+    # the modes of issue 14 section 3: the same exact semantics on their maps
+    "nearest-exact 13x5": (lambda m: lambda t: m.interpolate(t, size=(13, 5), mode="nearest-exact")),
+    "nearest-exact scale 0.6": (lambda m: lambda t: m.interpolate(t, scale_factor=0.6, mode="nearest-exact")),
+    "bicubic 13x17": (lambda m: lambda t: m.interpolate(t, size=(13, 17), mode="bicubic")),
+    "bicubic 4x5 (down)": (lambda m: lambda t: m.interpolate(t, size=(4, 5), mode="bicubic")),
+    "bicubic unchanged": (lambda m: lambda t: m.interpolate(t, size=(7, 9), mode="bicubic")),
+    "bicubic align_corners 10x12": (
+        lambda m: lambda t: m.interpolate(t, size=(10, 12), mode="bicubic", align_corners=True)),
+    "bicubic scale 1.5": (lambda m: lambda t: m.interpolate(t, scale_factor=1.5, mode="bicubic")),
+    "area 3x4": (lambda m: lambda t: m.interpolate(t, size=(3, 4), mode="area")),
+    "area 10x14 (overlapping bins)": (lambda m: lambda t: m.interpolate(t, size=(10, 14), mode="area")),
+    "nearest-exact 1-D": (lambda m: lambda t: m.interpolate(m_flat(m, t), size=40, mode="nearest-exact")),
+    "area 1-D": (lambda m: lambda t: m.interpolate(m_flat(m, t), size=25, mode="area")),
+    "linear 1-D unchanged": (lambda m: lambda t: m.interpolate(m_flat(m, t), size=63, mode="linear")),
+    "avg_pool1d 3 s2 p1": (lambda m: lambda t: m.avg_pool1d(m_flat(m, t), 3, 2, 1)),
+    "adaptive_avg_pool1d 10": (lambda m: lambda t: m.adaptive_avg_pool1d(m_flat(m, t), 10)),
+    "lp_pool2d p=2 k3 s2": (lambda m: lambda t: m.lp_pool2d(t, 2.0, 3, 2)),
+    "lp_pool1d p=3 k2": (lambda m: lambda t: m.lp_pool1d(m_flat(m, t), 3.0, 2)),
 }
 
 
@@ -118,6 +136,38 @@ def test_nonfinite_input_of_pooling_and_resizing_reaches_only_its_windows(rng, n
         _compare_with_torch(make(ag), make(F), x, rng, nonfinite_cotangent=bool(trial % 2))
 
 
+def m_volume(m, t):
+    """(N, C, H, W) = (2, 3, 7, 9) -> (N, C, D, H, W) = (2, 3, 7, 3, 3) in either library (3-D ops)."""
+    return m.reshape(t, (2, 3, 7, 3, 3)) if m is ag else t.reshape(2, 3, 7, 3, 3)
+
+
+VOLUME_MAPS = {
+    "trilinear 9x5x4": (lambda m: lambda t: m.interpolate(m_volume(m, t), size=(9, 5, 4), mode="trilinear")),
+    "trilinear align_corners 4x6x2": (lambda m: lambda t: m.interpolate(
+        m_volume(m, t), size=(4, 6, 2), mode="trilinear", align_corners=True)),
+    "trilinear 7x3x5 (two axes unchanged)": (
+        lambda m: lambda t: m.interpolate(m_volume(m, t), size=(7, 3, 5), mode="trilinear")),
+    "nearest 5-D": (lambda m: lambda t: m.interpolate(m_volume(m, t), size=(11, 2, 5))),
+    "nearest-exact 5-D": (lambda m: lambda t: m.interpolate(m_volume(m, t), size=(4, 5, 2), mode="nearest-exact")),
+    "area 5-D": (lambda m: lambda t: m.interpolate(m_volume(m, t), size=(3, 2, 2), mode="area")),
+    "avg_pool3d 3 s2 p1": (lambda m: lambda t: m.avg_pool3d(m_volume(m, t), 3, 2, 1)),
+    "avg_pool3d 2 ceil no-pad-count": (lambda m: lambda t: m.avg_pool3d(m_volume(m, t), 2, 2, 0, True, False)),
+    "avg_pool3d 2 divisor 3": (lambda m: lambda t: m.avg_pool3d(m_volume(m, t), 2, 1, divisor_override=3)),
+    "adaptive_avg_pool3d 3x2x2": (lambda m: lambda t: m.adaptive_avg_pool3d(m_volume(m, t), (3, 2, 2))),
+    "lp_pool3d p=2 k2": (lambda m: lambda t: m.lp_pool3d(m_volume(m, t), 2.0, 2)),
+}
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("name", sorted(VOLUME_MAPS))
+def test_nonfinite_input_of_volume_pooling_and_resizing_reaches_only_its_windows(rng, name):
+    """The 3-D modes and pools compose per-axis maps (D through a reshape): the same placement as torch."""
+    make = VOLUME_MAPS[name]
+    for trial in range(8):
+        x = _inject(rng, rng.standard_normal((2, 3, 7, 9)), 1 + trial % 3)
+        _compare_with_torch(make(ag), make(F), x, rng, nonfinite_cotangent=bool(trial % 2))
+
+
 NONLINEAR = {
     "max_pool 3 s2 p1": (lambda m: lambda t: m.max_pool2d(t, 3, 2, 1)),
     "max_pool 2": (lambda m: lambda t: m.max_pool2d(t, 2)),
@@ -125,6 +175,11 @@ NONLINEAR = {
     "adaptive_max 3x4": (lambda m: lambda t: m.adaptive_max_pool2d(t, (3, 4))),
     "adaptive_max 1": (lambda m: lambda t: m.adaptive_max_pool2d(t, 1)),
     "adaptive_max 7x3 (divisible bins)": (lambda m: lambda t: m.adaptive_max_pool2d(t, (7, 3))),
+    "max_pool1d 3 s2 p1": (lambda m: lambda t: m.max_pool1d(m_flat(m, t), 3, 2, 1)),
+    "adaptive_max_pool1d 10": (lambda m: lambda t: m.adaptive_max_pool1d(m_flat(m, t), 10)),
+    "max_pool3d 3 s2 p1": (lambda m: lambda t: m.max_pool3d(m_volume(m, t), 3, 2, 1)),
+    "max_pool3d 2 d2 ceil": (lambda m: lambda t: m.max_pool3d(m_volume(m, t), 2, 2, 0, 2, True)),
+    "adaptive_max_pool3d 3x2x2": (lambda m: lambda t: m.adaptive_max_pool3d(m_volume(m, t), (3, 2, 2))),
     "softmax last axis": (lambda m: lambda t: m.softmax(t, -1)),
     "log_softmax axis 1": (lambda m: lambda t: m.log_softmax(t, 1)),
 }
@@ -138,6 +193,42 @@ def test_nonfinite_input_of_max_pooling_and_softmax_matches_torch(rng, name):
     for trial in range(8):
         x = _inject(rng, rng.standard_normal((2, 3, 7, 9)), 1 + trial % 3)
         _compare_with_torch(make(ag), make(F), x, rng, nonfinite_cotangent=False)
+
+
+WITH_INDICES = {
+    "max_pool1d 3 s2 p1": (lambda m: lambda t: m.max_pool1d(m_flat(m, t), 3, 2, 1, return_indices=True)),
+    "max_pool2d 3 s2 p1": (lambda m: lambda t: m.max_pool2d(t, 3, 2, 1, return_indices=True)),
+    "max_pool2d 2 d2 p1 ceil": (lambda m: lambda t: m.max_pool2d(t, 2, 2, 1, 2, True, return_indices=True)),
+    "max_pool3d 3 s2 p1": (lambda m: lambda t: m.max_pool3d(m_volume(m, t), 3, 2, 1, return_indices=True)),
+    "adaptive_max_pool1d 10": (lambda m: lambda t: m.adaptive_max_pool1d(m_flat(m, t), 10, return_indices=True)),
+    "adaptive_max_pool2d 3x4": (lambda m: lambda t: m.adaptive_max_pool2d(t, (3, 4), return_indices=True)),
+    "adaptive_max_pool2d 7x3": (lambda m: lambda t: m.adaptive_max_pool2d(t, (7, 3), return_indices=True)),
+    "adaptive_max_pool2d 1": (lambda m: lambda t: m.adaptive_max_pool2d(t, 1, return_indices=True)),
+    "adaptive_max_pool3d 3x2x2": (
+        lambda m: lambda t: m.adaptive_max_pool3d(m_volume(m, t), (3, 2, 2), return_indices=True)),
+}
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("name", sorted(WITH_INDICES))
+def test_max_pool_indices_at_nan_and_minus_inf_match_torch(rng, name):
+    """return_indices names the element the gradient reaches: a NaN window's last NaN, and for a window of
+    -inf only its first element inside the input (never padding), as torch's kernels."""
+    make = WITH_INDICES[name]
+    inputs = [_inject(rng, rng.standard_normal((2, 3, 7, 9)), 1 + trial % 3) for trial in range(6)]
+    inputs.append(np.full((2, 3, 7, 9), -np.inf))
+    half = rng.standard_normal((2, 3, 7, 9))
+    half[:, :, :4] = -np.inf
+    inputs.append(half)
+    for x in inputs:
+        tx = torch.tensor(x, requires_grad=True)
+        values, indices = make(F)(tx)
+        ours, pullback = ag.vjp(lambda v: make(ag)(v)[0], dev(x))
+        assert_same_values(host(ours), values.detach().numpy())
+        np.testing.assert_array_equal(host(make(ag)(dev(x))[1]), indices.numpy())
+        g = rng.standard_normal(tuple(values.shape))
+        values.backward(torch.tensor(g))
+        assert_same_values(host(pullback(dev(g))[0]), tx.grad.numpy())
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -403,53 +494,74 @@ def test_repeat_with_per_position_counts_matches_repeat_interleave(rng):
 # nearest resizing: PyTorch's index rule over a sweep of sizes
 
 
-def _torch_nearest_1d(n_in, n_out, dtype, scale_factor=None):
+def _torch_nearest_1d(n_in, n_out, dtype, scale_factor=None, mode="nearest"):
     x = torch.arange(n_in, dtype=dtype).reshape(1, 1, n_in)
     kwargs = dict(scale_factor=scale_factor) if scale_factor else dict(size=n_out)
-    return F.interpolate(x, mode="nearest", **kwargs).numpy().ravel().astype(np.int64)
+    return F.interpolate(x, mode=mode, **kwargs).numpy().ravel().astype(np.int64)
 
 
-def _ours_nearest_1d(n_in, n_out, dtype, scale_factor=None):
+def _ours_nearest_1d(n_in, n_out, dtype, scale_factor=None, mode="nearest"):
     x = dev(np.arange(n_in, dtype=dtype).reshape(1, 1, n_in))
     kwargs = dict(scale_factor=scale_factor) if scale_factor else dict(size=n_out)
-    return host(ag.interpolate(x, mode="nearest", **kwargs)).ravel().astype(np.int64)
+    return host(ag.interpolate(x, mode=mode, **kwargs)).ravel().astype(np.int64)
 
 
 SWEEP = range(1, 97)
+NEAREST_MODES = ["nearest", "nearest-exact"]
 
 
+@pytest.mark.parametrize("mode", NEAREST_MODES)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_nearest_1d_index_rule_matches_torch_over_a_size_sweep(dtype):
+def test_nearest_1d_index_rule_matches_torch_over_a_size_sweep(dtype, mode):
     """1-D resizing runs torch's generic kernel: no shortcuts, and for float64 ``dst * scale`` in double
-    rounded to float by floorf -- e.g. 2 -> 82 picks input 1 at output 41, the single-precision rule 0."""
+    rounded to float by floorf -- e.g. 2 -> 82 picks input 1 at output 41, the single-precision rule 0.
+    nearest-exact there: ``floorf(max(scale * (dst + 0.5) - 0.5, 0) + 0.5)`` in the input's precision."""
     tdtype = torch.float64 if dtype == np.float64 else torch.float32
     mismatches = [(i, o) for i in SWEEP for o in SWEEP
-                  if not np.array_equal(_ours_nearest_1d(i, o, dtype), _torch_nearest_1d(i, o, tdtype))]
+                  if not np.array_equal(_ours_nearest_1d(i, o, dtype, mode=mode),
+                                        _torch_nearest_1d(i, o, tdtype, mode=mode))]
     assert mismatches == []
 
 
+@pytest.mark.parametrize("mode", NEAREST_MODES)
 @pytest.mark.parametrize("scale_factor", [0.3, 0.7, 1.05, 1.3, 2.05, 2.5, 3.7])
-def test_nearest_1d_scale_factor_rule_matches_torch(scale_factor):
+def test_nearest_1d_scale_factor_rule_matches_torch(scale_factor, mode):
     for n_in in SWEEP:
         for dtype, tdtype in ((np.float64, torch.float64), (np.float32, torch.float32)):
             if int(np.floor(n_in * scale_factor)) < 1:
                 continue
-            expected = _torch_nearest_1d(n_in, None, tdtype, scale_factor)
-            np.testing.assert_array_equal(_ours_nearest_1d(n_in, None, dtype, scale_factor), expected,
+            expected = _torch_nearest_1d(n_in, None, tdtype, scale_factor, mode)
+            np.testing.assert_array_equal(_ours_nearest_1d(n_in, None, dtype, scale_factor, mode), expected,
                                           err_msg=f"{n_in} pixels, scale_factor {scale_factor}, {dtype.__name__}")
 
 
+@pytest.mark.parametrize("mode", NEAREST_MODES)
 @pytest.mark.parametrize("other_out", [4, 40])  # out_H + out_W <= 128 (vectorised kernel) for small H only
-def test_nearest_2d_index_rule_matches_torch_on_both_kernels(other_out):
+def test_nearest_2d_index_rule_matches_torch_on_both_kernels(other_out, mode):
     """2-D: torch's vectorised kernel (single precision, shortcuts) when out_H + out_W <= 128, the generic
     one above -- both are hit by this sweep of output heights up to 120."""
     mismatches = []
     for n_in in range(1, 61):
         x = np.arange(n_in, dtype=np.float64).reshape(1, 1, n_in, 1) * np.ones((1, 1, 1, 3))
         for n_out in range(1, 121, 1 if n_in < 4 else 3):
-            expected = F.interpolate(torch.tensor(x), size=(n_out, other_out), mode="nearest").numpy()
-            ours = host(ag.interpolate(dev(x), size=(n_out, other_out), mode="nearest"))
+            expected = F.interpolate(torch.tensor(x), size=(n_out, other_out), mode=mode).numpy()
+            ours = host(ag.interpolate(dev(x), size=(n_out, other_out), mode=mode))
             if not np.array_equal(ours, expected):
+                mismatches.append((n_in, n_out))
+    assert mismatches == []
+
+
+@pytest.mark.parametrize("mode", NEAREST_MODES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_nearest_3d_index_rule_matches_torch_over_a_size_sweep(dtype, mode):
+    """3-D (volumes) runs torch's generic kernel, as 1-D: the depth axis is swept here (H, W fixed)."""
+    tdtype = torch.float64 if dtype == np.float64 else torch.float32
+    mismatches = []
+    for n_in in range(1, 49):
+        x = np.arange(n_in, dtype=dtype).reshape(1, 1, n_in, 1, 1) * np.ones((1, 1, 1, 2, 2), dtype)
+        for n_out in range(1, 97, 1 if n_in < 4 else 2):
+            expected = F.interpolate(torch.tensor(x, dtype=tdtype), size=(n_out, 3, 2), mode=mode).numpy()
+            if not np.array_equal(host(ag.interpolate(dev(x), size=(n_out, 3, 2), mode=mode)), expected):
                 mismatches.append((n_in, n_out))
     assert mismatches == []
 
@@ -460,6 +572,9 @@ def test_nearest_rules_differ_where_the_sweeps_need_them():
     double = ag.resize.nearest_indices(2, 82, precision="double", shortcuts=False)
     assert single[41] == 0 and double[41] == 1
     assert (ag.resize.nearest_indices(5, 5, 1 / 1.05, shortcuts=False) != np.arange(5)).any()
+    exact = ag.resize.nearest_exact_indices  # nearest-exact's two kernels differ too (2 -> 41 at output 20)
+    assert exact(2, 41, precision="double", shortcuts=False)[20] == 1 and exact(2, 41, shortcuts=True)[20] == 0
+    assert exact(2, 41, precision="single", shortcuts=False)[20] == 1
 
 
 def test_torch_nearest_backward_is_not_the_adjoint_of_its_forward_where_the_kernels_differ(rng):
