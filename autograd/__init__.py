@@ -17,19 +17,22 @@ __npattn_core__ = True
 __version__ = "0.1.0"
 
 from . import backend
+from .attention import scaled_dot_product_attention
 from .backend import from_numpy, to_numpy, xp
 from .conv import conv1d, conv2d, conv_transpose1d, conv_transpose2d, fold, unfold
 from .conv3d import conv3d, conv_transpose3d
 from .dct import dct, dct2, dct_matrix, dctn, idct, idct2, idct_matrix, idctn
 from .functional import grad, tree_flatten, tree_map, tree_unflatten, value_and_grad, vjp
 from .gradcheck import GradcheckError, gradcheck, gradgradcheck
+from .gridsample import grid_sample
 from .nn import (batch_norm, categorical, dropout, group_norm, instance_norm, layer_norm, linear, log_softmax,
                  normal, softmax, uniform)
 from .ops import (abs, add, argmax, argmin, astype, broadcast_to, cat, clip, concatenate, div, einsum,
                   exp, expand_dims, flatten, flip, getitem, index_add, leaky_relu, log, logsumexp, matmul,
                   max, maximum, mean, min, minimum, mul, neg, outer, pad, permute, pow, relu, repeat, reshape,
-                  sigmoid, sign, softplus, split, sqrt, squeeze, stack, std, sub, sum, sum_product, sum_to,
-                  swapaxes, tanh, tile, transpose, unsqueeze, var, where)
+                  roll, sigmoid, sign, softplus, split, sqrt, squeeze, stack, std, sub, sum, sum_product, sum_to,
+                  swapaxes, tanh, tile, transpose, unsqueeze, var, where, window_partition,
+                  window_reverse)
 from .pooling import (adaptive_avg_matrix, adaptive_avg_pool1d, adaptive_avg_pool2d, adaptive_bins,
                       adaptive_max_pool1d, adaptive_max_pool2d, avg_pool1d, avg_pool2d, global_avg_pool2d,
                       global_max_pool2d, lp_pool1d, lp_pool2d, max_pool1d, max_pool2d, take_along_axis,

@@ -188,11 +188,14 @@ def sub(a, b, *, alpha=1) -> Tensor:
         return sub(a, mul(b, _alpha(alpha, "sub")))
     a, b = _binary_operands(a, b, "sub")
     sa, sb = a.shape, b.shape
-    return record(a.data - b.data, ((a, lambda g: sum_to(g, sa)), (b, lambda g: sum_to(neg(g), sb))))
+    # b's VJP negates after reducing: the same bits, and no full-size negation when b was broadcast
+    return record(a.data - b.data, ((a, lambda g: sum_to(g, sa)), (b, lambda g: neg(sum_to(g, sb)))))
 
 
 def mul(a, b) -> Tensor:
     a, b = _binary_operands(a, b, "mul")
+    if a is b:   # a square: one VJP (2 g) a -- the same values as g a + g a, without the accumulation pass
+        return record(a.data * a.data, ((a, lambda g: mul(mul(g, 2.0), a)),))
     sa, sb = a.shape, b.shape  # a's VJP keeps b alive and b's keeps a, each only if it is recorded
     return record(a.data * b.data, ((a, lambda g: _mul_sum_to(g, b, sa)), (b, lambda g: _mul_sum_to(g, a, sb))))
 
@@ -204,7 +207,7 @@ def div(a, b) -> Tensor:
         a.data / b.data,
         (
             (a, lambda g: sum_to(div(g, b), sa)),
-            (b, lambda g: sum_to(neg(div(mul(g, a), mul(b, b))), sb)),
+            (b, lambda g: neg(sum_to(div(mul(g, a), mul(b, b)), sb))),   # negated after reducing (same bits)
         ),
     )
 
@@ -652,7 +655,18 @@ def sum_product(a, b, axis=None, keepdims: bool = False) -> Tensor:
         raise ValueError(f"sum_product: a and b must have one shape, got {a.shape} and {b.shape}")
     axes = _normalize_axis(axis, a.ndim, "sum_product")
     layout = _blas_layout(a.data, axes) if b.data.flags.c_contiguous and a.dtype == b.dtype else None
-    if layout is None:
+    terms = int(_np.prod([a.shape[i] for i in axes], dtype=_np.int64))
+    if (layout is None and backend.name == "numpy" and a.dtype == b.dtype and axes and a.ndim <= 26
+            and terms <= BLAS_REDUCE_MAX_TERMS):
+        # other layouts (a middle axis: the gradient of a (N, C, 1, W) gate): einsum's sum-of-products
+        # loop, without the full-size product that ``sum(a * b)`` would allocate (its running sums are
+        # not pairwise: as for the BLAS path, only up to BLAS_REDUCE_MAX_TERMS terms)
+        letters = "abcdefghijklmnopqrstuvwxyz"[: a.ndim]
+        kept = "".join(c for i, c in enumerate(letters) if i not in axes)
+        out = xp.einsum(f"{letters},{letters}->{kept}", a.data, b.data)
+        if keepdims:
+            out = xp.reshape(out, _reduced_shape(a.shape, axes, True))
+    elif layout is None:
         out = xp.sum(a.data * b.data, axis=axes, keepdims=keepdims)
     else:
         lead, middle, trail = layout
@@ -661,6 +675,8 @@ def sum_product(a, b, axis=None, keepdims: bool = False) -> Tensor:
         out = xp.reshape(_sum_rows(xp.reshape(dots, (rows,)), lead, middle),
                          _reduced_shape(a.shape, axes, keepdims))
     shape = a.shape
+    if a is b:   # a sum of squares (var, norms): one VJP 2 g a -- the same bits as g a + g a, one pass fewer
+        return record(xp.asarray(out), ((a, lambda g: mul(_spread(mul(g, 2.0), shape, axes), a)),))
     return record(xp.asarray(out), ((a, lambda g: mul(_spread(g, shape, axes), b)),
                                     (b, lambda g: mul(_spread(g, shape, axes), a))))
 
@@ -1066,6 +1082,70 @@ def flip(a, axis=None) -> Tensor:
     a = _lift(a)
     axes = _normalize_axis(axis, a.ndim, "flip")
     return record(xp.flip(a.data, axis=axes), ((a, lambda g: flip(g, axes)),))
+
+
+def roll(a, shifts, axis=None) -> Tensor:
+    """Cyclic shift, as torch.roll / numpy.roll: element i moves to (i + shift) mod n along each axis.
+
+    ``shifts`` and ``axis`` are ints or equal-length tuples of ints; ``axis=None`` rolls the flattened
+    tensor (one int shift).  VJP: the inverse permutation, a roll by ``-shifts``.
+    """
+    a = _lift(a)
+    single = not isinstance(shifts, (tuple, list))
+    amounts = tuple(_axis_index(s, "roll", "shifts") for s in ((shifts,) if single else shifts))
+    if axis is None:
+        if not single:
+            raise ValueError(f"roll: with axis=None, shifts must be one int, got {shifts!r}")
+        axes = None
+    else:
+        one_axis = not isinstance(axis, (tuple, list))
+        axes = tuple(_one_axis(ax, a.ndim, "roll") for ax in ((axis,) if one_axis else axis))
+        if single != one_axis or len(axes) != len(amounts):
+            raise ValueError(f"roll: shifts and axis must both be ints or tuples of one length, got {shifts!r}, "
+                             f"{axis!r}")
+    shift = amounts[0] if axes is None else amounts
+    back = -shift if axes is None else tuple(-s for s in shift)
+    return record(xp.roll(a.data, shift, axis=axes), ((a, lambda g: roll(g, back, axes)),))
+
+
+def window_partition(x, window_size) -> Tensor:
+    """(B, H, W, C) -> (B * H/wh * W/ww, wh, ww, C): non-overlapping windows, row-major windows of row-major
+    tokens (Swin's ``window_partition``; a reshape and a transpose, so the VJP is the inverse permutation).
+
+    ``window_size`` is an int or (wh, ww) and must divide (H, W).
+    """
+    x = _lift(x)
+    wh, ww = _pair("window_partition", window_size)
+    if x.ndim != 4:
+        raise ValueError(f"window_partition: x must be 4-D (B, H, W, C), got shape {x.shape}")
+    batch, height, width, channels = x.shape
+    if height % wh or width % ww:
+        raise ValueError(f"window_partition: window ({wh}, {ww}) must divide the map ({height}, {width})")
+    blocks = reshape(x, (batch, height // wh, wh, width // ww, ww, channels))
+    count = batch * (height // wh) * (width // ww)
+    return reshape(transpose(blocks, (0, 1, 3, 2, 4, 5)), (count, wh, ww, channels))
+
+
+def window_reverse(windows, window_size, height: int, width: int) -> Tensor:
+    """The inverse of :func:`window_partition`: (B * H/wh * W/ww, wh, ww, C) -> (B, H, W, C)."""
+    windows = _lift(windows)
+    wh, ww = _pair("window_reverse", window_size)
+    if height % wh or width % ww:
+        raise ValueError(f"window_reverse: window ({wh}, {ww}) must divide the map ({height}, {width})")
+    per_image = (height // wh) * (width // ww)
+    if windows.ndim != 4 or windows.shape[1:3] != (wh, ww) or windows.shape[0] % per_image:
+        raise ValueError(f"window_reverse: windows must be (B * {per_image}, {wh}, {ww}, C), got shape {windows.shape}")
+    channels = windows.shape[-1]
+    batch = windows.shape[0] // per_image
+    blocks = reshape(windows, (batch, height // wh, width // ww, wh, ww, channels))
+    return reshape(transpose(blocks, (0, 1, 3, 2, 4, 5)), (batch, height, width, channels))
+
+
+def _pair(op: str, size) -> tuple:
+    pair = (size, size) if isinstance(size, numbers.Integral) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n > 0 for n in pair):
+        raise ValueError(f"{op}: window_size must be a positive int or a pair of them, got {size!r}")
+    return int(pair[0]), int(pair[1])
 
 
 def repeat(a, repeats, axis=None) -> Tensor:

@@ -119,9 +119,11 @@ def _table(args) -> list:
 
 
 def registered_entries() -> set:
+    from bench_cnn_beyond import CASES as CNN_BEYOND  # issue 17's entries are benchmarked there
+
     import npattn
 
-    return {m.name for family in ("channel", "hybrid") for m in npattn.mechanisms(family)}
+    return {m.name for family in ("channel", "hybrid") for m in npattn.mechanisms(family)} - set(CNN_BEYOND)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,8 +25,9 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-#: Parameter-dict entries that are integer buffers (no gradient), by the last component of their name.
-INTEGER_BUFFERS = ("num_batches_tracked",)
+#: Parameter-dict entries that are integer buffers (no gradient), by the last component of their name:
+#: BatchNorm's counter, and the relative-position index of windowed attention (Swin's official buffer).
+INTEGER_BUFFERS = ("num_batches_tracked", "relative_position_index")
 #: Buffers: state, not trainable parameters (BatchNorm's running statistics).
 BUFFERS = ("running_mean", "running_var") + INTEGER_BUFFERS
 

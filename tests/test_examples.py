@@ -26,12 +26,13 @@ def test_example_runs(script, tmp_path):
         pytest.importorskip("torch")
     if script in ("train_digits.py",):
         pytest.importorskip("sklearn")
-    if script in ("attention_maps.py",):
+    if script in ("attention_maps.py", "window_and_deformable_maps.py"):
         pytest.importorskip("skimage")
         pytest.importorskip("matplotlib")
     if script in ("alignment.py",):
         pytest.importorskip("matplotlib")
-    extra = ("--out", str(tmp_path)) if script in ("attention_maps.py", "alignment.py") else ()
+    writes_pngs = ("attention_maps.py", "alignment.py", "window_and_deformable_maps.py")
+    extra = ("--out", str(tmp_path)) if script in writes_pngs else ()
     result = run(script, *extra, tmp_path=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     if script == "train_digits.py":

@@ -1,2 +1,3 @@
-"""Channel & spatial attention: SE, Gather-Excite, Residual Attention, SK, SPA, ECA."""
-from . import eca, gather_excite, residual_attention, se, sk, spa  # noqa: F401
+"""Channel & spatial attention: SE, Gather-Excite, Residual Attention, SK, SPA, ECA; after the survey:
+Coordinate Attention, SGE, GCT, SRM, ResNeSt Split-Attention."""
+from . import coord, eca, gather_excite, gct, residual_attention, se, sge, sk, spa, split_attention, srm  # noqa: F401

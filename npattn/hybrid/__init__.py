@@ -1,2 +1,3 @@
-"""Hybrid channel & spatial attention: CBAM, BAM, scSE, A²-Nets double attention."""
-from . import a2, bam, cbam, scse  # noqa: F401
+"""Hybrid channel & spatial attention: CBAM, BAM, scSE, A²-Nets double attention; after the survey: SimAM,
+Triplet Attention, Polarized Self-Attention, SA-Net Shuffle Attention."""
+from . import a2, bam, cbam, psa, scse, shuffle_attention, simam, triplet  # noqa: F401

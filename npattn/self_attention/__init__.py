@@ -1,2 +1,3 @@
-"""Self-attention and beyond: Non-local, DANet, ANN (APNB / AFNB), CCNet, GCNet."""
-from . import ann, ccnet, danet, gcnet, non_local  # noqa: F401
+"""Self-attention and beyond: Non-local, DANet, ANN (APNB / AFNB), CCNet, GCNet; after the survey: External
+Attention, CoTNet's Contextual Transformer block."""
+from . import ann, ccnet, cot, danet, external, gcnet, non_local  # noqa: F401

@@ -153,6 +153,20 @@ def test_binary_with_scalar_operand(rng, name):
     assert_close(op(1.25, dev(a)), reference(1.25, a), rtol=1e-15, atol=0)
 
 
+def test_a_tensor_times_itself_and_minus_a_broadcast(rng):
+    """x * x has the one VJP 2 g x (as g x + g x); a - b with b broadcast reduces before it negates."""
+    x, g = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    (grad,) = ag.vjp(lambda v: v * v, tensor(x))[1](dev(g))
+    assert_close(grad, 2 * g * x, rtol=1e-15, atol=1e-15)
+    check_grads(lambda v: v * v, tensor(x))
+    check_grads(lambda v: ag.tanh(v) * ag.tanh(v), tensor(x))
+    b = rng.standard_normal((3, 1))
+    gb = ag.vjp(lambda u, w: u - w, tensor(x), tensor(b))[1](dev(g))[1]
+    assert_close(gb, -g.sum(axis=1, keepdims=True), rtol=0, atol=0)
+    check_grads(lambda u, w: u - w, tensor(x), tensor(b))
+    check_grads(lambda u, w: u / w, tensor(x), tensor(b + 3.0))
+
+
 def test_maximum_and_minimum_split_ties_evenly():
     a = tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
     b = tensor(np.array([1.0, 0.0, 3.0]), requires_grad=True)

@@ -151,6 +151,16 @@ def test_group_norm(rng, groups, shape):
     check_grads(lambda *a: ag.group_norm(a[0], groups, a[1], a[2]), dev(x[:1]), dev(w), dev(b))
 
 
+
+def test_group_norm_empty_batch():
+    """N = 0: an empty output and zero gradients for the affine parameters (as torch)."""
+    w, b = dev(np.ones(4)), dev(np.ones(4))
+    out, pullback = ag.vjp(lambda ww, bb: ag.group_norm(dev(np.zeros((0, 4, 3, 2))), 2, ww, bb), w, b)
+    assert out.shape == (0, 4, 3, 2)
+    gw, gb = pullback(ag.xp.zeros((0, 4, 3, 2)))
+    assert not np.any(ag.to_numpy(gw)) and not np.any(ag.to_numpy(gb))
+
+
 @pytest.mark.parametrize("call, pattern", [
     (lambda: ag.layer_norm(dev(np.ones((2, 3))), 4), "does not end with normalized_shape"),
     (lambda: ag.layer_norm(dev(np.ones((2, 3))), (2, 2, 3)), "does not end with normalized_shape"),
@@ -170,7 +180,7 @@ def test_norm_rejects_bad_arguments(call, pattern):
 # linear
 
 
-@pytest.mark.parametrize("x_shape", [(5,), (3, 5), (2, 3, 5)])
+@pytest.mark.parametrize("x_shape", [(5,), (3, 5), (2, 3, 5), (2, 1, 3, 5), (0, 3, 5)])
 def test_linear(rng, x_shape):
     x, w, b = rng.standard_normal(x_shape), rng.standard_normal((4, 5)), rng.standard_normal(4)
     expected = np.einsum("...i,oi->...o", x, w) + b

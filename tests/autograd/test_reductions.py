@@ -177,12 +177,37 @@ def test_sum_product_gradients(rng, blas_reductions, axes, keepdims):
     check_grads(lambda u: ag.sum(u * u * 0.5, axis=axes, keepdims=keepdims), tensor(a))
 
 
+
+@pytest.mark.parametrize("axes, keepdims", BLAS_AXES)
+def test_sum_product_of_a_tensor_with_itself(rng, blas_reductions, axes, keepdims):
+    """sum_product(a, a): one VJP 2 g a (the same values as the two-operand form), second order too."""
+    a = rng.standard_normal((2, 3, 2, 2))
+    g = rng.standard_normal(np.sum(a, axis=axes, keepdims=keepdims).shape)
+    (grad,) = ag.vjp(lambda u: ag.sum_product(u, u, axis=axes, keepdims=keepdims), tensor(a))[1](dev(g))
+    spread = g if keepdims or axes is None else np.expand_dims(g, axes)
+    assert_close(grad, 2 * spread * a, rtol=1e-15, atol=1e-15)
+    check_grads(lambda u: ag.sum_product(u, u, axis=axes, keepdims=keepdims) * 0.5, tensor(a))
+
+
 def test_a_broadcast_factor_gets_the_fused_gradient(rng, blas_reductions):
     x, s = rng.standard_normal((2, 3, 2, 2)), rng.standard_normal((2, 3, 1, 1))
     gx, gs = ag.grad(lambda x, s: ag.sum(ag.exp(x) * s), argnums=(0, 1))(tensor(x), tensor(s))
     assert_close(gs, np.sum(np.exp(x), axis=(2, 3), keepdims=True))
     assert_close(gx, np.exp(x) * s)
     check_grads(lambda x, s: ag.tanh(x) * s, tensor(x), tensor(s))
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-13), (np.float32, 1e-5)])
+@pytest.mark.parametrize("axes", [2, 1, (1, 3), (0, 2)])
+def test_sum_product_over_middle_axes(rng, dtype, rtol, axes):
+    """Kept axes on both sides of the summed ones (a (N, C, 1, W) gate's gradient): einsum, no full product."""
+    a, b = (rng.standard_normal((3, 5, 28, 7)).astype(dtype) for _ in range(2))
+    for keepdims in (False, True):
+        got = ag.sum_product(dev(a), dev(b), axis=axes, keepdims=keepdims)
+        assert got.dtype == dtype
+        assert_close(got, np.sum(a.astype(np.float64) * b, axis=axes, keepdims=keepdims), rtol=rtol, atol=rtol)
+    check_grads(lambda u, v: ag.sum_product(u, v, axis=axes), tensor(a[:1, :2, :3].astype(np.float64)),
+                tensor(b[:1, :2, :3].astype(np.float64)))
 
 
 def test_sum_product_needs_one_shape():

@@ -141,7 +141,8 @@ def test_caller_arrays_untouched(mech):
     floats = {k: params[k] for k in _float_keys(params)}  # integer buffers (num_batches_tracked) have no gradient
     for train in (False, True):
         with npattn.track_running_stats():
-            ag.grad(lambda fp: ag.sum(mech.apply({**params, **fp}, *inputs, train=train, **_rng_kw(mech, train))))(floats)
+            ag.grad(lambda fp: ag.sum(mech.apply({**params, **fp}, *inputs, train=train,
+                                                 **_rng_kw(mech, train))))(floats)
     for k in params:
         assert np.array_equal(host(params[k]), before_p[k]), f"parameter {k} was modified"
     for i, x in enumerate(inputs):
@@ -164,7 +165,8 @@ def test_batchnorm_train_vs_eval(mech):
     for prefix in bn_prefixes:
         assert f"{prefix}.running_mean" in new_stats, f"{prefix} did not report running stats"
         assert not np.array_equal(host(new_stats[f"{prefix}.running_mean"]), host(params[f"{prefix}.running_mean"]))
-        assert int(host(new_stats[f"{prefix}.num_batches_tracked"])) == int(host(params[f"{prefix}.num_batches_tracked"])) + 1
+        tracked = f"{prefix}.num_batches_tracked"
+        assert int(host(new_stats[tracked])) == int(host(params[tracked])) + 1
         var = host(new_stats[f"{prefix}.running_var"])
         assert np.all(var > 0)
     y_eval = host(mech.apply(params, *inputs, train=False))
@@ -236,6 +238,8 @@ PARAMETER_FREE = {
     "ge-theta-minus": "GE-theta-minus gathers by average pooling; init returns {}",
     "itti": "a fixed saliency model; an extra key is a KeyError saying it has none "
             "(test_origins_vision.py::test_itti_rejects_any_parameter)",
+    "simam": "SimAM is parameter-free (official simam_module); init returns {} "
+             "(test_cnn_beyond.py::test_simam_rejects_parameters_and_bad_lambda)",
 }
 
 

@@ -31,6 +31,13 @@ RUNS = {
                        "| gcnet | float32 |"),
     "beyond": (["bench_beyond.py", *QUICK, "--filter", "fca", "--dtypes", "float64"], "| fca | float64 |"),
     "mha": (["bench_mha.py", *QUICK, "--dtypes", "float64"], "| float64 |"),
+    "vision-attention": (["bench_vision_attention.py", *QUICK, "--filter", "mobilevit-v2", "--dtypes", "float64",
+                          "--no-memory"], "| mobilevit-v2 | float64 |"),
+    "windows-deformable": (["bench_windows_deformable.py", *QUICK, "--filter", "grid_sample", "--dtypes", "float64",
+                            "--no-memory"], "| grid_sample | float64 |"),
+    "sdpa": (["bench_sdpa.py", *QUICK, "--dtypes", "float64", "--causal", "yes"],
+             "| (1, 8, 256, 64) | float64 | yes |"),
+    "cnn-beyond": (["bench_cnn_beyond.py", *QUICK, "--filter", "gct", "--dtypes", "float64"], "| gct | float64 |"),
 }
 
 

@@ -345,7 +345,8 @@ def test_twin(case, train):
 
 
 def test_every_registered_channel_entry_has_a_twin():
-    assert {m.name for m in npattn.mechanisms("channel")} == set(REGISTRY_TWINS)
+    from tests.torch_tier.test_cnn_beyond import REGISTRY_TWINS as AFTER_SURVEY  # issue 17's entries: twins there
+    assert {m.name for m in npattn.mechanisms("channel")} - set(AFTER_SURVEY) == set(REGISTRY_TWINS)
 
 
 def test_sk_selection_weights_match_twin():

@@ -387,7 +387,8 @@ EMPTY = {
 
 
 def test_every_hybrid_entry_has_an_empty_batch_twin():
-    assert set(EMPTY) == {m.name for m in npattn.mechanisms("hybrid")}
+    from tests.torch_tier.test_cnn_beyond import REGISTRY_TWINS as AFTER_SURVEY  # issue 17's entries: twins there
+    assert set(EMPTY) == {m.name for m in npattn.mechanisms("hybrid")} - set(AFTER_SURVEY)
 
 
 @MODES
