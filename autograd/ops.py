@@ -1099,6 +1099,8 @@ def roll(a, shifts, axis=None) -> Tensor:
         axes = None
     else:
         one_axis = not isinstance(axis, (tuple, list))
+        if a.ndim == 0:  # as torch: a scalar has no axis to roll along (axis=None rolls it as one element)
+            raise ValueError(f"roll: a 0-d tensor has no axis {axis!r} to roll along (use axis=None)")
         axes = tuple(_one_axis(ax, a.ndim, "roll") for ax in ((axis,) if one_axis else axis))
         if single != one_axis or len(axes) != len(amounts):
             raise ValueError(f"roll: shifts and axis must both be ints or tuples of one length, got {shifts!r}, "

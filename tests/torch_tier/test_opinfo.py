@@ -82,6 +82,14 @@ def _dropout(x, p=0.5, training=True, **kwargs):
     return ag.dropout(x, p, training, **kwargs)
 
 
+def _sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, **kwargs):
+    """F.scaled_dot_product_attention: torch's is_causal is top-left aligned (query i attends keys j <= i);
+    the core asks for the alignment of a non-square causal mask explicitly."""
+    if is_causal:
+        kwargs.setdefault("alignment", "top-left")
+    return ag.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, **kwargs)
+
+
 def _reflected(method):
     """``torch.Tensor.__rop__(self, other)`` -> the core Tensor's own reflected operator."""
     return lambda x, other: getattr(ag.Tensor, method)(x, other)
@@ -116,7 +124,7 @@ CORE_OPS = {
     "squeeze.multiple": _renamed(ag.squeeze), "flatten": _renamed(ag.flatten, start_dim="start_axis",
                                                                   end_dim="end_axis"),
     "cat": _renamed(ag.concatenate), "stack": _renamed(ag.stack), "split": _split, "split.list_args": _split,
-    "flip": _renamed(ag.flip), "tile": ag.tile,
+    "flip": _renamed(ag.flip), "tile": ag.tile, "roll": _renamed(ag.roll),
     "repeat": ag.tile,  # torch.Tensor.repeat(sizes) is numpy.tile; the core's repeat is numpy.repeat
     "repeat_interleave": _renamed(ag.repeat), "__getitem__": ag.getitem,
     "take_along_dim": lambda x, indices, dim=None: ag.take_along_axis(x, indices, dim),  # torch's default None
@@ -153,6 +161,8 @@ CORE_OPS = {
     "nn.functional.batch_norm": ag.batch_norm, "nn.functional.layer_norm": ag.layer_norm,
     "nn.functional.group_norm": ag.group_norm, "nn.functional.instance_norm": ag.instance_norm,
     "nn.functional.dropout": _dropout,
+    # sampling and attention (the vision-transformer work)
+    "nn.functional.grid_sample": ag.grid_sample, "nn.functional.scaled_dot_product_attention": _sdpa,
 }
 
 
@@ -190,6 +200,17 @@ GAPS = [
         lambda s: s.input.ndim < 2),
     Gap("repeat_interleave", "output_size=", "a torch hint for the output length (to avoid a device sync); "
         "the core computes the length itself and has no such argument", lambda s: "output_size" in s.kwargs),
+    Gap("nn.functional.grid_sample", "mode='bicubic'", "the core's grid_sample has bilinear and nearest only",
+        lambda s: s.kwargs.get("mode") == "bicubic"),
+    Gap("nn.functional.grid_sample", "5-D (volumetric) input", "the core's grid_sample samples (N, C, H, W) maps",
+        lambda s: s.input.ndim == 5),
+    Gap("nn.functional.scaled_dot_product_attention", "inputs other than 4-D (B, H, L, D)",
+        "torch takes any leading batch axes (and broadcasts them between query, key and value); the core's SDPA "
+        "takes (B, H, L, D) and asks for the axes to be added", lambda s: any(
+            t.ndim != 4 for t in (s.input, *s.args[:2]) if isinstance(t, torch.Tensor))),
+    Gap("nn.functional.scaled_dot_product_attention", "dropout_p > 0",
+        "torch draws the dropout mask from its own generator; the core's SDPA takes an explicit dropout_mask",
+        lambda s: s.kwargs.get("dropout_p", 0.0) > 0),
     # --- error inputs the core accepts on purpose (Python-number conveniences) ---
     *[Gap(op, "error input: a Python number as an operand", _NUMBERS, _number_operand, "accepted", errors=True)
       for op in ("__radd__", "__rdiv__", "__rmul__", "__rpow__", "__rsub__", "rsub", "pow", "maximum", "minimum",
