@@ -13,6 +13,8 @@ Softmax semantics (docs/architecture.md, "Masks" and "Non-finite values"):
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as _np
 
 from . import _threads, backend, ops
@@ -318,12 +320,15 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     if x.ndim < 3:
         raise ValueError(f"instance_norm: input must be (N, C, ...) with at least one spatial axis, got shape "
                          f"{x.shape}")
+    vectors = {"running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias}
+    vectors = {name: None if value is None else ops._lift(value) for name, value in vectors.items()}
+    ops._check_operands("instance_norm", input=x, **vectors)  # real floats of one dtype, named as here
+    running_mean, running_var, weight, bias = vectors.values()
     n, c = x.shape[:2]
-    for name, value in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
-                        ("bias", bias)):
+    for name, value in vectors.items():
         if value is not None and tuple(value.shape) != (c,):
             raise ValueError(f"instance_norm: {name} must have shape ({c},), got {tuple(value.shape)}")
-    if use_input_stats and x.size // max(n * c, 1) < 2:
+    if use_input_stats and _spatial(x) < 2:
         raise ValueError(f"instance_norm: training needs more than 1 spatial value per plane, got input shape "
                          f"{x.shape}")
 
@@ -336,9 +341,11 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     y = ops.reshape(y, x.shape)
     if not return_running:
         return y
-    if use_input_stats:  # torch averages the N per-instance updates back to C channels
-        new_mean = None if new_mean is None else xp.mean(xp.reshape(_data(new_mean), (n, c)), axis=0)
-        new_var = None if new_var is None else xp.mean(xp.reshape(_data(new_var), (n, c)), axis=0)
+    if use_input_stats:  # torch averages the N per-instance updates back to C channels (NaN for N = 0, as torch)
+        with _np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # NumPy's "mean of empty slice"
+            new_mean = None if new_mean is None else xp.mean(xp.reshape(_data(new_mean), (n, c)), axis=0)
+            new_var = None if new_var is None else xp.mean(xp.reshape(_data(new_var), (n, c)), axis=0)
     else:
         new_mean, new_var = running_mean, running_var
     return y, new_mean, new_var

@@ -7,6 +7,7 @@ Operands may be Tensors, backend arrays or Python scalars; the result is always 
 from __future__ import annotations
 
 import builtins as _builtins
+import math as _math
 import numbers
 import operator
 from typing import Sequence
@@ -816,36 +817,38 @@ def reshape(a, shape) -> Tensor:
     a = _lift(a)
     if isinstance(shape, int):
         shape = (shape,)
-    if tuple(shape) == a.shape:
+    target = _reshape_target(shape, a.shape)
+    if target == a.shape:
         return a
-    out = xp.reshape(a.data, _reshape_target(shape, a.shape))
+    out = xp.reshape(a.data, target)
     source = a.shape
     return record(out, ((a, lambda g: reshape(g, source)),))
 
 
 def _reshape_target(shape, source: tuple) -> tuple:
     """``shape`` checked against a tensor of shape ``source``, its -1 resolved (errors name reshape)."""
-    try:
-        if any(isinstance(d, bool) for d in shape):
-            raise TypeError
-        dims = [operator.index(d) for d in shape]
-    except TypeError:
-        raise TypeError(f"reshape: shape must be an int or a sequence of ints, got {shape!r}") from None
-    size = int(_np.prod(source, dtype=_np.int64))
+    dims = tuple(shape)
+    if not all(type(d) is int for d in dims):  # (the common case skips this: plain ints, no bools)
+        try:
+            if any(isinstance(d, bool) for d in dims):
+                raise TypeError
+            dims = tuple(operator.index(d) for d in dims)
+        except TypeError:
+            raise TypeError(f"reshape: shape must be an int or a sequence of ints, got {shape!r}") from None
+    size = _math.prod(source)
+    if -1 not in dims and all(d >= 0 for d in dims) and _math.prod(dims) == size:
+        return dims
     unknown = [i for i, d in enumerate(dims) if d == -1]
     if len(unknown) > 1 or any(d < -1 for d in dims):
-        raise ValueError(f"reshape: shape {tuple(dims)} may hold one -1 and otherwise sizes >= 0 "
-                         f"(input shape {source})")
-    known = int(_np.prod([d for d in dims if d != -1], dtype=_np.int64))
-    if unknown:
-        if known == 0 or size % known:
-            raise ValueError(f"reshape: cannot reshape a tensor of shape {source} ({size} elements) into "
-                             f"{tuple(dims)}" + (": the -1 could be any size" if known == 0 else ""))
-        dims[unknown[0]] = size // known
-    elif known != size:
-        raise ValueError(f"reshape: cannot reshape a tensor of shape {source} ({size} elements) into "
-                         f"{tuple(dims)} ({known} elements)")
-    return tuple(dims)
+        raise ValueError(f"reshape: shape {dims} may hold one -1 and otherwise sizes >= 0 (input shape {source})")
+    known = _math.prod(d for d in dims if d != -1)
+    if not unknown:
+        raise ValueError(f"reshape: cannot reshape a tensor of shape {source} ({size} elements) into {dims} "
+                         f"({known} elements)")
+    if known == 0 or size % known:
+        raise ValueError(f"reshape: cannot reshape a tensor of shape {source} ({size} elements) into {dims}"
+                         + (": the -1 could be any size" if known == 0 else ""))
+    return dims[: unknown[0]] + (size // known,) + dims[unknown[0] + 1 :]
 
 
 def transpose(a, axes=None) -> Tensor:

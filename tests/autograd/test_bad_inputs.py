@@ -82,6 +82,39 @@ OPS = [
     Op("adaptive_max_pool1d", lambda x, **k: ag.adaptive_max_pool1d(x, k.pop("size", 4)), (2, 3, 9), [
         (dict(size=(2, 2)), ValueError, "output_size"),
     ], unbatched=True),
+    # issue 14 section 3: 3-D convs and pools, transposed 1-D/3-D convs, lp pools, instance_norm
+    Op("conv3d", lambda x, **k: ag.conv3d(x, k.pop("w", _w(4, 3, 2, 2, 2)), **k), (2, 3, 4, 5, 4), [
+        (dict(groups=2), ValueError, "groups"), (dict(stride=(1, 1)), ValueError, "stride"),
+        (dict(padding=1.5), TypeError, "padding"),
+    ], unbatched=True),
+    Op("conv_transpose1d", lambda x, **k: ag.conv_transpose1d(x, k.pop("w", _w(3, 2, 3)), **k), (2, 3, 6), [
+        (dict(output_padding=3, stride=2), ValueError, "output_padding"), (dict(stride=(1, 1)), ValueError, "stride"),
+    ], unbatched=True),
+    Op("conv_transpose3d", lambda x, **k: ag.conv_transpose3d(x, k.pop("w", _w(3, 2, 2, 2, 2)), **k), (2, 3, 3, 4, 3), [
+        (dict(groups=1.5), TypeError, "groups"), (dict(dilation=0), ValueError, "dilation"),
+    ], unbatched=True),
+    Op("max_pool3d", lambda x, **k: ag.max_pool3d(x, k.pop("kernel", 2), **k), (2, 3, 4, 5, 4), [
+        (dict(kernel=0), ValueError, "kernel_size"), (dict(padding=2), ValueError, "padding"),
+        (dict(stride=True), TypeError, "stride"),
+    ], unbatched=True),
+    Op("avg_pool3d", lambda x, **k: ag.avg_pool3d(x, k.pop("kernel", 2), **k), (2, 3, 4, 5, 4), [
+        (dict(divisor_override=0), ValueError, "divisor_override"), (dict(kernel=(2, 2)), ValueError, "kernel_size"),
+    ], unbatched=True),
+    Op("adaptive_avg_pool3d", lambda x, **k: ag.adaptive_avg_pool3d(x, k.pop("size", (2, 3, 2))), (2, 3, 4, 5, 4), [
+        (dict(size=(2, 2)), ValueError, "output_size"), (dict(size=1.5), TypeError, "output_size"),
+    ], unbatched=True),
+    Op("adaptive_max_pool3d", lambda x, **k: ag.adaptive_max_pool3d(x, k.pop("size", (2, 3, 2))), (2, 3, 4, 5, 4), [
+        (dict(size=-1), ValueError, "output_size"),
+    ], unbatched=True),
+    Op("lp_pool2d", lambda x, **k: ag.lp_pool2d(x, k.pop("p", 2.0), k.pop("kernel", 2), **k), (2, 3, 6, 5), [
+        (dict(p="2"), TypeError, "norm_type"), (dict(kernel=0), ValueError, "kernel_size"),
+    ], unbatched=True),
+    Op("lp_pool1d", lambda x, **k: ag.lp_pool1d(x, k.pop("p", 3.0), k.pop("kernel", 2), **k), (2, 3, 7), [
+        (dict(kernel=(2, 2)), ValueError, "kernel_size"),
+    ], unbatched=True),
+    Op("instance_norm", lambda x, **k: ag.instance_norm(x, **k), (2, 3, 4, 5), [
+        (dict(weight=_w(2)), ValueError, "weight"),
+    ], ndim_arg=None),
     Op("global_avg_pool2d", lambda x, **k: ag.global_avg_pool2d(x), (2, 3, 5, 4)),
     Op("global_max_pool2d", lambda x, **k: ag.global_max_pool2d(x), (2, 3, 5, 4)),
     Op("interpolate", lambda x, **k: ag.interpolate(x, **({"size": (9, 5), "mode": "bilinear"} | k)), (2, 3, 6, 4), [

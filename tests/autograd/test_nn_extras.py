@@ -55,6 +55,22 @@ def test_instance_norm_rejects_bad_arguments(call, pattern):
         call()
 
 
+def test_instance_norm_dtype_rule_names_itself():
+    with pytest.raises(TypeError, match="instance_norm: input must be a real floating-point tensor.*int64"):
+        ag.instance_norm(dev(np.ones((2, 3, 4), np.int64)))
+    with pytest.raises(TypeError, match="instance_norm: .*input float64, weight float32"):
+        ag.instance_norm(dev(np.ones((2, 3, 4))), weight=dev(np.ones(3, np.float32)))
+
+
+def test_instance_norm_on_an_empty_batch(rng):
+    """N = 0: an empty output and gradient; the running statistics average over no instance (NaN, as torch)."""
+    x = np.zeros((0, 3, 4))
+    out, pullback = ag.vjp(lambda v: ag.instance_norm(v, weight=dev(np.ones(3))), dev(x))
+    assert out.shape == (0, 3, 4) and host(pullback(dev(x))[0]).shape == (0, 3, 4)
+    _, new_mean, new_var = ag.instance_norm(dev(x), dev(np.zeros(3)), dev(np.ones(3)), return_running=True)
+    assert np.isnan(host(new_mean)).all() and np.isnan(host(new_var)).all()
+
+
 @pytest.mark.parametrize("p", [1.0, 2, 3.5])
 def test_lp_pool2d_is_the_window_p_norm(rng, p):
     x = rng.uniform(0.1, 2.0, (2, 3, 6, 7))
