@@ -132,7 +132,7 @@ AVG_CASES = [
 ]
 
 
-# Strided or large windows are two matrix products (pooling.axis_matrices), the others tap-by-tap window
+# Strided or large windows are two matrix products (_separable.separable), the others tap-by-tap window
 # sums (pooling._separable_avg decides): every case runs both ways.
 @pytest.fixture(params=["window sums", "separable"])
 def avg_path(request, monkeypatch):
