@@ -3,7 +3,7 @@
     npattn list                      every mechanism: family, paper, parameter count
     npattn show NAME                 paper, equations, parameters, and the mechanism's source
     npattn check [NAME...]           forward, backward and gradient check of each (the main job)
-    npattn golden NAME... -o DIR     write golden vectors (.npz, see docs/golden.md)
+    npattn golden NAME... -o DIR     write golden vectors (.npz or --format safetensors, see docs/golden.md)
     npattn verify FILE...            recompute golden files and report agreement
 """
 from __future__ import annotations
@@ -84,7 +84,7 @@ def cmd_golden(args) -> int:
     for mech in mechs:
         try:
             path = write(mech.name, args.output, seed=args.seed, dtype=args.dtype, batch=args.batch,
-                         size=args.size, force=args.force)
+                         size=args.size, force=args.force, format=args.format)
             print(f"wrote {path}")
         except (FileExistsError, ValueError) as exc:
             print(f"npattn golden: {mech.name}: {exc}", file=sys.stderr)
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--seed", type=_non_negative_int, default=0)
     check.add_argument("--tolerance", type=float, default=1e-6)
     check.set_defaults(func=cmd_check)
-    golden = sub.add_parser("golden", help="write golden vectors (.npz)")
+    golden = sub.add_parser("golden", help="write golden vectors (.npz or .safetensors)")
     golden.add_argument("names", nargs="+")
     golden.add_argument("-o", "--output", required=True, help="output directory")
     golden.add_argument("--seed", type=_non_negative_int, default=0)
@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     golden.add_argument("--size", type=_positive_int, default=None,
                         help="spatial size H = W for (N, C, H, W) inputs")
     golden.add_argument("--force", action="store_true", help="overwrite existing files")
+    golden.add_argument("--format", default="npz", choices=("npz", "safetensors"),
+                        help="container: .npz (NumPy) or .safetensors (any language; docs/golden.md)")
     golden.set_defaults(func=cmd_golden)
     verify = sub.add_parser("verify", help="recompute golden files and report agreement")
     verify.add_argument("files", nargs="+")

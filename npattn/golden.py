@@ -1,6 +1,7 @@
-"""Golden vectors: one ``.npz`` per case, readable from any language (see docs/golden.md).
+"""Golden vectors: one ``.npz`` or ``.safetensors`` file per case, readable from any language (docs/golden.md).
 
-Each file holds, as plain arrays (``numpy.load(path, allow_pickle=False)`` reads it):
+Each file holds, as plain arrays (``numpy.load(path, allow_pickle=False)`` reads an ``.npz``; a
+``.safetensors`` file is an 8-byte header length, a JSON header and raw little-endian buffers):
 
 * ``input.<i>``          the inputs of ``apply`` (in order);
 * ``param.<name>``       every parameter and buffer, named as in the parameter dict;
@@ -9,7 +10,9 @@ Each file holds, as plain arrays (``numpy.load(path, allow_pickle=False)`` reads
 * ``grad.input.<i>``     ``u^T d output / d input_i`` for each differentiable input;
 * ``grad.param.<name>``  ``u^T d output / d param`` for each floating-point parameter;
 * ``meta``               a JSON string: format version, npattn version, mechanism, config, options,
-                         dtype, seed, backend, input/parameter names.
+                         dtype, seed, backend, input/parameter names.  In a ``.safetensors`` file the
+                         same fields are the header's ``__metadata__`` (string values: the text fields
+                         as they are, the others as JSON text; ``params`` keeps the parameter order).
 """
 from __future__ import annotations
 
@@ -25,9 +28,14 @@ import numpy as np
 import autograd as ag
 
 from . import __version__
+from . import _safetensors as safetensors
 from .registry import Mechanism, apply_keywords, get
 
 FORMAT_VERSION = 1
+#: container formats of :func:`write`: file extension by name.
+FORMATS = {"npz": ".npz", "safetensors": ".safetensors"}
+#: meta fields a safetensors header stores as plain strings; the others are JSON text.
+_STRING_FIELDS = ("npattn_version", "mechanism", "dtype", "backend")
 
 
 class GoldenError(Exception):
@@ -94,17 +102,19 @@ def _positive(name: str, value: int | None) -> None:
 
 
 def write(name: str, directory: str, seed: int = 0, dtype: str = "float64", batch: int | None = None,
-          size: int | None = None, force: bool = False) -> str:
-    """Write the golden file of one mechanism; returns its path."""
+          size: int | None = None, force: bool = False, format: str = "npz") -> str:
+    """Write the golden file of one mechanism (``format``: ``"npz"`` or ``"safetensors"``); returns its path."""
     mech = get(name)
     np_dtype = np.dtype(dtype)
     if np_dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {list(FORMATS)}, got {format!r}")
     _positive("batch", batch)
     _positive("size", size)
     suffix = f"_b{batch}" if batch else ""
     suffix += f"_s{size}" if size else ""
-    path = os.path.join(directory, f"{name}_{np_dtype.name}_seed{seed}{suffix}.npz")
+    path = os.path.join(directory, f"{name}_{np_dtype.name}_seed{seed}{suffix}{FORMATS[format]}")
     if os.path.exists(path) and not force:
         raise FileExistsError(f"{path} exists; pass --force to overwrite it")
     made = mech.init(np.random.default_rng(seed), dtype=np_dtype, **mech.config)
@@ -123,10 +133,36 @@ def write(name: str, directory: str, seed: int = 0, dtype: str = "float64", batc
         "batch": batch, "size": size, "backend": ag.backend.name,
         "inputs": len(inputs), "params": list(params), "differentiable_inputs": list(grad_inputs),
     }
-    arrays["meta"] = np.array(json.dumps(meta, default=_jsonable))
     os.makedirs(directory, exist_ok=True)
+    if format == "safetensors":
+        with open(path, "wb") as file:
+            file.write(safetensors.dumps(arrays, to_metadata(meta)))
+        return path
+    arrays["meta"] = np.array(json.dumps(meta, default=_jsonable))
     np.savez(path, **arrays)
     return path
+
+
+def to_metadata(meta: dict) -> dict:
+    """The safetensors ``__metadata__`` (strings only) of golden ``meta``: text fields as they are, others as JSON."""
+    return {k: v if k in _STRING_FIELDS and isinstance(v, str) else json.dumps(v, default=_jsonable)
+            for k, v in meta.items()}
+
+
+def from_metadata(path: str, metadata: dict) -> dict:
+    """Golden ``meta`` from a safetensors ``__metadata__``: the JSON text of the fields verify reads is decoded."""
+    meta = {}
+    for key, text in metadata.items():
+        if key in _STRING_FIELDS:
+            meta[key] = text
+            continue
+        try:
+            meta[key] = json.loads(text)
+        except json.JSONDecodeError:
+            if key in _META_FIELDS:
+                raise GoldenError(f"{path}: __metadata__ {key!r} must be JSON text, got {text!r}") from None
+            meta[key] = text  # an informational field of another writer, kept as written
+    return meta
 
 
 def _jsonable(value):
@@ -150,7 +186,36 @@ def _json_type(value) -> str:
 
 
 def load(path: str) -> tuple[dict, dict]:
-    """(meta, arrays) of a golden file; a corrupt, truncated or malformed file is a GoldenError."""
+    """(meta, arrays) of a golden file (``.npz``, or ``.safetensors`` by name); any malformed file is a GoldenError."""
+    if str(path).endswith(FORMATS["safetensors"]):
+        meta, arrays = _load_safetensors(path)
+    else:
+        meta, arrays = _load_npz(path)
+    _check_meta(path, meta)
+    return meta, arrays
+
+
+def _load_safetensors(path: str) -> tuple[dict, dict]:
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except FileNotFoundError:
+        raise GoldenError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise GoldenError(f"{path}: not readable ({type(exc).__name__}: {exc})") from None
+    try:
+        arrays, metadata = safetensors.loads(data)
+    except safetensors.FormatError as exc:
+        raise GoldenError(f"{path}: not a valid safetensors file: {exc}") from None
+    if not metadata:
+        raise GoldenError(f"{path}: no __metadata__ in the header; not an npattn golden file")
+    if "meta" in arrays:
+        raise GoldenError(f"{path}: a tensor named 'meta'; a safetensors golden file keeps its metadata in the "
+                          "header's __metadata__")
+    return from_metadata(path, metadata), arrays
+
+
+def _load_npz(path: str) -> tuple[dict, dict]:
     unreadable = (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, TypeError, zlib.error)
     try:
         data = np.load(path, allow_pickle=False)
@@ -176,6 +241,11 @@ def load(path: str) -> tuple[dict, dict]:
         raise GoldenError(f"{path}: corrupt metadata ({exc})") from None
     if not isinstance(meta, dict):
         raise GoldenError(f"{path}: 'meta' must be a JSON object, got a JSON {_json_type(meta)}")
+    return meta, arrays
+
+
+def _check_meta(path: str, meta: dict) -> None:
+    """The fields verify reads are present and of their JSON types (both containers)."""
     if meta.get("format") != FORMAT_VERSION:
         raise GoldenError(f"{path}: golden format {meta.get('format')!r}, this npattn reads {FORMAT_VERSION}")
     for key, kind in _META_FIELDS.items():
@@ -189,7 +259,6 @@ def load(path: str) -> tuple[dict, dict]:
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in meta["differentiable_inputs"]):
         raise GoldenError(f"{path}: meta 'differentiable_inputs' must be a list of integers, got "
                           f"{meta['differentiable_inputs']!r}")
-    return meta, arrays
 
 
 @dataclass

@@ -24,6 +24,9 @@ def test_every_example_is_covered():
 def test_example_runs(script, tmp_path):
     if script in ("check_a_pytorch_module.py",):
         pytest.importorskip("torch")
+    if script in ("check_a_flax_module.py",):
+        pytest.importorskip("jax")
+        pytest.importorskip("flax")
     if script in ("train_digits.py",):
         pytest.importorskip("sklearn")
     if script in ("attention_maps.py", "window_and_deformable_maps.py"):

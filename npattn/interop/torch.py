@@ -27,17 +27,16 @@ from __future__ import annotations
 import copy
 import difflib
 import re
-from dataclasses import dataclass, field
 
 import numpy as np
 
 import autograd as ag
 
-from ..layers import track_running_stats
 from ..registry import apply_keywords, get
 from ..self_attention import ann
-from ..testing import compare as _compare_arrays
 from ..testing import to_host
+from ._verdict import NOT_COMPARED_FOR_SHAPE, Report, check_against_init, constant_buffers, run_npattn
+from ._verdict import settings as _settings
 
 try:
     import torch
@@ -119,18 +118,6 @@ def _plan(name: str, torch_keys, key_map: dict) -> dict:
 # state_dict conversion
 
 
-def _settings(mech, config: dict | None) -> dict:
-    return {**mech.config, **(config or {})}
-
-
-def _expected_params(mech, settings: dict) -> dict:
-    """The parameters npattn's ``init`` makes for ``settings`` (only their names, shapes and kinds are used)."""
-    try:
-        return mech.init(np.random.default_rng(0), **settings)
-    except TypeError as exc:
-        raise TypeError(f"{mech.name}: config {settings} is not a configuration of init: {exc}") from None
-
-
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
 
@@ -167,27 +154,8 @@ def from_torch_state_dict(name: str, state_dict: dict, key_map: dict | None = No
         blocks = np.split(array, len(parts), axis=0) if len(parts) > 1 else [array]
         for (npattn_key, _), block in zip(parts, blocks):
             params[npattn_key] = ag.from_numpy(block.copy())  # a contiguous copy (0-d stays 0-d)
-    _check_against_init(mech, params, _settings(mech, config))
+    check_against_init(mech, params, _settings(mech, config))
     return params
-
-
-def _check_against_init(mech, params: dict, settings: dict) -> None:
-    expected = _expected_params(mech, settings)
-    missing, unexpected = set(expected) - set(params), set(params) - set(expected)
-    if missing or unexpected:
-        raise KeyError(
-            f"{mech.name}: state_dict does not match npattn's parameters for configuration {settings}; missing "
-            f"{sorted(missing)}, unexpected {sorted(unexpected)} (pass key_map={{torch_key: npattn_key}} for "
-            "other names, config={...} for another configuration)"
-        )
-    for key, value in expected.items():
-        if tuple(params[key].shape) != tuple(value.shape):
-            raise ValueError(f"{mech.name}: parameter {key!r} must have shape {tuple(value.shape)} for configuration "
-                             f"{settings}, got {tuple(params[key].shape)} (pass config={{...}} with the configuration "
-                             "the module was built with)")
-        if (np.dtype(params[key].dtype).kind == "f") != (np.dtype(value.dtype).kind == "f"):
-            raise TypeError(f"{mech.name}: parameter {key!r} must be of a {np.dtype(value.dtype).kind!r}-kind dtype "
-                            f"like {np.dtype(value.dtype)}, got {np.dtype(params[key].dtype)}")
 
 
 def to_torch_state_dict(params: dict, key_map: dict | None = None, name: str | None = None) -> dict:
@@ -216,33 +184,6 @@ def to_torch_state_dict(params: dict, key_map: dict | None = None, name: str | N
 
 # ---------------------------------------------------------------------------------------------
 # compare
-
-
-@dataclass
-class Report:
-    """Result of :func:`compare`: one row per compared tensor (or per thing that could not be compared)."""
-
-    mechanism: str
-    rows: list = field(default_factory=list)  # (what, ok, detail)
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.rows) and all(ok for _, ok, _ in self.rows)
-
-    @property
-    def compared(self) -> list:
-        """The names of the rows (``"output"``, ``"grad input 0"``, ``"grad fc1.weight"``, ``"running ..."``)."""
-        return [what for what, _, _ in self.rows]
-
-    def __str__(self) -> str:
-        failed = sum(not ok for _, ok, _ in self.rows)
-        verdict = "AGREE" if self.ok else f"DISAGREE ({failed} of {len(self.rows)} rows fail)"
-        lines = [f"torch module (actual) vs npattn {self.mechanism!r} (expected): {verdict}; "
-                 f"{len(self.rows)} tensors listed"]
-        for what, ok, detail in self.rows:
-            lines.append(f"  [{'ok' if ok else 'XX'}] {what}: {detail.splitlines()[0]}")
-            lines += ["        " + line for line in detail.splitlines()[1:]]
-        return "\n".join(lines)
 
 
 def _same_tensor(a, b) -> bool:
@@ -284,76 +225,58 @@ def compare(module, name: str, *inputs, train: bool = False, key_map: dict | Non
     host_inputs = [to_host(x) for x in inputs]
     out_t, torch_inputs, cotangent = _run_torch(module, host_inputs, train, seed)
     buffers_after = dict(module.named_buffers(remove_duplicate=False))
+    run = run_npattn(mech, params, host_inputs, cotangent, train=train, keywords=keywords)
 
-    float_idx = [i for i, x in enumerate(host_inputs) if x.dtype.kind == "f"]
-    device_inputs = [ag.from_numpy(x) for x in host_inputs]
-    float_keys = [k for k, v in params.items() if np.dtype(v.dtype).kind == "f"]
-
-    def fn(float_params, *diff_inputs):
-        full = list(device_inputs)
-        for i, value in zip(float_idx, diff_inputs):
-            full[i] = value
-        return mech.apply({**params, **float_params}, *full, train=train, **keywords)
-
-    with track_running_stats() as new_stats:
-        out, pullback = ag.vjp(fn, {k: params[k] for k in float_keys}, *[device_inputs[i] for i in float_idx])
-    grads = pullback(ag.from_numpy(cotangent))
-
-    constants = _constant_buffers(mech, settings, params)
+    constants = constant_buffers(mech, settings, params)
     report = Report(name)
 
     def add(what, torch_value, npattn_value):
         # the module under test is "actual", npattn (the reference) is "expected"
-        ok, detail = _compare_arrays(torch_value, npattn_value, rtol=rtol, atol=atol, equal_nan=equal_nan)
-        report.rows.append((what, ok, detail))
+        report.add(what, torch_value, npattn_value, rtol=rtol, atol=atol, equal_nan=equal_nan)
 
-    add("output", out_t, out)
-    for i, g in zip(float_idx, grads[1:]):
+    add("output", out_t, run.output)
+    for i, x in enumerate(host_inputs):
+        if x.dtype.kind != "f":
+            continue
+        if run.grad_inputs is None:
+            report.fail(f"grad input {i}", NOT_COMPARED_FOR_SHAPE)
+            continue
         grad = torch_inputs[i].grad
-        add(f"grad input {i}", grad if grad is not None else torch.zeros_like(torch_inputs[i]), g)
+        add(f"grad input {i}", grad if grad is not None else torch.zeros_like(torch_inputs[i]), run.grad_inputs[i])
     for key in params:
         sources = plan[key]
         label = key if [k for k, _ in sources] == [key] else f"{key} (torch {', '.join(k for k, _ in sources)})"
         tensors = [torch_params.get(k, buffers_after.get(k)) for k, _ in sources]
         if any(t is None for t in tensors):
-            report.rows.append((f"tensor {label}", False, "a state_dict entry that is neither a parameter nor a "
-                                "buffer of the module; nothing to compare"))
+            report.fail(f"tensor {label}", "a state_dict entry that is neither a parameter nor a buffer of the "
+                        "module; nothing to compare")
         elif any(not _same_tensor(t, tensors[0]) for t in tensors):
-            report.rows.append((f"tensor {label}", False, "npattn holds one tensor here, the module separate ones "
-                                "(not tied: equal now, but their gradients and updates are not one)"))
+            report.fail(f"tensor {label}", "npattn holds one tensor here, the module separate ones (not tied: equal "
+                        "now, but their gradients and updates are not one)")
         elif all(k in torch_params for k, _ in sources):
-            if key not in grads[0]:
-                report.rows.append((f"grad {label}", False, f"npattn's {key} is not floating-point; no gradient"))
+            if run.grad_params is None:
+                report.fail(f"grad {label}", NOT_COMPARED_FOR_SHAPE)
+                continue
+            if key not in run.grad_params:
+                report.fail(f"grad {label}", f"npattn's {key} is not floating-point; no gradient")
                 continue
             grad = tensors[0].grad if tensors[0].grad is not None else torch.zeros_like(tensors[0])
             part = sources[0][1]
             if part is not None:  # this projection's rows of the fused in_proj gradient
                 grad = torch.chunk(grad, len(PROJECTIONS), dim=0)[part]
-            add(f"grad {label}", grad, grads[0][key])
+            add(f"grad {label}", grad, run.grad_params[key])
         elif all(k in buffers_after for k, _ in sources):
             if train:  # npattn reports the new statistics; a buffer it leaves alone keeps its value
-                add(f"running {label}", tensors[0], new_stats.get(key, params[key]))
+                add(f"running {label}", tensors[0], run.new_stats.get(key, params[key]))
             else:
                 add(f"buffer {label} (eval: unchanged)", tensors[0], params[key])
             if key in constants:  # fixed by the configuration (FcaNet's DCT filters): loading it proves nothing
                 add(f"constant {label} (npattn's init for config)", params[key], constants[key])
         else:
-            report.rows.append((f"tensor {label}", False, "held by both parameters and buffers of the module"))
-    for key in sorted(set(new_stats) - set(params)):
-        report.rows.append((f"running {key}", False, "npattn updated a buffer the module does not have"))
+            report.fail(f"tensor {label}", "held by both parameters and buffers of the module")
+    for key in sorted(set(run.new_stats) - set(params)):
+        report.fail(f"running {key}", "npattn updated a buffer the module does not have")
     return report
-
-
-_RUNNING_STATISTICS = (".running_mean", ".running_var", ".num_batches_tracked")
-
-
-def _constant_buffers(mech, settings: dict, params: dict) -> dict:
-    """npattn key -> the value ``init`` gives it for ``settings``, for the entries that do not depend on the seed
-    (a fixed basis such as FcaNet's DCT filters) other than BatchNorm running statistics."""
-    dtypes = {k: np.dtype(v.dtype) for k, v in params.items()}
-    made = [mech.init(np.random.default_rng(seed), **settings) for seed in (0, 1)]
-    return {k: ag.to_numpy(v).astype(dtypes[k]) for k, v in made[0].items()
-            if not k.endswith(_RUNNING_STATISTICS) and np.array_equal(ag.to_numpy(v), ag.to_numpy(made[1][k]))}
 
 
 def _run_torch(module, host_inputs: list, train: bool, seed: int):

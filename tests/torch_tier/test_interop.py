@@ -338,3 +338,16 @@ def test_compare_checks_a_configuration_fixed_buffer():
     report = compare(module, "fca", _x((2, 32, 7, 7)), config=config)
     assert not report.ok
     assert any(row.startswith("constant dct_layer.weight") and not ok for row, ok, _ in report.rows), str(report)
+
+
+def test_compare_reports_an_output_of_another_shape_and_every_gradient_it_could_not_compare():
+    class GateOnly(TorchSE):  # returns the gate (N, C) and forgets to multiply the input by it
+        def forward(self, x):
+            return torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3))))))
+
+    torch.manual_seed(0)
+    report = compare(GateOnly(32, 4).double(), "se", np.random.default_rng(0).standard_normal((2, 32, 5, 6)),
+                     config=SE_CONFIG)
+    assert not report.ok
+    assert [ok for _, ok, _ in report.rows] == [False] * 6, str(report)
+    assert "shape mismatch" in str(report) and "grad fc2.bias: not compared" in str(report)
