@@ -439,13 +439,13 @@ def materialised(q: Tensor, k: Tensor, v: Tensor, plan: Plan, need_lse: bool = T
         distance = Tensor(plan.alibi_distance(everything[0], everything[2], everything[3]))
         scores = ops.add(scores, ops.mul(plan.alibi_slopes, distance))
     keep = plan.keep(*everything)                                                           # (4)
-    present = scores.data != -xp.inf          # a -inf float mask entry counts as masked (torch's _safe_softmax)
-    if keep is not None:
-        present = present & keep
+    finite_below = scores.data != -xp.inf     # a -inf float mask entry counts as masked (torch's _safe_softmax)
+    present = finite_below if keep is None else finite_below & keep
     # the -inf logits join the keep-mask: the core softmax gives a row of -inf only NaN (torch's softmax),
-    # a fully masked row its zeros -- the policy below starts from those zeros
-    needs_mask = keep is not None or not bool(xp.all(present))
-    weights = nn.softmax(scores, axis=-1, mask=present if needs_mask else None)         # (5)
+    # a fully masked row its zeros -- the policy below starts from those zeros.  Without -inf logits the
+    # softmax gets `keep` as given (broadcast, not expanded), so the numbers are the composed step's bit for bit.
+    mask = keep if bool(xp.all(finite_below)) else present
+    weights = nn.softmax(scores, axis=-1, mask=mask)                                        # (5)
     if not need_lse and plan.masked_rows == "zero":     # the masked softmax already gives an empty row zeros
         return _dropped_times_values(weights, v, plan), None
 
