@@ -157,12 +157,12 @@ class _Kernel:
     def scaled_queries(self, block: _Block):
         """(nb, nh, G * rows, D): the block's queries times the scale (one GEMM operand)."""
         q = self.q[block.batches, block.kv_heads, :, block.rows]
-        return xp.reshape(q * self.plan.scale, q.shape[:2] + (-1, q.shape[-1]))
+        return xp.reshape(q * self.plan.scale, _flat_shape(q.shape))
 
     def quad(self, array):
         """(nb, nh, G * rows, X) -> (nb, nh * G, rows, X): query-head layout, a view."""
-        nb, nh, _, width = array.shape
-        return xp.reshape(array, (nb, nh * self.plan.groups, -1, width))
+        nb, nh, stacked, width = array.shape
+        return xp.reshape(array, (nb, nh * self.plan.groups, stacked // self.plan.groups, width))
 
     def scores(self, block: _Block, queries, keys, keep_tanh: bool = False):
         """S for the block (steps (1)-(4)) from ``queries @ keys[cols]^T``, in (nb, nh, G * rows, cols);
@@ -410,7 +410,12 @@ def _per_unit(step, *arrays):
 
 def _flat_rows(array):
     """(nb, nh, G, rows, X) -> (nb, nh, G * rows, X)."""
-    return xp.reshape(array, array.shape[:2] + (-1, array.shape[-1]))
+    return xp.reshape(array, _flat_shape(array.shape))
+
+
+def _flat_shape(shape: tuple) -> tuple:
+    """(nb, nh, G, rows, X) -> (nb, nh, G * rows, X), explicit (a -1 is ambiguous when X = 0: D or Dv of 0)."""
+    return tuple(shape[:2]) + (shape[2] * shape[3], shape[-1])
 
 
 def _sum_to(array, shape: tuple):

@@ -678,3 +678,24 @@ def test_bad_arguments_name_the_function_and_argument(call, error, match):
     q, k, v = (dev(a) for a in _inputs(np.random.default_rng(18)))
     with pytest.raises(error, match=f"scaled_dot_product_attention: .*{match}"):
         call(q, k, v)
+
+
+@pytest.mark.parametrize("head_dims", [(0, 3), (3, 0), (0, 0)])
+@pytest.mark.parametrize("options", [{}, {"is_causal": True, "alignment": "bottom-right"}, {"bias": "bias"}])
+def test_chunked_takes_zero_head_dims_as_materialised(head_dims, options):
+    """D = 0 (every logit is the bias alone) or Dv = 0 (an empty output): the chunked path's reshapes must not
+    guess an axis from an empty array; its values and gradients equal the materialised path's (found by the
+    sdpa entry's configuration space)."""
+    d, dv = head_dims
+    rng = np.random.default_rng(5)
+    q, k = dev(rng.standard_normal((2, 2, 3, d))), dev(rng.standard_normal((2, 2, 4, d)))
+    v, g = dev(rng.standard_normal((2, 2, 4, dv))), dev(rng.standard_normal((2, 2, 3, dv)))
+    if options.get("bias") == "bias":
+        options = {"bias": dev(rng.standard_normal((2, 2, 3, 4)))}
+    results = []
+    for implementation in ("materialised", "chunked"):
+        out, vjp = ag.vjp(lambda q, k, v: sdpa(q, k, v, scale=1.0, implementation=implementation, **options), q, k, v)
+        results.append([host(out)] + [host(t) for t in vjp(g)])
+    for chunked, materialised in zip(results[1], results[0]):
+        assert chunked.shape == materialised.shape
+        np.testing.assert_allclose(chunked, materialised, rtol=1e-12, atol=1e-14)
