@@ -25,12 +25,17 @@ that does not import with the CPU torch here), so ``vit_pytorch/vit.py`` is load
 ``__init__``.  NAT/DiNAT: ``transformers``' DiNAT calls NATTEN's kernels, absent here (tested below).
 
 Differences found (each asserted where it shows, and described in docs/libraries_vision.md):
-HF's eager attention takes the softmax in float32 (``dtype=torch.float32``), so float64 agrees only with
-``attn_implementation="sdpa"``; HF Swin v1 crashes when min(H, W) < window (the bias table is built for the
-configured window, the forward shrinks the window); HF Swin v2 adds the shift mask twice (-200, not -100) and keeps
-only the height axis of a per-axis window rule; its coordinate table is float32-rounded; HF's deformable attention
-takes ``attention_mask`` True = valid (the official ``input_padding_mask`` is True = padded); vit-pytorch's
-``Attention`` includes a pre-LayerNorm and drops the output projection when heads == 1 and dim_head == dim.
+
+* HF's eager attention takes the softmax in float32 (``dtype=torch.float32``): float64 agrees only with
+  ``attn_implementation="sdpa"`` (Swin v1, ViT).
+* HF Swin v1 raises when min(H, W) < window (the bias table is built for the configured window, the forward
+  shrinks the window), and keeps a dropped shift for later calls.
+* HF Swin v2 adds the shift mask twice (-200, not -100), keeps only the height axis of a per-axis window rule, and
+  holds a float32-rounded coordinate table.
+* HF's deformable attention takes ``attention_mask`` True = valid (the official ``input_padding_mask``: True =
+  padded).
+* vit-pytorch's ``Attention`` includes a pre-LayerNorm and drops the output projection when heads == 1 and
+  dim_head == dim.
 """
 import importlib.util
 import math
@@ -219,6 +224,19 @@ def test_swin_transformers_fails_on_maps_smaller_than_the_window(resolution):
     params = npattn.get("swin").init(np.random.default_rng(0), **config)
     out = npattn.get("swin").apply(params, ag.from_numpy(x.numpy()), num_heads=2, window_size=7, shift_size=3)
     assert out.shape == (1, *resolution, 8) and np.isfinite(ag.to_numpy(out)).all()
+
+
+def test_swin_transformers_keeps_a_dropped_shift():
+    """Expected difference: ``set_shift_and_window_size`` stores its result on the layer, so after one call on a map
+    with min(H, W) == window (shift dropped), the layer attends to a larger map without shift: it then agrees with
+    npattn's ``shift_size=0``, not with the configured shift."""
+    module, x, config, keys = swin_case(1, 8, 8, 8, 2, 4, 2)
+    assert compare(module, "swin", x, key_map=keys, config=config, rtol=TOL).ok
+    module(torch.zeros(1, 4, 6, 8, dtype=torch.float64))
+    report = compare(module, "swin", x, key_map=keys, config=config, rtol=TOL)
+    assert not report.ok and "output" in failing_rows(report), report
+    report = compare(module, "swin", x, key_map=keys, config=dict(config, shift_size=0), rtol=TOL)
+    assert report.ok, report
 
 
 # ---------------------------------------------------------------------------------------------
