@@ -207,5 +207,5 @@ def test_the_site_builds_in_strict_mode(tmp_path):
     for name in npattn.names():  # math only in the equation column, never opened by a note's "\\("
         for cell in re.findall(r"<td>(.*?)</td>", (site / "mechanisms" / name / "index.html").read_text(), re.S):
             assert "arithmatex" not in cell or cell.startswith('<span class="arithmatex">'), (name, cell)
-    for page in ("conventions", "parameter_contract", "golden", "interop_jax", "official_vs_paper"):
+    for page in ("conventions", "parameter_contract", "golden", "interop_jax", "official_vs_paper", "libraries_vision"):
         assert (site / page / "index.html").exists(), page

@@ -3,8 +3,9 @@
 The twin is fundamentalvision/Deformable-DETR's ``MSDeformAttn`` with its PyTorch core
 ``ms_deform_attn_core_pytorch`` (one ``F.grid_sample`` per level), written from the official code; the
 CUDA kernel is not built here (its ``im2col_step`` and ``level_start_index`` do not change the numbers).
-HF ``transformers``' ``DeformableDetrMultiscaleDeformableAttention`` is not installed here, so it is
-not compared.  float64 throughout; output, input gradients and every parameter gradient to 1e-10.
+HF ``transformers``' ``DeformableDetrMultiscaleDeformableAttention`` itself is compared in ``test_hf_vision.py``
+(library tier; docs/libraries_vision.md).  float64 throughout; output, input gradients and every parameter
+gradient to 1e-10.
 """
 import math
 

@@ -8,7 +8,8 @@ and bias start ``pi`` from ``get_window_start`` / ``get_pb_start`` (``natten_cpu
 The integer functions are transcribed from the C++ and tabulated with Python loops; the arithmetic is
 torch indexing, not npattn's gather/scatter.  ``pad_small`` follows NATTEN <= 0.14 (``nattentorch``): zero
 padding of x before qkv, crop before proj.  No library with these semantics imports here (natten needs a
-compiled build; ``transformers``' DiNAT needs natten).
+compiled build; ``transformers`` imports here, but its DiNAT ``NeighborhoodAttention`` calls natten's kernels,
+stubs that raise without natten: ``test_hf_vision.py::test_transformers_dinat_needs_natten``).
 """
 import numpy as np
 import pytest

@@ -10,7 +10,9 @@ The twins are written from the official code, independently of npattn's implemen
 * ``torchvision_shifted_window_attention``: torchvision's functional form (pad, per-axis shift drop, the
   mask from slices with count labels, a flattened ``relative_position_index``), v1 and v2.
 
-HF ``transformers`` (which builds Swin v1/v2 from a config) is not installed here, so it is not compared.
+HF ``transformers``' own ``SwinLayer`` / ``Swinv2Layer`` are compared in ``test_hf_vision.py`` (library tier; the
+differences found there -- float32 eager softmax, v1 failing below the window, v2's doubled shift mask and
+height-only window rule -- are in docs/libraries_vision.md).
 Everything is float64; outputs, the input gradient and every parameter gradient must agree to 1e-10.
 """
 import math

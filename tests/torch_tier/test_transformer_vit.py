@@ -1,7 +1,8 @@
 """Cross-framework tier for ViT attention: a torch twin of timm's ``Attention`` (timm/layers/attention.py), both
 its fused path (``F.scaled_dot_product_attention``) and its manual path (scale, q k^T, mask, softmax).
 timm does not import here (it imports torchvision, whose wheel is a CUDA build that fails with the CPU torch),
-nor do ``transformers`` and ``vit-pytorch`` (not installed), so the twin is the comparison.
+so the twin is the comparison for timm; ``transformers``' ``ViTAttention`` and vit-pytorch's ``vit.Attention``
+(no qk-norm in either) are compared in ``test_hf_vision.py`` (library tier; docs/libraries_vision.md).
 """
 import numpy as np
 import pytest
