@@ -114,9 +114,18 @@ def conv(x, weight, geo: Geometry, bias=None) -> Tensor:
 
 
 def input_grad(g, weight, geo: Geometry) -> Tensor:
-    """dx = the adjoint of conv(., weight) applied to g: (N, C_out, oh, ow) -> (N, C_in, H, W)."""
+    """dx = the adjoint of conv(., weight) applied to g: (N, C_out, oh, ow) -> (N, C_in, H, W).
+
+    A weight holding NaN or inf takes :func:`_scatter_input_grad` (one sum over the weight decides): the
+    fast kernels convolve a zero-padded g, and 0 * NaN would reach input pixels no output reads that tap
+    from; PyTorch's col2im leaves them alone.
+    """
     c_in = weight.shape[1] * geo.groups
-    data = _kernel_for(geo, c_in, weight.shape[0], g.shape[0]).input_grad(g.data, weight.data, geo)
+    kernel = _kernel_for(geo, c_in, weight.shape[0], g.shape[0])
+    if kernel not in (_Pointwise, _EmptyBatch) and weight.size and not bool(xp.isfinite(xp.sum(weight.data))):
+        data = _scatter_input_grad(g.data, weight.data, geo)
+    else:
+        data = kernel.input_grad(g.data, weight.data, geo)
     return record(data, ((g, lambda a: conv(a, weight, geo)), (weight, lambda a: weight_grad(a, g, geo))))
 
 
@@ -175,6 +184,26 @@ def _transposed(geo: Geometry):
     if any(p < 0 for pair in pads for p in pair):
         return None
     return Geometry(geo.kernel, geo.stride, geo.dilation, pads, geo.groups, geo.out_size, geo.in_size)
+
+
+def _scatter_input_grad(g, w, geo: Geometry):
+    """The input gradient as the adjoint's scatter form (PyTorch's col2im): per group and kernel tap,
+    ``W_tap^T @ g`` added into that tap's window of a zero canvas, which is then cropped.
+
+    kh*kw small GEMMs and strided additions: slower than the convolution forms, but no weight ever meets
+    the canvas's padding, so a non-finite weight reaches exactly the pixels read through it.
+    """
+    n, c_out = g.shape[:2]
+    groups, c_in_g = geo.groups, w.shape[1]
+    out_g = c_out // groups
+    canvas = _zeros_padded((n, c_in_g * groups), geo, g.dtype)
+    for group in range(groups):
+        g_group = g[:, group * out_g : (group + 1) * out_g]
+        channels = slice(group * c_in_g, (group + 1) * c_in_g)
+        for i, j, (rows, cols) in geo.taps():
+            tap = w[group * out_g : (group + 1) * out_g, :, i, j]  # (C_out/G, C_in/G)
+            canvas[:, channels, rows, cols] += xp.einsum("oc,nohw->nchw", tap, g_group)
+    return _crop(canvas, geo)
 
 
 def _flip_transpose(w, groups: int):

@@ -14,6 +14,13 @@ forward (Dao 2023, Algorithm 1)                       backward (Algorithm 2, rec
 (keep is the dropout mask over 1 - p.)  Only one block of scores lives at a time, of at most
 :data:`BLOCK_ELEMENTS` entries (several (batch, head) pairs share a block when the sequences are short).
 
+The forward first runs a row block *unshifted*: P = exp(S), l = rowsum(P), O = acc / l, lse = log l -- the
+softmax is invariant to the shift m, which only keeps exp in range.  In float64 exp(S) is accurate to relative
+eps for |S| up to ~700, so when every row's l lies in :meth:`_Kernel.safe_sums` (its largest term far from
+overflow and from the subnormals) this is the same function to rounding, with one pass over each block of
+scores (exp) instead of three (max, subtract, exp) and no rescaling.  Otherwise (huge or tiny logits, an empty
+row, a non-finite value) the row block is recomputed by the max-shifted online softmax above.
+
 The result is recorded as one primitive whose VJP runs the backward above.  When the backward pass is itself
 recorded (``create_graph``, for grad-of-grad), the VJP instead differentiates the materialised composition
 (same function, differentiable to any order), which forms the score matrix.
@@ -22,14 +29,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as _np
+
 from . import _threads, backend
 from .backend import xp
 from .tensor import Tensor, backward_pass, is_grad_enabled, record
 
-#: Default size of one block of scores (entries, all its (batch, head) units together): 4 MiB in float64.
-BLOCK_ELEMENTS = 1 << 19
-#: Default size of one unit's part of a block: 2 MiB in float64 (256 x 1024 for long sequences).
-UNIT_ELEMENTS = 1 << 18
+#: Largest block of scores (entries, all its (batch, head) units together): 8 MiB in float64.
+BLOCK_ELEMENTS = 1 << 20
+#: Default size of one unit's part of a block: 4 MiB in float64 (512 x 1024 for long sequences: 3-4 % faster
+#: than 256 x 1024 at L = 2048 and 8192, one thread, float64).
+UNIT_ELEMENTS = 1 << 19
+#: The same under a causal mask or window: 256 x 1024, since the band wastes about half of the last rows x rows
+#: corner of each row block (512 rows were 6-13 % slower causal at L = 2048).
+BAND_UNIT_ELEMENTS = 1 << 18
+#: Units per default block (at most BLOCK_ELEMENTS): work for every thread of the elementwise passes.
+UNITS_PER_BLOCK = 2
 #: Default widest block of key columns.
 BLOCK_COLUMNS = 1024
 
@@ -88,18 +103,20 @@ class _Kernel:
         self.fold_sums = plan.dropout_keep is None
         self.fold_lse = not plan.softcap
         self._k_ones = self._v_ones = None
+        budget = BLOCK_ELEMENTS
         if chunk_size is None:
-            # one unit's block ~ UNIT_ELEMENTS, square-ish (BLAS runs these shapes near its best; the passes stay
-            # in cache); then as many units per block as BLOCK_ELEMENTS holds (work for every thread)
+            # one unit's block ~ UNIT_ELEMENTS, wide (BLAS runs these shapes near its best); then UNITS_PER_BLOCK
+            # units per block (work for every thread)
             width = max(1, min(plan.key_length, BLOCK_COLUMNS))
-            unit = min(UNIT_ELEMENTS, BLOCK_ELEMENTS)
+            unit = min(BAND_UNIT_ELEMENTS if plan.band() != (None, None) else UNIT_ELEMENTS, BLOCK_ELEMENTS)
             width = max(1, min(width, unit // groups))
             rows = max(1, min(max(plan.query_length, 1), unit // (width * groups)))
+            budget = min(BLOCK_ELEMENTS, UNITS_PER_BLOCK * unit)
         else:
             rows, width = chunk_size
         self.row_block, self.col_block = max(1, rows), max(1, width)
-        # (batch, kv head) rectangles whose blocks fit BLOCK_ELEMENTS at the chosen rows x columns
-        per_block = max(1, BLOCK_ELEMENTS // (self.row_block * self.col_block * groups))
+        # (batch, kv head) rectangles whose blocks fit the budget at the chosen rows x columns
+        per_block = max(1, budget // (self.row_block * self.col_block * groups))
         self.units = []
         if per_block >= plan.kv_heads:
             step = max(1, per_block // plan.kv_heads)
@@ -140,12 +157,12 @@ class _Kernel:
     def scaled_queries(self, block: _Block):
         """(nb, nh, G * rows, D): the block's queries times the scale (one GEMM operand)."""
         q = self.q[block.batches, block.kv_heads, :, block.rows]
-        return xp.reshape(q * self.plan.scale, q.shape[:2] + (-1, q.shape[-1]))
+        return xp.reshape(q * self.plan.scale, _flat_shape(q.shape))
 
     def quad(self, array):
         """(nb, nh, G * rows, X) -> (nb, nh * G, rows, X): query-head layout, a view."""
-        nb, nh, _, width = array.shape
-        return xp.reshape(array, (nb, nh * self.plan.groups, -1, width))
+        nb, nh, stacked, width = array.shape
+        return xp.reshape(array, (nb, nh * self.plan.groups, stacked // self.plan.groups, width))
 
     def scores(self, block: _Block, queries, keys, keep_tanh: bool = False):
         """S for the block (steps (1)-(4)) from ``queries @ keys[cols]^T``, in (nb, nh, G * rows, cols);
@@ -188,50 +205,99 @@ class _Kernel:
     # -- forward ------------------------------------------------------------------------------
 
     def forward(self):
-        """(O (B, Hkv, G, Lq, Dv), lse (B, Hkv, G, Lq)) by the online softmax."""
+        """(O (B, Hkv, G, Lq, Dv), lse (B, Hkv, G, Lq)), one row block at a time: unshifted when its sums allow
+        (:meth:`unshifted_rows`), else by the max-shifted online softmax (:meth:`online_rows`)."""
         dv = self.v.shape[-1]
-        values = self.v_ones if self.fold_sums else self.v
         out = xp.zeros(self.q.shape[:-1] + (dv,), dtype=self.dtype)
         lse = xp.empty(self.q.shape[:-1], dtype=self.dtype)
-        zero = xp.zeros((), dtype=self.dtype)
         for pieces, whole in self.blocks():
-            q_scaled = self.scaled_queries(whole)
-            rows = q_scaled.shape[:3] + (1,)
-            running_max = xp.full(rows, -xp.inf, dtype=self.dtype)
-            rescale = xp.empty(rows, dtype=self.dtype)
-            total = None if self.fold_sums else xp.zeros(rows, dtype=self.dtype)
-            acc = xp.zeros(q_scaled.shape[:3] + (values.shape[-1],), dtype=self.dtype)
-            for block in pieces:
-                s, _ = self.scores(block, q_scaled, self.k)
-
-                def softmax_step(s, m, r, t):
-                    new_max = xp.maximum(m, xp.max(s, axis=-1, keepdims=True))
-                    shift = xp.where(xp.isfinite(new_max), new_max, zero)
-                    xp.subtract(m, shift, out=r)
-                    xp.exp(r, out=r)                                   # e^(m - m'); 0 while m = -inf
-                    s -= shift
-                    xp.exp(s, out=s)                                   # P = exp(S - m')
-                    m[...] = new_max
-                    if t is not None:
-                        t *= r
-                        t += xp.sum(s, axis=-1, keepdims=True)
-
-                _per_unit(softmax_step, s, running_max, rescale, total)
-                scale = self.dropout_scale(block)
-                if scale is not None:
-                    s *= scale
-                acc *= rescale
-                acc += xp.matmul(s, values[block.batches, block.kv_heads, block.cols])
-            if self.fold_sums:
-                total = acc[..., dv:]                                  # rowsum(P) from P [V | 1]
-            empty = total == 0
-            block_out = acc[..., :dv] / xp.where(empty, xp.ones((), dtype=self.dtype), total)
-            block_lse = xp.where(empty, xp.asarray(xp.inf, dtype=self.dtype),
-                                 running_max + xp.log(xp.where(empty, xp.ones((), dtype=self.dtype), total)))
+            block = self.unshifted_rows(pieces, whole)
+            block_out, block_lse = block if block is not None else self.online_rows(pieces, whole)
             index = (whole.batches, whole.kv_heads, slice(None), whole.rows)
             out[index] = xp.reshape(block_out, out[index].shape)
             lse[index] = xp.reshape(block_lse, lse[index].shape)
         return out, lse
+
+    def safe_sums(self) -> tuple:
+        """(low, high): the range of a row's sum l = sum_j exp(S_ij) in which the unshifted exponentials lose
+        nothing.  Below, the row's largest term e^M >= l / Lk may sit near the subnormals (precision lost to
+        underflow, or an empty row); above, the terms or l * V could overflow."""
+        info = _np.finfo(_np.dtype(self.dtype))
+        keys = max(self.plan.key_length, 1)
+        return float(info.tiny) * 2.0 ** (info.nmant + 1) * keys * keys, float(info.max) * 2.0 ** -40
+
+    def unshifted_rows(self, pieces, whole: _Block):
+        """(O, lse) of one row block with P = exp(S) unshifted -- no running max, no rescaling, one pass (exp)
+        over each block of scores -- or None when some row's sum leaves :meth:`safe_sums` (or a non-finite
+        value reaches the accumulator): then the caller takes the max-shifted path.  softmax is invariant to
+        the shift, so inside the range this is the same function to rounding (float64 keeps e^S exact to
+        relative eps for |S| up to ~700)."""
+        dv = self.v.shape[-1]
+        values = self.v_ones if self.fold_sums else self.v
+        q_scaled = self.scaled_queries(whole)
+        total = None if self.fold_sums else xp.zeros(q_scaled.shape[:3] + (1,), dtype=self.dtype)
+        acc = xp.zeros(q_scaled.shape[:3] + (values.shape[-1],), dtype=self.dtype)
+        for block in pieces:
+            s, _ = self.scores(block, q_scaled, self.k)
+
+            def exp_step(s, t):
+                with _np.errstate(over="ignore", invalid="ignore"):  # an overflow is caught below
+                    xp.exp(s, out=s)                                   # P = exp(S)
+                    if t is not None:
+                        t += xp.sum(s, axis=-1, keepdims=True)
+
+            with _np.errstate(over="ignore", invalid="ignore"):
+                _per_unit(exp_step, s, total)
+                scale = self.dropout_scale(block)
+                if scale is not None:
+                    s *= scale
+                acc += xp.matmul(s, values[block.batches, block.kv_heads, block.cols])
+        if self.fold_sums:
+            total = acc[..., dv:]                                      # rowsum(P) from P [V | 1]
+        low, high = self.safe_sums()
+        if not bool(xp.all((total >= low) & (total <= high)) and xp.all(xp.isfinite(acc))):
+            return None
+        return acc[..., :dv] / total, xp.log(total)
+
+    def online_rows(self, pieces, whole: _Block):
+        """(O, lse) of one row block by the online softmax: every block shifted by the running row max."""
+        dv = self.v.shape[-1]
+        values = self.v_ones if self.fold_sums else self.v
+        zero = xp.zeros((), dtype=self.dtype)
+        q_scaled = self.scaled_queries(whole)
+        rows = q_scaled.shape[:3] + (1,)
+        running_max = xp.full(rows, -xp.inf, dtype=self.dtype)
+        rescale = xp.empty(rows, dtype=self.dtype)
+        total = None if self.fold_sums else xp.zeros(rows, dtype=self.dtype)
+        acc = xp.zeros(q_scaled.shape[:3] + (values.shape[-1],), dtype=self.dtype)
+        for block in pieces:
+            s, _ = self.scores(block, q_scaled, self.k)
+
+            def softmax_step(s, m, r, t):
+                new_max = xp.maximum(m, xp.max(s, axis=-1, keepdims=True))
+                shift = xp.where(xp.isfinite(new_max), new_max, zero)
+                xp.subtract(m, shift, out=r)
+                xp.exp(r, out=r)                                       # e^(m - m'); 0 while m = -inf
+                s -= shift
+                xp.exp(s, out=s)                                       # P = exp(S - m')
+                m[...] = new_max
+                if t is not None:
+                    t *= r
+                    t += xp.sum(s, axis=-1, keepdims=True)
+
+            _per_unit(softmax_step, s, running_max, rescale, total)
+            scale = self.dropout_scale(block)
+            if scale is not None:
+                s *= scale
+            acc *= rescale
+            acc += xp.matmul(s, values[block.batches, block.kv_heads, block.cols])
+        if self.fold_sums:
+            total = acc[..., dv:]                                      # rowsum(P) from P [V | 1]
+        empty = total == 0
+        block_out = acc[..., :dv] / xp.where(empty, xp.ones((), dtype=self.dtype), total)
+        block_lse = xp.where(empty, xp.asarray(xp.inf, dtype=self.dtype),
+                             running_max + xp.log(xp.where(empty, xp.ones((), dtype=self.dtype), total)))
+        return block_out, block_lse
 
     # -- backward -----------------------------------------------------------------------------
 
@@ -243,8 +309,10 @@ class _Kernel:
         """
         plan = self.plan
         dq = xp.zeros(self.q.shape, dtype=self.dtype)
-        dk = xp.zeros(self.k.shape, dtype=self.dtype)
-        dvalue = xp.zeros(self.v.shape, dtype=self.dtype)
+        # dK and dV accumulate transposed, (B, Hkv, D, Lk): dO^T P and (scale Q)^T dS run 10-15 % faster in
+        # OpenBLAS than P^T dO and dS^T (scale Q) (one thread, float64, blocks of 256 x 1024; shared/PERFORMANCE.md)
+        dk_t = xp.zeros(self.k.shape[:2] + self.k.shape[:1:-1], dtype=self.dtype)
+        dv_t = xp.zeros(self.v.shape[:2] + self.v.shape[:1:-1], dtype=self.dtype)
         d_terms = {name: xp.zeros(getattr(plan, name).shape, dtype=self.dtype) for name in want}
         keys = self.k_ones if self.fold_lse else self.k
         values = self.v_ones if self.fold_sums else self.v
@@ -269,7 +337,7 @@ class _Kernel:
                 if g_rows is not None:
                     scale = self.dropout_scale(block)
                     kept = p if scale is None else p * scale
-                    dvalue[block.batches, block.kv_heads, block.cols] += xp.matmul(xp.swapaxes(kept, -1, -2), g_rows)
+                    dv_t[block.batches, block.kv_heads, :, block.cols] += xp.matmul(xp.swapaxes(g_rows, -1, -2), kept)
                     ds = xp.matmul(g_values, xp.swapaxes(values[block.batches, block.kv_heads, block.cols], -1, -2))
 
                     def ds_step(ds, p, scale, d, glse):
@@ -290,10 +358,12 @@ class _Kernel:
                     xp.subtract(1.0, tanh, out=tanh)
                     ds *= tanh                                          # d(c tanh(x / c))/dx = 1 - tanh^2
                 dq_rows += xp.matmul(ds, k_block)
-                dk[block.batches, block.kv_heads, block.cols] += xp.matmul(xp.swapaxes(ds, -1, -2), q_scaled)
+                dk_t[block.batches, block.kv_heads, :, block.cols] += xp.matmul(xp.swapaxes(q_scaled, -1, -2), ds)
             dq[index] = xp.reshape(dq_rows, dq[index].shape)
         dq *= plan.scale
-        return {"q": dq, "k": dk, "v": dvalue, **d_terms}
+        # (B, Hkv, Lk, D) views of the transposed accumulators: a contiguous copy would add an L x D array per
+        # gradient to the peak memory at the very end
+        return {"q": dq, "k": xp.swapaxes(dk_t, -1, -2), "v": xp.swapaxes(dv_t, -1, -2), **d_terms}
 
     def accumulate_terms(self, d_terms: dict, block: _Block, ds) -> None:
         """Add the block's dS to the gradients of the float masks, the bias and the ALiBi slopes."""
@@ -340,7 +410,12 @@ def _per_unit(step, *arrays):
 
 def _flat_rows(array):
     """(nb, nh, G, rows, X) -> (nb, nh, G * rows, X)."""
-    return xp.reshape(array, array.shape[:2] + (-1, array.shape[-1]))
+    return xp.reshape(array, _flat_shape(array.shape))
+
+
+def _flat_shape(shape: tuple) -> tuple:
+    """(nb, nh, G, rows, X) -> (nb, nh, G * rows, X), explicit (a -1 is ambiguous when X = 0: D or Dv of 0)."""
+    return tuple(shape[:2]) + (shape[2] * shape[3], shape[-1])
 
 
 def _sum_to(array, shape: tuple):

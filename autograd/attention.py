@@ -415,12 +415,17 @@ def _check_qkv(query, key, value, options: _Options, varlen: bool):
 # the materialised path: steps (1)-(6) composed of differentiable operations
 
 
-def materialised(q: Tensor, k: Tensor, v: Tensor, plan: Plan):
-    """(O (B, Hq, Lq, Dv), lse (B, Hq, Lq)) by the equations, the whole score matrix at once."""
+def materialised(q: Tensor, k: Tensor, v: Tensor, plan: Plan, need_lse: bool = True):
+    """(O (B, Hq, Lq, Dv), lse (B, Hq, Lq)) by the equations, the whole score matrix at once.
+
+    ``need_lse=False`` returns (O, None) and skips the passes over the score matrix that only the lse and the
+    'nan' / 'uniform' row policies read (the softmax already gives an empty row zero weights and gradients).
+    """
     if plan.key_length == 0:   # no keys at all: every row is empty (and a softmax over nothing has no max)
         fill = xp.nan if plan.masked_rows == "nan" else 0.0
         out = xp.full((plan.batch, plan.heads, plan.query_length, v.shape[-1]), fill, dtype=q.dtype)
-        return Tensor(out), Tensor(xp.full(out.shape[:-1], xp.inf, dtype=q.dtype))
+        lse = Tensor(xp.full(out.shape[:-1], xp.inf, dtype=q.dtype)) if need_lse else None
+        return Tensor(out), lse
     everything = (slice(0, plan.batch), slice(0, plan.heads), slice(0, plan.query_length), slice(0, plan.key_length))
     if plan.groups > 1:   # query head h reads kv head h // groups (torch enable_gqa, flash, JAX, Meta repeat_kv)
         k, v = ops.repeat(k, plan.groups, axis=1), ops.repeat(v, plan.groups, axis=1)
@@ -434,25 +439,37 @@ def materialised(q: Tensor, k: Tensor, v: Tensor, plan: Plan):
         distance = Tensor(plan.alibi_distance(everything[0], everything[2], everything[3]))
         scores = ops.add(scores, ops.mul(plan.alibi_slopes, distance))
     keep = plan.keep(*everything)                                                           # (4)
-    weights = nn.softmax(scores, axis=-1, mask=keep)                                        # (5)
+    finite_below = scores.data != -xp.inf     # a -inf float mask entry counts as masked (torch's _safe_softmax)
+    present = finite_below if keep is None else finite_below & keep
+    # the -inf logits join the keep-mask: the core softmax gives a row of -inf only NaN (torch's softmax),
+    # a fully masked row its zeros -- the policy below starts from those zeros.  Without -inf logits the
+    # softmax gets `keep` as given (broadcast, not expanded), so the numbers are the composed step's bit for bit.
+    mask = keep if bool(xp.all(finite_below)) else present
+    weights = nn.softmax(scores, axis=-1, mask=mask)                                        # (5)
+    if not need_lse and plan.masked_rows == "zero":     # the masked softmax already gives an empty row zeros
+        return _dropped_times_values(weights, v, plan), None
 
-    present = scores.data != -xp.inf          # a -inf float mask entry counts as masked (torch's _safe_softmax)
-    if keep is not None:
-        present = present & keep
     empty = ~xp.any(present, axis=-1, keepdims=True)      # (B, Hq, Lq, 1); NaN logits count as present
     if plan.masked_rows == "nan":
         weights = ops.where(empty, xp.asarray(xp.nan, dtype=q.dtype), weights)
     elif plan.masked_rows == "uniform" and plan.key_length:
         weights = ops.where(empty, xp.asarray(1.0 / plan.key_length, dtype=q.dtype), weights)
-    if plan.dropout_keep is not None:
-        keep_scale = (plan.dropout_keep / (1.0 - plan.dropout_p)).astype(q.dtype)
-        weights = ops.mul(weights, Tensor(xp.broadcast_to(keep_scale, weights.shape)))
-    out = ops.matmul(weights, v)                                                            # (6)
+    out = _dropped_times_values(weights, v, plan)
+    if not need_lse:
+        return out, None
 
     masked_scores = ops.where(empty | ~present, xp.asarray(-xp.inf, dtype=q.dtype), scores)
     finite_rows = ops.where(empty, xp.zeros((), dtype=q.dtype), masked_scores)   # no exp(-inf - -inf) on the tape
     lse = ops.where(empty[..., 0], xp.asarray(xp.inf, dtype=q.dtype), ops.logsumexp(finite_rows, axis=-1))
     return out, lse
+
+
+def _dropped_times_values(weights: Tensor, v: Tensor, plan: Plan) -> Tensor:
+    """(P * keep / (1 - p)) V: steps (5)'s dropout and (6)."""
+    if plan.dropout_keep is not None:
+        keep_scale = (plan.dropout_keep / (1.0 - plan.dropout_p)).astype(weights.dtype)
+        weights = ops.mul(weights, Tensor(xp.broadcast_to(keep_scale, weights.shape)))
+    return ops.matmul(weights, v)                                                           # (6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,20 +524,21 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
     masks = {"attn_mask": attn_mask, "bias": bias, "alibi_slopes": alibi_slopes,
              "key_padding_mask": key_padding_mask, "dropout_mask": dropout_mask}
     if cu_seqlens_q is not None or cu_seqlens_k is not None:
-        out, lse = _varlen(query, key, value, options, masks, cu_seqlens_q, cu_seqlens_k)
+        out, lse = _varlen(query, key, value, options, masks, cu_seqlens_q, cu_seqlens_k, bool(return_lse))
     else:
         q, k, v = _check_qkv(query, key, value, options, varlen=False)
-        out, lse = _dense(q, k, v, _plan(options, q, k, v, masks), options)
+        out, lse = _dense(q, k, v, _plan(options, q, k, v, masks), options, bool(return_lse))
     return (out, lse) if return_lse else out
 
 
-def _dense(q: Tensor, k: Tensor, v: Tensor, plan: Plan, options: _Options):
+def _dense(q: Tensor, k: Tensor, v: Tensor, plan: Plan, options: _Options, need_lse: bool = True):
+    """(out, lse); lse may be None when not ``need_lse`` (the chunked kernel computes it anyway)."""
     implementation = options.implementation
     if implementation == "auto":
         elements = plan.batch * plan.heads * plan.query_length * plan.key_length
         implementation = "materialised" if elements <= MATERIALISE_MAX_ELEMENTS else "chunked"
     if implementation == "materialised":
-        return materialised(q, k, v, plan)
+        return materialised(q, k, v, plan, need_lse)
     from ._flash import chunked
     return chunked(q, k, v, plan, options.chunk_size)
 
@@ -553,7 +571,7 @@ def _slice_mask(mask, rows: slice, cols: slice, arg: str):
     return ops.getitem(mask, index) if isinstance(mask, Tensor) else mask[index]
 
 
-def _varlen(query, key, value, options: _Options, masks: dict, cu_seqlens_q, cu_seqlens_k):
+def _varlen(query, key, value, options: _Options, masks: dict, cu_seqlens_q, cu_seqlens_k, need_lse: bool = True):
     q, k, v = _check_qkv(query, key, value, options, varlen=True)
     starts_q = _cu_seqlens(cu_seqlens_q, q.shape[1], "cu_seqlens_q")
     starts_k = _cu_seqlens(cu_seqlens_k, k.shape[1], "cu_seqlens_k")
@@ -575,13 +593,14 @@ def _varlen(query, key, value, options: _Options, masks: dict, cu_seqlens_q, cu_
         else:
             seq_masks["alibi_slopes"] = slopes
         plan = _plan(options, q_n, k_n, v_n, seq_masks, seqlen_k=longest_k)
-        out, lse = _dense(q_n, k_n, v_n, plan, options)
+        out, lse = _dense(q_n, k_n, v_n, plan, options, need_lse)
         outputs.append(ops.getitem(out, 0))
-        lses.append(ops.getitem(lse, 0))
+        lses.append(None if lse is None else ops.getitem(lse, 0))
     if not outputs:
         empty_out = Tensor(xp.zeros((q.shape[0], 0, v.shape[-1]), dtype=q.dtype))
         return empty_out, Tensor(xp.zeros((q.shape[0], 0), dtype=q.dtype))
-    return ops.concatenate(outputs, axis=1), ops.concatenate(lses, axis=1)
+    lse = ops.concatenate(lses, axis=1) if need_lse else None
+    return ops.concatenate(outputs, axis=1), lse
 
 
 __all__ = ["scaled_dot_product_attention", "materialised", "Plan"]

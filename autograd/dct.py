@@ -72,21 +72,42 @@ def _apply_along(x: Tensor, matrix, axis: int) -> Tensor:
     return ops.swapaxes(out, axis, -1)
 
 
+def _checked(x, axis, op: str):
+    """(x, axis): a real floating-point x with at least one axis (scipy casts integers to float; the core
+    asks for the cast explicitly), ``axis`` in range as a non-negative int."""
+    x = ops._lift(x)
+    ops._check_float(op, "input", x)
+    if x.ndim == 0:
+        raise ValueError(f"{op}: input must have at least one axis, got a 0-d tensor")
+    return x, ops._one_axis(axis, x.ndim, op)
+
+
 def dct(x, type: int = 2, norm=None, axis: int = -1) -> Tensor:  # noqa: A002
     """DCT along ``axis`` (scipy.fft.dct's arguments)."""
-    x = ops._lift(x)
+    x, axis = _checked(x, axis, "dct")
     return _apply_along(x, dct_matrix(x.shape[axis], type, norm, x.dtype), axis)
 
 
 def idct(x, type: int = 2, norm=None, axis: int = -1) -> Tensor:  # noqa: A002
     """Inverse DCT along ``axis`` (scipy.fft.idct's arguments)."""
-    x = ops._lift(x)
+    x, axis = _checked(x, axis, "idct")
     return _apply_along(x, idct_matrix(x.shape[axis], type, norm, x.dtype), axis)
+
+
+def _axes(x, axes, op: str) -> tuple:
+    """``axes`` of a separable transform, each in range and named once (scipy's rule)."""
+    x = ops._lift(x)
+    ops._check_float(op, "input", x)
+    items = tuple(axes) if isinstance(axes, (tuple, list)) else (axes,)
+    normalized = [ops._one_axis(ax, x.ndim, op, "axes") for ax in items]
+    if len(set(normalized)) != len(normalized):
+        raise ValueError(f"{op}: axes {axes!r} name the same axis more than once")
+    return x, tuple(normalized)
 
 
 def dctn(x, type: int = 2, norm=None, axes=(-2, -1)) -> Tensor:  # noqa: A002
     """Separable DCT over several axes (scipy.fft.dctn); 2-D over the last two by default."""
-    out = ops._lift(x)
+    out, axes = _axes(x, axes, "dctn")
     for axis in axes:
         out = dct(out, type, norm, axis)
     return out
@@ -94,7 +115,7 @@ def dctn(x, type: int = 2, norm=None, axes=(-2, -1)) -> Tensor:  # noqa: A002
 
 def idctn(x, type: int = 2, norm=None, axes=(-2, -1)) -> Tensor:  # noqa: A002
     """Inverse of :func:`dctn`."""
-    out = ops._lift(x)
+    out, axes = _axes(x, axes, "idctn")
     for axis in axes:
         out = idct(out, type, norm, axis)
     return out

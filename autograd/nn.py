@@ -1,13 +1,19 @@
 """Softmax, normalisation layers, linear, dropout and explicit-generator sampling.
 
-Masks: in :func:`softmax` / :func:`log_softmax` a boolean ``mask`` is True where a position takes
-part (the convention of ``torch.nn.functional.scaled_dot_product_attention``).  Masked positions get
-exactly zero weight; a row with no True entry gives all zeros from ``softmax`` and ``-inf`` from
-``log_softmax`` -- never NaN -- and passes zero gradient.
+Softmax semantics (docs/architecture.md, "Masks" and "Non-finite values"):
+
+* A boolean ``mask`` in :func:`softmax` / :func:`log_softmax` is True where a position takes part (the
+  convention of ``torch.nn.functional.scaled_dot_product_attention``).  Masked positions get exactly
+  zero weight (``-inf`` from ``log_softmax``) and zero gradient, whatever cotangent they receive.
+* The one policy for a *fully masked* row: zeros from ``softmax``, ``-inf`` from ``log_softmax``, zero
+  gradient -- never NaN (PyTorch's ``masked_fill(-inf)`` + softmax gives NaN there; npattn does not).
+* Values follow PyTorch: a row whose (kept) entries hold NaN or +inf, or are all -inf without a mask
+  having removed them, is NaN throughout (masked positions included, as after ``masked_fill``); -inf
+  entries among finite ones get weight 0.
 """
 from __future__ import annotations
 
-import math as _math
+import warnings
 
 import numpy as _np
 
@@ -19,49 +25,84 @@ from .tensor import Tensor, record
 # softmax
 
 
-def _mask_data(mask, shape):
+def _mask_data(mask, shape, op: str = "softmax"):
     if mask is None:
         return None
     mask = mask.data if isinstance(mask, Tensor) else mask
     if mask.dtype != bool:
-        raise TypeError(f"softmax: mask must be boolean (True = keep), got dtype {mask.dtype}")
+        raise TypeError(f"{op}: mask must be boolean (True = keep), got dtype {mask.dtype}")
     try:
         return xp.broadcast_to(mask, shape)
     except ValueError:
-        raise ValueError(f"softmax: mask of shape {tuple(mask.shape)} does not broadcast to {shape}") from None
+        raise ValueError(f"{op}: mask of shape {tuple(mask.shape)} does not broadcast to {shape}") from None
 
 
-def softmax(x, axis: int = -1, mask=None) -> Tensor:
-    """exp(x - max) / sum(exp(x - max)) along ``axis``; optional boolean keep-mask.
+def _softmax_args(x, axis, mask, op: str, dtype=None):
+    """(x, axis, keep-mask or None), validated (a real floating-point x, an axis in range, a boolean mask).
+
+    A ``dtype`` (a real floating-point one) casts x first, as torch's ``dtype=``: an integer input is then
+    accepted, and the gradient comes back in x's own dtype.
+    """
+    x = ops._lift(x)
+    if dtype is not None:
+        if not _np.issubdtype(_np.dtype(dtype), _np.floating):
+            raise TypeError(f"{op}: dtype must be a real floating-point dtype, got {_np.dtype(dtype)}")
+        x = ops.astype(x, dtype)
+    ops._check_float(op, "input", x)
+    axis = ops._one_axis(axis, x.ndim, op)
+    keep = _mask_data(mask, x.shape, op)
+    return x, axis, keep
+
+
+def softmax(x, axis: int = -1, mask=None, dtype=None) -> Tensor:
+    """exp(x - max) / sum(exp(x - max)) along ``axis``; optional boolean keep-mask (module docstring);
+    ``dtype`` casts the input first (as torch's; the gradient comes back in the input's dtype).
 
     VJP: ``dx = y * (g - sum(g * y))`` (:func:`_softmax_vjp`, itself differentiable, so grad-of-grad
     works).  Both are computed row block by row block when ``axis`` is the last one (the common case:
     attention energies), which keeps the temporaries in cache and lets NumPy use every core; each row
-    is computed exactly as in one pass, so the numbers do not depend on the blocking.
+    is computed exactly as in one pass, so the numbers do not depend on the blocking.  A 0-d input is one
+    row of one entry (torch accepts axis 0 and -1 there); an empty axis gives an empty result.
     """
-    x = ops._lift(x)
-    (axis,) = ops._normalize_axis(axis, x.ndim)
-    keep = _mask_data(mask, x.shape)
+    x, axis, keep = _softmax_args(x, axis, mask, "softmax", dtype)
+    if x.ndim == 0:
+        return ops.reshape(softmax(ops.reshape(x, (1,)), 0, None if keep is None else xp.reshape(keep, (1,))), ())
+    if x.shape[axis] == 0:
+        return ops.mul(x, 0.0)  # nothing to normalise: an empty result, an empty gradient
     data = x.data if keep is None else xp.where(keep, x.data, -xp.inf)
-    out = _along_rows(_softmax_kernel, axis, data)
+    out = _along_rows(_softmax_kernel, axis, data, keep)
     holder = []
 
     def vjp(g):
-        return _softmax_vjp(holder[0], g, axis)
+        return _keep_only(_softmax_vjp(holder[0], g, axis), keep)
 
     result = record(out, ((x, vjp),))
     holder.append(result)
     return result
 
 
-def _softmax_kernel(out, data, axis):
-    """out = softmax(data) along ``axis``, in place in ``out``; a row of -inf only gives zeros."""
+def _keep_only(grad: Tensor, keep) -> Tensor:
+    """``grad`` with zeros at masked positions (a masked entry does not take part, even in a NaN row)."""
+    return grad if keep is None else ops.where(keep, grad, 0.0)
+
+
+def _softmax_kernel(out, data, keep, axis):
+    """out = softmax(data) along ``axis``, in place in ``out``.
+
+    The shift is the row maximum, unguarded: NaN, +inf and all--inf rows come out NaN, as in torch.
+    Only a fully masked row (``keep`` all False) is shifted by 0 and divided by 1, giving zeros.
+    """
     shift = xp.max(data, axis=axis, keepdims=True)
-    shift = xp.where(xp.isfinite(shift), shift, xp.zeros((), shift.dtype))
+    masked_rows = None
+    if keep is not None:
+        masked_rows = ~xp.any(keep, axis=axis, keepdims=True)
+        shift = xp.where(masked_rows, xp.zeros((), shift.dtype), shift)
     xp.subtract(data, shift, out=out)
     xp.exp(out, out=out)
     total = xp.sum(out, axis=axis, keepdims=True)
-    xp.divide(out, xp.where(total > 0, total, xp.ones((), total.dtype)), out=out)
+    if masked_rows is not None:
+        total = xp.where(masked_rows, xp.ones((), total.dtype), total)
+    xp.divide(out, total, out=out)
 
 
 def _softmax_vjp(y, g, axis: int) -> Tensor:
@@ -92,7 +133,8 @@ def _along_rows(kernel, axis: int, *arrays):
     of about :data:`_threads.BLOCK_BYTES` spread over threads (:func:`_threads.in_blocks`).
 
     Rows are independent, so each block computes its rows exactly as one call over the whole array
-    would, and a block stays in the core's cache through the kernel's passes.
+    would, and a block stays in the core's cache through the kernel's passes.  An array argument may
+    be None (passed through as None).
     """
     shape = arrays[0].shape
     out = xp.empty(shape, dtype=arrays[0].dtype)
@@ -101,33 +143,47 @@ def _along_rows(kernel, axis: int, *arrays):
         return out
     width = shape[-1]
     rows = out.size // width
-    flat = [xp.reshape(xp.ascontiguousarray(a), (rows, width)) for a in arrays]
+    flat = [None if a is None else xp.reshape(xp.ascontiguousarray(a), (rows, width)) for a in arrays]
     out_rows = xp.reshape(out, (rows, width))
     per_block = max(1, _threads.BLOCK_BYTES // (width * out.dtype.itemsize))
-    _threads.in_blocks(lambda a, b: kernel(out_rows[a:b], *(x[a:b] for x in flat), 1), rows, per_block, out.size)
+    _threads.in_blocks(lambda a, b: kernel(out_rows[a:b], *(None if x is None else x[a:b] for x in flat), 1),
+                       rows, per_block, out.size)
     return out
 
 
-def log_softmax(x, axis: int = -1, mask=None) -> Tensor:
-    """x - logsumexp(x) along ``axis``; masked positions give -inf (and zero gradient)."""
-    x = ops._lift(x)
-    keep = _mask_data(mask, x.shape)
+def log_softmax(x, axis: int = -1, mask=None, dtype=None) -> Tensor:
+    """x - logsumexp(x) along ``axis`` (module docstring); masked positions give -inf and zero gradient;
+    ``dtype`` as softmax's.
+
+    VJP: ``dx = g - softmax(x) * sum(g)``, with the cotangent of masked positions dropped first.
+    """
+    x, axis, keep = _softmax_args(x, axis, mask, "log_softmax", dtype)
+    if x.ndim == 0:
+        flat_keep = None if keep is None else xp.reshape(keep, (1,))
+        return ops.reshape(log_softmax(ops.reshape(x, (1,)), 0, flat_keep), ())
+    if x.shape[axis] == 0:
+        return ops.mul(x, 0.0)  # nothing to normalise: an empty result, an empty gradient
     data = x.data if keep is None else xp.where(keep, x.data, -xp.inf)
-    shift = xp.max(data, axis=axis, keepdims=True)
-    shift = xp.where(xp.isfinite(shift), shift, xp.zeros((), x.dtype))
+    shift = xp.max(data, axis=axis, keepdims=True)  # unguarded: NaN / +inf / all--inf rows give NaN (torch)
+    masked_rows = None if keep is None else ~xp.any(keep, axis=axis, keepdims=True)
+    if masked_rows is not None:
+        shift = xp.where(masked_rows, xp.zeros((), shift.dtype), shift)
     total = xp.sum(xp.exp(data - shift), axis=axis, keepdims=True)
-    # a fully masked row has total 0: log(1) keeps it at -inf without a -inf - -inf = NaN on the way
-    out = data - shift - xp.log(xp.where(total > 0, total, xp.ones((), total.dtype)))
-    if keep is not None:
-        out = xp.where(keep, out, -xp.inf)
+    if masked_rows is not None:
+        # a fully masked row has total 0: log(1) keeps it at -inf without a -inf - -inf = NaN on the way
+        total = xp.where(masked_rows, xp.ones((), total.dtype), total)
+    out = data - shift - xp.log(total)
+    holder = []
 
     def vjp(g):
         if keep is not None:
             g = ops.where(keep, g, 0.0)
-        y = softmax(x, axis=axis, mask=mask)
-        return ops.sub(g, ops.mul(y, ops.sum(g, axis=axis, keepdims=True)))
+        y = ops.exp(holder[0])  # softmax(x), through this node so that second derivatives see it
+        return _keep_only(ops.sub(g, ops.mul(y, ops.sum(g, axis=axis, keepdims=True))), keep)
 
-    return record(out, ((x, vjp),))
+    result = record(out, ((x, vjp),))
+    holder.append(result)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,6 +193,8 @@ def log_softmax(x, axis: int = -1, mask=None) -> Tensor:
 def linear(x, weight, bias=None) -> Tensor:
     """x @ weight.T + bias, as torch.nn.functional.linear: x (..., in), weight (out, in)."""
     x, weight = ops._lift(x), ops._lift(weight)
+    bias = None if bias is None else ops._lift(bias)
+    ops._check_operands("linear", input=x, weight=weight, bias=bias)
     if weight.ndim != 2:
         raise ValueError(f"linear: weight must be 2-D (out, in), got shape {weight.shape}")
     if x.ndim < 1:
@@ -170,8 +228,9 @@ def dropout(x, p: float = 0.5, training: bool = False, rng=None) -> Tensor:
     ``numpy.random.Generator``) on the host, so one seed gives bit-identical masks on every backend.
     """
     x = ops._lift(x)
-    if not 0.0 <= p < 1.0 and not (p == 1.0):
-        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    ops._check_float("dropout", "input", x)
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be a number in [0, 1], got {p!r}")
     if not training or p == 0.0:
         return x
     if rng is None:
@@ -205,6 +264,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
                         ("bias", bias)):
         if value is not None and tuple(value.shape) != (c,):
             raise ValueError(f"batch_norm: {name} must have shape ({c},), got {tuple(value.shape)}")
+    ops._check_operands("batch_norm", input=x, weight=_lifted(weight), bias=_lifted(bias),
+                        running_mean=_lifted(running_mean), running_var=_lifted(running_var))
     stat_shape = (1, c) + (1,) * (x.ndim - 2)
     axes = (0,) + tuple(range(2, x.ndim))
     new_mean, new_var = running_mean, running_var
@@ -245,8 +306,58 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     return y
 
 
+def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats: bool = True,
+                  momentum: float = 0.1, eps: float = 1e-5, return_running: bool = False):
+    """Instance normalisation of (N, C, ...), as torch.nn.functional.instance_norm.
+
+    With ``use_input_stats`` each (sample, channel) plane is normalised by its own mean and biased variance;
+    otherwise by the running statistics.  As torch, it is batch normalisation of the (1, N*C, ...) view with
+    the per-channel vectors repeated N times, and the running statistics' update is the mean over N of the
+    per-instance updates (unbiased instance variances, ``momentum``).  Nothing is updated in place: with
+    ``return_running=True`` the result is ``(y, new_running_mean, new_running_var)``.
+    """
+    x = ops._lift(x)
+    if x.ndim < 3:
+        raise ValueError(f"instance_norm: input must be (N, C, ...) with at least one spatial axis, got shape "
+                         f"{x.shape}")
+    vectors = {"running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias}
+    vectors = {name: None if value is None else ops._lift(value) for name, value in vectors.items()}
+    ops._check_operands("instance_norm", input=x, **vectors)  # real floats of one dtype, named as here
+    running_mean, running_var, weight, bias = vectors.values()
+    n, c = x.shape[:2]
+    for name, value in vectors.items():
+        if value is not None and tuple(value.shape) != (c,):
+            raise ValueError(f"instance_norm: {name} must have shape ({c},), got {tuple(value.shape)}")
+    if use_input_stats and _spatial(x) < 2:
+        raise ValueError(f"instance_norm: training needs more than 1 spatial value per plane, got input shape "
+                         f"{x.shape}")
+
+    def per_instance(value):
+        return None if value is None else ops.tile(value, (n,))
+
+    y, new_mean, new_var = batch_norm(ops.reshape(x, (1, n * c) + x.shape[2:]), per_instance(running_mean),
+                                      per_instance(running_var), per_instance(weight), per_instance(bias),
+                                      training=use_input_stats, momentum=momentum, eps=eps, return_running=True)
+    y = ops.reshape(y, x.shape)
+    if not return_running:
+        return y
+    if use_input_stats:  # torch averages the N per-instance updates back to C channels (NaN for N = 0, as torch)
+        with _np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # NumPy's "mean of empty slice"
+            new_mean = None if new_mean is None else xp.mean(xp.reshape(_data(new_mean), (n, c)), axis=0)
+            new_var = None if new_var is None else xp.mean(xp.reshape(_data(new_var), (n, c)), axis=0)
+    else:
+        new_mean, new_var = running_mean, running_var
+    return y, new_mean, new_var
+
+
 def _data(value):
     return value.data if isinstance(value, Tensor) else value
+
+
+def _lifted(value):
+    """None, or ``value`` as a Tensor (for the dtype checks of optional parameters)."""
+    return None if value is None else ops._lift(value)
 
 
 def channel_affine(x, scale, shift) -> Tensor:
@@ -271,6 +382,11 @@ def channel_affine(x, scale, shift) -> Tensor:
                         (shift, lambda g: ops.sum(g, axis=axes))))
 
 
+def _spatial(x: Tensor) -> int:
+    """The number of positions per channel of (N, C, ...)."""
+    return int(_np.prod(x.shape[2:], dtype=_np.int64))
+
+
 def _check_shape(op: str, name: str, value, shape) -> None:
     """A clear error for an optional parameter (weight, bias) of the wrong shape."""
     if value is not None and tuple(value.shape) != tuple(shape):
@@ -284,6 +400,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5) -
     k = len(normalized_shape)
     if k == 0 or k > x.ndim or tuple(x.shape[-k:]) != normalized_shape:
         raise ValueError(f"layer_norm: input shape {x.shape} does not end with normalized_shape {normalized_shape}")
+    ops._check_operands("layer_norm", input=x, weight=_lifted(weight), bias=_lifted(bias))
     _check_shape("layer_norm", "weight", weight, normalized_shape)
     _check_shape("layer_norm", "bias", bias, normalized_shape)
     axes = tuple(range(x.ndim - k, x.ndim))
@@ -303,11 +420,15 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5) ->
     if x.ndim < 2:
         raise ValueError(f"group_norm: input must be (N, C, ...), got shape {x.shape}")
     n, c = x.shape[:2]
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int):
+        raise TypeError(f"group_norm: num_groups must be an int, got {num_groups!r}")
     if num_groups < 1 or c % num_groups:
         raise ValueError(f"group_norm: {c} channels are not divisible by num_groups={num_groups}")
+    ops._check_operands("group_norm", input=x, weight=_lifted(weight), bias=_lifted(bias))
     _check_shape("group_norm", "weight", weight, (c,))
     _check_shape("group_norm", "bias", bias, (c,))
-    grouped = ops.reshape(x, (n, num_groups, _math.prod(x.shape[1:]) // num_groups))   # not -1: N may be 0
+    # the group size spelled out (a -1 cannot be inferred from an empty batch)
+    grouped = ops.reshape(x, (n, num_groups, c // num_groups * _spatial(x)))
     mean = ops.mean(grouped, axis=2, keepdims=True)
     var = ops.var(grouped, axis=2, keepdims=True)
     y = ops.reshape(ops.div(ops.sub(grouped, mean), ops.sqrt(ops.add(var, eps))), x.shape)

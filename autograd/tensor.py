@@ -334,6 +334,11 @@ def backward_pass(output: Tensor, cotangent, inputs: Sequence[Tensor], create_gr
             raise ValueError(
                 f"cotangent has shape {cotangent.shape} but the output has shape {output.shape}"
             )
+        if (cotangent.dtype != output.dtype and _np.dtype(cotangent.dtype).kind == "f"
+                and _np.dtype(output.dtype).kind == "f"):
+            # the core's dtype rule (ops._match_dtypes): no float dtype is silently cast to another
+            raise TypeError(f"cotangent has dtype {cotangent.dtype} but the output has dtype {output.dtype}; "
+                            "cast the cotangent explicitly")
     if not output.requires_grad:
         return [None for _ in inputs]
 

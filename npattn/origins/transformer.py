@@ -94,15 +94,46 @@ def attention_weights(query, key, keep=None) -> ag.Tensor:
 
 def scaled_dot_product_attention(query, key, value, keep=None, *, train: bool = False, dropout: float = 0.0,
                                  rng=None) -> ag.Tensor:
-    """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V.
+    """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V, by the core's :func:`autograd.scaled_dot_product_attention`.
 
-    query (..., Lq, d_k), key (..., Lk, d_k), value (..., Lk, d_v) -> (..., Lq, d_v).
+    query (..., Lq, d_k), key (..., Lk, d_k), value (..., Lk, d_v) -> (..., Lq, d_v); leading axes broadcast.
 
-    ``keep`` as in :func:`attention_weights`.  ``dropout`` (train mode, explicit ``rng``) drops attention
-    weights, as t2t and torch do.
+    ``keep`` as in :func:`attention_weights` (the core's boolean ``attn_mask``; a row without keys gives a zero
+    context, ``masked_rows='zero'``).  ``dropout`` (train mode, explicit ``rng``) drops attention weights, as t2t
+    and torch do, with the keep mask :func:`autograd.dropout` draws on the weights (rng.random(shape) >= p)
+    handed to the core as ``dropout_mask``.  The core runs its materialised path: the same composition
+    (softmax, dropout, matmul) as before the core existed, so the numbers are unchanged bit for bit (its
+    chunked path would sum in another order).
     """
-    weights = ag.dropout(attention_weights(query, key, keep), dropout, train, rng)
-    return ag.matmul(weights, value)
+    query, key, value = ag.as_tensor(query), ag.as_tensor(key), ag.as_tensor(value)
+    keep_lead = () if keep is None else tuple(keep.shape[:-2])
+    weights_shape = np.broadcast_shapes(query.shape[:-2], key.shape[:-2], keep_lead) + (query.shape[-2], key.shape[-2])
+    lead = np.broadcast_shapes(weights_shape[:-2], value.shape[:-2])
+    options = {}
+    if train and dropout > 0:
+        if rng is None:
+            raise ValueError("dropout in training mode needs an explicit rng (numpy.random.Generator)")
+        if dropout == 1.0:   # every weight dropped, nothing drawn (autograd.dropout): P * 0 from an all-False mask
+            options = {"dropout_p": 0.5, "dropout_mask": np.zeros(weights_shape, dtype=bool)}
+        else:
+            options = {"dropout_p": dropout, "dropout_mask": rng.random(weights_shape) >= dropout}
+        options["dropout_mask"] = backend.from_numpy(options["dropout_mask"])
+    as_given = len(lead) == 2 and all(t.shape[:-2] == lead for t in (query, key, value))
+    if not as_given:   # the core's (B, h, L, X) layout: broadcast the leading axes and flatten them into h
+        query, key, value = (_heads_axis(t, lead) for t in (query, key, value))
+        keep = None if keep is None else _heads_axis(keep, lead)
+        options = {**options, "dropout_mask": _heads_axis(options["dropout_mask"], lead)} if options else {}
+    out = ag.scaled_dot_product_attention(query, key, value, attn_mask=keep, implementation="materialised",
+                                          **options)
+    return out if as_given else ag.reshape(out, lead + out.shape[-2:])
+
+
+def _heads_axis(x, lead: tuple):
+    """(..., L, X) broadcast to ``lead`` + (L, X) and reshaped to (1, prod(lead), L, X)."""
+    shape = (1, math.prod(lead)) + tuple(x.shape[-2:])
+    if isinstance(x, ag.Tensor):
+        return ag.reshape(ag.broadcast_to(x, lead + x.shape[-2:]), shape)
+    return ag.xp.reshape(ag.xp.broadcast_to(x, lead + tuple(x.shape[-2:])), shape)
 
 
 def causal_keep(query_length: int, key_length: int):

@@ -38,18 +38,48 @@ def normal(rng, shape, std: float, dtype, mean: float = 0.0):
 # the attention step
 
 
-def softmax_attention(query, key, value, *, scale: float, bias=None, mask=None,
+def softmax_attention(query, key, value, *, scale, bias=None, mask=None,
                       masked_rows: str = "zero") -> ag.Tensor:
     """softmax(scale q k^T + bias [masked]) v: query (..., N, d), key (..., M, d), value (..., M, dv) -> (..., N, dv).
 
-    This is the logits + bias + softmax step of every dense mechanism here, kept in one place so that it
-    can be routed through the core's scaled-dot-product attention.  ``bias`` is additive (broadcasts to
-    (..., N, M)); ``mask`` is boolean, True = attend (the SDPA convention); a row with no True entry
-    gives zeros (``masked_rows="zero"``, torch SDPA on CPU) or NaN (``"nan"``, the manual
-    ``softmax`` of timm's non-fused path).
+    The logits + bias + softmax step of every dense mechanism here, run by the core's
+    :func:`autograd.scaled_dot_product_attention` (its materialised path: the composition
+    ``softmax((q scale) k^T + bias, mask) v`` op for op, so the numbers are those of :func:`attention_weights`
+    times v).  ``scale`` is a float, or a tensor broadcasting against q's leading axes (Swin v2's learned
+    per-head scale), which multiplies q before the core (scale 1 there: exact).  ``bias`` is additive
+    (broadcasts to (..., N, M)); ``mask`` is boolean, True = attend (the SDPA convention); a row with no True
+    entry gives zeros (``masked_rows="zero"``, torch SDPA on CPU) or NaN (``"nan"``, the manual ``softmax`` of
+    timm's non-fused path).  Leading axes beyond (batch, heads) are folded into the batch axis.
     """
-    return ag.matmul(attention_weights(query, key, scale=scale, bias=bias, mask=mask, masked_rows=masked_rows),
-                     value)
+    if mask is not None and masked_rows == "nan":
+        # timm's manual softmax puts NaN on the whole tape of an empty row (into q, k, the bias and v); the core's
+        # 'nan' policy is xFormers' (NaN output, NaN into v only, q and k get 0): not the same gradients.
+        return ag.matmul(attention_weights(query, key, scale=scale, bias=bias, mask=mask, masked_rows=masked_rows),
+                         value)
+    query, key, value = ag.as_tensor(query), ag.as_tensor(key), ag.as_tensor(value)
+    if isinstance(scale, ag.Tensor):
+        query, scale = query * scale, 1.0                     # (t q) k^T, as timm computes (q * t) @ k^T
+    lead = query.shape[:-2]
+    attended = ag.scaled_dot_product_attention(
+        *(_core_layout(t, lead) for t in (query, key, value)), attn_mask=_core_layout(mask, lead),
+        bias=_core_layout(bias, lead), scale=scale, implementation="materialised")
+    return attended if len(lead) == 2 else ag.reshape(attended, lead + attended.shape[-2:])
+
+
+def _core_layout(t, lead: tuple):
+    """An operand (..., X, Y) of queries with leading axes ``lead`` in the core's 4-D (batch, heads, X, Y) layout:
+    missing leading axes become ones and the axes before the heads are folded into the batch axis (a mask or
+    bias is broadcast over them first, unless it is 1 along all of them)."""
+    if t is None or (len(lead) == 2 and t.ndim == 4):
+        return t
+    tensor = isinstance(t, ag.Tensor)
+    reshape, broadcast_to = (ag.reshape, ag.broadcast_to) if tensor else (ag.xp.reshape, ag.xp.broadcast_to)
+    shape = (1,) * (max(4, len(lead) + 2) - t.ndim) + tuple(t.shape)
+    folded = len(shape) - 3                                   # the axes before (heads, X, Y)
+    if all(n == 1 for n in shape[:folded]):
+        return reshape(t, (1,) + shape[folded:])
+    target = tuple(lead[:folded]) + shape[folded:]
+    return reshape(broadcast_to(t, target), (-1,) + shape[folded:])
 
 
 def attention_weights(query, key, *, scale: float, bias=None, mask=None, masked_rows: str = "zero") -> ag.Tensor:

@@ -103,6 +103,7 @@ def _relative_attention(query, key, value, rel_h, rel_w, height: int, width: int
     logits_w = ag.einsum("bxyd,yzd->bxyz", grid, relative_embeddings(rel_w, width))   # q . rel_w[y' - y + W - 1]
     relative = ag.expand_dims(logits_h, 4) + ag.expand_dims(logits_w, 3)               # (BM, H, W, H', W')
     relative = ag.reshape(relative, (batch_heads, tokens, tokens))
+    # composed, not the SDPA core: timm scales the product (q.k) s, or (q.k + q.rel) s, where the core scales q
     content = ag.matmul(query, ag.swapaxes(key, 1, 2))                                 # q . k'
     logits = (content + relative) * scale if scale_pos_embed else content * scale + relative
     return ag.matmul(ag.softmax(logits, axis=-1), value)

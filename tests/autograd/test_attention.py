@@ -200,6 +200,24 @@ def test_matches_the_loop_reference(name, shapes, options, implementation):
     _assert_matches(_run(q, k, v, implementation, **options), expected)
 
 
+@pytest.mark.parametrize("name,shapes,options", CASES, ids=[c[0] for c in CASES])
+def test_output_without_lse_is_the_output_with_it(name, shapes, options):
+    """return_lse=False skips the lse (and, under masked_rows='zero', the empty-row) passes of the materialised
+    path: the output and its gradients stay those of the full path bit for bit (which the loop reference checks)."""
+    q, k, v = (dev(a) for a in _inputs(np.random.default_rng(1), **shapes))
+    device = {name: (dev(value) if isinstance(value, np.ndarray) else value) for name, value in options.items()}
+    cotangent = dev(np.random.default_rng(2).standard_normal((q.shape[0], q.shape[1], q.shape[2], v.shape[-1])))
+    results = []
+    for return_lse in (True, False):
+        def f(q, k, v):
+            out = sdpa(q, k, v, enable_gqa=True, return_lse=return_lse, implementation="materialised", **device)
+            return ag.sum((out[0] if return_lse else out) * cotangent)
+        value, grads = ag.value_and_grad(f, argnums=(0, 1, 2))(q, k, v)
+        results.append([host(value)] + [host(g) for g in grads])
+    for with_lse, without in zip(*results):
+        np.testing.assert_array_equal(without, with_lse)
+
+
 def test_reference_tells_the_conventions_apart():
     """The reference (and so the test above) is sensitive to each convention an implementation can get wrong."""
     q, k, v = _inputs(np.random.default_rng(2), query_length=6, key_length=4)
@@ -421,6 +439,43 @@ def test_chunked_equals_materialised(data):
     _assert_matches(run("chunked"), run("materialised"), tol=1e-12)
 
 
+@pytest.mark.parametrize("logits", ["ordinary", "huge", "tiny", "mixed"])
+def test_unshifted_forward_falls_back_where_its_sums_leave_the_safe_range(monkeypatch, logits):
+    """The chunked forward takes P = exp(S) without a running max only for row blocks whose sums stay in range;
+    rows of logits ~ +800 (exp overflows) or ~ -720 (exp gives subnormals: digits lost) send their row block
+    to the max-shifted online softmax, and the results still agree with the materialised path to 1e-12."""
+    rng = np.random.default_rng(31)
+    q, k, v = _inputs(rng, batch=2, heads=2, kv_heads=2, query_length=12, key_length=9)
+    bias = np.zeros((2, 1, 12, 1))
+    if logits in ("huge", "mixed"):
+        bias[0, :, :4] = 800.0                     # batch 0, first row block: every logit ~ +800
+    if logits in ("tiny", "mixed"):
+        bias[1, :, 4:] = -720.0                    # batch 1, the last two row blocks: every logit ~ -720
+    calls = {"unshifted": 0, "online": 0}
+    for name, method in (("unshifted", "unshifted_rows"), ("online", "online_rows")):
+        def spy(self, pieces, whole, original=getattr(_flash._Kernel, method), name=name):
+            calls[name] += 1
+            return original(self, pieces, whole)
+        monkeypatch.setattr(_flash._Kernel, method, spy)
+    options = dict(bias=bias, chunk_size=(4, 3))
+    _assert_matches(_run(q, k, v, "chunked", **options), _run(q, k, v, "materialised", **options))
+    expected_online = {"ordinary": 0, "huge": 1, "tiny": 2, "mixed": 3}[logits]
+    # the small (batch, head) units share each block, so there are three row blocks of 4 rows
+    assert calls == {"unshifted": 3, "online": expected_online}, calls
+
+
+def test_unshifted_forward_keeps_float32_in_range():
+    """float32: logits ~ 70 overflow exp in the unshifted form (e^88 is float32's limit): the fallback gives
+    the float64 answer to float32 rounding."""
+    rng = np.random.default_rng(32)
+    q, k, v = _inputs(rng, batch=1, heads=2, kv_heads=2, query_length=6, key_length=5)
+    bias = np.full((1, 1, 6, 1), 70.0)
+    expected = reference(q, k, v, bias=bias)
+    out = sdpa(*(dev(a, np.float32) for a in (q, k, v)), bias=dev(bias, np.float32), implementation="chunked",
+               chunk_size=(3, 2))
+    np.testing.assert_allclose(host(out), expected[0], rtol=1e-5, atol=1e-5)
+
+
 def test_chunked_never_forms_the_score_matrix():
     """Peak traced allocation of a chunked forward + backward stays far below one L x L matrix."""
     import tracemalloc
@@ -623,3 +678,24 @@ def test_bad_arguments_name_the_function_and_argument(call, error, match):
     q, k, v = (dev(a) for a in _inputs(np.random.default_rng(18)))
     with pytest.raises(error, match=f"scaled_dot_product_attention: .*{match}"):
         call(q, k, v)
+
+
+@pytest.mark.parametrize("head_dims", [(0, 3), (3, 0), (0, 0)])
+@pytest.mark.parametrize("options", [{}, {"is_causal": True, "alignment": "bottom-right"}, {"bias": "bias"}])
+def test_chunked_takes_zero_head_dims_as_materialised(head_dims, options):
+    """D = 0 (every logit is the bias alone) or Dv = 0 (an empty output): the chunked path's reshapes must not
+    guess an axis from an empty array; its values and gradients equal the materialised path's (found by the
+    sdpa entry's configuration space)."""
+    d, dv = head_dims
+    rng = np.random.default_rng(5)
+    q, k = dev(rng.standard_normal((2, 2, 3, d))), dev(rng.standard_normal((2, 2, 4, d)))
+    v, g = dev(rng.standard_normal((2, 2, 4, dv))), dev(rng.standard_normal((2, 2, 3, dv)))
+    if options.get("bias") == "bias":
+        options = {"bias": dev(rng.standard_normal((2, 2, 3, 4)))}
+    results = []
+    for implementation in ("materialised", "chunked"):
+        out, vjp = ag.vjp(lambda q, k, v: sdpa(q, k, v, scale=1.0, implementation=implementation, **options), q, k, v)
+        results.append([host(out)] + [host(t) for t in vjp(g)])
+    for chunked, materialised in zip(results[1], results[0]):
+        assert chunked.shape == materialised.shape
+        np.testing.assert_allclose(chunked, materialised, rtol=1e-12, atol=1e-14)

@@ -217,11 +217,12 @@ def test_sigmoid_and_tanh_of_integers_give_numpys_float_dtype():
         np.testing.assert_array_equal(t, np.tanh(values))
 
 
-def test_sign_has_no_gradient(rng):
-    x = tensor(np.array([-2.0, 0.0, 3.0]), requires_grad=True)
+def test_sign_has_zero_gradient_and_maps_nan_to_zero():
+    x = tensor(np.array([-2.0, 0.0, 3.0, np.nan, -0.0]), requires_grad=True)
     s = ag.sign(x)
-    assert_close(s, [-1.0, 0.0, 1.0], atol=0)
-    assert not s.requires_grad
+    assert_close(s, [-1.0, 0.0, 1.0, 0.0, 0.0], atol=0)  # torch.sign(nan) is 0 (NumPy's is nan)
+    s.backward(dev(np.ones(5)))  # recorded, as in torch: a loss through sign has a gradient of zeros
+    np.testing.assert_array_equal(host(x.grad), np.zeros(5))
 
 
 def test_where_routes_gradients_and_broadcasts(rng):
@@ -256,11 +257,12 @@ def test_where_values_or_zero_is_bit_exact(rng, dtype, zero_side):
 
 
 def test_relu_keeps_nan_and_masks_its_gradient():
-    x = tensor(np.array([np.nan, -1.0, 0.0, 2.0]), requires_grad=True)
+    x = tensor(np.array([np.nan, -1.0, 0.0, 2.0, -0.0]), requires_grad=True)
     y = ag.relu(x)
-    np.testing.assert_array_equal(host(y), [np.nan, 0.0, 0.0, 2.0])  # torch.relu(nan) is nan
+    np.testing.assert_array_equal(host(y), [np.nan, 0.0, 0.0, 2.0, 0.0])  # torch.relu(nan) is nan
     y.sum().backward()
-    assert_close(x.grad, [0.0, 0.0, 0.0, 1.0], atol=0)
+    # torch's rule is ``result <= 0 ? 0 : g``: the cotangent passes at NaN, stops at 0 and -0
+    assert_close(x.grad, [1.0, 0.0, 0.0, 1.0, 0.0], atol=0)
 
 
 def test_clip_one_sided(rng):

@@ -136,3 +136,37 @@ def test_gradgradcheck_report_names_the_original_pytree_path(rng, x):
     with pytest.raises(ag.GradcheckError, match=r"args\[0\]\['faulty'\] \(second order") as info:
         ag.gradgradcheck(f, params)
     assert "['fine']" not in str(info.value)
+
+
+def square_with_error_at(error: float, index: tuple):
+    """x**2 whose backward rule adds ``error * g`` at one element -- a small deliberate bug."""
+    def f(x):
+        x = ops._lift(x)
+        mask = np.zeros(x.shape)
+        mask[index] = error
+        wrong = Tensor(ag.from_numpy(mask))
+        return record(x.data * x.data, ((x, lambda g: g * x * 2.0 + g * wrong),))
+
+    return f
+
+
+def test_fast_mode_catches_a_small_error_in_a_large_input(rng):
+    """A 0.5% error in one Jacobian entry of a 16k-element input: a projection u^T J v dilutes it below its
+    tolerance (9 seeds in 10), so fast mode also compares J v output by output, which does not."""
+    x = dev(rng.uniform(0.5, 1.5, (16, 32, 32)))
+    buggy = square_with_error_at(0.01, (8, 16, 16))  # the entry is 2x ~ 2
+    for seed in range(4):
+        with pytest.raises(ag.GradcheckError, match=r"args\[0\] \(random direction 0: J v per output") as info:
+            ag.gradcheck(buggy, x, mode="fast", seed=seed)
+        assert "index (8, 16, 16)" in str(info.value)  # the report points at the faulty output
+    assert ag.gradcheck(buggy, x, mode="fast", per_output=False)  # why the per-output comparison exists
+    assert ag.gradcheck(lambda v: ag.exp(v) * v, x, mode="fast")  # and a right rule passes it
+
+
+def test_fast_mode_projection_alone_catches_a_25_percent_error_in_a_large_input(rng):
+    """The projection's absolute tolerance grows with sqrt(size) (the scale of u^T J v), not faster: a 0.5
+    error on a Jacobian entry of ~2 in a 16k-element input is still caught by u^T J v alone."""
+    x = dev(rng.uniform(0.5, 1.5, (16, 32, 32)))
+    for seed in range(3):
+        with pytest.raises(ag.GradcheckError, match="u\\^T J v"):
+            ag.gradcheck(square_with_error_at(0.5, (8, 16, 16)), x, mode="fast", per_output=False, seed=seed)

@@ -379,6 +379,14 @@ def test_roll_bad_arguments():
         ag.roll(dev(np.zeros((2, 2))), (1, 2), 0)
     with pytest.raises(ValueError, match="roll"):
         ag.roll(dev(np.zeros((2, 2))), (1, 2))
+    with pytest.raises(ValueError, match="roll: axis 2 is out of range"):
+        ag.roll(dev(np.zeros(5)), 1, 2)
+    with pytest.raises(ValueError, match="roll: a 0-d tensor has no axis 0"):
+        ag.roll(dev(np.array(1.0)), 1, 0)
+    for bad in (True, 1.5):
+        with pytest.raises(TypeError, match="roll: shifts must be an int"):
+            ag.roll(dev(np.zeros(5)), bad, 0)
+    assert_close(ag.roll(dev(np.array(1.0)), 3), np.array(1.0), rtol=0, atol=0)  # axis=None: one element
 
 
 def _windows_by_loops(x, wh, ww):

@@ -132,7 +132,7 @@ AVG_CASES = [
 ]
 
 
-# Strided or large windows are two matrix products (pooling.axis_matrices), the others tap-by-tap window
+# Strided or large windows are two matrix products (_separable.separable), the others tap-by-tap window
 # sums (pooling._separable_avg decides): every case runs both ways.
 @pytest.fixture(params=["window sums", "separable"])
 def avg_path(request, monkeypatch):
@@ -333,8 +333,9 @@ X4 = np.ones((1, 2, 5, 5))
 
 
 @pytest.mark.parametrize("call, error, pattern", [
-    (lambda: ag.max_pool2d(dev(np.ones((2, 5, 5))), 2), ValueError, "input must be 4-D"),
-    (lambda: ag.avg_pool2d(dev(np.ones((1, 1, 2, 5, 5))), 2), ValueError, "input must be 4-D"),
+    (lambda: ag.max_pool2d(dev(np.ones((5, 5))), 2), ValueError, "input must be 3-D .* or 4-D"),
+    (lambda: ag.avg_pool2d(dev(np.ones((1, 1, 2, 5, 5))), 2), ValueError, "input must be 3-D .* or 4-D"),
+    (lambda: ag.max_pool2d(dev(np.ones((2, 0, 5))), 2), ValueError, "non-empty"),
     (lambda: ag.max_pool2d(dev(X4), 0), ValueError, "kernel_size must be >= 1"),
     (lambda: ag.max_pool2d(dev(X4), 2, stride=0), ValueError, "stride must be >= 1"),
     (lambda: ag.avg_pool2d(dev(X4), 2, stride=(1, 2, 3)), ValueError, "stride must be an int or a pair"),
@@ -344,14 +345,17 @@ X4 = np.ones((1, 2, 5, 5))
     (lambda: ag.max_pool2d(dev(X4), 2, dilation=0), ValueError, "dilation must be >= 1"),
     (lambda: ag.max_pool2d(dev(X4), 6), ValueError, "kernel_size"),
     (lambda: ag.avg_pool2d(dev(X4), (2, 7)), ValueError, "kernel_size"),
-    (lambda: ag.max_pool1d(dev(X4), 2), ValueError, "input must be 3-D"),
-    (lambda: ag.avg_pool1d(dev(np.ones((2, 5))), 2), ValueError, "input must be 3-D"),
+    (lambda: ag.max_pool1d(dev(X4), 2), ValueError, "input must be 2-D .* or 3-D"),
+    (lambda: ag.avg_pool1d(dev(np.ones(5)), 2), ValueError, "input must be 2-D .* or 3-D"),
     (lambda: ag.max_pool1d(dev(np.ones((1, 2, 5))), (2, 2)), ValueError, "kernel_size"),
-    (lambda: ag.adaptive_avg_pool2d(dev(np.ones((2, 5, 5))), 2), ValueError, "input must be 4-D"),
-    (lambda: ag.adaptive_max_pool2d(dev(X4), 0), ValueError, "output_size must be >= 1"),
-    (lambda: ag.adaptive_avg_pool2d(dev(X4), (2, -1)), ValueError, "output_size must be >= 1"),
-    (lambda: ag.adaptive_avg_pool1d(dev(X4), 2), ValueError, "input must be 3-D"),
-    (lambda: ag.adaptive_max_pool1d(dev(np.ones((1, 2, 5))), 0), ValueError, "output_size must be >= 1"),
+    (lambda: ag.adaptive_avg_pool2d(dev(np.ones((5, 5))), 2), ValueError, "input must be 3-D .* or 4-D"),
+    (lambda: ag.adaptive_max_pool2d(dev(X4), ()), ValueError, "output_size must be an int or 2 ints"),
+    (lambda: ag.adaptive_max_pool2d(dev(X4), 1.5), TypeError, "output_size must hold ints"),
+    (lambda: ag.adaptive_max_pool2d(dev(X4), True), TypeError, "output_size must hold ints"),
+    (lambda: ag.adaptive_max_pool2d(dev(X4), -1), ValueError, "output_size must be >= 0"),
+    (lambda: ag.adaptive_avg_pool2d(dev(X4), (2, -1)), ValueError, "output_size must be >= 0"),
+    (lambda: ag.adaptive_avg_pool1d(dev(X4), 2), ValueError, "input must be 2-D .* or 3-D"),
+    (lambda: ag.adaptive_max_pool1d(dev(np.ones((1, 2, 5))), -2), ValueError, "output_size must be >= 0"),
     (lambda: ag.global_avg_pool2d(dev(np.ones((2, 5)))), ValueError, "input must be 4-D"),
     (lambda: ag.global_max_pool2d(dev(np.ones((2, 5, 5)))), ValueError, "input must be 4-D"),
 ])
@@ -389,7 +393,7 @@ def test_ceil_mode_window_longer_than_the_input(rng, size):
 
 
 def test_zero_spatial_size_is_refused():
-    with pytest.raises(ValueError, match="max_pool2d: input spatial sizes must be positive"):
+    with pytest.raises(ValueError, match="max_pool2d: every non-batch axis of the input must be non-empty"):
         ag.max_pool2d(dev(np.zeros((1, 1, 0, 4))), 2, 1, 1)
-    with pytest.raises(ValueError, match="avg_pool2d: input spatial sizes must be positive"):
+    with pytest.raises(ValueError, match="avg_pool2d: every non-batch axis of the input must be non-empty"):
         ag.avg_pool2d(dev(np.zeros((1, 1, 4, 0))), 3, 2, 1, ceil_mode=True)

@@ -213,3 +213,18 @@ def test_sum_product_over_middle_axes(rng, dtype, rtol, axes):
 def test_sum_product_needs_one_shape():
     with pytest.raises(ValueError, match="one shape"):
         ag.sum_product(dev(np.ones((2, 3))), dev(np.ones((3,))))
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, bool])
+def test_mean_and_neg_refuse_what_torch_refuses(dtype):
+    """torch has no dtype to compute the mean of integers in (the core used to return a float mean), and no
+    negation of booleans (NumPy raised from inside)."""
+    x = dev(np.ones((2, 3), dtype=dtype))
+    with pytest.raises(TypeError, match=f"mean: input must be a floating-point or complex tensor, got dtype "
+                                        f"{np.dtype(dtype)}"):
+        ag.mean(x)
+    if dtype is bool:
+        with pytest.raises(TypeError, match="neg: a boolean tensor cannot be negated"):
+            ag.neg(x)
+    else:
+        np.testing.assert_array_equal(host(ag.neg(x)), -np.ones((2, 3), dtype=dtype))  # integers negate

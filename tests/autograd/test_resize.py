@@ -160,7 +160,12 @@ def test_interpolate_keeps_dtype(rng, dtype):
 @pytest.mark.parametrize("kwargs, pattern", [
     (dict(), "exactly one of size and scale_factor"),
     (dict(size=4, scale_factor=2), "exactly one of size and scale_factor"),
-    (dict(size=4, mode="bicubic"), "mode must be 'nearest' or 'bilinear'"),
+    (dict(size=4, mode="lanczos"), "mode must be one of"),
+    (dict(size=4, mode="trilinear"), "mode 'trilinear' needs a 5-D input"),
+    (dict(size=4, mode="area", align_corners=False), "align_corners only applies"),
+    (dict(size=4, recompute_scale_factor=True), "recompute_scale_factor is not meaningful"),
+    (dict(size=(4, 4, 4)), "size must be one value or 2"),
+    (dict(scale_factor=float("nan")), "scale_factor must be positive and finite"),
     (dict(size=4, mode="nearest", align_corners=True), "align_corners only applies"),
     (dict(scale_factor=0.0), "scale_factor must be positive"),
     (dict(scale_factor=(2.0, -1.0)), "scale_factor must be positive"),
@@ -173,7 +178,7 @@ def test_interpolate_rejects_bad_arguments(kwargs, pattern):
 
 
 def test_interpolate_rejects_bad_input_rank():
-    with pytest.raises(ValueError, match="input must be"):
-        ag.interpolate(dev(np.ones((1, 1, 2, 4, 4))), size=2)
-    with pytest.raises(ValueError, match="input must be"):
+    with pytest.raises(ValueError, match="mode 'bilinear' needs a 3-D or 4-D input"):
+        ag.interpolate(dev(np.ones((1, 1, 2, 4, 4))), size=2, mode="bilinear")
+    with pytest.raises(ValueError, match="mode 'nearest' needs a 3-D or 4-D or 5-D input"):
         ag.interpolate(dev(np.ones((4, 4))), size=2)

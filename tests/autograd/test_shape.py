@@ -170,5 +170,41 @@ def test_shape_errors_are_clear():
         ag.concatenate([])
     with pytest.raises(ValueError, match="pad_width has 1 entries"):
         ag.pad(x, ((1, 1),))
-    with pytest.raises(ValueError, match="non-negative"):
-        ag.pad(x, ((1, 1), (-1, 0)))
+    with pytest.raises(ValueError, match="negative size"):  # negative widths crop (as torch), up to the size
+        ag.pad(x, ((1, 1), (-2, -2)))
+
+
+@pytest.mark.parametrize("shape, error, pattern", [
+    ((4, 2), ValueError, r"cannot reshape a tensor of shape \(2, 3\) \(6 elements\) into \(4, 2\)"),
+    ((5, -1, -1), ValueError, "may hold one -1"),
+    ((-2, -3), ValueError, "may hold one -1 and otherwise sizes >= 0"),
+    ((4, -1), ValueError, r"into \(4, -1\)"),
+    ((0, -1), ValueError, "the -1 could be any size"),
+    ((2, True), TypeError, "shape must be an int or a sequence of ints"),
+    ((2.0, 3), TypeError, "shape must be an int or a sequence of ints"),
+])
+def test_reshape_checks_the_target_shape(shape, error, pattern):
+    """A wrong target is an error naming reshape and both shapes (it used to come from inside NumPy)."""
+    with pytest.raises(error, match=pattern):
+        ag.reshape(dev(np.ones((2, 3))), shape)
+
+
+def test_reshape_infers_one_axis_and_keeps_empty_tensors(rng):
+    x = rng.standard_normal((2, 3, 4))
+    assert_close(ag.reshape(dev(x), (-1, 4)), x.reshape(-1, 4), atol=0)
+    assert_close(ag.reshape(dev(x), np.array([4, 6])), x.reshape(4, 6), atol=0)
+    assert ag.reshape(dev(np.zeros((0, 5))), (5, 0, 1)).shape == (5, 0, 1)
+    assert ag.reshape(dev(np.zeros((0, 5))), (-1, 5)).shape == (0, 5)
+
+
+def test_cat_skips_an_empty_1d_tensor_among_nd_ones(rng):
+    """torch's legacy rule: a (0,) tensor among tensors of more axes is skipped, with an empty gradient."""
+    x = rng.standard_normal((2, 3))
+    out, pullback = ag.vjp(lambda e, a: ag.concatenate([e, a, e], axis=1), dev(np.zeros(0)), dev(x))
+    assert_close(out, x, atol=0)
+    grad_e, grad_x = pullback(dev(np.ones((2, 3))))
+    assert grad_e.shape == (0,)
+    assert_close(grad_x, np.ones((2, 3)), atol=0)
+    assert ag.concatenate([dev(np.zeros(0)), dev(np.zeros(0))]).shape == (0,)  # all 1-D: an ordinary cat
+    with pytest.raises(ValueError, match="concatenate: tensors"):
+        ag.concatenate([dev(np.zeros(1)), dev(x)])  # only an *empty* 1-D tensor is skipped

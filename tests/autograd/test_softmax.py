@@ -122,6 +122,53 @@ def test_masked_log_softmax_gradient_formula(rng):
     assert_close(t.grad, expected, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_masked_positions_get_zero_gradient_whatever_cotangent_they_receive(rng, name):
+    """The documented rule (docs/architecture.md, "Masks"), with a NONZERO cotangent at every masked position
+    and in the fully masked row: those positions get exactly 0, and the kept positions get the gradient of
+    the kept entries alone -- the masked cotangent must not leak through the row sum."""
+    x, g = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 3, 4)) + 3.0  # nonzero everywhere
+    _, pullback = ag.vjp(lambda v: getattr(ag, name)(v, mask=dev(MASK)), dev(x))
+    grad = host(pullback(dev(g))[0])
+    assert (grad[:, ~MASK] == 0.0).all() and np.isfinite(grad).all()
+    y, kept_g = _masked_reference(x, MASK), np.where(MASK, g, 0.0)  # the reference sees the kept entries only
+    if name == "softmax":
+        expected = y * (kept_g - (kept_g * y).sum(axis=-1, keepdims=True))
+    else:
+        expected = kept_g - y * kept_g.sum(axis=-1, keepdims=True)
+    np.testing.assert_allclose(grad, expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_a_nan_among_kept_entries_makes_the_row_nan_but_masked_gradients_stay_zero(rng, name):
+    """The row is NaN throughout (as masked_fill + softmax in torch), yet a masked position still does not
+    take part: its gradient is exactly 0 (torch's masked_fill blocks it), kept positions get NaN."""
+    x, g = rng.standard_normal((3, 4)), rng.standard_normal((3, 4)) + 3.0
+    x[0, 2] = np.nan  # kept in row 0 (MASK[0] keeps 0, 2, 3)
+    x[2, 3] = np.nan  # masked in row 2: it does not take part, the row stays finite
+    _, pullback = ag.vjp(lambda v: getattr(ag, name)(v, mask=dev(MASK)), dev(x))
+    out = host(getattr(ag, name)(dev(x), mask=dev(MASK)))
+    grad = host(pullback(dev(g))[0])
+    assert np.isnan(out[0]).all() and np.isfinite(out[2][MASK[2]]).all()
+    assert (grad[~MASK] == 0.0).all()
+    assert np.isnan(grad[0][MASK[0]]).all() and np.isfinite(grad[2]).all()
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_masked_vjp_with_a_masked_cotangent_is_differentiable(rng, name):
+    """Second order: the VJP, fed a cotangent that is nonzero at masked positions, is itself a smooth
+    function of x whose derivatives match finite differences (and stays exactly 0 at masked positions)."""
+    x, g = rng.standard_normal((2, 3, 4)), dev(rng.standard_normal((2, 3, 4)) + 3.0)
+    keep = dev(MASK)
+
+    def vjp_of(v):
+        return ag.vjp(lambda u: getattr(ag, name)(u, mask=keep), v)[1](g)[0]
+
+    assert (host(vjp_of(dev(x)))[:, ~MASK] == 0.0).all()
+    check_grads(vjp_of, dev(x), second_order=False)
+
+
 @pytest.mark.parametrize("op", [ag.softmax, ag.log_softmax])
 def test_softmax_mask_errors_name_the_mask(op):
     x = dev(np.ones((2, 4)))

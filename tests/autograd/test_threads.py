@@ -33,7 +33,7 @@ CASES = {
 
 def _values_and_grads(f, *args, g_seed):
     out, pullback = ag.vjp(f, *(dev(a) for a in args))
-    g = np.random.default_rng(g_seed).standard_normal(out.shape)
+    g = np.random.default_rng(g_seed).standard_normal(out.shape).astype(out.dtype)  # the output's dtype
     return [host(out)] + [host(v) for v in pullback(dev(g))]
 
 

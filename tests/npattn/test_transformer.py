@@ -171,3 +171,60 @@ def test_origins_attention_is_the_materialised_core_bit_for_bit(dropout):
     np.testing.assert_array_equal(host(ours(q, k, v)), host(theirs(q, k, v)))
     for a, b in zip(ours.result[1], theirs.result[1]):
         np.testing.assert_array_equal(host(a), host(b))
+
+
+def _composed_step(query, key, value, scale, bias, mask):
+    """The vision entries' attention step before it ran on the core: (q scale) k^T + bias, masked softmax, times v."""
+    logits = ag.matmul(query * scale, ag.swapaxes(key, -1, -2))
+    logits = logits if bias is None else logits + bias
+    return ag.matmul(ag.softmax(logits, axis=-1, mask=mask), value)
+
+
+@pytest.mark.parametrize("case", ["swin-shifted", "swin-v2-scale", "vit-mask", "three-axes"])
+def test_vision_attention_step_on_the_core_is_the_composition_bit_for_bit(case):
+    """transformer/_parts.softmax_attention runs on the core's materialised path: the numbers (values and the
+    gradients of q, k, v, the bias and a learned scale) are the composed step's exactly, for Swin's 5-D windows
+    with a per-window bias folded into the batch axis, Swin v2's per-head tensor scale, ViT's masks with an
+    empty row, and fewer leading axes than (batch, heads)."""
+    from npattn.transformer import _parts
+
+    rng = np.random.default_rng(12)
+    heads, n, d = 2, 6, 4
+    lead = {"swin-shifted": (3, 4, heads), "swin-v2-scale": (2, 4, heads), "vit-mask": (2, heads),
+            "three-axes": (heads,)}[case]
+    q, k, v = (dev(rng.standard_normal(lead + (n, d))) for _ in range(3))
+    bias = dev(rng.standard_normal((4, heads, n, n) if case.startswith("swin") else (n, n)))
+    scale = dev(np.exp(rng.standard_normal((heads, 1, 1)))) if case == "swin-v2-scale" else d ** -0.5
+    mask = None
+    if case == "vit-mask":
+        mask = dev(rng.random((2, 1, n, n)) < 0.6)
+        mask[0, 0, 2] = False
+    cotangent = dev(rng.standard_normal(lead + (n, d)))
+    results = []
+    for step in (_composed_step, lambda q, k, v, s, b, m: _parts.softmax_attention(q, k, v, scale=s, bias=b, mask=m)):
+        args = [q, k, v, bias] + ([scale] if case == "swin-v2-scale" else [])
+
+        def f(q, k, v, b, *s, step=step):
+            return ag.sum(step(q, k, v, s[0] if s else scale, b, mask) * cotangent)
+
+        value, grads = ag.value_and_grad(f, argnums=tuple(range(len(args))))(*args)
+        results.append([host(value)] + [host(g) for g in grads])
+    assert np.isfinite(results[0][0]) and np.any(results[0][-1] != 0)
+    for ours, composed in zip(results[1], results[0]):
+        np.testing.assert_array_equal(ours, composed)
+
+
+def test_vision_attention_step_keeps_timm_nan_rows_on_the_composed_path():
+    """masked_rows='nan' (timm's manual softmax): NaN reaches q and k through an empty row's gradient, which the
+    core's 'nan' policy (NaN into v only) would not give; the step stays composed for it."""
+    from npattn.transformer import _parts
+
+    rng = np.random.default_rng(13)
+    q, k, v = (dev(rng.standard_normal((1, 2, 4, 3))) for _ in range(3))
+    mask = dev(np.ones((1, 1, 4, 4), dtype=bool))
+    mask[..., 1, :] = False
+    grads = ag.grad(lambda q, k, v: ag.sum(_parts.softmax_attention(q, k, v, scale=0.5, mask=mask,
+                                                                      masked_rows="nan")), argnums=(0, 1, 2))(q, k, v)
+    assert np.all(np.isnan(host(grads[0])[:, :, 1])) and np.all(np.isnan(host(grads[1])))
+    core = ag.grad(lambda q: ag.sum(ag.scaled_dot_product_attention(q, k, v, attn_mask=mask, masked_rows="nan")))(q)
+    assert not np.any(np.isnan(host(core)))
