@@ -119,9 +119,6 @@ _SPACE = Space(
              "implementation": Choice("auto", "materialised", "chunked"), "chunk_size": Choice(None, Ints(1, 3))},
     inputs=_space_inputs(),
     where=(lambda v: v.enable_gqa or v.heads == v.kv_heads, lambda v: v.head_dim > 0 or v.scale is not None,
-           # BUG: the chunked backward cannot run with D = 0 or Dv = 0 (autograd/_flash.py _flat_rows reshapes an
-           # empty array to (..., -1, 0): ValueError); the materialised one and torch handle both
-           lambda v: min(v.head_dim, v.value_dim) > 0 or v.implementation != "chunked",
            lambda v: v.alignment is not None or not v.is_causal or _causal_alignment_agrees(v)))
 
 
