@@ -48,7 +48,7 @@ class NnxSE(nnx.Module):
 
 def test_a_correct_linen_module_passes():
     result = check_module(lambda channels, reduction, bias: LinenSE(reduction, bias), "se", key_map=SE_MAP,
-                          channels_last=True, max_examples=4)
+                          channels_last=True, max_examples=6)
     assert len(result.checked) == 6
 
 
