@@ -756,7 +756,7 @@ def _report(mech, settings, model, plan, params, out, grads, updated, run, train
 
 def check_module(factory, name: str, *, key_map, max_examples: int = 25, seed: int = 0, space=None,
                  channels_last: bool = False, call_kwargs: dict | None = None, rtol: float = 1e-10,
-                 atol: float = 1e-12, **fixed):
+                 atol: float = 1e-12, equal_nan: bool = False, **fixed):
     """Compare the Flax module ``factory(**config)`` with npattn's ``name`` across the entry's space.
 
     ::
@@ -782,7 +782,8 @@ def check_module(factory, name: str, *, key_map, max_examples: int = 25, seed: i
         with jax.enable_x64(True):
             module = factory(**case.config)
             kwargs = dict(key_map=mapping, config=case.config, train=case.train, channels_last=channels_last,
-                          call_kwargs=call_kwargs, rtol=rtol, atol=atol, seed=case.seed, **case.point.options)
+                          call_kwargs=call_kwargs, rtol=rtol, atol=atol, equal_nan=equal_nan, seed=case.seed,
+                          **case.point.options)
             if _is_nnx(module):
                 return compare(load_nnx(module, case.params, mapping), mech.name, *host_inputs(case), **kwargs)
             if _is_linen(module):

@@ -312,7 +312,7 @@ def _to_module_state(params: dict, name: str, key_map: dict) -> dict:
 
 
 def check_module(factory, name: str, *, max_examples: int = 25, seed: int = 0, key_map=None, space=None,
-                 rtol: float = 1e-10, atol: float = 1e-12, **fixed):
+                 rtol: float = 1e-10, atol: float = 1e-12, equal_nan: bool = False, **fixed):
     """Compare ``factory(**config)`` with npattn's ``name`` across configurations drawn from the entry's space.
 
     ::
@@ -327,7 +327,8 @@ def check_module(factory, name: str, *, max_examples: int = 25, seed: int = 0, k
     gradients, every parameter gradient, and the running statistics in train mode.  ``fixed`` holds values of the
     space (``bias=False`` for a module without one, ``train=False``); ``space`` replaces the entry's space;
     ``key_map`` maps torch names to npattn names as in :func:`compare`, or is a function of ``config`` returning
-    that mapping (names that depend on a layer count).
+    that mapping (names that depend on a layer count); ``rtol``, ``atol`` and ``equal_nan`` as in :func:`compare`
+    (``equal_nan=True`` where both are meant to give NaN, as the official SimAM on a 1x1 map).
 
     Returns a :class:`~npattn.interop._fuzz.FuzzResult`.  On a mismatch -- or when the module raises, or its
     state does not load -- raises AssertionError naming the shrunk minimal configuration, the worst tensor and
@@ -345,7 +346,7 @@ def check_module(factory, name: str, *, max_examples: int = 25, seed: int = 0, k
         module = module.to(torch.float64)
         module.load_state_dict(_to_module_state(case.params, mech.name, mapping), strict=True)
         return compare(module, mech.name, *host_inputs(case), train=case.train, key_map=mapping, config=case.config,
-                       rtol=rtol, atol=atol, seed=case.seed, **case.point.options)
+                       rtol=rtol, atol=atol, equal_nan=equal_nan, seed=case.seed, **case.point.options)
 
     label = getattr(factory, "__qualname__", type(factory).__name__)
     return fuzz(check_one, mech.name, max_examples=max_examples, seed=seed, fixed=fixed, space=space,
