@@ -39,7 +39,7 @@ import numpy as np
 from .layers import example
 
 __all__ = ["Ints", "Choice", "Bools", "Derived", "Inputs", "Space", "Point", "Values", "image", "tokens",
-           "channels_last", "resolve", "bn_train", "BATCH", "SIZE"]
+           "channels_last", "resolve", "bn_train", "contains", "BATCH", "SIZE"]
 
 
 class Value:
@@ -132,6 +132,15 @@ class Space:
     options: Mapping[str, Any] = field(default_factory=dict)
     where: tuple = ()
     train: Any = field(default_factory=Bools)
+
+    def __post_init__(self):
+        seen: dict = {}
+        for section, names in (("config", self.config), ("options", self.options), ("inputs", self.inputs.dims)):
+            for name in names:
+                if name in seen or name == "train":
+                    raise ValueError(f"Space: {name!r} is declared in both {seen.get(name, 'train')} and {section} "
+                                     "(one drawn value per name)")
+                seen[name] = section
 
     def fix(self, **values) -> "Space":
         """This space with the named values (config, option, input size or ``train``) fixed to constants."""
@@ -267,3 +276,89 @@ def tokens(dim="dim", *, batch=BATCH, length=SIZE) -> Inputs:
     """One (batch, length, D) token sequence."""
     return Inputs({"batch": batch, "length": length}, lambda rng, v, dtype: (
         example(rng, (v.batch, v.length, _size(v, dim)), dtype),))
+
+
+# ---------------------------------------------------------------------------------------------
+# membership
+
+
+def _candidates(value, values: dict) -> list:
+    """Every raw value ``value`` can take given ``values`` (a Derived stays itself, computed later)."""
+    if isinstance(value, Ints):
+        lo, hi = value.bounds(Values(values))
+        return list(range(lo, hi + 1))
+    if isinstance(value, Choice):
+        return [c for option in value.options for c in _candidates(option, values)]
+    return [value]
+
+
+def _admits(value, target, values: dict) -> bool:
+    """True when ``value`` (a constant, Ints or Choice) can take the value ``target`` given ``values``."""
+    if isinstance(value, Ints):
+        if isinstance(target, bool) or not isinstance(target, (int, np.integer)):
+            return False
+        lo, hi = value.bounds(Values(values))
+        return lo <= int(target) <= hi
+    if isinstance(value, Choice):
+        return any(_admits(option, target, values) for option in value.options)
+    if isinstance(value, Derived):
+        return True  # checked once every value is drawn
+    return _equal(value, target)
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b if isinstance(a, bool) or isinstance(b, bool) else a == b
+
+
+def contains(space: Space, config: Mapping, defaults: Mapping | None = None, max_points: int = 200_000) -> bool:
+    """True when ``config`` (``init``'s keywords) is a configuration of ``space``: each of its values is one its
+    declaration allows, and some helper draws, options, input sizes and mode satisfy the constraints.
+
+    A value of the space that ``config`` does not name must equal ``defaults[name]`` (``init``'s default); a name
+    of ``config`` that the space does not declare makes it not a member.  The search is exhaustive over the
+    helper draws, options, input sizes and mode (``max_points`` of them at most, then a ValueError: the space is
+    too large to decide).
+    """
+    defaults = dict(defaults or {})
+    named = [k for k in space.config if not k.startswith("_")]
+    if set(config) - set(named):
+        return False
+    target = {k: config[k] if k in config else defaults.get(k, _MISSING) for k in named}
+    if any(v is _MISSING for v in target.values()):
+        return False
+    order = [(k, v) for section in (space.config, space.options, space.inputs.dims) for k, v in section.items()]
+    budget = [max_points]
+
+    def finish(values: dict) -> bool:
+        for name, value in list(values.items()):
+            if isinstance(value, Derived):
+                values[name] = value.fn(Values(values))
+        if any(isinstance(space.config[k], Derived) and not _equal(values[k], target[k]) for k in named):
+            return False
+        for train in _candidates(space.train, values):
+            drawn = Values({**values, "train": bool(train)})
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise ValueError(f"contains: more than {max_points} points to search; cannot decide")
+            if all(constraint(drawn) for constraint in space.where):
+                return True
+        return False
+
+    def search(i: int, values: dict) -> bool:
+        if i == len(order):
+            return finish(dict(values))
+        name, value = order[i]
+        if name in target:
+            if not _admits(value, target[name], values):
+                return False
+            options = [value if isinstance(value, Derived) else target[name]]
+        else:
+            options = _candidates(value, values)
+        return any(search(i + 1, {**values, name: option}) for option in options)
+
+    return search(0, {})
+
+
+_MISSING = object()

@@ -262,15 +262,28 @@ def _register(variant: str, config: dict, shape: tuple, space: Space, min_spatia
 # H = 9, W = 7 with e = 4: ceil(9/4) x ceil(7/4) = 3 x 2 gathered cells, upsampled unevenly back
 
 
+def _global_size(v):
+    """feat_size of a global gather: the map's size (one int for a square map, as the default config)."""
+    return v.height if v.height == v.width else (v.height, v.width)
+
+
+def _bn_values(v) -> int:
+    """Values per channel at the gather's last BatchNorm: a global gather leaves one position per sample; each
+    stride-2 conv of a strided one rounds up (ceil(ceil(H / 2) / 2) = ceil(H / 4)), leaving ceil(H / e) rows."""
+    if v.extent == 0:
+        return v.batch
+    return v.batch * math.ceil(v.height / v.extent) * math.ceil(v.width / v.extent)
+
+
 def _space(variant: str, **config) -> Space:
-    """Every extent (global: feat_size = the map's size, one BN value per sample and channel), any map size."""
-    sizes = {"feat_size": Derived(lambda v: (v.height, v.width) if v.extent == 0 else None)}
-    per_channel = {0: lambda v: v.batch}  # a global gather leaves one position; strided ones ceil(H / e) rows
-    return Space(config={"variant": variant, "channels": Ints(1, 8), "extent": Choice(*EXTENTS),
+    """Every extent (global: feat_size = the map's size), any map size; BN in training on more than one value."""
+    sizes = {"feat_size": Derived(lambda v: _global_size(v) if v.extent == 0 else None)}
+    where = () if variant == "theta_minus" else (bn_train(_bn_values),)
+    if "reduction" in config:  # theta-plus's excite MLP: C // r >= 1
+        where += (lambda v: v.channels // v.reduction >= 1,)
+    return Space(config={"variant": variant, "channels": Ints(1, 16), "extent": Choice(*EXTENTS),
                          **(sizes if variant != "theta_minus" else {}), **config},
-                 options={"gather_relu": Bools()} if variant == "theta_plus" else {}, inputs=image(),
-                 where=(bn_train(lambda v: per_channel.get(v.extent, lambda v: 2)(v)),)
-                 if variant != "theta_minus" else ())
+                 options={"gather_relu": Bools()} if variant == "theta_plus" else {}, inputs=image(), where=where)
 
 
 _register("theta_minus", {"channels": 16, "extent": 4}, (2, 16, 9, 7), _space("theta_minus"))

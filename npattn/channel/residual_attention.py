@@ -275,7 +275,7 @@ register(Mechanism(
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 16, 8, 7), dtype),),
     min_spatial=min_input_size(2),
     # the smallest map its n_down poolings accept, odd sizes (Caffe's ceil rounding) above it
-    space=Space(config={"channels": Ints(4, 8), "n_down": Ints(1, 3), "p": Ints(0, 2), "t": Ints(0, 2),
+    space=Space(config={"channels": Ints(4, 16), "n_down": Ints(1, 3), "p": Ints(0, 2), "t": Ints(0, 2),
                         "r": Ints(1, 2)},
                 inputs=image(height=Ints(lambda v: min_input_size(v.n_down), 9)),
                 where=(bn_train(lambda v: v.batch),)),

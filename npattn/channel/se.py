@@ -59,7 +59,7 @@ register(Mechanism(
     init=init, apply_fn=se, config={"channels": 32, "reduction": 4},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 32, 5, 6), dtype),),
     # C // r >= 1 is init's rule; C from r (a hidden width C // r with a remainder) up
-    space=Space(config={"reduction": Ints(1, 8), "channels": Ints(lambda v: v.reduction, 24), "bias": Bools()},
+    space=Space(config={"reduction": Ints(1, 8), "channels": Ints(lambda v: v.reduction, 32), "bias": Bools()},
                 inputs=image()),
     description="channel gate from a global-average descriptor through a bottleneck MLP",
 ))

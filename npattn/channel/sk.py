@@ -179,9 +179,9 @@ register(Mechanism(
     init=init, apply_fn=sk, config={"channels": 32, "groups": 8, "reduction": 16, "min_hidden": 8},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 32, 6, 5), dtype),),
     # d = max(C // r, L) with C below r too; the fused descriptor's BN sees one value per sample
-    space=Space(config={"groups": Ints(1, 4), "_per_group": Ints(1, 4),
+    space=Space(config={"groups": Ints(1, 8), "_per_group": Ints(1, 4),
                         "channels": Derived(lambda v: v.groups * v._per_group), "branches": Ints(1, 3),
-                        "reduction": Ints(1, 16), "min_hidden": Ints(1, 6), "dilated": Bools()},
+                        "reduction": Ints(1, 16), "min_hidden": Ints(1, 8), "dilated": Bools()},
                 inputs=image(), where=(bn_train(lambda v: v.batch),)),
     description="softmax selection across conv branches of different receptive fields, from a fused descriptor",
 ))

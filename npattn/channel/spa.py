@@ -148,6 +148,6 @@ register(Mechanism(
     # H = 6, W = 7: the 4x4 bins overlap, the 2x2 bins overlap along W
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 32, 6, 7), dtype),),
     # maps smaller than 4x4 repeat pyramid bins (adaptive pooling's overlapping bins)
-    space=Space(config={"reduction": Ints(1, 6), "channels": Ints(lambda v: v.reduction, 20)}, inputs=image()),
+    space=Space(config={"reduction": Ints(1, 6), "channels": Ints(lambda v: v.reduction, 32)}, inputs=image()),
     description="channel gate from a 1/2/4 spatial-pyramid average descriptor through a bias-free MLP",
 ))
