@@ -233,7 +233,7 @@ def _pooled(v) -> int:
 # context upsampled either way; Dropout2d's p in eval (the identity), and p = 0 in training (p > 0 needs an
 # rng).  In training the BatchNorms see N h w (f_pixel, f_up), N K (f_object, f_down) and N H W (fuse)
 # values per channel.
-SPACE = Space(config={"in_channels": Ints(1, 12), "key_channels": Ints(1, 8), "out_channels": Ints(1, 12)},
+SPACE = Space(config={"in_channels": Ints(1, 16), "key_channels": Ints(1, 8), "out_channels": Ints(1, 16)},
               options={"gather_scale": Choice(1.0, 0.5, 2.0), "pool_scale": Ints(1, 3), "align_corners": Bools(),
                        "dropout": Choice(0.0, 0.05, 0.5)},
               inputs=_inputs(),

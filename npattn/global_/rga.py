@@ -217,7 +217,8 @@ def _space(use_spatial: bool, use_channel: bool) -> Space:
     and each used branch's gate keeps (1 + its inter nodes) // down_ratio >= 1 (init's rules).  spa_ratio and
     down_ratio depend on the map, so they are drawn after it (helper input dims) and every ratio that init
     accepts for the drawn sizes is reachable without rejection (a fixed 1 x 1 map too).  In training the
-    spatial branch's BatchNorms see B H W values per channel, the channel branch's B C."""
+    spatial branch's BatchNorms see B H W values per channel, the channel branch's B C.  C = 64 (the default's)
+    as a choice beside the small ones."""
     def hidden_ok(v):
         inter_channel, inter_spatial = v.in_channel // v.cha_ratio, v.in_spatial // v.spa_ratio
         return inter_spatial >= 1 and (not use_spatial or (1 + inter_spatial) // v.down_ratio >= 1) \
@@ -235,7 +236,7 @@ def _space(use_spatial: bool, use_channel: bool) -> Space:
         where.append(bn_train(lambda v: v.batch * v.height * v.width))
     if use_channel:
         where.append(bn_train(lambda v: v.batch * v.in_channel))
-    return Space(config={"in_channel": Ints(1, 24), "cha_ratio": Ints(1, lambda v: min(8, v.in_channel)),
+    return Space(config={"in_channel": Choice(Ints(1, 24), 64), "cha_ratio": Ints(1, lambda v: min(8, v.in_channel)),
                          "spa_ratio": Derived(lambda v: v._spa_ratio), "down_ratio": Derived(lambda v: v._down_ratio),
                          "in_spatial": Derived(lambda v: v.height * v.width),
                          "use_spatial": use_spatial, "use_channel": use_channel},

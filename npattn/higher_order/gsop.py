@@ -129,7 +129,7 @@ register(Mechanism(
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 32, 6, 6), dtype),),
     # C and d independent (d above C too); strides up to past the map (one reduced position: a zero
     # covariance).  In training bn_for_DR sees N h w values per channel (h = ceil(H / s)), row_bn N d
-    space=Space(config={"channels": Ints(1, 16), "att_dim": Ints(1, 8)}, options={"stride": Ints(1, 3)},
+    space=Space(config={"channels": Ints(1, 32), "att_dim": Ints(1, 8)}, options={"stride": Ints(1, 3)},
                 inputs=image(),
                 where=(bn_train(lambda v: v.batch * -(-v.height // v.stride) * -(-v.width // v.stride)),
                        bn_train(lambda v: v.batch * v.att_dim))),

@@ -107,7 +107,7 @@ register(Mechanism(
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 32, 6, 7), dtype),),
     # C, c_m, c_n are independent (any positive sizes, c_m or c_n above C too); a 1x1 map makes both softmaxes
     # over one position trivial
-    space=Space(config={"channels": Ints(1, 24), "c_m": Ints(1, 12), "c_n": Ints(1, 12)},
+    space=Space(config={"channels": Ints(1, 32), "c_m": Ints(1, 12), "c_n": Ints(1, 12)},
                 options={"residual": Bools()}, inputs=image()),
     description="gather global descriptors by second-order attention pooling, distribute them by softmax",
 ))

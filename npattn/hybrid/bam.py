@@ -177,8 +177,8 @@ register(Mechanism(
     example_input=lambda rng, dtype=np.float64: (example(rng, (4, 32, 6, 7), dtype),),
     # C // r >= 1 (init's rule), C from r up (a remainder); no dilated conv up to three; a dilation above the
     # map's size (padding = dilation keeps H, W); the channel branch's BatchNorm1d sees one value per sample
-    space=Space(config={"reduction": Ints(1, 8), "channels": Ints(lambda v: v.reduction, 24), "num_layers": Ints(1, 3),
-                        "dilation_conv_num": Ints(0, 3)},
+    space=Space(config={"reduction": Ints(1, 8), "channels": Ints(lambda v: v.reduction, 32),
+                        "num_layers": Ints(1, 3), "dilation_conv_num": Ints(0, 3)},
                 options={"combine": Choice("product", "sum"), "dilation": Ints(1, 5)}, inputs=image(),
                 where=(bn_train(lambda v: v.batch),)),
     description="channel (GAP-MLP) and dilated-conv spatial branches combined into one residual gate",

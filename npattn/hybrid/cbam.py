@@ -213,7 +213,7 @@ _POOL_SETS = (("avg", "max"),) + tuple(s for s in _POOL_SETS if s != ("avg", "ma
 def _space(no_spatial: bool) -> Space:
     """C // r >= 1 (init's rule) with C from r up; every descriptor set; the spatial gate's odd kernels up to wider
     than the map (zero padding); its BatchNorm2d(1) sees N H W values in training."""
-    config = {"reduction": Ints(1, 8), "channels": Ints(lambda v: v.reduction, 24), "no_spatial": no_spatial}
+    config = {"reduction": Ints(1, 8), "channels": Ints(lambda v: v.reduction, 32), "no_spatial": no_spatial}
     options = {"pool_types": Choice(*_POOL_SETS)}
     where = ()
     if not no_spatial:

@@ -125,8 +125,8 @@ def _space(branches: tuple) -> Space:
     """C // r >= 1 (init's rule) with C from r up where cSE runs; sSE alone takes any C and has no reduction.
     The combination is the entry's (its ``options``)."""
     if "cse" not in branches:
-        return Space(config={"channels": Ints(1, 24), "branches": branches}, inputs=image())
-    return Space(config={"reduction": Ints(1, 8), "channels": Ints(lambda v: v.reduction, 24), "branches": branches},
+        return Space(config={"channels": Ints(1, 32), "branches": branches}, inputs=image())
+    return Space(config={"reduction": Ints(1, 16), "channels": Ints(lambda v: v.reduction, 32), "branches": branches},
                  inputs=image())
 
 

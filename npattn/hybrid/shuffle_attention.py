@@ -125,7 +125,7 @@ register(Mechanism(
     init=init, apply_fn=shuffle_attention, config={"channels": 16, "groups": 2, "official_init": False},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 16, 5, 6), dtype),),
     # C = 2 G Cg (init's rule), down to one channel per half; a 1x1 map has zero variance (GN's eps alone)
-    space=Space(config={"groups": Ints(1, 4), "_half": Ints(1, 3),
+    space=Space(config={"groups": Ints(1, 4), "_half": Ints(1, 4),
                         "channels": Derived(lambda v: 2 * v.groups * v._half), "official_init": Bools()},
                 inputs=image()),
     description="per-group channel gate on one half, GroupNorm spatial gate on the other, then a channel shuffle",

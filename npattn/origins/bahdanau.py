@@ -267,8 +267,8 @@ def _space_inputs(rng, v, dtype):
 
 # Every size from 1 (n' and l default to n and m: None), one source and one target word up (Tx, Ty >= 1 is
 # the model's rule), padded and fully padded sentences, both readouts
-SPACE = Space(config={"embed_dim": Ints(1, 5), "hidden": Ints(1, 5), "vocab": Ints(1, 8),
-                      "align_dim": Choice(None, Ints(1, 5)), "maxout": Choice(None, Ints(1, 4))},
+SPACE = Space(config={"embed_dim": Ints(1, 6), "hidden": Ints(1, 5), "vocab": Ints(1, 10),
+                      "align_dim": Choice(None, Ints(1, 7)), "maxout": Choice(None, Ints(1, 4))},
               options={"readout_state": Choice(*READOUT_STATES)},
               inputs=Inputs({"batch": BATCH, "source_length": Ints(1, 5), "target_length": Ints(1, 5),
                              "_min_kept": Ints(0, lambda v: v.source_length)}, _space_inputs))

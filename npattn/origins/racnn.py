@@ -268,9 +268,11 @@ register(Mechanism(
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 3, 16, 16), dtype),),
     channel_axis=1, min_spatial=16,
     # S = 4 (S/4)^2-feature classifiers (init's rule: S divisible by 4), the input S x S as the parameters fix it;
-    # one class, one APN unit; both backbones, both estimators, a soft and a steep boxcar
-    space=Space(config={"channels": Ints(1, 3), "_quarter": Ints(1, 3), "image_size": Derived(lambda v: 4 * v._quarter),
-                        "width": Ints(1, 4), "apn_hidden": Ints(1, 6), "num_classes": Ints(1, 5)},
+    # one class, one APN unit; both backbones, both estimators, a soft and a steep boxcar; the default's S = 16
+    # and 16 APN units as a choice beside the small ones
+    space=Space(config={"channels": Ints(1, 3), "_quarter": Choice(Ints(1, 3), 4),
+                        "image_size": Derived(lambda v: 4 * v._quarter),
+                        "width": Ints(1, 8), "apn_hidden": Choice(Ints(1, 6), 16), "num_classes": Ints(1, 5)},
                 options={"k": Choice(10.0, 1.0, 50.0), "grad_through_sampling": Bools(),
                          "activation": Choice("tanh", "relu"), "pooling": Choice("avg", "max")},
                 # the map's side is the config's image_size (and "width" is the CNN's, so no height/width dims)

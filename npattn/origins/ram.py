@@ -368,7 +368,7 @@ def _sides_divide(v) -> bool:
 # g, k and the hidden sizes from 1; glimpse scales below 1, fractional and integer (the sides must stay
 # multiples of g: a constraint); patches larger than the image (outside reads zero); T from one glimpse
 SPACE = Space(config={"channels": Ints(1, 3), "patch_size": Ints(1, 4), "num_patches": Ints(1, 3),
-                      "glimpse_hidden": Ints(1, 6), "loc_hidden": Ints(1, 6), "num_classes": Ints(1, 5)},
+                      "glimpse_hidden": Ints(1, 8), "loc_hidden": Ints(1, 8), "num_classes": Ints(1, 5)},
               options={"glimpse_scale": Choice(2, 1, 3, 0.5, 1.5), "detach_policy_input": Bools(),
                        "detach_baseline_input": Bools()},
               inputs=Inputs({"batch": BATCH, "glimpses": Ints(1, 4), "height": SIZE, "width": SIZE}, _space_inputs),

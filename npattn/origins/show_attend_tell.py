@@ -483,7 +483,7 @@ def _space(hard: bool) -> Space:
     options = {"prev2out": Bools()}
     if hard:
         options["temperature"] = Choice(1.0, 0.5, 3.0)
-    return Space(config={"ctx_dim": Ints(1, 6), "hidden": Ints(1, 5), "embed_dim": Ints(1, 5), "vocab": Ints(1, 8),
+    return Space(config={"ctx_dim": Ints(1, 8), "hidden": Ints(1, 6), "embed_dim": Ints(1, 5), "vocab": Ints(1, 10),
                          "selector": Bools(), "ctx2out": Bools()},
                  options=options, inputs=_space_inputs(hard))
 

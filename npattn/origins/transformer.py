@@ -600,8 +600,10 @@ def _space_padding(rng, batch: int, length: int, min_kept: int):
     return backend.from_numpy(np.arange(length)[None, :] >= kept[:, None])
 
 
-#: d_model = heads * d_k (heads must divide it): drawn as the two factors, from one head of one feature up
-_HEADS = {"_heads": Ints(1, 3), "_head_dim": Ints(1, 4), "d_model": Derived(lambda v: v._heads * v._head_dim)}
+#: d_model = heads * d_k (heads must divide it): drawn as the two factors, from one head of one feature up (and
+#: d_k = 8 beside the small ones: the defaults' d_model 16 with 2 heads)
+_HEADS = {"_heads": Ints(1, 3), "_head_dim": Choice(Ints(1, 4), 8),
+          "d_model": Derived(lambda v: v._heads * v._head_dim)}
 #: dropout rates: any in eval (the identity there, but checked); 0 in training, where p > 0 needs an rng
 _RATE = Choice(0.0, 0.1, 0.5)
 
@@ -632,7 +634,7 @@ MHA_SPACE = Space(config={**_HEADS, "attn_bias": Bools()},
 # eps 0 where a row has more than one feature (one feature and eps 0 is 0/0: NaN, as torch), every dropout
 # rate in eval
 TRANSFORMER_SPACE = Space(
-    config={**_HEADS, "d_ff": Ints(1, 8), "num_layers": Ints(1, 2), "attn_bias": Bools()},
+    config={**_HEADS, "d_ff": Choice(Ints(1, 8), 32), "num_layers": Ints(1, 2), "attn_bias": Bools()},
     options={"heads": Derived(lambda v: v._heads), "dropout": _RATE, "attention_dropout": _RATE,
              "relu_dropout": _RATE, "pe_layout": Choice(*PE_LAYOUTS), "eps": Choice(1e-6, 1e-5, 0.0)},
     inputs=Inputs({"batch": BATCH, "source_length": Ints(1, 5), "target_length": Ints(1, 5),

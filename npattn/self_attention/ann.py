@@ -366,8 +366,8 @@ register(Mechanism(
     # Ck, Cv are free of C (1x1 convs; None = C // 2, >= 1 from C = 2); pyramids finer than the map repeat
     # PyTorch's overlapping adaptive bins; dropout only in eval (training with it needs an rng); the BNs see
     # B H W values per channel
-    space=Space(config={"channels": Ints(1, 12), "key_channels": Choice(None, Ints(1, 6)),
-                        "value_channels": Choice(None, Ints(1, 6)), "zero_init": Bools()},
+    space=Space(config={"channels": Ints(1, 16), "key_channels": Choice(None, Ints(1, 8)),
+                        "value_channels": Choice(None, Ints(1, 8)), "zero_init": Bools()},
                 options=_PYRAMID_OPTIONS | {"query_key_bn_updates": Choice(1, 2)}, inputs=image(),
                 where=(lambda v: v.channels >= 2 or None not in (v.key_channels, v.value_channels),
                        lambda v: not v.train or v.dropout == 0.0,
@@ -382,9 +382,9 @@ register(Mechanism(
                                                  example(rng, (2, 16, 7, 7), dtype)),
     # low and high maps of independent sizes (the anchors do not depend on the key map's size); None widths are
     # C_high / C_high // 8 (at least 1); the BNs see B H' W' (f_key) and B H W (f_query, fusion) values
-    space=Space(config={"low_channels": Ints(1, 10), "high_channels": Ints(1, 10),
-                        "out_channels": Choice(None, Ints(1, 6)), "key_channels": Choice(None, Ints(1, 6)),
-                        "value_channels": Choice(None, Ints(1, 6)), "zero_init": Bools()},
+    space=Space(config={"low_channels": Ints(1, 12), "high_channels": Ints(1, 16),
+                        "out_channels": Choice(None, Ints(1, 6)), "key_channels": Choice(None, Ints(1, 8)),
+                        "value_channels": Choice(None, Ints(1, 8)), "zero_init": Bools()},
                 options=_PYRAMID_OPTIONS, inputs=_low_high_inputs(),
                 where=(lambda v: not v.train or v.dropout == 0.0,
                        bn_train(lambda v: v.batch * min(v.height * v.width, v.low_height * v.low_width)))),

@@ -214,7 +214,7 @@ def danet(params, x, *, train: bool = False, variant: str = "head", cam_form: st
 _PAPER = Paper("Fu, Liu, Tian, Li, Bao, Fang, Lu", "Dual Attention Network for Scene Segmentation", "CVPR", 2019)
 
 
-def _space(variant: str, channels: Ints) -> Space:
+def _space(variant: str, channels: Ints | Choice) -> Space:
     """``variant`` fixed, both CAM forms, gamma 0 (official identity start) too; the head's BNs see B H W values."""
     return Space(config={"channels": channels, "variant": variant, "gamma_init": Choice(0.5, 0.0)},
                  options={} if variant == "pam" else {"cam_form": Choice(*CAM_FORMS)}, inputs=image(),
@@ -231,9 +231,9 @@ def _entry(name, variant, channels, shape, description, space, channel_axis=1):
 
 
 # channel ranges from init's minimum: the head's PAM runs on C // 4 >= 8 channels, PAM needs C // 8 >= 1, CAM has
-# no parameter (any C)
+# no parameter (any C); the head's default 64 as a choice beside the small ones
 _entry(NAME, "head", 64, (2, 64, 6, 6), "dual attention head: conv-BN-ReLU, PAM / CAM, conv-BN-ReLU, summed",
-       _space("head", Ints(32, 40)))
+       _space("head", Choice(Ints(32, 40), 64)))
 _entry("danet-pam", "pam", 16, (2, 16, 6, 6), "position attention module: softmax over positions, gamma residual",
        _space("pam", Ints(8, 20)))
 _entry("danet-cam", "cam", 16, (2, 16, 6, 6), "channel attention module (official max-minus-energy form)",

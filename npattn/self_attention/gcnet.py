@@ -175,7 +175,7 @@ register(Mechanism(
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 32, 6, 7), dtype),),
     # P = int(C ratio) >= 1 is init's rule (P = 1 is the official constant transform, with a warning); ratios that
     # truncate and ratios above 1; both poolings, every fusion set in either order
-    space=Space(config={"channels": Ints(1, 24), "ratio": Choice(1 / 4, 1 / 16, 1 / 3, 1 / 2, 1.0, 1.5),
+    space=Space(config={"channels": Ints(1, 32), "ratio": Choice(1 / 4, 1 / 16, 1 / 3, 1 / 2, 1.0, 1.5),
                         "pooling_type": Choice(*POOLINGS),
                         "fusion_types": Choice(("channel_add",), ("channel_mul",), ("channel_add", "channel_mul"),
                                                ("channel_mul", "channel_add")),

@@ -256,10 +256,10 @@ def _clip(rng, v, dtype):
     return (example(rng, shape, dtype) * 0.5,)
 
 
-# C even (C/2 inter channels), P from one part up (T = P = 1: the node with no allowed neighbour), one frame
-# up, both layouts.  In training the BatchNorms see B T H W (W1, SA), B (T P)^2 (relation), B T P (Gconv) and
-# B T (W2) values per channel: B T > 1 covers them all.
-SPACE = Space(config={"_half": Ints(1, 6), "in_channels": Derived(lambda v: 2 * v._half), "num_parts": Ints(1, 5),
+# C even (C/2 inter channels, up to the default's 16), P from one part up (T = P = 1: the node with no allowed
+# neighbour), one frame up, both layouts.  In training the BatchNorms see B T H W (W1, SA), B (T P)^2
+# (relation), B T P (Gconv) and B T (W2) values per channel: B T > 1 covers them all.
+SPACE = Space(config={"_half": Ints(1, 8), "in_channels": Derived(lambda v: 2 * v._half), "num_parts": Ints(1, 5),
                       "zero_init": Bools()},
               options={"layout": Choice(*LAYOUTS)},
               inputs=Inputs({"batch": BATCH, "frames": Ints(1, 4), "height": SIZE, "width": SIZE}, _clip),

@@ -27,7 +27,7 @@ import autograd as ag
 
 from ..layers import example
 from ..registry import Mechanism, apply_keywords, get
-from ..space import Ints, Point, Space, resolve
+from ..space import Choice, Ints, Point, Space, resolve
 
 try:
     from hypothesis import assume
@@ -55,7 +55,12 @@ def _pick(draw):
         if isinstance(value, Ints):
             lo, hi = value.bounds(values)
             return draw(st.integers(lo, hi))
-        return draw(st.integers(0, len(value.options) - 1))  # shrinks towards the first option
+        index = draw(st.integers(0, len(value.options) - 1))  # shrinks towards the first option
+        if not isinstance(value.options[index], (Ints, Choice)):
+            # a constant draws nothing more; a placeholder draw keeps the choice sequence as long as an Ints
+            # option's, so the shrinker can move from a constant (Choice(Ints(1, 4), 8) at 8) to an earlier option
+            draw(st.integers(0, 0))
+        return index
     return pick
 
 

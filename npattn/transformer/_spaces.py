@@ -37,14 +37,24 @@ def swin_config(**extra) -> dict:
     """Swin v1/v2 ``init`` values: C = heads * d (d down to 1); every rule; under the official rule a square window
     and one shift (its requirement), under the others rectangles and a shift per axis, 0 <= shift < window (the
     official assert); windows larger than the map and not dividing it (the code zero-pads); ``input_resolution``
-    is the map's (H, W), so that the official min rule builds its tables for the window it uses."""
-    return {"num_heads": Ints(1, 3), "_head_dim": Ints(1, 3), "dim": Derived(lambda v: v.num_heads * v._head_dim),
+    is the map's (H, W), so that the official min rule builds its tables for the window it uses, or None (init's
+    default: tables for ``window_size``, which fit where :func:`swin_tables_fit` holds).  d = 8 beside the
+    small ones: the defaults' C = 16 with 2 heads."""
+    return {"num_heads": Ints(1, 3), "_head_dim": Choice(Ints(1, 3), 8),
+            "dim": Derived(lambda v: v.num_heads * v._head_dim),
             "rule": Choice("official", "torchvision", "detection"),
             "_wh": Ints(1, 5), "_ww": Ints(1, 5), "_sh": Ints(0, lambda v: v._wh - 1),
             "_sw": Ints(0, lambda v: v._ww - 1),
             "window_size": Derived(lambda v: v._wh if v.rule == "official" else (v._wh, v._ww)),
             "shift_size": Derived(lambda v: v._sh if v.rule == "official" else (v._sh, v._sw)),
-            "qkv_bias": Bools(), **extra, "input_resolution": Derived(lambda v: (v.height, v.width))}
+            "qkv_bias": Bools(), **extra,
+            "input_resolution": Choice(Derived(lambda v: (v.height, v.width)), None)}
+
+
+def swin_tables_fit(v) -> bool:
+    """Without ``input_resolution`` the tables are built for ``window_size``; apply refuses them where the official
+    min rule shrinks the window (min(H, W) below it)."""
+    return v.input_resolution is not None or v.rule != "official" or min(v.height, v.width) >= v._wh
 
 
 def swin_window(v) -> tuple:

@@ -101,7 +101,7 @@ register(Mechanism(
     # output_dim other than C (None = C)
     space=Space(config={"spacial_dim": Derived(lambda v: v.height), "num_heads": Ints(1, 4), "_head_dim": Ints(1, 4),
                         "embed_dim": Derived(lambda v: v.num_heads * v._head_dim),
-                        "output_dim": Choice(None, Ints(1, 8))},
+                        "output_dim": Choice(None, Ints(1, 12))},
                 inputs=image("embed_dim", height=Ints(1, 5), width=Derived(lambda v: v.height)),
                 where=(lambda v: v.width == v.height,)),
     description="CLIP attention pooling: the mean token queries all tokens (+ learnt positions) through MHA",

@@ -170,9 +170,9 @@ def _space(*qk_norms: str) -> Space:
     """Hkv dividing H (1 = MQA, H = MHA); hd = head_dim or dim // H, down to 1; RoPE rotates pairs, so it needs an
     even hd (Meta's view_as_complex; npattn refuses an odd one); sequences of 0 and 1 tokens."""
     norm_options = {} if qk_norms == ("none",) else {"norm_eps": Choice(1e-6, 1e-5)}
-    return Space(config={"dim": Ints(1, 16), "n_kv_heads": Ints(1, 3), "_groups": Ints(1, 3),
+    return Space(config={"dim": Ints(1, 16), "n_kv_heads": Ints(1, 3), "_groups": Ints(1, 4),
                          "n_heads": Derived(lambda v: v.n_kv_heads * v._groups),
-                         "head_dim": Choice(None, Ints(1, 4)), "qk_norm": Choice(*qk_norms), "bias": Bools()},
+                         "head_dim": Choice(None, Ints(1, 6)), "qk_norm": Choice(*qk_norms), "bias": Bools()},
                  options={"rope": Bools(), "rope_layout": Choice("interleaved", "half"),
                           "rope_theta": Choice(500000.0, 10000.0), **norm_options},
                  inputs=tokens(length=Ints(0, 7)),

@@ -345,12 +345,13 @@ def _starts_option(v):
     return backend.from_numpy(np.cumsum([0, *np.prod(_level_shapes(v), axis=1)[:-1]]).astype(np.int64))
 
 
-#: C = M D (D down to 1); 1 to 3 levels of 1 x 1 to 4 x 4 maps (square or not, a level smaller than the sampling
-#: offsets); 1 to 3 points; 2-d points and 4-d boxes; with and without the start index and a padding mask (also a
-#: whole level padded); no query at all.  The integer shapes / start index are passed as apply keywords (the
-#: official names), so the drawn inputs are the three float tensors.
+#: C = M D (D down to 1, and 8: the default's C = 16 with 2 heads); 1 to 3 levels of 1 x 1 to 4 x 4 maps (square
+#: or not, a level smaller than the sampling offsets); 1 to 3 points; 2-d points and 4-d boxes; with and without
+#: the start index and a padding mask (also a whole level padded); no query at all.  The integer shapes / start
+#: index are passed as apply keywords (the official names), so the drawn inputs are the three float tensors.
 _SPACE = Space(
-    config={"n_heads": Ints(1, 3), "_head_dim": Ints(1, 3), "d_model": Derived(lambda v: v.n_heads * v._head_dim),
+    config={"n_heads": Ints(1, 3), "_head_dim": Choice(Ints(1, 3), 8),
+            "d_model": Derived(lambda v: v.n_heads * v._head_dim),
             "n_levels": Ints(1, MAX_LEVELS), "n_points": Ints(1, 3)},
     options={**{f"_{axis}{level}": Ints(1, 4) for level in range(MAX_LEVELS) for axis in "hw"},
              "_reference": Choice(2, 4), "_seed": Ints(0, 1000),

@@ -298,7 +298,7 @@ def _space(dilations: Choice) -> Space:
     """C = heads * d (d down to 1); odd kernels > 1 (NATTEN 0.17's rule), square or not; every ``dilation`` in
     ``dilations`` (ints and pairs); maps up to 12 x 12, at least kernel * dilation per axis unless ``pad_small``
     zero-pads them (then down to 1 x 1)."""
-    return Space(config={"num_heads": Ints(1, 3), "_head_dim": Ints(1, 3),
+    return Space(config={"num_heads": Ints(1, 3), "_head_dim": Ints(1, 4),
                          "dim": Derived(lambda v: v.num_heads * v._head_dim),
                          "_k0": Choice(3, 5, 7), "_k1": Choice(3, 5, 7), "_square": Bools(),
                          "kernel_size": Derived(lambda v: v._k0 if v._square else (v._k0, v._k1)),

@@ -121,7 +121,7 @@ register(Mechanism(
     channel_axis=3,
     # C = heads * d (d down to 1); kernels, paddings and strides whose unfold grid is ceil(size / stride) on both
     # axes (the official reshape's requirement, refused otherwise), windows larger than the map included
-    space=Space(config={"num_heads": Ints(1, 3), "_head_dim": Ints(1, 3),
+    space=Space(config={"num_heads": Ints(1, 3), "_head_dim": Ints(1, 4),
                         "dim": Derived(lambda v: v.num_heads * v._head_dim), "kernel_size": Ints(1, 5),
                         "padding": Ints(0, 3), "stride": Ints(1, 3), "qkv_bias": Bools()},
                 options={"qk_scale": Choice(None, 0.7)}, inputs=channels_last(),

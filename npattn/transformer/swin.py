@@ -42,7 +42,7 @@ from ..space import Choice, Space, channels_last
 from . import _parts as parts
 from . import _windows as windows_
 from ._parts import merge_heads, softmax_attention, trunc_normal
-from ._spaces import swin_config
+from ._spaces import swin_config, swin_tables_fit
 
 NAME = "swin"
 PAPER = Paper("Liu, Lin, Cao, Hu, Wei, Zhang, Lin, Guo",
@@ -165,6 +165,6 @@ register(Mechanism(
     channel_axis=3, min_spatial=4,
     # _spaces.swin_config; maps from 1 x 1; the official -100 mask and -inf (exact zeros)
     space=Space(config=swin_config(), options={"qk_scale": Choice(None, 0.4), "mask_value": Choice(-100.0, -np.inf)},
-                inputs=channels_last()),
+                inputs=channels_last(), where=(swin_tables_fit,)),
     description="shifted-window self-attention with a relative position bias table (Swin v1 block)",
 ))

@@ -45,7 +45,7 @@ from ..space import Choice, Ints, Space, channels_last
 from . import _windows as windows_
 from . import swin as swin_v1
 from ._parts import merge_heads, softmax_attention
-from ._spaces import swin_config, swin_window
+from ._spaces import swin_config, swin_tables_fit, swin_window
 
 NAME = "swin-v2"
 PAPER = Paper("Liu, Hu, Lin, Yao, Xie, Wei, Ning, Cao, Zhang, Dong, Wei, Guo",
@@ -181,6 +181,6 @@ register(Mechanism(
     # pretrained size (the official code gives NaN; refused here)
     space=Space(config=swin_config(pretrained_window_size=Choice(0, Ints(2, 6))),
                 options={"mask_value": Choice(-100.0, -np.inf)}, inputs=channels_last(),
-                where=(lambda v: v.pretrained_window_size > 1 or min(swin_window(v)) > 1,)),
+                where=(lambda v: v.pretrained_window_size > 1 or min(swin_window(v)) > 1, swin_tables_fit)),
     description="Swin v2 shifted-window cosine attention with a continuous (log-spaced) position bias MLP",
 ))

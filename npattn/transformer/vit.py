@@ -168,7 +168,7 @@ register(Mechanism(
     channel_axis=2,
     # d = attn_head_dim, or C / h (then h must divide C), down to 1; C_out != C; every norm and bias; masks of
     # every broadcast shape, boolean and additive, with fully masked rows (both policies); causal; 1 token
-    space=Space(config={"num_heads": Ints(1, 4), "dim": Ints(1, 12), "attn_head_dim": Choice(None, Ints(1, 4)),
+    space=Space(config={"num_heads": Ints(1, 4), "dim": Ints(1, 16), "attn_head_dim": Choice(None, Ints(1, 4)),
                         "dim_out": Choice(None, Ints(1, 8)), "qkv_bias": Bools(), "qk_norm": Bools(),
                         "scale_norm": Bools(), "proj_bias": Bools()},
                 options={"norm_eps": Choice(1e-6, 1e-5), "is_causal": Bools(), "masked_rows": Choice("zero", "nan"),
