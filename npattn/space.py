@@ -283,7 +283,7 @@ def tokens(dim="dim", *, batch=BATCH, length=SIZE) -> Inputs:
 
 
 def _candidates(value, values: dict) -> list:
-    """Every raw value ``value`` can take given ``values`` (a Derived stays itself, computed later)."""
+    """Every raw value ``value`` can take given ``values``, simplest first (a Derived stays itself)."""
     if isinstance(value, Ints):
         lo, hi = value.bounds(Values(values))
         return list(range(lo, hi + 1))
@@ -292,18 +292,21 @@ def _candidates(value, values: dict) -> list:
     return [value]
 
 
-def _admits(value, target, values: dict) -> bool:
-    """True when ``value`` (a constant, Ints or Choice) can take the value ``target`` given ``values``."""
+def _target_candidates(value, target, values: dict) -> list:
+    """The raw values by which ``value`` can give ``target``: ``target`` itself where a constant, an Ints or a
+    Choice' option admits it, and each Derived option (whose result is compared with ``target`` once drawn)."""
+    if isinstance(value, Derived):
+        return [value]
+    if isinstance(value, Choice):
+        found = [c for option in value.options for c in _target_candidates(option, target, values)]
+        constants = [c for c in found if not isinstance(c, Derived)]
+        return constants[:1] + [c for c in found if isinstance(c, Derived)]
     if isinstance(value, Ints):
         if isinstance(target, bool) or not isinstance(target, (int, np.integer)):
-            return False
+            return []
         lo, hi = value.bounds(Values(values))
-        return lo <= int(target) <= hi
-    if isinstance(value, Choice):
-        return any(_admits(option, target, values) for option in value.options)
-    if isinstance(value, Derived):
-        return True  # checked once every value is drawn
-    return _equal(value, target)
+        return [target] if lo <= int(target) <= hi else []
+    return [target] if _equal(value, target) else []
 
 
 def _equal(a, b) -> bool:
@@ -312,14 +315,111 @@ def _equal(a, b) -> bool:
     return type(a) is type(b) and a == b if isinstance(a, bool) or isinstance(b, bool) else a == b
 
 
-def contains(space: Space, config: Mapping, defaults: Mapping | None = None, max_points: int = 200_000) -> bool:
+class _Membership:
+    """The search behind :func:`contains`: the variables of ``space`` in :func:`resolve`'s order (config,
+    options, input dims, then ``train``), each named config value fixed to its target."""
+
+    def __init__(self, space: Space, target: dict):
+        self.space, self.target = space, target
+        self.order = [(k, v) for section in (space.config, space.options, space.inputs.dims)
+                      for k, v in section.items()] + [("train", space.train)]
+
+    def candidates(self, i: int, values: dict) -> list:
+        name, value = self.order[i]
+        if name in self.target:
+            return _target_candidates(value, self.target[name], values)
+        return _candidates(value, values)
+
+    def member(self, values: dict) -> bool:
+        """True when the complete draw ``values`` is a point with the target config: exactly :func:`resolve`'s
+        second pass (Derived values in declaration order), the targets of Derived values, the constraints."""
+        values = dict(values)
+        train = bool(values.pop("train"))
+        for name, value in list(values.items()):
+            if isinstance(value, Derived):
+                values[name] = value.fn(Values(values))
+        if not all(_equal(values[k], self.target[k]) for k in self.target):
+            return False
+        drawn = Values({**values, "train": train})
+        return all(constraint(drawn) for constraint in self.space.where)
+
+    def refuted(self, values: dict) -> bool:
+        """True when the partial draw ``values`` can have no completion: a Derived config value computable from
+        it misses its target, or a constraint computable from it fails.  Only what evaluates without reading an
+        undrawn (or not yet computed) value counts, so a refutation holds for every completion."""
+        known = {k: v for k, v in values.items() if not isinstance(v, Derived)}
+        for name in self.space.config:
+            value = values.get(name)
+            if isinstance(value, Derived):
+                try:
+                    known[name] = value.fn(Values(known))
+                except Exception:  # reads an undrawn value: decided later
+                    break
+        if any(k in known and not _equal(known[k], self.target[k]) for k in self.target):
+            return True
+        partial = Values(known)
+        for constraint in self.space.where:
+            try:
+                if not constraint(partial):
+                    return True
+            except Exception:  # reads an undrawn value
+                continue
+        return False
+
+    def exhaustive(self, budget: int) -> bool | None:
+        """Depth-first over every candidate, simplest first, pruning refuted partial draws: True or False when
+        decided within ``budget`` visited draws, None when the budget runs out first."""
+        left = [budget]
+
+        def search(i: int, values: dict):
+            if i == len(self.order):
+                return self.member(values)
+            for candidate in self.candidates(i, values):
+                left[0] -= 1
+                if left[0] < 0:
+                    return None
+                drawn = {**values, self.order[i][0]: candidate}
+                if self.refuted(drawn):
+                    continue
+                found = search(i + 1, drawn)
+                if found is None or found:
+                    return found
+            return False
+
+        return search(0, {})
+
+    def sampled(self, rng: np.random.Generator, samples: int) -> bool:
+        """True when one of ``samples`` uniformly drawn completions is a point (False: none found)."""
+        for _ in range(samples):
+            values: dict = {}
+            for i, (name, _) in enumerate(self.order):
+                options = self.candidates(i, values)
+                if not options:
+                    break
+                values[name] = options[int(rng.integers(len(options)))]
+            else:
+                if self.member(values):
+                    return True
+        return False
+
+
+def contains(space: Space, config: Mapping, defaults: Mapping | None = None, max_points: int = 20_000,
+             samples: int = 2_000, seed: int = 0) -> bool:
     """True when ``config`` (``init``'s keywords) is a configuration of ``space``: each of its values is one its
-    declaration allows, and some helper draws, options, input sizes and mode satisfy the constraints.
+    declaration allows, and some helper draws, options, input sizes and mode complete it to a point (Derived
+    values equal to ``config``'s, constraints holding).
 
     A value of the space that ``config`` does not name must equal ``defaults[name]`` (``init``'s default); a name
-    of ``config`` that the space does not declare makes it not a member.  The search is exhaustive over the
-    helper draws, options, input sizes and mode (``max_points`` of them at most, then a ValueError: the space is
-    too large to decide).
+    of ``config`` that the space does not declare makes it not a member.
+
+    True is always certain: it is returned only for a complete point that :func:`resolve` could draw (every value
+    within its declaration, the Derived values computed as resolve computes them and equal to ``config``'s, every
+    constraint holding).  The search is depth-first over every completion, simplest first (lower bounds, first
+    choices), skipping partial draws that a Derived config value or a constraint already refutes (one that
+    evaluates without reading an undrawn value); when it ends within ``max_points`` visited draws, False is
+    certain too.  Past that budget it tries ``samples`` uniformly drawn completions (NumPy generator seeded with
+    ``seed``, so the answer is deterministic), and False then means only "no completion found", not "none
+    exists": a space whose completions are that rare should declare them more narrowly.
     """
     defaults = dict(defaults or {})
     named = [k for k in space.config if not k.startswith("_")]
@@ -328,37 +428,11 @@ def contains(space: Space, config: Mapping, defaults: Mapping | None = None, max
     target = {k: config[k] if k in config else defaults.get(k, _MISSING) for k in named}
     if any(v is _MISSING for v in target.values()):
         return False
-    order = [(k, v) for section in (space.config, space.options, space.inputs.dims) for k, v in section.items()]
-    budget = [max_points]
-
-    def finish(values: dict) -> bool:
-        for name, value in list(values.items()):
-            if isinstance(value, Derived):
-                values[name] = value.fn(Values(values))
-        if any(isinstance(space.config[k], Derived) and not _equal(values[k], target[k]) for k in named):
-            return False
-        for train in _candidates(space.train, values):
-            drawn = Values({**values, "train": bool(train)})
-            budget[0] -= 1
-            if budget[0] < 0:
-                raise ValueError(f"contains: more than {max_points} points to search; cannot decide")
-            if all(constraint(drawn) for constraint in space.where):
-                return True
-        return False
-
-    def search(i: int, values: dict) -> bool:
-        if i == len(order):
-            return finish(dict(values))
-        name, value = order[i]
-        if name in target:
-            if not _admits(value, target[name], values):
-                return False
-            options = [value if isinstance(value, Derived) else target[name]]
-        else:
-            options = _candidates(value, values)
-        return any(search(i + 1, {**values, name: option}) for option in options)
-
-    return search(0, {})
+    search = _Membership(space, target)
+    decided = search.exhaustive(max_points)
+    if decided is not None:
+        return decided
+    return search.sampled(np.random.default_rng(seed), samples)
 
 
 _MISSING = object()

@@ -148,6 +148,43 @@ def test_contains():
     assert not contains(tight, {"reduction": 1, "channels": 8, "bias": False, "k": None, "hidden": 2})
 
 
+def test_contains_never_admits_a_config_outside_on_the_sampled_path():
+    """max_points=0 skips the exhaustive search: the sampled completions must still satisfy everything."""
+    no_height = SPACE.require(lambda v: v.height == v.channels)          # SIZE stops at 9: channels 20 has none
+    outside = {"reduction": 4, "channels": 20, "bias": False, "k": None, "hidden": 2}
+    assert not contains(no_height, outside, max_points=0)
+    assert not contains(no_height, outside)                              # exhaustive: the same answer
+    odd = {"reduction": 4, "channels": 8, "bias": False, "k": None, "hidden": 3}
+    assert not contains(SPACE, odd, max_points=0)                        # a Derived value no draw gives
+    some_height = {**outside, "channels": 7}
+    assert contains(no_height, some_height, max_points=0)                # found by sampling: height 7
+    assert contains(no_height, some_height)
+
+
+def test_contains_after_the_budget_is_only_no_completion_found():
+    """Past max_points and ``samples`` draws, False means that no completion was found, not that none exists."""
+    rare = SPACE.require(lambda v: (v.batch, v.height, v.width, v.train) == (3, 9, 9, True))
+    member = {"reduction": 1, "channels": 8, "bias": False, "k": None, "hidden": 2}
+    assert contains(rare, member)                                        # exhaustive within the default budget
+    assert not contains(rare, member, max_points=3, samples=0)
+
+
+def test_contains_checks_a_derived_option_of_a_choice():
+    """Choice(Derived, constant): a target the Derived option cannot produce is refused (not taken as given)."""
+    space = Space(config={"_half": Ints(1, 3), "hidden": Choice(Derived(lambda v: 2 * v._half), 7)},
+                  inputs=image(1))
+    assert contains(space, {"hidden": 4}) and contains(space, {"hidden": 7})
+    assert not contains(space, {"hidden": 3}) and not contains(space, {"hidden": 8})
+    assert not contains(space, {"hidden": 3}, max_points=0)
+
+
+def test_contains_prunes_only_on_what_is_drawn():
+    """A constraint on input sizes is not judged before they are drawn (reading them then is no refutation)."""
+    wide = SPACE.require(lambda v: v.height * v.width > 2 * v.channels + 17)   # H, W <= 9: channels <= 31
+    assert contains(wide, {"reduction": 1, "channels": 31, "bias": False, "k": None, "hidden": 2})
+    assert not contains(wide, {"reduction": 1, "channels": 32, "bias": False, "k": None, "hidden": 2})
+
+
 def test_a_name_declared_twice_is_refused():
     with pytest.raises(ValueError, match="width"):
         Space(config={"width": Ints(1, 2)}, inputs=image())
