@@ -5,11 +5,16 @@
     npattn check [NAME...]           forward, backward and gradient check of each (the main job)
     npattn golden NAME... -o DIR     write golden vectors (.npz or --format safetensors, see docs/golden.md)
     npattn verify FILE...            recompute golden files and report agreement
+    npattn fuzz NAME --against module:factory
+                                     compare a torch (or Flax) module with NAME across its configuration space
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
+import json
+import os
 import sys
 
 import numpy as np
@@ -115,6 +120,86 @@ def cmd_verify(args) -> int:
     return status
 
 
+def _load_factory(spec: str):
+    """The callable named by ``module:attr`` (``attr`` may be dotted); the current directory is importable."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise SystemExit(f"npattn fuzz: --against must be module:factory (e.g. mypkg.se:SE), got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        target = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise SystemExit(f"npattn fuzz: cannot load {spec!r}: {type(exc).__name__}: {exc}") from None
+    if not callable(target):
+        raise SystemExit(f"npattn fuzz: {spec!r} is a {type(target).__name__}, not a callable factory")
+    return target
+
+
+def _json_object(text: str, what: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"npattn fuzz: {what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"npattn fuzz: {what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _fixed(pairs) -> dict:
+    """``KEY=VALUE`` pairs, each VALUE parsed as JSON (``bias=false``, ``k_size=3``) or else kept as a string."""
+    fixed = {}
+    for pair in pairs or ():
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"npattn fuzz: --fix takes KEY=VALUE, got {pair!r}")
+        try:
+            fixed[key] = json.loads(text)
+        except json.JSONDecodeError:
+            fixed[key] = text
+    return fixed
+
+
+def _flax_key_map(raw: dict) -> dict:
+    """``{"fc1": ["dense", "Dense_0"]}`` -> ``{"fc1": dense("Dense_0")}`` (npattn.interop.jax layer kinds)."""
+    from .interop import jax as njax
+
+    kinds = {"conv": njax.conv, "dense": njax.dense, "batch_norm": njax.batch_norm, "layer_norm": njax.layer_norm,
+             "attention": njax.attention, "param": njax.param}
+    layers = {}
+    for prefix, spec in raw.items():
+        if not (isinstance(spec, list) and spec and spec[0] in kinds):
+            raise SystemExit(f"npattn fuzz: --key-map for --framework flax maps a prefix to [kind, path, ...] with "
+                             f"kind one of {', '.join(kinds)}; got {prefix!r}: {spec!r}")
+        layers[prefix] = kinds[spec[0]](*spec[1:])
+    return layers
+
+
+def cmd_fuzz(args) -> int:
+    (mech,) = _resolve([args.name])
+    factory = _load_factory(args.against)
+    key_map = _json_object(args.key_map, "--key-map") if args.key_map else None
+    common = dict(max_examples=args.max_examples, seed=args.seed, **_fixed(args.fix))
+    try:
+        if args.framework == "torch":
+            from .interop.torch import check_module
+            result = check_module(factory, mech.name, key_map=key_map, **common)
+        else:
+            from .interop.jax import check_module
+            result = check_module(factory, mech.name, key_map=_flax_key_map(key_map or {}),
+                                  channels_last=args.channels_last, **common)
+    except AssertionError as exc:
+        print(exc)
+        return 1
+    except (KeyError, ValueError, TypeError) as exc:  # a --fix naming no value of the space, a bad value
+        print(f"npattn fuzz: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    print(result)
+    return 0
+
+
 def _table(header, rows) -> None:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
     line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
@@ -174,6 +259,22 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="recompute golden files and report agreement")
     verify.add_argument("files", nargs="+")
     verify.set_defaults(func=cmd_verify)
+    fuzz = sub.add_parser("fuzz", help="compare a module with a mechanism across its configuration space",
+                          description="Draw configurations from NAME's space (hypothesis, seeded), load npattn's "
+                          "parameters into FACTORY(**config) and compare outputs, gradients and running statistics; "
+                          "exit 1 with the shrunk configuration on a mismatch, 0 on agreement.")
+    fuzz.add_argument("name")
+    fuzz.add_argument("--against", required=True, metavar="MODULE:FACTORY",
+                      help="the factory building the module from init's keywords, e.g. mypkg.se:make_se")
+    fuzz.add_argument("--max-examples", type=_positive_int, default=25)
+    fuzz.add_argument("--seed", type=_non_negative_int, default=0)
+    fuzz.add_argument("--key-map", default=None, metavar="JSON",
+                      help='torch: {"torch key": "npattn key"}; flax: {"npattn prefix": ["dense", "Dense_0"]}')
+    fuzz.add_argument("--fix", action="append", metavar="KEY=VALUE",
+                      help="hold a value of the space (JSON value): --fix bias=false --fix train=false")
+    fuzz.add_argument("--framework", choices=("torch", "flax"), default="torch")
+    fuzz.add_argument("--channels-last", action="store_true", help="flax: the module takes and returns NHWC")
+    fuzz.set_defaults(func=cmd_fuzz)
     return parser
 
 

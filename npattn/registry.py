@@ -57,6 +57,9 @@ class Mechanism:
         stochastic: True when ``apply`` needs an explicit ``rng`` in training mode.
         channel_axis: channel axis of the first input (None if it has none), for the bad-input tests.
         min_spatial: smallest accepted spatial size of the first input under ``config``.
+        space: the configuration space (:class:`npattn.space.Space`): ranges, choices and constraints of
+            ``init``'s arguments, ``apply``'s options and the input sizes, for differential testing across
+            configurations (:mod:`npattn.testing.strategies`, ``check_module``).
 
     ``apply`` returns one Tensor (the mechanism's output); attention maps and auxiliary outputs come
     from separate, documented functions of the mechanism's module.
@@ -77,6 +80,8 @@ class Mechanism:
     channel_axis: int | None = 1
     #: smallest spatial size (min of H, W) the default config accepts; smaller must raise ValueError.
     min_spatial: int = 1
+    #: the configurations and input sizes the entry accepts (:mod:`npattn.space`); ``config`` is one of them.
+    space: object = None
 
     def apply(self, params, *inputs, train: bool = False, **kwargs):
         """Run the mechanism: ``apply_fn(params, *inputs, train=train, **structure, **options, **kwargs)``.

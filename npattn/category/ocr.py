@@ -56,6 +56,7 @@ from ..layers import (
 )
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import BATCH, SIZE, Bools, Choice, Inputs, Ints, Space, bn_train
 
 NAME = "ocr"
 BLOCK = "object_context_block"
@@ -216,12 +217,37 @@ def ocr(params, feats, coarse, *, train: bool = False, gather_scale: float = 1.0
     return _dropout2d(fused, dropout, train, rng)
 
 
+def _inputs() -> Inputs:
+    """Pixel features (N, C, H, W) and coarse logits (N, K, H, W), K from one class up."""
+    dims = {"batch": BATCH, "classes": Ints(1, 5), "height": SIZE, "width": SIZE}
+    return Inputs(dims, lambda rng, v, dtype: (example(rng, (v.batch, v.in_channels, v.height, v.width), dtype),
+                                               example(rng, (v.batch, v.classes, v.height, v.width), dtype)))
+
+
+def _pooled(v) -> int:
+    """Positions of the relation's pixels: max_pool2d(pool_scale) floors H and W."""
+    return (v.height // v.pool_scale) * (v.width // v.pool_scale)
+
+
+# C, Ck, C_out independent; the pixels max-pooled by up to 3 (H, W >= pool_scale, check_input's rule), the
+# context upsampled either way; Dropout2d's p in eval (the identity), and p = 0 in training (p > 0 needs an
+# rng).  In training the BatchNorms see N h w (f_pixel, f_up), N K (f_object, f_down) and N H W (fuse)
+# values per channel.
+SPACE = Space(config={"in_channels": Ints(1, 16), "key_channels": Ints(1, 8), "out_channels": Ints(1, 16)},
+              options={"gather_scale": Choice(1.0, 0.5, 2.0), "pool_scale": Ints(1, 3), "align_corners": Bools(),
+                       "dropout": Choice(0.0, 0.05, 0.5)},
+              inputs=_inputs(),
+              where=(lambda v: min(v.height, v.width) >= v.pool_scale,
+                     lambda v: not v.train or v.dropout == 0.0,
+                     bn_train(lambda v: v.batch * _pooled(v)), bn_train(lambda v: v.batch * v.classes)))
+
+
 register(Mechanism(
     name=NAME, family="category",
     paper=Paper("Yuan, Chen, Wang", "Object-Contextual Representations for Semantic Segmentation", "ECCV", 2020),
     init=init, apply_fn=ocr, config={"in_channels": 16, "key_channels": 8, "out_channels": 16},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 16, 6, 6), dtype),
                                                  example(rng, (2, 5, 6, 6), dtype)),
-    options={"dropout": 0.0},
+    options={"dropout": 0.0}, space=SPACE,
     description="pixels augmented by soft object-region representations from a coarse segmentation",
 ))

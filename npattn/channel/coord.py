@@ -35,6 +35,7 @@ from autograd import xp
 from ..layers import batch_norm, check_dtype, check_input, example, init_batch_norm, init_conv
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Bools, Choice, Ints, Space, bn_train, image
 
 NAME = "coord"
 ACTIVATIONS = ("h_swish", "hardswish")
@@ -126,5 +127,9 @@ register(Mechanism(
     paper=Paper("Hou, Zhou, Feng", "Coordinate Attention for Efficient Mobile Network Design", "CVPR", 2021),
     init=init, apply_fn=coord, config={"channels": 16, "reduction": 4, "min_mip": 2},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 16, 5, 7), dtype),),
+    # mip = max(min_mip, C // r); BN over the [H; W] strip of every sample
+    space=Space(config={"channels": Ints(1, 24), "reduction": Ints(1, 32), "min_mip": Ints(1, 8), "bias": Bools()},
+                options={"act": Choice("h_swish", "hardswish")}, inputs=image(),
+                where=(bn_train(lambda v: v.batch * (v.height + v.width)),)),
     description="direction-aware gates from row and column means through a shared 1x1 bottleneck",
 ))

@@ -36,6 +36,7 @@ import autograd as ag
 from ..layers import check_dtype, check_input, conv1d, example, init_conv1d
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Choice, Ints, Space, image
 
 NAME = "eca"
 
@@ -104,5 +105,8 @@ register(Mechanism(
     init=init, apply_fn=eca, config={"channels": 16},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 16, 5, 6), dtype),),
     channel_axis=None,  # the kernel is shared across channels: any C is valid for the same parameters
+    # an explicit k wider than C pads past both ends; None = the adaptive k of C
+    space=Space(config={"channels": Ints(1, 24), "k_size": Choice(None, 1, 3, 5, 7), "gamma": Choice(2, 1, 3),
+                        "b": Choice(1, 0, 2)}, inputs=image()),
     description="channel gate from a 1-D convolution (adaptive kernel size) over the global-average descriptor",
 ))

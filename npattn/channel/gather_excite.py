@@ -53,6 +53,7 @@ import autograd as ag
 from ..layers import batch_norm, check_dtype, check_input, conv, example, init_batch_norm, init_conv
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Bools, Choice, Derived, Ints, Space, bn_train, image
 
 VARIANTS = ("theta_minus", "theta", "theta_plus")
 EXTENTS = (0, 2, 4, 8)
@@ -245,7 +246,7 @@ def _repeats_blocks(size_in: int, size_out: int) -> bool:
     return bool(np.array_equal(ag.resize.nearest_indices(size_in, size_out), blocks))
 
 
-def _register(variant: str, config: dict, shape: tuple, min_spatial: int = 1) -> None:
+def _register(variant: str, config: dict, shape: tuple, space: Space, min_spatial: int = 1) -> None:
     register(Mechanism(
         name=NAMES[variant], family="channel",
         paper=Paper("Hu, Shen, Albanie, Sun, Vedaldi", "Gather-Excite: Exploiting Feature Context in "
@@ -253,13 +254,40 @@ def _register(variant: str, config: dict, shape: tuple, min_spatial: int = 1) ->
         init=init, apply_fn=gather_excite, config={"variant": variant, **config},
         example_input=lambda rng, dtype=np.float64: (example(rng, shape, dtype),),
         # theta-minus has no parameters, so any channel count is valid
-        channel_axis=None if variant == "theta_minus" else 1, min_spatial=min_spatial,
+        channel_axis=None if variant == "theta_minus" else 1, min_spatial=min_spatial, space=space,
         description=f"GE-{variant.replace('_', '-')}: gather over a spatial extent, excite by an upsampled gate",
     ))
 
 
 # H = 9, W = 7 with e = 4: ceil(9/4) x ceil(7/4) = 3 x 2 gathered cells, upsampled unevenly back
-_register("theta_minus", {"channels": 16, "extent": 4}, (2, 16, 9, 7))
-_register("theta", {"channels": 16, "extent": 4}, (2, 16, 9, 7))
+
+
+def _global_size(v):
+    """feat_size of a global gather: the map's size (one int for a square map, as the default config)."""
+    return v.height if v.height == v.width else (v.height, v.width)
+
+
+def _bn_values(v) -> int:
+    """Values per channel at the gather's last BatchNorm: a global gather leaves one position per sample; each
+    stride-2 conv of a strided one rounds up (ceil(ceil(H / 2) / 2) = ceil(H / 4)), leaving ceil(H / e) rows."""
+    if v.extent == 0:
+        return v.batch
+    return v.batch * math.ceil(v.height / v.extent) * math.ceil(v.width / v.extent)
+
+
+def _space(variant: str, **config) -> Space:
+    """Every extent (global: feat_size = the map's size), any map size; BN in training on more than one value."""
+    sizes = {"feat_size": Derived(lambda v: _global_size(v) if v.extent == 0 else None)}
+    where = () if variant == "theta_minus" else (bn_train(_bn_values),)
+    if "reduction" in config:  # theta-plus's excite MLP: C // r >= 1
+        where += (lambda v: v.channels // v.reduction >= 1,)
+    return Space(config={"variant": variant, "channels": Ints(1, 16), "extent": Choice(*EXTENTS),
+                         **(sizes if variant != "theta_minus" else {}), **config},
+                 options={"gather_relu": Bools()} if variant == "theta_plus" else {}, inputs=image(), where=where)
+
+
+_register("theta_minus", {"channels": 16, "extent": 4}, (2, 16, 9, 7), _space("theta_minus"))
+_register("theta", {"channels": 16, "extent": 4}, (2, 16, 9, 7), _space("theta"))
 # global extent, the official GEPP form: the gather kernel covers the whole 7 x 7 map
-_register("theta_plus", {"channels": 16, "extent": 0, "feat_size": 7, "reduction": 4}, (2, 16, 7, 7), min_spatial=7)
+_register("theta_plus", {"channels": 16, "extent": 0, "feat_size": 7, "reduction": 4}, (2, 16, 7, 7),
+          _space("theta_plus", reduction=Ints(1, 4)), min_spatial=7)

@@ -31,6 +31,7 @@ from autograd import backend
 from ..layers import check_dtype, check_input, example
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Bools, Choice, Ints, Space, image
 
 NAME = "gct"
 MODES = ("l2", "l1")
@@ -103,5 +104,7 @@ register(Mechanism(
     paper=Paper("Yang, Zhu, Wu, Yang", "Gated Channel Transformation for Visual Recognition", "CVPR", 2020),
     init=init, apply_fn=gct, config={"channels": 16, "official_init": False},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 16, 5, 6), dtype),),
+    space=Space(config={"channels": Ints(1, 16), "official_init": False},
+                options={"mode": Choice("l2", "l1"), "after_relu": Bools()}, inputs=image()),
     description="channel gate 1 + tanh(gamma * normalised l2 embedding + beta); the identity at init",
 ))

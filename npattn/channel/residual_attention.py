@@ -67,6 +67,7 @@ from ..layers import (
 )
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Ints, Space, bn_train, image
 
 NAME = "ran"
 
@@ -273,5 +274,10 @@ register(Mechanism(
     # 8 x 7 -> pooled (4, 3) -> (2, 1): uneven Caffe ceil rounding and a one-column bottom map
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 16, 8, 7), dtype),),
     min_spatial=min_input_size(2),
+    # the smallest map its n_down poolings accept, odd sizes (Caffe's ceil rounding) above it
+    space=Space(config={"channels": Ints(4, 16), "n_down": Ints(1, 3), "p": Ints(0, 2), "t": Ints(0, 2),
+                        "r": Ints(1, 2)},
+                inputs=image(height=Ints(lambda v: min_input_size(v.n_down), 9)),
+                where=(bn_train(lambda v: v.batch),)),
     description="trunk features scaled by (1 + soft mask) from a bottom-up/top-down hourglass branch",
 ))

@@ -17,6 +17,7 @@ import autograd as ag
 from ..layers import check_dtype, check_input, example, init_linear, linear
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Bools, Ints, Space, image
 
 NAME = "se"
 
@@ -57,5 +58,8 @@ register(Mechanism(
     paper=Paper("Hu, Shen, Sun", "Squeeze-and-Excitation Networks", "CVPR", 2018),
     init=init, apply_fn=se, config={"channels": 32, "reduction": 4},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 32, 5, 6), dtype),),
+    # C // r >= 1 is init's rule; C from r (a hidden width C // r with a remainder) up
+    space=Space(config={"reduction": Ints(1, 8), "channels": Ints(lambda v: v.reduction, 32), "bias": Bools()},
+                inputs=image()),
     description="channel gate from a global-average descriptor through a bottleneck MLP",
 ))

@@ -30,6 +30,7 @@ from autograd import backend
 from ..layers import check_dtype, check_input, example
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Bools, Derived, Ints, Space, image
 
 NAME = "sge"
 EPS = 1e-5
@@ -105,5 +106,10 @@ register(Mechanism(
                 "Convolutional Networks", "arXiv 1905.09646", 2019),
     init=init, apply_fn=sge, config={"channels": 16, "groups": 4, "official_init": False},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 16, 5, 6), dtype),),
+    # C = G * (C / G); a 1x1 map (and a one-position group) gives the official NaN of std over one value
+    space=Space(config={"groups": Ints(1, 6), "_per_group": Ints(1, 4),
+                        "channels": Derived(lambda v: v.groups * v._per_group), "official_init": False},
+                options={"unbiased": Bools()}, inputs=image(),
+                where=(lambda v: v.height * v.width > 1 or v.batch == 0,)),
     description="one spatial gate per channel group from each position's similarity to the group mean",
 ))

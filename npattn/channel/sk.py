@@ -52,6 +52,7 @@ from ..layers import (
 )
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Bools, Derived, Ints, Space, bn_train, image
 
 NAME = "sk"
 
@@ -177,5 +178,10 @@ register(Mechanism(
     paper=Paper("Li, Wang, Hu, Yang", "Selective Kernel Networks", "CVPR", 2019),
     init=init, apply_fn=sk, config={"channels": 32, "groups": 8, "reduction": 16, "min_hidden": 8},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 32, 6, 5), dtype),),
+    # d = max(C // r, L) with C below r too; the fused descriptor's BN sees one value per sample
+    space=Space(config={"groups": Ints(1, 8), "_per_group": Ints(1, 4),
+                        "channels": Derived(lambda v: v.groups * v._per_group), "branches": Ints(1, 3),
+                        "reduction": Ints(1, 16), "min_hidden": Ints(1, 8), "dilated": Bools()},
+                inputs=image(), where=(bn_train(lambda v: v.batch),)),
     description="softmax selection across conv branches of different receptive fields, from a fused descriptor",
 ))

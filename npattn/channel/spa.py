@@ -31,6 +31,7 @@ import autograd as ag
 from ..layers import check_dtype, check_input, example, init_linear, linear
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Ints, Space, image
 
 NAME = "spa"
 #: pyramid levels, in the official concatenation order
@@ -146,5 +147,7 @@ register(Mechanism(
     init=init, apply_fn=spa, config={"channels": 32, "reduction": 4},
     # H = 6, W = 7: the 4x4 bins overlap, the 2x2 bins overlap along W
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 32, 6, 7), dtype),),
+    # maps smaller than 4x4 repeat pyramid bins (adaptive pooling's overlapping bins)
+    space=Space(config={"reduction": Ints(1, 6), "channels": Ints(lambda v: v.reduction, 32)}, inputs=image()),
     description="channel gate from a 1/2/4 spatial-pyramid average descriptor through a bias-free MLP",
 ))

@@ -41,6 +41,7 @@ import autograd as ag
 from ..layers import batch_norm, check_dtype, check_input, example, init_batch_norm, init_conv
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Bools, Choice, Derived, Ints, Space, bn_train, image
 
 NAME = "split-attention"
 REDUCTION_FACTOR = 4
@@ -163,5 +164,13 @@ register(Mechanism(
     init=init, apply_fn=split_attention,
     config={"in_channels": 16, "channels": 16, "radix": 2, "cardinality": 2},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 16, 5, 6), dtype),),
+    # Cin = K R (Cin / K R), C = K (C / K), D = max(Cin R // factor, 32) divisible by K
+    space=Space(config={"radix": Ints(1, 3), "cardinality": Ints(1, 2), "_in": Ints(1, 4), "_out": Ints(1, 8),
+                        "in_channels": Derived(lambda v: v.cardinality * v.radix * v._in),
+                        "channels": Derived(lambda v: v.cardinality * v._out), "kernel_size": Choice(3, 1),
+                        "bias": Bools(), "norm": Bools(), "reduction_factor": Choice(4, 1, 2)},
+                options={"padding": Derived(lambda v: v.kernel_size // 2)}, inputs=image("in_channels"),
+                where=(lambda v: max(v.in_channels * v.radix // v.reduction_factor, 32) % v.cardinality == 0,
+                       bn_train(lambda v: v.batch if v.norm else 2))),
     description="softmax over the radix splits of a grouped conv, from the global context of their sum",
 ))

@@ -31,6 +31,7 @@ from autograd import backend
 from ..layers import batch_norm, check_dtype, check_input, example, init_batch_norm
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Choice, Ints, Space, bn_train, image
 
 NAME = "srm"
 EPS = 1e-5
@@ -110,5 +111,9 @@ register(Mechanism(
                 "ICCV", 2019),
     init=init, apply_fn=srm, config={"channels": 16, "official_init": False},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 16, 5, 6), dtype),),
+    # the std over one position is the official NaN (unbiased variance); BN over the batch in training
+    space=Space(config={"channels": Ints(1, 16), "official_init": False},
+                options={"std_mode": Choice("var_eps", "std")},
+                inputs=image(), where=(lambda v: v.height * v.width > 1 or v.batch == 0, bn_train(lambda v: v.batch))),
     description="channel gate from each channel's mean and std through a channel-wise FC and BatchNorm",
 ))

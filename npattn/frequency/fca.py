@@ -42,6 +42,7 @@ import autograd as ag
 from ..layers import check_dtype, check_input, example, init_linear, linear, linear_shapes, take_all
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Choice, Derived, Ints, Space, image
 
 NAME = "fca"
 
@@ -166,6 +167,8 @@ def fca(params, x, *, train: bool = False, dct_h: int = 7, dct_w: int = 7) -> ag
     return x * ag.reshape(weights, weights.shape + (1, 1))                # y = x * att
 
 
+_DCT_SIZES = Choice(7, 1, 2, 3, 4, 5, 6, 8, 9, 14)
+
 register(Mechanism(
     name=NAME, family="frequency",
     paper=Paper("Qin, Zhang, Wu, Li", "FcaNet: Frequency Channel Attention Networks", "ICCV", 2021),
@@ -173,5 +176,15 @@ register(Mechanism(
     config={"channels": 32, "dct_h": 7, "dct_w": 7, "reduction": 4, "freq_sel_method": "top16"},
     # 9x9 input: pooled to the 7x7 DCT size through PyTorch's overlapping adaptive bins
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 32, 9, 9), dtype),),
+    # C a multiple of the n frequencies (n up to 32: one channel per group) with C // r >= 1; every table;
+    # DCT sizes below 7 (all frequencies collapse to (0, 0)), 7, and 14 (frequencies doubled); maps smaller,
+    # equal and larger than the DCT size (adaptive pooling up or down, overlapping bins)
+    space=Space(config={"_table": Choice(*FREQUENCY_TABLES), "_count": Choice(*FREQUENCY_COUNTS),
+                        "_per_frequency": Ints(1, lambda v: max(1, 32 // v._count)),
+                        "channels": Derived(lambda v: v._count * v._per_frequency),
+                        "freq_sel_method": Derived(lambda v: f"{v._table}{v._count}"),
+                        "reduction": Ints(1, lambda v: min(16, v._count * v._per_frequency)),
+                        "dct_h": _DCT_SIZES, "dct_w": _DCT_SIZES},
+                inputs=image()),
     description="SE-style channel gate on 2-D DCT coefficients, one frequency per channel group",
 ))

@@ -45,6 +45,7 @@ import autograd as ag
 from ..layers import batch_norm_shapes, check_dtype, check_input, conv_bn, conv_shapes, example, init_conv_bn, take_all
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Choice, Derived, Inputs, Ints, Space, bn_train, image
 
 NAME = "rga"
 ORDERS = ("sc", "cs")
@@ -211,6 +212,38 @@ def _example(rng, dtype=np.float64):
     return (example(rng, (2, 64, 8, 8), dtype),)
 
 
+def _space(use_spatial: bool, use_channel: bool) -> Space:
+    """in_spatial = H W (the parameters are built for the map); C // cha_ratio >= 1 and H W // spa_ratio >= 1,
+    and each used branch's gate keeps (1 + its inter nodes) // down_ratio >= 1 (init's rules).  spa_ratio and
+    down_ratio depend on the map, so they are drawn after it (helper input dims) and every ratio that init
+    accepts for the drawn sizes is reachable without rejection (a fixed 1 x 1 map too).  In training the
+    spatial branch's BatchNorms see B H W values per channel, the channel branch's B C.  C = 64 (the default's)
+    as a choice beside the small ones."""
+    def hidden_ok(v):
+        inter_channel, inter_spatial = v.in_channel // v.cha_ratio, v.in_spatial // v.spa_ratio
+        return inter_spatial >= 1 and (not use_spatial or (1 + inter_spatial) // v.down_ratio >= 1) \
+            and (not use_channel or (1 + inter_channel) // v.down_ratio >= 1)
+
+    def largest_down(v):
+        inter_nodes = ([1 + v.height * v.width // v._spa_ratio] if use_spatial else []) \
+            + ([1 + v.in_channel // v.cha_ratio] if use_channel else [])
+        return min(8, *inter_nodes)
+
+    dims = {**image("in_channel").dims, "_spa_ratio": Ints(1, lambda v: min(8, v.height * v.width)),
+            "_down_ratio": Ints(1, largest_down)}
+    where = [hidden_ok]
+    if use_spatial:
+        where.append(bn_train(lambda v: v.batch * v.height * v.width))
+    if use_channel:
+        where.append(bn_train(lambda v: v.batch * v.in_channel))
+    return Space(config={"in_channel": Choice(Ints(1, 24), 64), "cha_ratio": Ints(1, lambda v: min(8, v.in_channel)),
+                         "spa_ratio": Derived(lambda v: v._spa_ratio), "down_ratio": Derived(lambda v: v._down_ratio),
+                         "in_spatial": Derived(lambda v: v.height * v.width),
+                         "use_spatial": use_spatial, "use_channel": use_channel},
+                 options={"order": Choice(*ORDERS)} if use_spatial and use_channel else {},
+                 inputs=Inputs(dims, image("in_channel").build), where=tuple(where))
+
+
 # C = 64 and H*W = 64 keep the official ratios 8/8/8 valid: (1 + 64 // 8) // 8 = 1 hidden unit.
 for _name, _spatial, _channel, _what in (
     ("rga", True, True, "RGA-S then RGA-C"),
@@ -221,4 +254,5 @@ for _name, _spatial, _channel, _what in (
         name=_name, family="global", paper=_PAPER, init=init, apply_fn=rga,
         config={"in_channel": 64, "in_spatial": 64, "use_spatial": _spatial, "use_channel": _channel},
         example_input=_example, description=_what, min_spatial=8,      # H*W = in_spatial: 8 x 8 is the square
+        space=_space(_spatial, _channel),
     ))

@@ -51,6 +51,7 @@ from ..layers import (
 )
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Ints, Space, bn_train, image
 
 NAME = "gsop"
 ROW_FILTERS = 4  # output channels of the row-wise conv per covariance row (official 4*d)
@@ -126,5 +127,11 @@ register(Mechanism(
     paper=Paper("Gao, Xie, Wang, Li", "Global Second-order Pooling Convolutional Networks", "CVPR", 2019),
     init=init, apply_fn=gsop, config={"channels": 32, "att_dim": 8},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 32, 6, 6), dtype),),
+    # C and d independent (d above C too); strides up to past the map (one reduced position: a zero
+    # covariance).  In training bn_for_DR sees N h w values per channel (h = ceil(H / s)), row_bn N d
+    space=Space(config={"channels": Ints(1, 32), "att_dim": Ints(1, 8)}, options={"stride": Ints(1, 3)},
+                inputs=image(),
+                where=(bn_train(lambda v: v.batch * -(-v.height // v.stride) * -(-v.width // v.stride)),
+                       bn_train(lambda v: v.batch * v.att_dim))),
     description="channel gate from the covariance of reduced features through a row-wise (grouped) conv",
 ))

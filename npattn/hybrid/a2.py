@@ -27,6 +27,7 @@ import autograd as ag
 from ..layers import check_dtype, check_input, conv, conv_shapes, example, init_conv, take_all
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Bools, Ints, Space, image
 
 NAME = "a2"
 
@@ -104,5 +105,9 @@ register(Mechanism(
     paper=Paper("Chen, Kalantidis, Li, Yan, Feng", "A^2-Nets: Double Attention Networks", "NeurIPS", 2018),
     init=init, apply_fn=double_attention, config={"channels": 32, "c_m": 12, "c_n": 8},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 32, 6, 7), dtype),),
+    # C, c_m, c_n are independent (any positive sizes, c_m or c_n above C too); a 1x1 map makes both softmaxes
+    # over one position trivial
+    space=Space(config={"channels": Ints(1, 32), "c_m": Ints(1, 12), "c_n": Ints(1, 12)},
+                options={"residual": Bools()}, inputs=image()),
     description="gather global descriptors by second-order attention pooling, distribute them by softmax",
 ))

@@ -57,6 +57,7 @@ from ..layers import (
 )
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Choice, Ints, Space, bn_train, image
 
 NAME = "bam"
 COMBINES = ("product", "sum")
@@ -174,5 +175,11 @@ register(Mechanism(
     # batch 4: train-mode BatchNorm1d over a batch of 2 maps every descriptor to about +-1 and hides the
     # gradient of the channel branch's first FC
     example_input=lambda rng, dtype=np.float64: (example(rng, (4, 32, 6, 7), dtype),),
+    # C // r >= 1 (init's rule), C from r up (a remainder); no dilated conv up to three; a dilation above the
+    # map's size (padding = dilation keeps H, W); the channel branch's BatchNorm1d sees one value per sample
+    space=Space(config={"reduction": Ints(1, 8), "channels": Ints(lambda v: v.reduction, 32),
+                        "num_layers": Ints(1, 3), "dilation_conv_num": Ints(0, 3)},
+                options={"combine": Choice("product", "sum"), "dilation": Ints(1, 5)}, inputs=image(),
+                where=(bn_train(lambda v: v.batch),)),
     description="channel (GAP-MLP) and dilated-conv spatial branches combined into one residual gate",
 ))

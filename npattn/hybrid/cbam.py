@@ -51,6 +51,7 @@ from ..layers import (
 )
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Bools, Choice, Ints, Space, bn_train, image
 
 NAME = "cbam"
 POOL_TYPES = ("avg", "max", "lp", "lse")
@@ -204,14 +205,33 @@ def _example(rng, dtype=np.float64):
     return (example(rng, (2, 32, 6, 7), dtype),)
 
 
+#: every non-empty set of descriptors, the official pair first
+_POOL_SETS = tuple(tuple(p for i, p in enumerate(POOL_TYPES) if mask >> i & 1) for mask in range(1, 16))
+_POOL_SETS = (("avg", "max"),) + tuple(s for s in _POOL_SETS if s != ("avg", "max"))
+
+
+def _space(no_spatial: bool) -> Space:
+    """C // r >= 1 (init's rule) with C from r up; every descriptor set; the spatial gate's odd kernels up to wider
+    than the map (zero padding); its BatchNorm2d(1) sees N H W values in training."""
+    config = {"reduction": Ints(1, 8), "channels": Ints(lambda v: v.reduction, 32), "no_spatial": no_spatial}
+    options = {"pool_types": Choice(*_POOL_SETS)}
+    where = ()
+    if not no_spatial:
+        config.update({"kernel_size": Choice(7, 1, 3, 5, 9), "spatial_bn": Bools(), "spatial_bias": Bools()})
+        options["spatial_order"] = Choice(*SPATIAL_ORDERS)
+        where = (lambda v: not v.spatial_bn or bn_train(lambda v: v.batch * v.height * v.width)(v),)
+    return Space(config=config, options=options, inputs=image(), where=where)
+
+
 register(Mechanism(
     name=NAME, family="hybrid", paper=PAPER, init=init, apply_fn=cbam,
-    config={"channels": 32, "reduction": 8}, example_input=_example,
+    config={"channels": 32, "reduction": 8}, example_input=_example, space=_space(no_spatial=False),
     description="channel gate (shared MLP over avg- and max-pooled descriptors) then a 7x7 spatial gate",
 ))
 
 register(Mechanism(
     name="cbam-channel", family="hybrid", paper=PAPER, init=init, apply_fn=cbam,
     config={"channels": 32, "reduction": 8, "no_spatial": True}, example_input=_example,
+    space=_space(no_spatial=True),
     description="CBAM's channel gate alone (official no_spatial=True)",
 ))

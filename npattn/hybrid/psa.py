@@ -49,6 +49,7 @@ from autograd import backend
 from ..layers import check_dtype, check_input, example, init_conv, init_layer_norm, layer_norm
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Bools, Choice, Ints, Space, image
 
 NAME = "psa"
 LAYOUTS = ("parallel", "sequential")
@@ -224,14 +225,23 @@ def _example(rng, dtype=np.float64):
     return (example(rng, (2, 16, 5, 6), dtype),)
 
 
+def _space(layout: str) -> Space:
+    """IC = C // 2 >= 1 (odd C drops a channel from IC), and IC // 4 >= 1 (C >= 8) for the official PSA_s; a 1x1
+    map makes the softmaxes over positions trivial."""
+    def smallest(v):
+        return 2 * SQUEEZE if layout == "sequential" and v.form == "official" else 2
+    return Space(config={"layout": layout, "form": Choice(*FORMS), "qkv_bias": Bools(),
+                         "channels": Ints(smallest, 24)}, inputs=image())
+
+
 register(Mechanism(
     name="psa-p", family="hybrid", paper=PAPER, init=init, apply_fn=psa,
-    config={"channels": 16, "layout": "parallel"}, example_input=_example,
+    config={"channels": 16, "layout": "parallel"}, example_input=_example, space=_space("parallel"),
     description="polarized channel-only and spatial-only self-attention gates, summed (official PSA_p)",
 ))
 
 register(Mechanism(
     name="psa-s", family="hybrid", paper=PAPER, init=init, apply_fn=psa,
-    config={"channels": 16, "layout": "sequential"}, example_input=_example,
+    config={"channels": 16, "layout": "sequential"}, example_input=_example, space=_space("sequential"),
     description="polarized channel-only then spatial-only self-attention (official PSA_s)",
 ))

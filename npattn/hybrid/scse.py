@@ -29,6 +29,7 @@ import autograd as ag
 from ..layers import check_dtype, check_input, conv, example, init_conv, init_linear, linear
 from ..params import check_shape, uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Ints, Space, image
 
 NAME = "scse"
 BRANCHES = ("cse", "sse")
@@ -120,10 +121,19 @@ def _example(rng, dtype=np.float64):
     return (example(rng, (2, 32, 6, 7), dtype),)
 
 
+def _space(branches: tuple) -> Space:
+    """C // r >= 1 (init's rule) with C from r up where cSE runs; sSE alone takes any C and has no reduction.
+    The combination is the entry's (its ``options``)."""
+    if "cse" not in branches:
+        return Space(config={"channels": Ints(1, 32), "branches": branches}, inputs=image())
+    return Space(config={"reduction": Ints(1, 16), "channels": Ints(lambda v: v.reduction, 32), "branches": branches},
+                 inputs=image())
+
+
 def _entry(name: str, config: dict, options: dict, description: str) -> None:
     register(Mechanism(name=name, family="hybrid", paper=PAPER, init=init, apply_fn=scse,
                        config={"channels": 32, **config}, options=options, example_input=_example,
-                       description=description))
+                       space=_space(_branches(config.get("branches", BRANCHES))), description=description))
 
 
 _entry("scse", {"reduction": 16}, {"combine": "add"}, "cSE + sSE (MICCAI paper, smp)")

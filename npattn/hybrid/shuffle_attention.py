@@ -30,6 +30,7 @@ from autograd.nn import channel_affine
 from ..layers import check_dtype, check_input, example
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Bools, Derived, Ints, Space, image
 
 NAME = "shuffle-attention"
 GN_EPS = 1e-5
@@ -123,5 +124,9 @@ register(Mechanism(
     paper=Paper("Zhang, Yang", "SA-Net: Shuffle Attention for Deep Convolutional Neural Networks", "ICASSP", 2021),
     init=init, apply_fn=shuffle_attention, config={"channels": 16, "groups": 2, "official_init": False},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 16, 5, 6), dtype),),
+    # C = 2 G Cg (init's rule), down to one channel per half; a 1x1 map has zero variance (GN's eps alone)
+    space=Space(config={"groups": Ints(1, 4), "_half": Ints(1, 4),
+                        "channels": Derived(lambda v: 2 * v.groups * v._half), "official_init": Bools()},
+                inputs=image()),
     description="per-group channel gate on one half, GroupNorm spatial gate on the other, then a channel shuffle",
 ))

@@ -29,6 +29,7 @@ from autograd.nn import channel_affine
 from ..layers import check_input, example
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Bools, Choice, Ints, Space, image
 
 NAME = "simam"
 E_LAMBDA = 1e-4
@@ -83,5 +84,10 @@ register(Mechanism(
     init=init, apply_fn=simam, config={},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 8, 5, 4), dtype),),
     channel_axis=None,
+    # any C (no parameters); a 1x1 map gives the official NaN (0/0) with n = H W - 1, and with lambda = 0
+    # (accepted: lambda >= 0) the 0/0 of a zero spread: excluded as SGE's NaN points are
+    space=Space(config={"_channels": Ints(1, 8)},
+                options={"e_lambda": Choice(E_LAMBDA, 0.0, 1.0), "unbiased": Bools()}, inputs=image("_channels"),
+                where=(lambda v: v.height * v.width > 1 or v.batch == 0 or (not v.unbiased and v.e_lambda > 0),)),
     description="parameter-free 3-D gate from each neuron's minimal energy within its channel map",
 ))

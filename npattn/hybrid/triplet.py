@@ -38,6 +38,7 @@ import autograd as ag
 from ..layers import batch_norm, check_dtype, check_input, example, init_batch_norm, init_conv
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Bools, Choice, Ints, Space, bn_train, image
 
 NAME = "triplet"
 BN_MOMENTUM = 0.01        # the official BasicConv's BatchNorm2d(momentum=0.01), eps 1e-5
@@ -138,5 +139,12 @@ register(Mechanism(
     init=init, apply_fn=triplet, config={},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 6, 5, 7), dtype),),
     channel_axis=None,
+    # any C (no parameter depends on it); odd kernels up to wider than the planes (zero padding); in training
+    # each gate's BatchNorm2d(1) sees N C W (cw), N H C (hc) and N H W (hw) values
+    space=Space(config={"_channels": Ints(1, 8), "kernel_size": Choice(7, 1, 3, 5, 9), "no_spatial": Bools()},
+                inputs=image("_channels"),
+                where=(bn_train(lambda v: v.batch * v._channels * v.width),
+                       bn_train(lambda v: v.batch * v.height * v._channels),
+                       lambda v: v.no_spatial or bn_train(lambda v: v.batch * v.height * v.width)(v))),
     description="three Z-pool + 7x7 conv gates on the (C, W), (H, C) and (H, W) planes, averaged",
 ))

@@ -748,3 +748,50 @@ def _report(mech, settings, model, plan, params, out, grads, updated, run, train
         if plan[key].key is not None and plan[key].key[0] == "params":
             report.fail(f"running {key}", "npattn updated a buffer that the Flax side holds as a trainable parameter")
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# check_module: compare across the configurations of the entry's space
+
+
+def check_module(factory, name: str, *, key_map, max_examples: int = 25, seed: int = 0, space=None,
+                 channels_last: bool = False, call_kwargs: dict | None = None, rtol: float = 1e-10,
+                 atol: float = 1e-12, equal_nan: bool = False, **fixed):
+    """Compare the Flax module ``factory(**config)`` with npattn's ``name`` across the entry's space.
+
+    ::
+
+        def test_my_flax_se():
+            check_module(lambda channels, reduction, bias: MySE(reduction, bias), "se",
+                         key_map={"fc1": dense("Dense_0"), "fc2": dense("Dense_1")}, channels_last=True)
+
+    As :func:`npattn.interop.torch.check_module`: for each configuration hypothesis draws from the space
+    (derandomised by ``seed``; ``fixed`` values held, ``space`` replacing the entry's), npattn's ``init``
+    parameters are loaded into the module -- an NNX module through :func:`load_nnx`, a Linen module as
+    ``variables`` from :func:`to_flax_variables` -- and :func:`compare` runs both in float64 (``jax_enable_x64``
+    on while the factory builds the module and during the comparison).  ``key_map`` (npattn prefix ->
+    :class:`Layer`) may be a function of ``config``.  A mismatch, or a module that raises, is an AssertionError
+    naming the shrunk configuration, the worst tensor and element, and the seed.
+    """
+    from ._fuzz import fuzz, host_inputs
+
+    mech = get(name)
+
+    def check_one(case):
+        mapping = key_map(case.config) if callable(key_map) else key_map
+        with jax.enable_x64(True):
+            module = factory(**case.config)
+            kwargs = dict(key_map=mapping, config=case.config, train=case.train, channels_last=channels_last,
+                          call_kwargs=call_kwargs, rtol=rtol, atol=atol, equal_nan=equal_nan, seed=case.seed,
+                          **case.point.options)
+            if _is_nnx(module):
+                return compare(load_nnx(module, case.params, mapping), mech.name, *host_inputs(case), **kwargs)
+            if _is_linen(module):
+                return compare(module, mech.name, *host_inputs(case),
+                               variables=to_flax_variables(case.params, mapping), **kwargs)
+        raise TypeError(f"check_module: factory returned {type(module).__name__}, not a Flax module (NNX or Linen)")
+
+    label = getattr(factory, "__qualname__", type(factory).__name__)
+    return fuzz(check_one, mech.name, max_examples=max_examples, seed=seed, fixed=fixed, space=space,
+                actual=f"Flax module from {label}",
+                replay=f"check_module({label}, {mech.name!r}{''.join(f', {k}={v!r}' for k, v in fixed.items())})")

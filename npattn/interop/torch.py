@@ -291,3 +291,64 @@ def _run_torch(module, host_inputs: list, train: bool, seed: int):
     module.zero_grad(set_to_none=True)
     out_t.backward(torch.from_numpy(cotangent))
     return out_t, torch_inputs, cotangent
+
+
+# ---------------------------------------------------------------------------------------------
+# check_module: compare across the configurations of the entry's space
+
+
+def _to_module_state(params: dict, name: str, key_map: dict) -> dict:
+    """The torch state_dict of ``params`` under the module's names: ``key_map`` (torch -> npattn, as in
+    :func:`compare`) inverted; several torch names of one npattn tensor (an alias) each get a copy."""
+    state = to_torch_state_dict(params, name=name)
+    torch_names: dict = {}
+    for torch_name, npattn_name in key_map.items():
+        torch_names.setdefault(npattn_name, []).append(torch_name)
+    renamed = {}
+    for key, tensor in state.items():
+        for target in torch_names.get(key, [key]):
+            renamed[target] = tensor.clone()
+    return renamed
+
+
+def check_module(factory, name: str, *, max_examples: int = 25, seed: int = 0, key_map=None, space=None,
+                 rtol: float = 1e-10, atol: float = 1e-12, equal_nan: bool = False, **fixed):
+    """Compare ``factory(**config)`` with npattn's ``name`` across configurations drawn from the entry's space.
+
+    ::
+
+        def test_my_se():
+            check_module(lambda channels, reduction, bias: MySE(channels, reduction, bias), "se")
+
+    For each configuration hypothesis draws (``max_examples`` of them, derandomised by ``seed``): npattn's
+    ``init`` makes parameters for it, they are loaded (strictly) into ``factory(**config)`` -- ``config`` is
+    ``init``'s keywords, the entry's ``config`` updated with the drawn values -- converted to float64, and
+    :func:`compare` runs both on the drawn inputs (batch 0 and 1, odd sizes, train and eval): output, input
+    gradients, every parameter gradient, and the running statistics in train mode.  ``fixed`` holds values of the
+    space (``bias=False`` for a module without one, ``train=False``); ``space`` replaces the entry's space;
+    ``key_map`` maps torch names to npattn names as in :func:`compare`, or is a function of ``config`` returning
+    that mapping (names that depend on a layer count); ``rtol``, ``atol`` and ``equal_nan`` as in :func:`compare`
+    (``equal_nan=True`` where both are meant to give NaN, as the official SimAM on a 1x1 map).
+
+    Returns a :class:`~npattn.interop._fuzz.FuzzResult`.  On a mismatch -- or when the module raises, or its
+    state does not load -- raises AssertionError naming the shrunk minimal configuration, the worst tensor and
+    element, and the seed to replay, followed by the full report.  Needs hypothesis.
+    """
+    from ._fuzz import fuzz, host_inputs
+
+    mech = get(name)
+
+    def check_one(case):
+        mapping = key_map(case.config) if callable(key_map) else dict(key_map or {})
+        module = factory(**case.config)
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"check_module: factory returned {type(module).__name__}, not a torch.nn.Module")
+        module = module.to(torch.float64)
+        module.load_state_dict(_to_module_state(case.params, mech.name, mapping), strict=True)
+        return compare(module, mech.name, *host_inputs(case), train=case.train, key_map=mapping, config=case.config,
+                       rtol=rtol, atol=atol, equal_nan=equal_nan, seed=case.seed, **case.point.options)
+
+    label = getattr(factory, "__qualname__", type(factory).__name__)
+    return fuzz(check_one, mech.name, max_examples=max_examples, seed=seed, fixed=fixed, space=space,
+                actual=f"torch module from {label}",
+                replay=f"check_module({label}, {mech.name!r}{''.join(f', {k}={v!r}' for k, v in fixed.items())})")

@@ -58,6 +58,7 @@ import autograd as ag
 from ..layers import example, init_linear, linear
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import BATCH, Choice, Inputs, Ints, Space
 from ._sequence import (
     additive_energy,
     check_batch,
@@ -255,11 +256,29 @@ def _example(rng, dtype=np.float64):
     return example(rng, (2, 6, 6), dtype), example(rng, (2, 5, 6), dtype), padding
 
 
+def _space_inputs(rng, v, dtype):
+    """Source and target embeddings and a source padding mask whose rows keep at least ``_min_kept`` words
+    (0: a fully padded sentence, whose alignment row is all zeros)."""
+    kept = rng.integers(v._min_kept, v.source_length + 1, size=v.batch)
+    padding = ag.from_numpy(np.arange(v.source_length)[None, :] >= kept[:, None])
+    return (example(rng, (v.batch, v.source_length, v.embed_dim), dtype),
+            example(rng, (v.batch, v.target_length, v.embed_dim), dtype), padding)
+
+
+# Every size from 1 (n' and l default to n and m: None), one source and one target word up (Tx, Ty >= 1 is
+# the model's rule), padded and fully padded sentences, both readouts
+SPACE = Space(config={"embed_dim": Ints(1, 6), "hidden": Ints(1, 5), "vocab": Ints(1, 10),
+                      "align_dim": Choice(None, Ints(1, 7)), "maxout": Choice(None, Ints(1, 4))},
+              options={"readout_state": Choice(*READOUT_STATES)},
+              inputs=Inputs({"batch": BATCH, "source_length": Ints(1, 5), "target_length": Ints(1, 5),
+                             "_min_kept": Ints(0, lambda v: v.source_length)}, _space_inputs))
+
+
 register(Mechanism(
     name=NAME, family="origins",
     paper=Paper("Bahdanau, Cho, Bengio", "Neural Machine Translation by Jointly Learning to Align and Translate",
                 "ICLR", 2015),
     init=init, apply_fn=bahdanau, config={"embed_dim": 6, "hidden": 5, "vocab": 10, "align_dim": 7, "maxout": 4},
-    example_input=_example, differentiable_inputs=(0, 1), channel_axis=None,
+    example_input=_example, differentiable_inputs=(0, 1), channel_axis=None, space=SPACE,
     description="bidirectional-GRU encoder, additive alignment, GRU decoder with maxout readout (log-probs)",
 ))

@@ -57,7 +57,7 @@ Inputs are RGB images (N, 3, H, W) with non-negative values (e.g. in [0, 1]); H 
 
 Parameters: none.  :func:`itti` takes ``params`` for the registry's uniform signature and accepts only an
 empty dict; any key is a KeyError saying that the model has no parameters (never silently ignored).  The
-keyword options are validated (types, ranges, odd Gabor size) with the expected and the received value.
+keyword options are validated (types, ranges, odd Gabor size >= 3) with the expected and the received value.
 """
 from __future__ import annotations
 
@@ -73,6 +73,7 @@ from autograd import backend
 from ..layers import check_input
 from ..params import ParameterKeyError
 from ..registry import Mechanism, Paper, register
+from ..space import BATCH, Choice, Derived, Inputs, Ints, Space
 
 NAME = "itti"
 
@@ -305,8 +306,10 @@ def _validate_options(levels: int, centers, deltas, map_level: int, gabor: tuple
     if not _integer(map_level) or not 0 <= map_level < levels:
         raise ValueError(f"{NAME}: map_level must be an integer in 0..{levels - 1}, got {map_level!r}")
     size, sigma, wavelength, gamma = gabor
-    if not _integer(size) or size < 1 or size % 2 == 0:
-        raise ValueError(f"{NAME}: gabor_size must be an odd positive integer (a centred kernel), got {size!r}")
+    # 1 x 1 is odd but degenerate: its zero-mean kernel is 0 and the L1 normalisation 0/0 made every map NaN
+    if not _integer(size) or size < 3 or size % 2 == 0:
+        raise ValueError(f"{NAME}: gabor_size must be an odd integer >= 3 (a centred kernel; a zero-mean 1 x 1 "
+                         f"kernel is 0), got {size!r}")
     for name, value in (("gabor_sigma", sigma), ("gabor_wavelength", wavelength), ("gabor_gamma", gamma),
                         ("norm_max", norm_max)):
         _positive_finite(name, value)
@@ -532,12 +535,44 @@ def _colour_kink_distance(pixels: np.ndarray) -> np.ndarray:
     return np.where(intensity > 0.2, distance, 0.0)  # 0.2 > 2 * max(I)/10 keeps clear of the mask's edge
 
 
+def _space_images(rng, v, dtype):
+    """Non-negative RGB images (N, 3, H, W) with every pixel clear of the colour kinks (no selection margin:
+    that search runs the model and depends on the options)."""
+    images = [_colour_safe_image(rng, v.height, v.width, 1e-3) for _ in range(v.batch)]
+    stacked = np.stack(images) if images else np.zeros((0, 3, v.height, v.width))
+    return (backend.from_numpy(stacked.astype(dtype)),)
+
+
+def _smallest(v) -> int:
+    return 2 ** (v.levels - 1)
+
+
+_SIDE = Ints(_smallest, lambda v: _smallest(v) + 4)
+
+
+# Pyramids of 2 to 5 levels on maps from their smallest accepted side 2^(L-1) (conspicuity_maps' rule) to a few
+# pixels above (odd sizes: ceil rounding per level); contiguous or gapped sets of one or two centres and deltas
+# with every surround c + delta <= L - 1; the map at any level (above the centres too: bilinear enlarging);
+# Gabor kernels from 3 x 3 to wider than the coarse levels (replicate padding); N(.) with another range M.
+SPACE = Space(config={},
+              options={"levels": Ints(2, 5), "_c0": Ints(0, lambda v: v.levels - 2),
+                       "_c1": Ints(lambda v: v._c0, lambda v: v.levels - 2),
+                       "centers": Derived(lambda v: tuple(sorted({v._c0, v._c1}))),
+                       "_d0": Ints(1, lambda v: v.levels - 1 - v._c1),
+                       "_d1": Ints(lambda v: v._d0, lambda v: v.levels - 1 - v._c1),
+                       "deltas": Derived(lambda v: tuple(sorted({v._d0, v._d1}))),
+                       "map_level": Ints(0, lambda v: v.levels - 1), "gabor_size": Choice(7, 3, 5, 9),
+                       "gabor_sigma": Choice(2.0, 0.5, 4.0), "gabor_wavelength": Choice(4.0, 2.0, 8.0),
+                       "gabor_gamma": Choice(0.5, 1.0, 2.0), "norm_max": Choice(1.0, 0.1, 10.0)},
+              inputs=Inputs({"batch": BATCH, "height": _SIDE, "width": _SIDE}, _space_images))
+
+
 register(Mechanism(
     name=NAME, family="origins",
     paper=Paper("Itti, Koch, Niebur", "A Model of Saliency-Based Visual Attention for Rapid Scene Analysis",
                 "IEEE TPAMI", 1998),
     init=init, apply_fn=itti, config={}, options=dict(SMALL_OPTIONS),
     example_input=lambda rng, dtype=np.float64: (example_image(rng, (2, 3, 32, 32), dtype),),
-    channel_axis=1, min_spatial=2 ** (SMALL_OPTIONS["levels"] - 1),
+    channel_axis=1, min_spatial=2 ** (SMALL_OPTIONS["levels"] - 1), space=SPACE,
     description="bottom-up saliency: centre-surround feature pyramids, N(.) normalisation, WTA + IOR fixations",
 ))

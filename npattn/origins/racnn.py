@@ -51,6 +51,7 @@ import autograd as ag
 from ..layers import check_dtype, check_input, conv, example, init_conv, init_linear, linear
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import BATCH, Bools, Choice, Derived, Inputs, Ints, Space
 from ._labels import check_labels
 from ._sequence import prefix_view
 
@@ -266,5 +267,16 @@ register(Mechanism(
     config={"channels": 3, "image_size": 16, "width": 8, "apn_hidden": 16, "num_classes": 5},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 3, 16, 16), dtype),),
     channel_axis=1, min_spatial=16,
+    # S = 4 (S/4)^2-feature classifiers (init's rule: S divisible by 4), the input S x S as the parameters fix it;
+    # one class, one APN unit; both backbones, both estimators, a soft and a steep boxcar; the default's S = 16
+    # and 16 APN units as a choice beside the small ones
+    space=Space(config={"channels": Ints(1, 3), "_quarter": Choice(Ints(1, 3), 4),
+                        "image_size": Derived(lambda v: 4 * v._quarter),
+                        "width": Ints(1, 8), "apn_hidden": Choice(Ints(1, 6), 16), "num_classes": Ints(1, 5)},
+                options={"k": Choice(10.0, 1.0, 50.0), "grad_through_sampling": Bools(),
+                         "activation": Choice("tanh", "relu"), "pooling": Choice("avg", "max")},
+                # the map's side is the config's image_size (and "width" is the CNN's, so no height/width dims)
+                inputs=Inputs({"batch": BATCH}, lambda rng, v, dtype: (
+                    example(rng, (v.batch, v.channels, v.image_size, v.image_size), dtype),))),
     description="attention proposal network crops and zooms a box (differentiable boxcar mask) over three scales",
 ))

@@ -60,6 +60,7 @@ import autograd as ag
 from ..layers import check_dtype, check_input, example, init_linear, linear
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import BATCH, SIZE, Bools, Choice, Inputs, Ints, Space
 from ._labels import check_labels
 
 NAME = "ram"
@@ -348,6 +349,32 @@ def _example(rng, dtype=np.float64):
     return images, ag.from_numpy(np.concatenate([first, samples], axis=1).astype(dtype))
 
 
+def _space_inputs(rng, v, dtype):
+    """Images (N, C, H, W) and T + 1 pre-clamp locations, some outside [-1, 1] (the clamp)."""
+    locations = rng.uniform(-1.2, 1.2, (v.batch, v.glimpses + 1, 2))
+    return example(rng, (v.batch, v.channels, v.height, v.width), dtype), ag.from_numpy(locations.astype(dtype))
+
+
+def _sides_divide(v) -> bool:
+    """patch_sides' rule: every patch side int(s * previous) a positive multiple of g."""
+    side = v.patch_size
+    for _ in range(v.num_patches):
+        if side < 1 or side % v.patch_size:
+            return False
+        side = int(v.glimpse_scale * side)
+    return True
+
+
+# g, k and the hidden sizes from 1; glimpse scales below 1, fractional and integer (the sides must stay
+# multiples of g: a constraint); patches larger than the image (outside reads zero); T from one glimpse
+SPACE = Space(config={"channels": Ints(1, 3), "patch_size": Ints(1, 4), "num_patches": Ints(1, 3),
+                      "glimpse_hidden": Ints(1, 8), "loc_hidden": Ints(1, 8), "num_classes": Ints(1, 5)},
+              options={"glimpse_scale": Choice(2, 1, 3, 0.5, 1.5), "detach_policy_input": Bools(),
+                       "detach_baseline_input": Bools()},
+              inputs=Inputs({"batch": BATCH, "glimpses": Ints(1, 4), "height": SIZE, "width": SIZE}, _space_inputs),
+              where=(_sides_divide,))
+
+
 register(Mechanism(
     name=NAME, family="origins",
     paper=Paper("Mnih, Heess, Graves, Kavukcuoglu", "Recurrent Models of Visual Attention", "NeurIPS", 2014),
@@ -355,7 +382,7 @@ register(Mechanism(
     config={"channels": 1, "glimpse_hidden": 8, "loc_hidden": 8, "num_classes": 4,
             "patch_size": SMALL_GLIMPSE["patch_size"], "num_patches": SMALL_GLIMPSE["num_patches"]},
     options={"glimpse_scale": SMALL_GLIMPSE["glimpse_scale"]},        # g and k reach apply as structure
-    example_input=_example, differentiable_inputs=(0,), channel_axis=1,
+    example_input=_example, differentiable_inputs=(0,), channel_axis=1, space=SPACE,
     description="hard attention: a recurrent glimpse policy trained with REINFORCE; inputs are image and "
                 "sampled locations",
 ))

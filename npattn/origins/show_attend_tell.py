@@ -64,6 +64,8 @@ from autograd import backend
 from ..layers import check_dtype, check_input, example, init_linear, linear
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import BATCH as ANY_BATCH
+from ..space import Bools, Choice, Inputs, Ints, Space
 from ._sequence import additive_energy, check_padding_mask, check_tokens, shift_right, weighted_sum
 
 NAME = "show-attend-tell"
@@ -457,14 +459,45 @@ def _hard_example(rng, dtype=np.float64):
     return features, captions, padding, backend.from_numpy(samples)
 
 
+def _space_inputs(hard: bool):
+    """Features (B, D, H, W), captions (B, T) in [0, vocab), a padding mask keeping at least ``_min_kept``
+    words per caption (0: all padding) and, for hard attention, one-hot samples (B, T, H, W)."""
+    def build(rng, v, dtype):
+        features = example(rng, (v.batch, v.ctx_dim, v.height, v.width), dtype)
+        captions = backend.from_numpy(rng.integers(0, v.vocab, size=(v.batch, v.steps)).astype(np.int64))
+        kept = rng.integers(v._min_kept, v.steps + 1, size=v.batch)
+        padding = backend.from_numpy(np.arange(v.steps)[None, :] >= kept[:, None])
+        if not hard:
+            return features, captions, padding
+        where = rng.integers(0, v.height * v.width, size=(v.batch, v.steps))
+        samples = np.eye(v.height * v.width, dtype=dtype)[where].reshape(v.batch, v.steps, v.height, v.width)
+        return features, captions, padding, backend.from_numpy(samples)
+    dims = {"batch": ANY_BATCH, "steps": Ints(1, 4), "_min_kept": Ints(0, lambda v: v.steps), "height": Ints(1, 5),
+            "width": Ints(1, 5)}
+    return Inputs(dims, build)
+
+
+def _space(hard: bool) -> Space:
+    """Sizes from 1 (one location, one word, a one-word vocabulary), both structure options, ``prev2out``;
+    the hard path's inverse temperature (the soft path accepts only 1)."""
+    options = {"prev2out": Bools()}
+    if hard:
+        options["temperature"] = Choice(1.0, 0.5, 3.0)
+    return Space(config={"ctx_dim": Ints(1, 8), "hidden": Ints(1, 6), "embed_dim": Ints(1, 5), "vocab": Ints(1, 10),
+                         "selector": Bools(), "ctx2out": Bools()},
+                 options=options, inputs=_space_inputs(hard))
+
+
 register(Mechanism(
     name=NAME, family="origins", paper=PAPER, init=init, apply_fn=show_attend_tell, config=dict(CONFIG),
     options={"attention": "soft"}, example_input=_soft_example, differentiable_inputs=(0,), channel_axis=1,
+    space=_space(hard=False),
     description="LSTM captioner with soft attention over annotation vectors, gating scalar beta (log-probs)",
 ))
 
 register(Mechanism(
     name=NAME + "-hard", family="origins", paper=PAPER, init=init, apply_fn=show_attend_tell, config=dict(CONFIG),
     options={"attention": "hard"}, example_input=_hard_example, differentiable_inputs=(0,), channel_axis=1,
+    space=_space(hard=True),
     description="hard (sampled one-hot) attention variant, given the samples (log-probs)",
 ))

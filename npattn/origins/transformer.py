@@ -62,6 +62,7 @@ from autograd import backend
 from ..layers import example, init_layer_norm, init_linear, layer_norm, linear
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import BATCH, Bools, Choice, Derived, Inputs, Ints, Space
 from ._sequence import check_batch, check_padding_mask, check_sequence, keep_from_padding, prefix_view
 
 NAME = "transformer"
@@ -593,15 +594,66 @@ def _transformer_example(rng, dtype=np.float64):
             _padding(rng, 2, 5, 3))
 
 
+def _space_padding(rng, batch: int, length: int, min_kept: int):
+    """A (B, L) padding mask (True = pad) keeping at least ``min_kept`` positions per row (0: all padding)."""
+    kept = rng.integers(min_kept, length + 1, size=batch)
+    return backend.from_numpy(np.arange(length)[None, :] >= kept[:, None])
+
+
+#: d_model = heads * d_k (heads must divide it): drawn as the two factors, from one head of one feature up (and
+#: d_k = 8 beside the small ones: the defaults' d_model 16 with 2 heads)
+_HEADS = {"_heads": Ints(1, 3), "_head_dim": Choice(Ints(1, 4), 8),
+          "d_model": Derived(lambda v: v._heads * v._head_dim)}
+#: dropout rates: any in eval (the identity there, but checked); 0 in training, where p > 0 needs an rng
+_RATE = Choice(0.0, 0.1, 0.5)
+
+
+def _space_mha_inputs(rng, v, dtype):
+    return (example(rng, (v.batch, v.query_length, v.d_model), dtype),
+            example(rng, (v.batch, v.key_length, v.d_model), dtype),
+            example(rng, (v.batch, v.key_length, v.d_model), dtype),
+            _space_padding(rng, v.batch, v.key_length, v._min_kept))
+
+
+def _space_transformer_inputs(rng, v, dtype):
+    return (example(rng, (v.batch, v.source_length, v.d_model), dtype),
+            example(rng, (v.batch, v.target_length, v.d_model), dtype),
+            _space_padding(rng, v.batch, v.source_length, v._min_source),
+            _space_padding(rng, v.batch, v.target_length, v._min_target))
+
+
+# Query and key lengths from 1 and unequal (causal on Lq != Lk too), padded rows down to none kept (all-zero
+# weights), both bias structures
+MHA_SPACE = Space(config={**_HEADS, "attn_bias": Bools()},
+                  options={"heads": Derived(lambda v: v._heads), "causal": Bools(), "dropout": _RATE},
+                  inputs=Inputs({"batch": BATCH, "query_length": Ints(1, 5), "key_length": Ints(1, 5),
+                                 "_min_kept": Ints(0, lambda v: v.key_length)}, _space_mha_inputs),
+                  where=(lambda v: not v.train or v.dropout == 0.0,))
+
+# One or two layers per stack, d_ff from 1, both position layouts (odd d_model: concat's zero column), LayerNorm
+# eps 0 where a row has more than one feature (one feature and eps 0 is 0/0: NaN, as torch), every dropout
+# rate in eval
+TRANSFORMER_SPACE = Space(
+    config={**_HEADS, "d_ff": Choice(Ints(1, 8), 32), "num_layers": Ints(1, 2), "attn_bias": Bools()},
+    options={"heads": Derived(lambda v: v._heads), "dropout": _RATE, "attention_dropout": _RATE,
+             "relu_dropout": _RATE, "pe_layout": Choice(*PE_LAYOUTS), "eps": Choice(1e-6, 1e-5, 0.0)},
+    inputs=Inputs({"batch": BATCH, "source_length": Ints(1, 5), "target_length": Ints(1, 5),
+                   "_min_source": Ints(0, lambda v: v.source_length),
+                   "_min_target": Ints(0, lambda v: v.target_length)}, _space_transformer_inputs),
+    where=(lambda v: not v.train or v.dropout == v.attention_dropout == v.relu_dropout == 0.0,
+           lambda v: v.eps > 0.0 or v.d_model > 1 or v.batch == 0))
+
+
 register(Mechanism(
     name=NAME_MHA, family="origins", paper=PAPER, init=init_mha, apply_fn=mha,
     config={"d_model": 16}, options={"heads": 2}, example_input=_mha_example, differentiable_inputs=(0, 1, 2),
-    channel_axis=None, description="multi-head scaled dot-product attention with padding / causal masks",
+    channel_axis=None, space=MHA_SPACE,
+    description="multi-head scaled dot-product attention with padding / causal masks",
 ))
 
 register(Mechanism(
     name=NAME, family="origins", paper=PAPER, init=init, apply_fn=transformer,
     config={"d_model": 16, "d_ff": 32, "num_layers": 2}, options={"heads": 2}, example_input=_transformer_example,
-    differentiable_inputs=(0, 1), stochastic=True, channel_axis=None,
+    differentiable_inputs=(0, 1), stochastic=True, channel_axis=None, space=TRANSFORMER_SPACE,
     description="post-LN encoder-decoder with sinusoidal positions (returns the decoder output)",
 ))

@@ -66,6 +66,7 @@ from ..layers import (
 )
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import BATCH, SIZE, Bools, Choice, Inputs, Ints, Space, bn_train, image
 from ._common import check_dropout, dot_product_attention, dropout2d, flatten_spatial, zero_conv
 
 NAME = "ann"
@@ -342,6 +343,19 @@ def ann_afnb(params, low, high, *, train: bool = False, psp_sizes=PSP_SIZES, dro
     return dropout2d(fused, dropout, train, rng, NAME)
 
 
+#: apply options of both blocks: the pyramid's pooled sizes (official (1, 3, 6, 8); one level, unordered, and
+#: sizes above the map) and the Dropout2d probability
+_PYRAMID_OPTIONS = {"psp_sizes": Choice(PSP_SIZES, (1,), (2,), (3, 1), (1, 2, 4), (8,)), "dropout": Choice(0.0, 0.3)}
+
+
+def _low_high_inputs() -> Inputs:
+    """AFNB's (low (B, C_low, H', W'), high (B, C_high, H, W)), the two maps' sizes drawn independently."""
+    dims = {"batch": BATCH, "low_height": SIZE, "low_width": SIZE, "height": SIZE, "width": SIZE}
+    return Inputs(dims, lambda rng, v, dtype: (
+        example(rng, (v.batch, v.low_channels, v.low_height, v.low_width), dtype),
+        example(rng, (v.batch, v.high_channels, v.height, v.width), dtype)))
+
+
 _PAPER = Paper("Zhu, Xu, Bai, Huang, Bai", "Asymmetric Non-local Neural Networks for Semantic Segmentation",
                "ICCV", 2019)
 
@@ -349,6 +363,15 @@ register(Mechanism(
     name="ann-apnb", family="self_attention", paper=_PAPER, init=init_apnb, apply_fn=ann_apnb,
     config={"channels": 16, "key_channels": 8, "value_channels": 8, "zero_init": False},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 16, 9, 9), dtype),),
+    # Ck, Cv are free of C (1x1 convs; None = C // 2, >= 1 from C = 2); pyramids finer than the map repeat
+    # PyTorch's overlapping adaptive bins; dropout only in eval (training with it needs an rng); the BNs see
+    # B H W values per channel
+    space=Space(config={"channels": Ints(1, 16), "key_channels": Choice(None, Ints(1, 8)),
+                        "value_channels": Choice(None, Ints(1, 8)), "zero_init": Bools()},
+                options=_PYRAMID_OPTIONS | {"query_key_bn_updates": Choice(1, 2)}, inputs=image(),
+                where=(lambda v: v.channels >= 2 or None not in (v.key_channels, v.value_channels),
+                       lambda v: not v.train or v.dropout == 0.0,
+                       bn_train(lambda v: v.batch * v.height * v.width))),
     description="self-attention over 110 pyramid-pooled anchors (shared query/key transform)",
 ))
 
@@ -357,5 +380,13 @@ register(Mechanism(
     config={"low_channels": 12, "high_channels": 16, "key_channels": 8, "value_channels": 8, "zero_init": False},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 12, 9, 9), dtype),
                                                  example(rng, (2, 16, 7, 7), dtype)),
+    # low and high maps of independent sizes (the anchors do not depend on the key map's size); None widths are
+    # C_high / C_high // 8 (at least 1); the BNs see B H' W' (f_key) and B H W (f_query, fusion) values
+    space=Space(config={"low_channels": Ints(1, 12), "high_channels": Ints(1, 16),
+                        "out_channels": Choice(None, Ints(1, 6)), "key_channels": Choice(None, Ints(1, 8)),
+                        "value_channels": Choice(None, Ints(1, 8)), "zero_init": Bools()},
+                options=_PYRAMID_OPTIONS, inputs=_low_high_inputs(),
+                where=(lambda v: not v.train or v.dropout == 0.0,
+                       bn_train(lambda v: v.batch * min(v.height * v.width, v.low_height * v.low_width)))),
     description="fusion of low-level keys/values (110 pyramid anchors) with high-level queries",
 ))

@@ -39,6 +39,7 @@ import autograd as ag
 from ..layers import check_dtype, check_input, conv, conv_shapes, example, init_conv, take_all
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Choice, Ints, Space, image
 from ._common import init_gamma
 
 NAME = "ccnet"
@@ -170,5 +171,9 @@ register(Mechanism(
                 "ICCV", 2019),
     init=init, apply_fn=ccnet, config={"channels": 16, "gamma_init": 0.5},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 16, 5, 7), dtype),),
+    # C // 8 >= 1 is init's rule, C from 8 up (with remainders); a one-row (or one-column) map leaves the column
+    # (row) branch only the position itself; gamma 0 is the official identity start
+    space=Space(config={"channels": Ints(8, 20), "gamma_init": Choice(0.5, 0.0, -1.0)},
+                options={"recurrence": Ints(1, 3)}, inputs=image()),
     description="recurrent (R=2) criss-cross attention over each position's row and column",
 ))

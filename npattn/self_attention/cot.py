@@ -44,6 +44,7 @@ import autograd as ag
 from ..layers import batch_norm, check_dtype, check_input, conv, example, init_batch_norm, init_conv
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Choice, Derived, Ints, Space, bn_train, image
 
 NAME = "cot"
 SHARE_PLANES = 8        # official share_planes: C/8 weight groups
@@ -186,5 +187,10 @@ register(Mechanism(
     paper=Paper("Li, Yao, Pan, Mei", "Contextual Transformer Networks for Visual Recognition", "IEEE TPAMI", 2022),
     init=init, apply_fn=cot, config={"channels": 16},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 16, 5, 6), dtype),),
+    # C a positive multiple of 8 (init's rule); every odd k, kernels wider than the map (zero padding); the
+    # fusion's se.1 BN sees one value per sample (the other BNs B H W)
+    space=Space(config={"_eighths": Ints(1, 3), "channels": Derived(lambda v: 8 * v._eighths),
+                        "kernel_size": Choice(3, 1, 5, 7)},
+                inputs=image(), where=(bn_train(lambda v: v.batch),)),
     description="static k x k key context plus local attention from [query; keys], fused by radix-2 attention",
 ))

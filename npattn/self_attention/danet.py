@@ -61,6 +61,7 @@ from ..layers import (
 )
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Choice, Ints, Space, bn_train, image
 from ._common import conv_bn, dot_product_attention, flatten_spatial, init_gamma
 
 NAME = "danet"
@@ -213,16 +214,27 @@ def danet(params, x, *, train: bool = False, variant: str = "head", cam_form: st
 _PAPER = Paper("Fu, Liu, Tian, Li, Bao, Fang, Lu", "Dual Attention Network for Scene Segmentation", "CVPR", 2019)
 
 
-def _entry(name, variant, channels, shape, description, channel_axis=1):
+def _space(variant: str, channels: Ints | Choice) -> Space:
+    """``variant`` fixed, both CAM forms, gamma 0 (official identity start) too; the head's BNs see B H W values."""
+    return Space(config={"channels": channels, "variant": variant, "gamma_init": Choice(0.5, 0.0)},
+                 options={} if variant == "pam" else {"cam_form": Choice(*CAM_FORMS)}, inputs=image(),
+                 where=(bn_train(lambda v: v.batch * v.height * v.width),) if variant == "head" else ())
+
+
+def _entry(name, variant, channels, shape, description, space, channel_axis=1):
     register(Mechanism(
         name=name, family="self_attention", paper=_PAPER, init=init, apply_fn=danet,
         config={"channels": channels, "variant": variant, "gamma_init": 0.5},
         example_input=lambda rng, dtype=np.float64: (example(rng, shape, dtype),),
-        channel_axis=channel_axis, description=description,
+        channel_axis=channel_axis, space=space, description=description,
     ))
 
 
-_entry(NAME, "head", 64, (2, 64, 6, 6), "dual attention head: conv-BN-ReLU, PAM / CAM, conv-BN-ReLU, summed")
-_entry("danet-pam", "pam", 16, (2, 16, 6, 6), "position attention module: softmax over positions, gamma residual")
+# channel ranges from init's minimum: the head's PAM runs on C // 4 >= 8 channels, PAM needs C // 8 >= 1, CAM has
+# no parameter (any C); the head's default 64 as a choice beside the small ones
+_entry(NAME, "head", 64, (2, 64, 6, 6), "dual attention head: conv-BN-ReLU, PAM / CAM, conv-BN-ReLU, summed",
+       _space("head", Choice(Ints(32, 40), 64)))
+_entry("danet-pam", "pam", 16, (2, 16, 6, 6), "position attention module: softmax over positions, gamma residual",
+       _space("pam", Ints(8, 20)))
 _entry("danet-cam", "cam", 16, (2, 16, 6, 6), "channel attention module (official max-minus-energy form)",
-       channel_axis=None)
+       _space("cam", Ints(1, 16)), channel_axis=None)

@@ -40,6 +40,7 @@ from autograd import backend
 from ..layers import _uniform, batch_norm, check_dtype, check_input, example, init_batch_norm
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Bools, Choice, Ints, Space, bn_train, image
 
 NAME = "external"
 EPS = 1e-9
@@ -152,5 +153,10 @@ register(Mechanism(
                 "Tasks", "IEEE TPAMI", 2022),
     init=init, apply_fn=external, config={"channels": 16, "k": 8},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 16, 5, 6), dtype),),
+    # S independent of C (more units than channels too); the bare unit (no convs, no BN) and eps 0 (the
+    # fightingcv form); conv2's BN sees B H W values per channel
+    space=Space(config={"channels": Ints(1, 16), "k": Ints(1, 12), "bare": Bools()},
+                options={"eps": Choice(EPS, 0.0)}, inputs=image(),
+                where=(bn_train(lambda v: 2 if v.bare else v.batch * v.height * v.width),)),
     description="attention to two learnable external memories with softmax over pixels then l1 over units",
 ))

@@ -58,6 +58,7 @@ from ..layers import (
 )
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Bools, Choice, Ints, Space, image
 from ._common import flatten_spatial, init_conv_normal, zero_conv
 
 NAME = "gcnet"
@@ -172,5 +173,13 @@ register(Mechanism(
                 "ICCV Workshops", 2019),
     init=init, apply_fn=gcnet, config={"channels": 32, "ratio": 1 / 4, "zero_init": False},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 32, 6, 7), dtype),),
+    # P = int(C ratio) >= 1 is init's rule (P = 1 is the official constant transform, with a warning); ratios that
+    # truncate and ratios above 1; both poolings, every fusion set in either order
+    space=Space(config={"channels": Ints(1, 32), "ratio": Choice(1 / 4, 1 / 16, 1 / 3, 1 / 2, 1.0, 1.5),
+                        "pooling_type": Choice(*POOLINGS),
+                        "fusion_types": Choice(("channel_add",), ("channel_mul",), ("channel_add", "channel_mul"),
+                                               ("channel_mul", "channel_add")),
+                        "zero_init": Bools()},
+                inputs=image(), where=(lambda v: int(v.channels * v.ratio) >= 1,)),
     description="global context block: attention pooling, LayerNorm bottleneck, channel add",
 ))

@@ -70,6 +70,7 @@ from ..layers import (
 )
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Bools, Choice, Ints, Space, bn_train, image
 from ._common import aggregate, attention_map, dot_product_attention, flatten_spatial, init_conv_normal, zero_conv
 
 NAME = "nonlocal"
@@ -237,6 +238,19 @@ def non_local(params, x, *, train: bool = False, mode: str = "embedded_gaussian"
     return out + x                                                             # z = W_z y + x
 
 
+def _space(mode: str) -> Space:
+    """``mode`` fixed; Ci free of C (None = max(C // 2, 1)); both sub-sampling orders, which need H, W >= 2 (the
+    2x2 max-pool); the explicit ``scale`` only in the softmax modes; W's BN sees B H W values per channel."""
+    options = {"sub_sample": Bools(), "pool_first": Bools(), "use_scale": Bools()}
+    if mode in SOFTMAX_MODES:
+        options["scale"] = Choice(None, 0.5)
+    return Space(config={"channels": Ints(1, 16), "inter_channels": Choice(None, Ints(1, 8)), "mode": mode,
+                         "bn_layer": Bools(), "zero_init": Bools(), "conv_std": Choice(None, 0.01)},
+                 options=options, inputs=image(),
+                 where=(lambda v: not v.sub_sample or min(v.height, v.width) >= 2,
+                        bn_train(lambda v: v.batch * v.height * v.width if v.bn_layer else 2)))
+
+
 def _entry(name, mode, description):
     register(Mechanism(
         name=name, family="self_attention",
@@ -244,7 +258,7 @@ def _entry(name, mode, description):
         init=init, apply_fn=non_local,
         config={"channels": 16, "mode": mode, "zero_init": False},
         example_input=lambda rng, dtype=np.float64: (example(rng, (2, 16, 6, 6), dtype),),
-        min_spatial=2, description=description,
+        min_spatial=2, space=_space(mode), description=description,
     ))
 
 

@@ -66,6 +66,7 @@ from ..layers import (
 )
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import BATCH, SIZE, Bools, Choice, Derived, Inputs, Ints, Space, bn_train
 
 NAME = "iau"
 LAYOUTS = ("btchw", "bcthw")
@@ -247,6 +248,24 @@ def iau(params, x, *, train: bool = False, layout: str = "btchw") -> ag.Tensor:
     return ag.swapaxes(out, 1, 2) if layout == "btchw" else out
 
 
+def _clip(rng, v, dtype):
+    """One clip in the drawn layout, scaled by 0.5 as the example (CIAU's unscaled softmax saturates)."""
+    shape = (v.batch, v.frames, v.in_channels, v.height, v.width)
+    if v.layout == "bcthw":
+        shape = (v.batch, v.in_channels, v.frames, v.height, v.width)
+    return (example(rng, shape, dtype) * 0.5,)
+
+
+# C even (C/2 inter channels, up to the default's 16), P from one part up (T = P = 1: the node with no allowed
+# neighbour), one frame up, both layouts.  In training the BatchNorms see B T H W (W1, SA), B (T P)^2
+# (relation), B T P (Gconv) and B T (W2) values per channel: B T > 1 covers them all.
+SPACE = Space(config={"_half": Ints(1, 8), "in_channels": Derived(lambda v: 2 * v._half), "num_parts": Ints(1, 5),
+                      "zero_init": Bools()},
+              options={"layout": Choice(*LAYOUTS)},
+              inputs=Inputs({"batch": BATCH, "frames": Ints(1, 4), "height": SIZE, "width": SIZE}, _clip),
+              where=(bn_train(lambda v: v.batch * v.frames),))
+
+
 register(Mechanism(
     name=NAME, family="temporal",
     paper=Paper("Hou, Ma, Chang, Shan, Chen", "IAUnet: Global Context-Aware Feature Learning for Person "
@@ -254,6 +273,6 @@ register(Mechanism(
     init=init, apply_fn=iau, config={"in_channels": 16, "zero_init": False},
     # a (B, T, C, H, W) clip; scaled by 0.5 so that CIAU's unscaled softmax is not saturated
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 3, 16, 4, 4), dtype) * 0.5,),
-    channel_axis=2,
+    channel_axis=2, space=SPACE,
     description="video IAU block: channel interaction (CIAU) then part-based spatial-temporal graph (STIAU)",
 ))

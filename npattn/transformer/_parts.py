@@ -99,7 +99,10 @@ def attention_weights(query, key, *, scale: float, bias=None, mask=None, masked_
 
 def _manual_softmax(logits) -> ag.Tensor:
     """exp(x - max) / sum over the last axis, composed, as an unmasked framework softmax: a row of -inf is
-    exp(-inf + inf) = NaN, forward and backward (timm's manual path; the core's softmax gives 0 there)."""
+    exp(-inf + inf) = NaN, forward and backward (timm's manual path; the core's softmax gives 0 there).
+    No keys (an empty last axis): the empty result, as torch's softmax."""
+    if logits.shape[-1] == 0:
+        return logits * 0.0
     shift = ag.Tensor(ag.xp.max(logits.data, axis=-1, keepdims=True))          # a constant, as in torch
     with np.errstate(invalid="ignore"):
         exps = ag.exp(logits - shift)

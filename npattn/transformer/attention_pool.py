@@ -31,6 +31,7 @@ from autograd import backend
 from ..layers import check_dtype, check_input, example, init_linear, linear, linear_shapes, take_all
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Choice, Derived, Ints, Space, image
 from ._parts import check_positive_int, merge_heads, normal, softmax_attention, split_heads
 
 NAME = "attention-pool"
@@ -96,5 +97,12 @@ register(Mechanism(
     config={"spacial_dim": 3, "embed_dim": 16, "num_heads": 4, "output_dim": 12},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 16, 3, 3), dtype),),
     min_spatial=3,
+    # the map is P's s x s grid (any other size is refused), down to 1 x 1; C = heads * d with d = 1; an
+    # output_dim other than C (None = C)
+    space=Space(config={"spacial_dim": Derived(lambda v: v.height), "num_heads": Ints(1, 4), "_head_dim": Ints(1, 4),
+                        "embed_dim": Derived(lambda v: v.num_heads * v._head_dim),
+                        "output_dim": Choice(None, Ints(1, 12))},
+                inputs=image("embed_dim", height=Ints(1, 5), width=Derived(lambda v: v.height)),
+                where=(lambda v: v.width == v.height,)),
     description="CLIP attention pooling: the mean token queries all tokens (+ learnt positions) through MHA",
 ))

@@ -44,7 +44,9 @@ from ..layers import (
 )
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Bools, Derived, Ints, Space, bn_train
 from ._parts import check_positive_int, normal
+from ._spaces import map_inputs
 
 NAME = "axial"
 
@@ -170,5 +172,16 @@ register(Mechanism(
     config={"in_planes": 6, "out_planes": 8, "groups": 2, "kernel_size": 5},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 6, 5, 4), dtype),),
     min_spatial=5,
+    # groups dividing C_in and O with an even O / G (init's rules); the span K is the attended axis's length (the
+    # official layer is global), down to 1; AvgPool2d(stride) needs a map of at least the stride (PyTorch refuses
+    # an empty output); the BNs see B H W values per channel (bn_similarity B H W K)
+    space=Space(config={"groups": Ints(1, 3), "_in_per_group": Ints(1, 3), "_half_per_group": Ints(1, 2),
+                        "in_planes": Derived(lambda v: v.groups * v._in_per_group),
+                        "out_planes": Derived(lambda v: v.groups * 2 * v._half_per_group), "width": Bools(),
+                        "stride": Ints(1, 3),
+                        "kernel_size": Derived(lambda v: v.map_width if v.width else v.map_height)},
+                inputs=map_inputs("in_planes"),
+                where=(lambda v: min(v.map_height, v.map_width) >= v.stride,
+                       bn_train(lambda v: v.batch * v.map_height * v.map_width))),
     description="position-sensitive axial attention along H: BN'd q.k + q.r_q + k.r_k logits, values with r_v",
 ))

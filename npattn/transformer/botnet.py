@@ -34,6 +34,7 @@ import autograd as ag
 from ..layers import check_dtype, check_input, conv_shapes, example, take_all
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Bools, Choice, Derived, Ints, Space, image
 from ._parts import check_positive_int, trunc_normal
 
 NAME = "botnet"
@@ -144,5 +145,16 @@ register(Mechanism(
     init=init, apply_fn=botnet, config={"dim": 8, "feat_size": (4, 5), "num_heads": 2},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 8, 4, 5), dtype),),
     min_spatial=4,
+    # feat_size is the map's (H, W) (the relative tables fix it), down to 1 x 1 and non-square; dim_out a multiple
+    # of the heads (None = dim, then dim must be one); d from dim_head or make_divisible(dim_out qk_ratio, 8) / M;
+    # stride 2 pools with AvgPool2d(2), which PyTorch refuses on a side of 1
+    space=Space(config={"num_heads": Ints(1, 4), "dim": Ints(1, 12), "_v_head_dim": Ints(1, 3),
+                        "dim_out": Choice(None, Derived(lambda v: v.num_heads * v._v_head_dim)),
+                        "dim_head": Choice(None, Ints(1, 4)), "qk_ratio": Choice(1.0, 0.5, 2.0),
+                        "qkv_bias": Bools(), "stride": Choice(1, 2),
+                        "feat_size": Derived(lambda v: (v.height, v.width))},
+                options={"scale_pos_embed": Bools()}, inputs=image("dim", height=Ints(1, 6)),
+                where=(lambda v: v.dim_out is not None or v.dim % v.num_heads == 0,
+                       lambda v: v.stride == 1 or min(v.height, v.width) >= 2)),
     description="BoTNet MHSA: content logits plus 2-D relative position logits (key - query offsets), no proj",
 ))

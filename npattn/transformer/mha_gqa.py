@@ -32,6 +32,7 @@ from ..attention import apply_rope
 from ..layers import check_dtype, check_input, example, init_linear, linear
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Bools, Choice, Derived, Ints, Space, tokens
 
 NAME = "mha-gqa"
 QK_NORMS = ("none", "per-head", "full")
@@ -165,15 +166,33 @@ def _example(rng, dtype=np.float64):
     return (example(rng, (2, 6, 16), dtype),)
 
 
+def _space(*qk_norms: str) -> Space:
+    """Hkv dividing H (1 = MQA, H = MHA); hd = head_dim or dim // H, down to 1; RoPE rotates pairs, so it needs an
+    even hd (Meta's view_as_complex; npattn refuses an odd one); sequences of 0 and 1 tokens."""
+    norm_options = {} if qk_norms == ("none",) else {"norm_eps": Choice(1e-6, 1e-5)}
+    return Space(config={"dim": Ints(1, 16), "n_kv_heads": Ints(1, 3), "_groups": Ints(1, 4),
+                         "n_heads": Derived(lambda v: v.n_kv_heads * v._groups),
+                         "head_dim": Choice(None, Ints(1, 6)), "qk_norm": Choice(*qk_norms), "bias": Bools()},
+                 options={"rope": Bools(), "rope_layout": Choice("interleaved", "half"),
+                          "rope_theta": Choice(500000.0, 10000.0), **norm_options},
+                 inputs=tokens(length=Ints(0, 7)),
+                 where=(lambda v: _head_dim(v) >= 1, lambda v: not v.rope or _head_dim(v) % 2 == 0))
+
+
+def _head_dim(v) -> int:
+    return v.dim // v.n_heads if v.head_dim is None else v.head_dim
+
+
 register(Mechanism(
     name=NAME, family="transformer", paper=PAPER, init=init, apply_fn=mha_gqa,
     config={"dim": 16, "n_heads": 4, "n_kv_heads": 2}, example_input=_example, channel_axis=2,
+    space=_space("none"),
     description="LLaMA-style grouped-query attention: RoPE (interleaved), causal, query head h -> kv head h // 2",
 ))
 
 register(Mechanism(
     name="mha-gqa-qk-norm", family="transformer", paper=PAPER, init=init, apply_fn=mha_gqa,
     config={"dim": 16, "n_heads": 4, "n_kv_heads": 1, "head_dim": 6, "qk_norm": "per-head", "bias": True},
-    example_input=_example, channel_axis=2,
+    example_input=_example, channel_axis=2, space=_space("per-head", "full"),
     description="multi-query attention with Qwen3-style per-head qk RMSNorm, q/k/v biases and head_dim != dim/H",
 ))

@@ -31,7 +31,9 @@ import autograd as ag
 from ..layers import check_dtype, check_input, conv, conv_shapes, example, init_conv, take_all
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import BATCH, Bools, Choice, Inputs, Ints, Space
 from ._parts import check_pair
+from ._spaces import seeded_normal
 
 NAME = "mobilevit-v2"
 
@@ -114,10 +116,23 @@ def mobilevit_v2(params, x, *, train: bool = False, bias: bool = True, x_prev=No
     return conv(params, "out_proj", ag.relu(value) * context, bias=bias, out=dim)      # W_out (ReLU(V) cv)
 
 
+def _patches() -> Inputs:
+    """x (B, C, P, N): P pixels per patch, N patches, both down to 1 (one patch: a softmax over one value; the 1x1
+    convs refuse an empty P or N, as PyTorch's)."""
+    dims = {"batch": BATCH, "pixels": Ints(1, 6), "patches": Ints(1, 6)}
+    return Inputs(dims, lambda rng, v, dtype: (example(rng, (v.batch, v.embed_dim, v.pixels, v.patches), dtype),))
+
+
 register(Mechanism(
     name=NAME, family="transformer",
     paper=Paper("Mehta, Rastegari", "Separable Self-attention for Mobile Vision Transformers", "TMLR", 2023),
     init=init, apply_fn=mobilevit_v2, config={"embed_dim": 8, "bias": True},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 8, 4, 5), dtype),),
+    # self- and cross-attention (x_prev (B, C, P, M), M patches of its own, drawn from a seed)
+    space=Space(config={"embed_dim": Ints(1, 12), "bias": Bools()},
+                options={"_seed": Ints(0, 1000), "_prev_patches": Ints(1, 6),
+                         "x_prev": Choice(None, seeded_normal(lambda v: (v.batch, v.embed_dim, v.pixels,
+                                                                         v._prev_patches)))},
+                inputs=_patches()),
     description="MobileViT-v2 separable self-attention: one latent query, softmax over patches, ReLU(V) gating",
 ))

@@ -45,6 +45,8 @@ from autograd.backend import xp
 from ..layers import check_dtype, check_input, example, linear, linear_shapes, take_all
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import BATCH, Choice, Derived, Inputs, Ints, Space
+from ._spaces import seeded_bool
 
 NAME = "msdeform"
 PAPER = Paper("Zhu, Su, Lu, Li, Wang, Dai", "Deformable DETR: Deformable Transformers for End-to-End Object "
@@ -315,9 +317,54 @@ def _example(rng, dtype=np.float64):
             backend.from_numpy(mask))
 
 
+#: the most levels a drawn configuration has (each level's (H, W) is drawn from its own helper values)
+MAX_LEVELS = 3
+
+
+def _level_shapes(v) -> np.ndarray:
+    """(L, 2) int64 (H_l, W_l) of the first n_levels drawn level sizes."""
+    return np.array([(v[f"_h{level}"], v[f"_w{level}"]) for level in range(v.n_levels)], dtype=np.int64)
+
+
+def _space_inputs() -> Inputs:
+    """(query (N, Lq, C), reference_points (N, Lq, L, 2 | 4) uniform in [0, 1], input_flatten (N, S, C))."""
+    def build(rng, v, dtype):
+        total = int(np.prod(_level_shapes(v), axis=1).sum())
+        return (example(rng, (v.batch, v.queries, v.d_model), dtype),
+                backend.from_numpy(rng.uniform(0.0, 1.0, (v.batch, v.queries, v.n_levels, v._reference))
+                                   .astype(dtype)),
+                example(rng, (v.batch, total, v.d_model), dtype))
+    return Inputs({"batch": BATCH, "queries": Ints(0, 4)}, build)
+
+
+def _shapes_option(v):
+    return backend.from_numpy(_level_shapes(v))
+
+
+def _starts_option(v):
+    return backend.from_numpy(np.cumsum([0, *np.prod(_level_shapes(v), axis=1)[:-1]]).astype(np.int64))
+
+
+#: C = M D (D down to 1, and 8: the default's C = 16 with 2 heads); 1 to 3 levels of 1 x 1 to 4 x 4 maps (square
+#: or not, a level smaller than the sampling offsets); 1 to 3 points; 2-d points and 4-d boxes; with and without
+#: the start index and a padding mask (also a whole level padded); no query at all.  The integer shapes / start
+#: index are passed as apply keywords (the official names), so the drawn inputs are the three float tensors.
+_SPACE = Space(
+    config={"n_heads": Ints(1, 3), "_head_dim": Choice(Ints(1, 3), 8),
+            "d_model": Derived(lambda v: v.n_heads * v._head_dim),
+            "n_levels": Ints(1, MAX_LEVELS), "n_points": Ints(1, 3)},
+    options={**{f"_{axis}{level}": Ints(1, 4) for level in range(MAX_LEVELS) for axis in "hw"},
+             "_reference": Choice(2, 4), "_seed": Ints(0, 1000),
+             "input_spatial_shapes": Derived(_shapes_option),
+             "input_level_start_index": Choice(Derived(_starts_option), None),
+             "input_padding_mask": Choice(None, seeded_bool(
+                 lambda v: (v.batch, int(np.prod(_level_shapes(v), axis=1).sum())), probability=0.3))},
+    inputs=_space_inputs())
+
+
 register(Mechanism(
     name=NAME, family="transformer", paper=PAPER, init=init, apply_fn=msdeform,
     config={"d_model": 16, "n_levels": 3, "n_heads": 2, "n_points": 2},
-    example_input=_example, channel_axis=2,
+    example_input=_example, channel_axis=2, space=_SPACE,
     description="multi-scale deformable attention: learned offsets around reference points, bilinear sampling",
 ))

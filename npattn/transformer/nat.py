@@ -49,6 +49,7 @@ from autograd.tensor import record
 from ..layers import example, init_linear, linear, linear_shapes, take_all
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Bools, Choice, Derived, Ints, Space, channels_last
 from ._parts import check_pair, check_positive_int, check_scale, check_tokens, trunc_normal
 
 # ---------------------------------------------------------------------------------------------
@@ -293,6 +294,27 @@ def _example(shape):
     return lambda rng, dtype=np.float64: (example(rng, shape, dtype),)
 
 
+def _space(dilations: Choice) -> Space:
+    """C = heads * d (d down to 1); odd kernels > 1 (NATTEN 0.17's rule), square or not; every ``dilation`` in
+    ``dilations`` (ints and pairs); maps up to 12 x 12, at least kernel * dilation per axis unless ``pad_small``
+    zero-pads them (then down to 1 x 1)."""
+    return Space(config={"num_heads": Ints(1, 3), "_head_dim": Ints(1, 4),
+                         "dim": Derived(lambda v: v.num_heads * v._head_dim),
+                         "_k0": Choice(3, 5, 7), "_k1": Choice(3, 5, 7), "_square": Bools(),
+                         "kernel_size": Derived(lambda v: v._k0 if v._square else (v._k0, v._k1)),
+                         "qkv_bias": Bools(), "rel_pos_bias": Bools()},
+                 options={"dilation": dilations, "qk_scale": Choice(None, 0.5), "pad_small": Bools()},
+                 inputs=channels_last(height=Ints(1, 12)),
+                 where=(lambda v: v.pad_small or _fits(v),))
+
+
+def _fits(v) -> bool:
+    """kernel * dilation <= the map, per axis."""
+    kernel = check_pair("nat", "kernel_size", v.kernel_size)
+    dilation = check_pair("nat", "dilation", v.dilation)
+    return v.height >= kernel[0] * dilation[0] and v.width >= kernel[1] * dilation[1]
+
+
 _PAPER_NAT = Paper("Hassani, Walton, Li, Li, Shi", "Neighborhood Attention Transformer", "CVPR", 2023)
 _PAPER_DINAT = Paper("Hassani, Shi", "Dilated Neighborhood Attention Transformer", "arXiv:2209.15001", 2022)
 
@@ -300,6 +322,7 @@ register(Mechanism(
     name="nat", family="transformer", paper=_PAPER_NAT, init=init, apply_fn=nat,
     config={"dim": 8, "num_heads": 2, "kernel_size": 3},
     example_input=_example((2, 5, 6, 8)), channel_axis=3, min_spatial=3,
+    space=_space(Choice(1, 2, (1, 2))),
     description="2-D neighborhood attention: each token attends to its clamped K x K window, with "
                 "relative position bias (NATTEN 0.17 semantics)",
 ))
@@ -308,5 +331,7 @@ register(Mechanism(
     name="dinat", family="transformer", paper=_PAPER_DINAT, init=init, apply_fn=dinat,
     config={"dim": 8, "num_heads": 2, "kernel_size": 3}, options={"dilation": 2},
     example_input=_example((2, 7, 9, 8)), channel_axis=3, min_spatial=6,
+    # dilations that do and do not divide the map, per axis different, and 1 (plain NA)
+    space=_space(Choice(2, 3, 1, (2, 1), (1, 3), (3, 2))),
     description="dilated neighborhood attention: NA on each of the d x d interleaved sub-grids",
 ))

@@ -31,6 +31,7 @@ import autograd as ag
 from ..layers import example, init_linear, linear, linear_shapes, take_all
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Bools, Choice, Derived, Ints, Space, channels_last
 from ._parts import check_positive_int, check_scale, check_tokens
 
 NAME = "outlook"
@@ -118,5 +119,13 @@ register(Mechanism(
     config={"dim": 8, "num_heads": 2, "kernel_size": 3, "padding": 1, "stride": 2},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 5, 6, 8), dtype),),
     channel_axis=3,
+    # C = heads * d (d down to 1); kernels, paddings and strides whose unfold grid is ceil(size / stride) on both
+    # axes (the official reshape's requirement, refused otherwise), windows larger than the map included
+    space=Space(config={"num_heads": Ints(1, 3), "_head_dim": Ints(1, 4),
+                        "dim": Derived(lambda v: v.num_heads * v._head_dim), "kernel_size": Ints(1, 5),
+                        "padding": Ints(0, 3), "stride": Ints(1, 3), "qkv_bias": Bools()},
+                options={"qk_scale": Choice(None, 0.7)}, inputs=channels_last(),
+                where=(lambda v: all(math.ceil(n / v.stride) == (n + 2 * v.padding - v.kernel_size) // v.stride + 1
+                                     for n in (v.height, v.width)),)),
     description="VOLO outlook attention: each centre token predicts its window's k^2 x k^2 mixing; windows summed",
 ))

@@ -38,9 +38,11 @@ from autograd import backend
 from ..layers import example, init_linear, linear, linear_shapes, take_all
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Choice, Space, channels_last
 from . import _parts as parts
 from . import _windows as windows_
 from ._parts import merge_heads, softmax_attention, trunc_normal
+from ._spaces import swin_config, swin_tables_fit
 
 NAME = "swin"
 PAPER = Paper("Liu, Lin, Cao, Hu, Wei, Zhang, Lin, Guo",
@@ -161,5 +163,8 @@ register(Mechanism(
     # 7 x 10 is no multiple of 4: zero padding, the cyclic shift and the -100 mask all take part
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 7, 10, 16), dtype),),
     channel_axis=3, min_spatial=4,
+    # _spaces.swin_config; maps from 1 x 1; the official -100 mask and -inf (exact zeros)
+    space=Space(config=swin_config(), options={"qk_scale": Choice(None, 0.4), "mask_value": Choice(-100.0, -np.inf)},
+                inputs=channels_last(), where=(swin_tables_fit,)),
     description="shifted-window self-attention with a relative position bias table (Swin v1 block)",
 ))

@@ -41,9 +41,11 @@ from autograd import backend
 from ..layers import example, init_linear, linear_shapes, take_all
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Choice, Ints, Space, channels_last
 from . import _windows as windows_
 from . import swin as swin_v1
 from ._parts import merge_heads, softmax_attention
+from ._spaces import swin_config, swin_tables_fit, swin_window
 
 NAME = "swin-v2"
 PAPER = Paper("Liu, Hu, Lin, Yao, Xie, Wei, Ning, Cao, Zhang, Dong, Wei, Guo",
@@ -174,5 +176,11 @@ register(Mechanism(
     # 8 x 12 (multiples of 4): with the official zero q_bias a padded token's q would be 0, normalize's kink
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 8, 12, 16), dtype),),
     channel_axis=3, min_spatial=4,
+    # _spaces.swin_config, plus pretrained sizes 0 (the window itself) or > 1; the coordinate table divides by
+    # (pretrained or window) - 1, so a window of 1 (also the official min rule's on a one-row map) needs a
+    # pretrained size (the official code gives NaN; refused here)
+    space=Space(config=swin_config(pretrained_window_size=Choice(0, Ints(2, 6))),
+                options={"mask_value": Choice(-100.0, -np.inf)}, inputs=channels_last(),
+                where=(lambda v: v.pretrained_window_size > 1 or min(swin_window(v)) > 1, swin_tables_fit)),
     description="Swin v2 shifted-window cosine attention with a continuous (log-spaced) position bias MLP",
 ))

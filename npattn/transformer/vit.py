@@ -26,10 +26,12 @@ from __future__ import annotations
 import numpy as np
 
 import autograd as ag
+from autograd import backend
 
 from ..layers import example, init_layer_norm, init_linear, layer_norm, linear, linear_shapes, take_all
 from ..params import uses_params
 from ..registry import Mechanism, Paper, register
+from ..space import Bools, Choice, Derived, Ints, Space, tokens
 from ._parts import (
     check_choice,
     check_positive_int,
@@ -38,6 +40,7 @@ from ._parts import (
     softmax_attention,
     split_heads,
 )
+from ._spaces import seeded_bool
 
 NAME = "vit-attention"
 MASKED_ROWS = ("zero", "nan")
@@ -133,6 +136,27 @@ def vit_attention(params, x, *, train: bool = False, num_heads: int, attn_head_d
     return linear(params, "proj", context, bias=proj_bias, out=out)
 
 
+#: attn_mask shapes broadcastable to (B, heads, N, N): per pair, per sample and head, per key (a padding mask),
+#: per query (whole rows masked)
+_MASK_SHAPES = {"pairs": lambda v: (v.length, v.length),
+                "per_head": lambda v: (v.batch, v.num_heads, v.length, v.length),
+                "keys": lambda v: (1, v.length), "queries": lambda v: (v.length, 1)}
+
+
+def _attn_mask(kind: str) -> Derived:
+    """The boolean mask of a ``_mask_shape`` (True = attend), or the additive float one (-inf where False, else
+    a finite bias in [-1, 1), the SDPA convention), from the drawn seed."""
+    keep = seeded_bool(lambda v: _MASK_SHAPES[v._mask_shape](v))
+
+    def build(v):
+        mask = keep.fn(v)
+        if kind == "bool":
+            return mask
+        bias = np.random.default_rng(v._seed + 1).uniform(-1.0, 1.0, mask.shape)
+        return backend.from_numpy(np.where(backend.to_numpy(mask), bias, -np.inf))
+    return Derived(build)
+
+
 register(Mechanism(
     name=NAME, family="transformer",
     paper=Paper("Dosovitskiy, Beyer, Kolesnikov, Weissenborn, Zhai, Unterthiner, Dehghani, Minderer, Heigold, "
@@ -142,5 +166,17 @@ register(Mechanism(
     config={"dim": 16, "num_heads": 4, "qkv_bias": True, "qk_norm": True},
     example_input=lambda rng, dtype=np.float64: (example(rng, (2, 7, 16), dtype),),
     channel_axis=2,
+    # d = attn_head_dim, or C / h (then h must divide C), down to 1; C_out != C; every norm and bias; masks of
+    # every broadcast shape, boolean and additive, with fully masked rows (both policies); causal; 1 token
+    space=Space(config={"num_heads": Ints(1, 4), "dim": Ints(1, 16), "attn_head_dim": Choice(None, Ints(1, 4)),
+                        "dim_out": Choice(None, Ints(1, 8)), "qkv_bias": Bools(), "qk_norm": Bools(),
+                        "scale_norm": Bools(), "proj_bias": Bools()},
+                options={"norm_eps": Choice(1e-6, 1e-5), "is_causal": Bools(), "masked_rows": Choice("zero", "nan"),
+                         "_seed": Ints(0, 1000), "_mask_shape": Choice(*_MASK_SHAPES),
+                         "attn_mask": Choice(None, _attn_mask("bool"), _attn_mask("float"))},
+                # down to an empty sequence (0 tokens: torch's softmax over an empty axis is the empty result)
+                inputs=tokens(length=Ints(0, 7)),
+                where=(lambda v: v.attn_head_dim is not None or v.dim % v.num_heads == 0,
+                       lambda v: not (v.is_causal and v.attn_mask is not None))),
     description="timm ViT multi-head self-attention: fused qkv, optional per-head LayerNorm of q and k",
 ))

@@ -199,8 +199,9 @@ def test_itti_channel_error_names_rgb_not_parameters():
 
 
 @pytest.mark.parametrize("option, value", [
-    ("gabor_size", 6), ("gabor_size", 0), ("gabor_size", 7.0), ("gabor_sigma", 0.0), ("gabor_wavelength", np.nan),
-    ("gabor_gamma", -1.0), ("norm_max", np.inf), ("levels", 5.5), ("levels", True), ("map_level", 1.0),
+    ("gabor_size", 6), ("gabor_size", 0), ("gabor_size", 1), ("gabor_size", 7.0), ("gabor_sigma", 0.0),
+    ("gabor_wavelength", np.nan), ("gabor_gamma", -1.0), ("norm_max", np.inf), ("levels", 5.5), ("levels", True),
+    ("map_level", 1.0),
     ("centers", ()), ("centers", (1.5,)), ("deltas", ()),
 ])
 def test_itti_option_errors_name_the_option(option, value):

@@ -161,3 +161,20 @@ def test_errors():
         vit.vit_attention(params, x, num_heads=2, qk_norm=True)
     with pytest.raises(ValueError, match=r"vit-attention: x must be 3-D \(B, N, C\)"):
         vit.vit_attention(params, ag.from_numpy(np.zeros((1, 2, 3, 8))), num_heads=2)
+
+
+@pytest.mark.parametrize("masked_rows", ["zero", "nan"])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_no_tokens_give_the_empty_result(masked_rows, is_causal):
+    """0 tokens (timm's Attention runs on them: torch's softmax of an empty axis is empty): an empty output and
+    zero parameter gradients on both softmax paths (the manual 'nan' path took a max over the empty axis)."""
+    params = _params(8, 2)
+    x = ag.from_numpy(np.zeros((2, 0, 8)))
+
+    def loss(p, x):
+        return ag.sum(vit.vit_attention(p, x, num_heads=2, is_causal=is_causal, masked_rows=masked_rows))
+
+    out = vit.vit_attention(params, x, num_heads=2, is_causal=is_causal, masked_rows=masked_rows)
+    grads, dx = ag.grad(loss, argnums=(0, 1))(params, x)
+    assert out.shape == (2, 0, 8) and host(dx).shape == (2, 0, 8)
+    assert all(not np.any(host(g)) for g in grads.values())
