@@ -1,0 +1,202 @@
+"""timm 1.0.31's attention layers (``timm.layers``) against npattn across configurations.
+
+Each factory maps npattn's ``init`` keywords to the timm constructor arguments that select the same
+architecture (``reduction`` -> ``rd_ratio=1 / reduction``, ``groups``, kernel sizes, biases npattn's config
+switches) and leaves everything else at timm's defaults: widths rounded by timm's ``make_divisible``, eps,
+input splits.  The differences the EXPECTED tests record are what ``check_module`` found at the shrunk
+configuration it reports, without the factory pointing at them; where a test then sets a timm argument to
+step past one difference (``split_input=False``, an explicit ``rd_channels``), its name says so, and what it
+finds next is again the harness's own finding.  docs/fuzzing.md lists them with versions.
+
+Loading: ``timm/__init__.py`` and ``timm/layers/__init__.py`` import torchvision, which has no CPU wheel here.
+:func:`timm_layers` loads one ``timm/layers/<file>.py`` under bare namespace packages ``timm`` and
+``timm.layers`` (so its relative imports resolve without the packages' ``__init__``), and, for the files that
+reach ``norm_act.py`` (``selective_kernel``, ``non_local_attn``, ``cbam``: through ``conv_bn_act``), with a
+stub ``torchvision.ops.misc`` holding a placeholder ``FrozenBatchNorm2d``: norm_act.py imports it only for its
+batch-norm freezing helpers, which nothing here calls.  The stubs and bare packages are in ``sys.modules``
+only while a file loads, and removed after (a real torchvision, where installed, is put back).
+
+Layout adaptor: npattn holds some 1x1 convolutions as Linear-shaped ``(out, in)`` matrices (SE's ``fc1``,
+CBAM's ``mlp.0``) and GCNet's LayerNorm affine as ``(C, 1, 1)``; timm holds ``(out, in, 1, 1)`` and ``(C,)``.
+:func:`reshaped` puts a reshape parametrization on those timm tensors, so their state_dict entry has npattn's
+shape (the same numbers, the same function; gradients reach the original tensor).
+"""
+import importlib
+import importlib.util
+import sys
+import types
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("hypothesis")
+if importlib.util.find_spec("timm") is None:
+    pytest.skip("timm is not installed", allow_module_level=True)
+
+from torch.nn.utils import parametrize  # noqa: E402
+
+from npattn.interop.torch import check_module  # noqa: E402
+from npattn.space import Choice  # noqa: E402
+from tests.packages.spaces import NONEMPTY  # noqa: E402
+
+pytestmark = [pytest.mark.packages, pytest.mark.torch]
+
+EXAMPLES = 20
+
+
+def timm_layers(name: str):
+    """``timm.layers.<name>``, imported normally where timm imports, else loaded on its own (module docstring)."""
+    try:
+        return importlib.import_module(f"timm.layers.{name}")
+    except ImportError:
+        pass
+    root = importlib.util.find_spec("timm").submodule_search_locations[0]
+    stubbed = ("timm", "timm.layers", "torchvision", "torchvision.ops", "torchvision.ops.misc")
+    saved = {key: sys.modules.get(key) for key in stubbed}
+    try:
+        for key, path in (("timm", root), ("timm.layers", f"{root}/layers"),
+                          ("torchvision", None), ("torchvision.ops", None), ("torchvision.ops.misc", None)):
+            package = types.ModuleType(key)
+            package.__path__ = [path] if path else []
+            sys.modules[key] = package
+        sys.modules["torchvision.ops.misc"].FrozenBatchNorm2d = type("FrozenBatchNorm2d", (), {})  # unused here
+        return importlib.import_module(f"timm.layers.{name}")
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                sys.modules.pop(key, None)
+            else:
+                sys.modules[key] = value
+
+
+class _Reshape(torch.nn.Module):
+    """A parametrization: the stored tensor has npattn's shape, the module sees its own."""
+
+    def __init__(self, module_shape, stored_shape):
+        super().__init__()
+        self.module_shape, self.stored_shape = tuple(module_shape), tuple(stored_shape)
+
+    def forward(self, stored):
+        return stored.reshape(self.module_shape)
+
+    def right_inverse(self, value):
+        return value.reshape(self.stored_shape)
+
+
+def reshaped(module, stored_shapes: dict):
+    """``module`` with each named tensor (``"fc1.weight"``) stored in the given shape (see module docstring)."""
+    for path, shape in stored_shapes.items():
+        owner, leaf = path.rsplit(".", 1)
+        holder = module.get_submodule(owner)
+        parametrize.register_parametrization(holder, leaf, _Reshape(getattr(holder, leaf).shape, shape), unsafe=True)
+    return module
+
+
+def stored(path: str) -> str:
+    """The state_dict key of a tensor :func:`reshaped` re-stores (``fc1.parametrizations.weight.original``)."""
+    owner, leaf = path.rsplit(".", 1)
+    return f"{owner}.parametrizations.{leaf}.original"
+
+
+def _raises(*args, **kwargs) -> str:
+    with pytest.raises(AssertionError) as info:
+        check_module(*args, max_examples=EXAMPLES, **kwargs)
+    return str(info.value)
+
+
+def _agrees(*args, **kwargs):
+    check_module(*args, max_examples=EXAMPLES, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# SEModule vs se
+
+
+def _se(channels, reduction, bias, rd_channels=None):
+    module = timm_layers("squeeze_excite").SEModule(channels, rd_ratio=1 / reduction, rd_channels=rd_channels,
+                                                    bias=bias)
+    return reshaped(module, {"fc1.weight": module.fc1.weight.shape[:2], "fc2.weight": module.fc2.weight.shape[:2]})
+
+
+SE_NAMES = {stored("fc1.weight"): "fc1.weight", stored("fc2.weight"): "fc2.weight"}
+
+
+def test_expected_se_rounds_the_hidden_width_to_eight():
+    # timm: rd_channels = make_divisible(channels / reduction, 8, round_limit=0) -- a multiple of 8, at least 8;
+    # the official SE: channels // reduction
+    message = _raises(_se, "se", key_map=SE_NAMES)
+    assert "config {'reduction': 1, 'channels': 1, 'bias': False}" in message
+    assert "copying a param with shape torch.Size([1, 1]) from checkpoint, the shape in current model is " \
+           "torch.Size([8, 1])" in message
+
+
+def test_se_with_the_official_hidden_width_agrees():
+    _agrees(lambda channels, reduction, bias: _se(channels, reduction, bias, rd_channels=channels // reduction),
+            "se", key_map=SE_NAMES)
+
+
+# ---------------------------------------------------------------------------------------------
+# EcaModule vs eca
+
+
+def _eca(channels, k_size, gamma, b):
+    """k_size None is the paper's adaptive kernel (timm: ``channels`` given); else a fixed kernel."""
+    eca = timm_layers("eca")
+    if k_size is None:
+        return eca.EcaModule(channels, gamma=gamma, beta=b)
+    return eca.EcaModule(None, kernel_size=k_size)
+
+
+def test_expected_eca_adaptive_kernel_is_at_least_3():
+    # timm: kernel_size = max(t if t % 2 else t + 1, 3); the official ECA has no max (C = 1 gives k = 1)
+    message = _raises(_eca, "eca")
+    assert "config {'channels': 1, 'k_size': None, 'gamma': 2, 'b': 1}" in message
+    assert "size mismatch for conv.weight: copying a param with shape torch.Size([1, 1, 1]) from checkpoint, " \
+           "the shape in current model is torch.Size([1, 1, 3])" in message
+
+
+FIXED_K = Choice(1, 3, 5, 7)
+
+
+def test_expected_eca_refuses_an_empty_batch():
+    # timm: x.mean((2, 3)).view(x.shape[0], 1, -1) -- a -1 beside an empty batch axis is ambiguous
+    message = _raises(_eca, "eca", k_size=FIXED_K)
+    assert "input sizes {'batch': 0, 'height': 1, 'width': 1}" in message
+    assert "raised RuntimeError: cannot reshape tensor of 0 elements" in message
+
+
+def test_eca_with_a_fixed_kernel_agrees_on_nonempty_batches():
+    _agrees(_eca, "eca", batch=NONEMPTY, k_size=FIXED_K)
+
+
+# ---------------------------------------------------------------------------------------------
+# GatherExcite vs ge-theta-minus / ge-theta / ge-theta-plus
+
+
+def test_ge_theta_minus_agrees():
+    _agrees(lambda variant, channels, extent: timm_layers("gather_excite").GatherExcite(
+        channels, extent=extent, use_mlp=False), "ge-theta-minus")
+
+
+def test_expected_ge_theta_raises_type_error():
+    # timm: create_conv2d(..., *dd) unpacks the {'device', 'dtype'} dict's keys as positional arguments
+    # (gather_excite.py line 56; **dd meant), so extra_params=True never constructs
+    message = _raises(lambda variant, channels, extent, feat_size: timm_layers("gather_excite").GatherExcite(
+        channels, feat_size=feat_size, extra_params=True, extent=extent, use_mlp=False), "ge-theta")
+    assert "config {'variant': 'theta', 'channels': 1, 'extent': 0, 'feat_size': 1}" in message
+    assert "raised TypeError: create_conv2d() got multiple values for argument 'kernel_size'" in message
+
+
+def test_expected_ge_theta_plus_raises_type_error():
+    message = _raises(lambda variant, channels, extent, feat_size, reduction: timm_layers("gather_excite").GatherExcite(
+        channels, feat_size=feat_size, extra_params=True, extent=extent, rd_ratio=1 / reduction), "ge-theta-plus")
+    assert "config {'variant': 'theta_plus', 'channels': 1, 'extent': 0, 'feat_size': 1, 'reduction': 1}" in message
+    assert "raised TypeError: create_conv2d() got multiple values for argument 'kernel_size'" in message
+
+
+def test_expected_ge_mlp_raises_type_error():
+    """The same slip in ``ConvMlp(channels, rd_channels, act_layer=act_layer, *dd)``: use_mlp=True (timm's
+    default, every variant) never constructs either, so the theta+ difference the spec records (no ReLU
+    between the gather BN and the MLP) is out of reach: nothing here builds timm's theta+."""
+    with pytest.raises(TypeError, match="got multiple values for argument 'act_layer'"):
+        timm_layers("gather_excite").GatherExcite(4)
