@@ -35,11 +35,13 @@ if importlib.util.find_spec("timm") is None:
 
 from torch.nn.utils import parametrize  # noqa: E402
 
+import npattn  # noqa: E402
 from npattn.interop.torch import check_module  # noqa: E402
 from npattn.space import Choice  # noqa: E402
 from tests.packages.spaces import NONEMPTY  # noqa: E402
 
-pytestmark = [pytest.mark.packages, pytest.mark.torch]
+pytestmark = [pytest.mark.packages, pytest.mark.torch,
+              pytest.mark.filterwarnings(r"ignore:gcnet. int\(C \* ratio\) = 1")]  # npattn's one-plane note
 
 EXAMPLES = 20
 
@@ -200,3 +202,108 @@ def test_expected_ge_mlp_raises_type_error():
     between the gather BN and the MLP) is out of reach: nothing here builds timm's theta+."""
     with pytest.raises(TypeError, match="got multiple values for argument 'act_layer'"):
         timm_layers("gather_excite").GatherExcite(4)
+
+
+# ---------------------------------------------------------------------------------------------
+# GlobalContext vs gcnet
+
+
+def _gc(channels, ratio, pooling_type, fusion_types, zero_init, rd_channels=None):
+    """mmcv's ContextBlock options as timm's switches: attention pooling, the add and the scale (mul) fusions."""
+    module = timm_layers("global_context").GlobalContext(
+        channels, use_attn=pooling_type == "att", fuse_add="channel_add" in fusion_types,
+        fuse_scale="channel_mul" in fusion_types, rd_ratio=ratio, rd_channels=rd_channels)
+    mlps = [name for name in ("mlp_add", "mlp_scale") if getattr(module, name) is not None]
+    planes = module.get_submodule(mlps[0]).fc1.out_channels
+    return reshaped(module, {f"{mlp}.norm.{leaf}": (planes, 1, 1) for mlp in mlps for leaf in ("weight", "bias")})
+
+
+def gc_names(config):
+    """timm's names for the configuration's tensors: conv_attn with attention pooling, an MLP per fusion."""
+    names = {"conv_attn.weight": "conv_mask.weight", "conv_attn.bias": "conv_mask.bias"}
+    if config["pooling_type"] != "att":
+        names = {}
+    for timm_name, npattn_name in (("mlp_add", "channel_add"), ("mlp_scale", "channel_mul")):
+        if npattn_name not in config["fusion_types"]:
+            continue
+        for leaf in ("weight", "bias"):
+            names.update({f"{timm_name}.fc1.{leaf}": f"{npattn_name}_conv.0.{leaf}",
+                          stored(f"{timm_name}.norm.{leaf}"): f"{npattn_name}_conv.1.{leaf}",
+                          f"{timm_name}.fc2.{leaf}": f"{npattn_name}_conv.3.{leaf}"})
+    return names
+
+
+def test_expected_gcnet_rounds_the_hidden_width():
+    # timm: rd_channels = make_divisible(C * ratio, 1, round_limit=0) = int(C * ratio + 0.5), to the nearest;
+    # mmcv's ContextBlock: int(C * ratio), truncated (18 * 0.25 = 4.5: 5 planes against 4)
+    message = _raises(_gc, "gcnet", key_map=gc_names)
+    assert "config {'channels': 18, 'ratio': 0.25, 'pooling_type': 'att', 'fusion_types': ('channel_add',)" in message
+    assert "copying a param with shape torch.Size([4, 18, 1, 1]) from checkpoint, the shape in current model is " \
+           "torch.Size([5, 18, 1, 1])" in message
+
+
+def test_expected_gcnet_layer_norm_eps_with_the_official_width():
+    message = _raises(lambda **config: _gc(**config, rd_channels=int(config["channels"] * config["ratio"])), "gcnet",
+                      key_map=gc_names)
+    # timm's ConvMlp normalises with its LayerNorm2d, eps 1e-6 (norm.py); mmcv's nn.LayerNorm([P, 1, 1]): 1e-5.
+    # It shows from P = 2 planes on (one plane normalises to its bias whatever the eps): ~1e-5 on the gradients
+    assert "config {'channels': 8, 'ratio': 0.25, 'pooling_type': 'att', 'fusion_types': ('channel_add',)" in message
+    assert "input sizes {'batch': 1, 'height': 1, 'width': 1}" in message
+    assert "[XX] output:" in message and "[ok] grad channel_add_conv.1.bias" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# CoordAttn vs coord
+
+
+def _coord(channels, reduction, min_mip, bias, rd_channels=None):
+    """timm's CoordAttn has no min_mip: its width rule is its own (rd_ratio * se_factor, rounded to 8)."""
+    return timm_layers("coord_attn").CoordAttn(channels, rd_ratio=1 / reduction, rd_channels=rd_channels, bias=bias)
+
+
+def test_expected_coord_width_rule():
+    # timm: rd_channels = make_divisible(C / reduction * 2/3, 8, round_limit=0) (se_factor 2/3; a multiple of 8,
+    # at least 8); the official CoordAtt: mip = max(min_mip, C // reduction)
+    message = _raises(_coord, "coord", act="hardswish")
+    assert "config {'channels': 1, 'reduction': 1, 'min_mip': 1, 'bias': False}" in message
+    assert "size mismatch for conv1.weight: copying a param with shape torch.Size([1, 1, 1, 1]) from checkpoint, " \
+           "the shape in current model is torch.Size([8, 1, 1, 1])" in message
+
+
+def test_coord_with_the_official_width_agrees():
+    _agrees(lambda channels, reduction, min_mip, bias: _coord(
+        channels, reduction, min_mip, bias, rd_channels=max(min_mip, channels // reduction)), "coord", act="hardswish")
+
+
+# ---------------------------------------------------------------------------------------------
+# SplitAttn vs split-attention
+
+
+def _split(in_channels, channels, radix, cardinality, kernel_size, bias, norm, reduction_factor, rd_channels=None):
+    return timm_layers("split_attn").SplitAttn(
+        in_channels, channels, kernel_size=kernel_size, groups=cardinality, bias=bias, radix=radix,
+        rd_ratio=1 / reduction_factor, rd_channels=rd_channels, norm_layer=torch.nn.BatchNorm2d if norm else None)
+
+
+def test_split_attention_agrees_on_nonempty_batches():
+    _agrees(_split, "split-attention", batch=NONEMPTY)
+
+
+def test_expected_split_attention_refuses_an_empty_batch():
+    # timm: RadixSoftmax's output .view(B, -1, 1, 1) (split_attn.py line 107): -1 beside an empty batch axis
+    message = _raises(_split, "split-attention")
+    assert "config {'radix': 1, 'cardinality': 1, 'in_channels': 1, 'channels': 1, 'kernel_size': 3, " \
+           "'bias': False, 'norm': False, 'reduction_factor': 4}, options {'padding': 1}, input sizes " \
+           "{'batch': 0, 'height': 1, 'width': 1}" in message
+    assert "raised RuntimeError: cannot reshape tensor of 0 elements into shape [0, -1, 1, 1]" in message
+
+
+def test_expected_split_attention_width_rule_where_it_exceeds_32():
+    """STEERED, not unaided: the official width max(Cin R // reduction_factor, 32) and timm's
+    make_divisible(Cin R / reduction_factor, 8, min_value=32) part only above 32, which the registry space
+    reaches rarely (R = 3, reduction_factor 1; 80 unsteered draws miss it), so the space is narrowed there."""
+    space = npattn.get("split-attention").space.require(lambda v: v.in_channels * v.radix // v.reduction_factor > 32)
+    message = _raises(_split, "split-attention", batch=NONEMPTY, space=space)
+    assert "config {'radix': 3, 'cardinality': 1, 'in_channels': 12, 'channels': 1," in message
+    assert "size mismatch for fc1.weight: copying a param with shape torch.Size([36, 1, 1, 1]) from checkpoint, " \
+           "the shape in current model is torch.Size([40, 1, 1, 1])" in message
