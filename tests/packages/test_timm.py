@@ -307,3 +307,109 @@ def test_expected_split_attention_width_rule_where_it_exceeds_32():
     assert "config {'radix': 3, 'cardinality': 1, 'in_channels': 12, 'channels': 1," in message
     assert "size mismatch for fc1.weight: copying a param with shape torch.Size([36, 1, 1, 1]) from checkpoint, " \
            "the shape in current model is torch.Size([40, 1, 1, 1])" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# SelectiveKernel vs sk
+
+
+def _sk(channels, groups, branches, reduction, min_hidden, dilated, **timm_arguments):
+    """Branch m: kernel 3 + 2m; ``keep_3x3`` turns it into timm's 3x3 with dilation m + 1 (npattn's ``dilated``)."""
+    return timm_layers("selective_kernel").SelectiveKernel(
+        channels, channels, kernel_size=[3 + 2 * m for m in range(branches)], groups=groups,
+        rd_ratio=1 / reduction, keep_3x3=dilated, **timm_arguments)
+
+
+def sk_names(config):
+    names = {"attn.fc_reduce.weight": "fc.weight", "attn.fc_select.weight": "fc_select.weight"}
+    for leaf in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+        names[f"attn.bn.{leaf}"] = f"fc_bn.{leaf}"
+        names.update({f"paths.{m}.bn.{leaf}": f"bns.{m}.{leaf}" for m in range(config["branches"])})
+    names.update({f"paths.{m}.conv.weight": f"convs.{m}.weight" for m in range(config["branches"])})
+    return names
+
+
+def _sk_width(config):
+    """The official SKNet width d = max(C // reduction, L)."""
+    return max(config["channels"] // config["reduction"], config["min_hidden"])
+
+
+def test_expected_sk_width():
+    # timm: attn_channels = make_divisible(C / reduction, 8) (a multiple of 8, at least 8); SKNet: max(C // r, L)
+    message = _raises(_sk, "sk", key_map=sk_names)
+    assert "config {'groups': 1, 'channels': 1, 'branches': 1, 'reduction': 1, 'min_hidden': 1, 'dilated': False}" \
+        in message
+    assert "size mismatch for attn.fc_reduce.weight: copying a param with shape torch.Size([1, 1, 1, 1]) from " \
+           "checkpoint, the shape in current model is torch.Size([8, 1, 1, 1])" in message
+
+
+def test_expected_sk_splits_its_input_with_the_official_width():
+    # timm's split_input=True (default) feeds each branch C / M input channels (SKNet: all C), and asserts
+    # in_channels % num_paths == 0 (selective_kernel.py line 125): C = 1 with two branches does not construct
+    message = _raises(lambda **config: _sk(**config, rd_channels=_sk_width(config)), "sk", key_map=sk_names)
+    assert "config {'groups': 1, 'channels': 1, 'branches': 2, 'reduction': 1, 'min_hidden': 1, 'dilated': False}" \
+        in message
+    assert "raised AssertionError at " in message and "selective_kernel.py:125" in message
+
+
+def test_sk_without_the_split_and_with_the_official_width_agrees():
+    _agrees(lambda **config: _sk(**config, split_input=False, rd_channels=_sk_width(config)), "sk", key_map=sk_names)
+
+
+# ---------------------------------------------------------------------------------------------
+# NonLocalAttn vs nonlocal (embedded Gaussian)
+
+
+def _non_local(channels, inter_channels, mode, bn_layer, zero_init, conv_std, **timm_arguments):
+    """inter_channels None is the official C // 2: timm's rd_ratio 1/2 (timm's own default is 1/8)."""
+    if inter_channels is None:
+        timm_arguments.setdefault("rd_ratio", 1 / 2)
+    else:
+        timm_arguments.setdefault("rd_channels", inter_channels)
+    return timm_layers("non_local_attn").NonLocalAttn(channels, **timm_arguments)
+
+
+NON_LOCAL_NAMES = {f"{timm_name}.{leaf}": f"{npattn_name}.{leaf}"
+                   for timm_name, npattn_name in (("t", "theta"), ("p", "phi"), ("z", "W"))
+                   for leaf in ("weight", "bias")}
+NON_LOCAL_NAMES.update({f"norm.{leaf}": f"W_bn.{leaf}"
+                        for leaf in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")})
+#: timm's block: BN after W, no sub-sampling, softmax of scaled logits (use_scale=True by default)
+NON_LOCAL = {"bn_layer": True, "sub_sample": False, "pool_first": False, "use_scale": True, "scale": None}
+
+
+def _official_inter(config):
+    return config["inter_channels"] or max(config["channels"] // 2, 1)
+
+
+def test_expected_non_local_width():
+    # timm: rd_channels = make_divisible(C * rd_ratio, 8) (a multiple of 8, at least 8); official: C // 2
+    message = _raises(_non_local, "nonlocal", key_map=NON_LOCAL_NAMES, **NON_LOCAL)
+    assert "config {'channels': 1, 'inter_channels': None, 'mode': 'embedded_gaussian', 'bn_layer': True," in message
+    assert "size mismatch for t.weight: copying a param with shape torch.Size([1, 1, 1, 1]) from checkpoint, " \
+           "the shape in current model is torch.Size([8, 1, 1, 1])" in message
+
+
+def test_expected_non_local_refuses_an_empty_batch_with_the_official_width():
+    message = _raises(lambda **config: _non_local(**config, rd_channels=_official_inter(config)), "nonlocal",
+                      key_map=NON_LOCAL_NAMES, **NON_LOCAL)
+    # timm: t.view(B, C, -1) (non_local_attn.py line 57): -1 beside an empty batch axis
+    assert "'conv_std': None}, options {'sub_sample': False, 'pool_first': False, 'use_scale': True, 'scale': None}, " \
+           "input sizes {'batch': 0, 'height': 1, 'width': 1}" in message
+    assert "raised RuntimeError: cannot reshape tensor of 0 elements into shape [0, 1, -1]" in message
+
+
+def test_expected_non_local_scale_with_the_official_width():
+    message = _raises(lambda **config: _non_local(**config, rd_channels=_official_inter(config)), "nonlocal",
+                      key_map=NON_LOCAL_NAMES, batch=NONEMPTY, **NON_LOCAL)
+    # timm: self.scale = in_channels ** -0.5 (C); the official USE_SCALE: Ci ** -0.5 (the embedding width).
+    # Shrunk to C = 2, Ci = 1 (scale 0.707 against 1) on a 1x2 map (a 1x1 map's softmax is 1 whatever the scale)
+    assert "config {'channels': 2, 'inter_channels': None," in message
+    assert "input sizes {'batch': 1, 'height': 1, 'width': 2}" in message and "[XX] output:" in message
+
+
+def test_non_local_unscaled_with_the_official_width_agrees_on_nonempty_batches():
+    """conv_std=None: with the official N(0, 0.01^2) init, W's output is ~1e-4 and its train-mode BN amplifies the
+    rounding of W.bias's gradient, exactly 0 (BN removes a constant), to ~1.7e-12 on both sides (seed 0 draws it)."""
+    _agrees(lambda **config: _non_local(**config, use_scale=False, rd_channels=_official_inter(config)), "nonlocal",
+            key_map=NON_LOCAL_NAMES, batch=NONEMPTY, conv_std=None, **{**NON_LOCAL, "use_scale": False})
