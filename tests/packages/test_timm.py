@@ -413,3 +413,83 @@ def test_non_local_unscaled_with_the_official_width_agrees_on_nonempty_batches()
     rounding of W.bias's gradient, exactly 0 (BN removes a constant), to ~1.7e-12 on both sides (seed 0 draws it)."""
     _agrees(lambda **config: _non_local(**config, use_scale=False, rd_channels=_official_inter(config)), "nonlocal",
             key_map=NON_LOCAL_NAMES, batch=NONEMPTY, conv_std=None, **{**NON_LOCAL, "use_scale": False})
+
+
+# ---------------------------------------------------------------------------------------------
+# CbamModule / LightCbamModule vs cbam
+
+
+def _cbam(channels, reduction, no_spatial, kernel_size, spatial_bn, spatial_bias, light=False, **timm_arguments):
+    cbam = timm_layers("cbam")
+    module = (cbam.LightCbamModule if light else cbam.CbamModule)(
+        channels, rd_ratio=1 / reduction, spatial_kernel_size=kernel_size, **timm_arguments)
+    fc1, fc2 = module.channel.fc1.weight, module.channel.fc2.weight
+    return reshaped(module, {"channel.fc1.weight": fc1.shape[:2], "channel.fc2.weight": fc2.shape[:2]})
+
+
+CBAM_NAMES = {stored("channel.fc1.weight"): "mlp.0.weight", "channel.fc1.bias": "mlp.0.bias",
+              stored("channel.fc2.weight"): "mlp.2.weight", "channel.fc2.bias": "mlp.2.bias",
+              "spatial.conv.conv.weight": "spatial_conv.weight"}
+CBAM_NAMES.update({f"spatial.conv.bn.{leaf}": f"spatial_bn.{leaf}"
+                   for leaf in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")})
+#: timm's spatial gate: ConvNormAct(2, 1, k, apply_act=False) -- a conv without bias, then BatchNorm (the official
+#: BasicConv's bn=True, bias=False); the channel gate pools avg and max
+CBAM = {"spatial_bn": True, "spatial_bias": False, "pool_types": ("avg", "max")}
+
+
+def _cbam_biased(official_width=False):
+    """timm's CBAM with the official MLP biases (``mlp_bias=True``), and with C // reduction hidden units."""
+    def factory(**config):
+        width = {"rd_channels": config["channels"] // config["reduction"]} if official_width else {}
+        return _cbam(**config, mlp_bias=True, **width)
+    return factory
+
+
+def test_expected_cbam_has_no_mlp_bias():
+    # timm: ChannelAttn(mlp_bias=False) by default; the official CBAM's MLP is nn.Linear with biases
+    message = _raises(_cbam, "cbam", key_map=CBAM_NAMES, **CBAM)
+    assert "config {'reduction': 1, 'channels': 1, 'no_spatial': False, 'kernel_size': 7, 'spatial_bn': True, " \
+           "'spatial_bias': False}" in message
+    assert 'Unexpected key(s) in state_dict: "channel.fc1.bias", "channel.fc2.bias"' in message
+
+
+def test_expected_cbam_spatial_bn_momentum_with_mlp_bias():
+    # timm's spatial BatchNorm (ConvNormAct's BatchNormAct2d) keeps PyTorch's momentum 0.1; the official
+    # BasicConv's BatchNorm2d(momentum=0.01): the outputs agree, the updated running statistics do not
+    message = _raises(_cbam_biased(), "cbam", key_map=CBAM_NAMES, **CBAM)
+    assert "input sizes {'batch': 1, 'height': 1, 'width': 2}, train" in message
+    assert "worst: running spatial_bn.running_var (torch spatial.conv.bn.running_var): at (0,): actual " \
+           "0.900000053129, expected 0.990000005313" in message
+    assert "[ok] output:" in message
+
+
+def test_expected_cbam_spatial_order_in_eval_with_mlp_bias():
+    # timm's SpatialAttn: cat([mean, max]); the official ChannelPool: cat([max, mean]) -- the conv's two input
+    # channels swap roles (npattn's spatial_order="mean-max" is timm's).  Shrunk to C = 2, where mean and max differ
+    message = _raises(_cbam_biased(), "cbam", key_map=CBAM_NAMES, train=False, **CBAM)
+    assert "config {'reduction': 1, 'channels': 2, 'no_spatial': False, 'kernel_size': 7, 'spatial_bn': True, " \
+           "'spatial_bias': False}, options {'pool_types': ('avg', 'max'), 'spatial_order': 'max-mean'}, " \
+           "input sizes {'batch': 1, 'height': 1, 'width': 1}, eval" in message
+    assert "[XX] output:" in message
+
+
+def test_expected_cbam_width_in_eval_with_mlp_bias_and_mean_max_order():
+    # timm: rd_channels = make_divisible(C / reduction, 1, round_limit=0) = int(C / r + 0.5), to the nearest;
+    # the official CBAM: C // reduction (3 / 2: 2 hidden units against 1)
+    message = _raises(_cbam_biased(), "cbam", key_map=CBAM_NAMES, train=False, spatial_order="mean-max", **CBAM)
+    assert "config {'reduction': 2, 'channels': 3, 'no_spatial': False, 'kernel_size': 7," in message
+    assert "size mismatch for channel.fc2.parametrizations.weight.original: copying a param with shape " \
+           "torch.Size([3, 1]) from checkpoint, the shape in current model is torch.Size([3, 2])" in message
+
+
+def test_cbam_with_mlp_bias_official_width_and_mean_max_order_agrees_in_eval():
+    _agrees(_cbam_biased(official_width=True), "cbam", key_map=CBAM_NAMES, train=False, spatial_order="mean-max",
+            **CBAM)
+
+
+def test_expected_light_cbam_pools_to_one_spatial_channel():
+    # LightCbamModule: 0.5 (mean + max) before one MLP pass, and a one-channel spatial conv: another mechanism
+    message = _raises(lambda **config: _cbam(**config, light=True, mlp_bias=True), "cbam", key_map=CBAM_NAMES, **CBAM)
+    assert "config {'reduction': 1, 'channels': 1, 'no_spatial': False, 'kernel_size': 7," in message
+    assert "size mismatch for spatial.conv.conv.weight: copying a param with shape torch.Size([1, 2, 7, 7]) from " \
+           "checkpoint, the shape in current model is torch.Size([1, 1, 7, 7])" in message
