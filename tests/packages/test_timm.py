@@ -21,6 +21,7 @@ CBAM's ``mlp.0``) and GCNet's LayerNorm affine as ``(C, 1, 1)``; timm holds ``(o
 :func:`reshaped` puts a reshape parametrization on those timm tensors, so their state_dict entry has npattn's
 shape (the same numbers, the same function; gradients reach the original tensor).
 """
+import functools
 import importlib
 import importlib.util
 import sys
@@ -493,3 +494,51 @@ def test_expected_light_cbam_pools_to_one_spatial_channel():
     assert "config {'reduction': 1, 'channels': 1, 'no_spatial': False, 'kernel_size': 7," in message
     assert "size mismatch for spatial.conv.conv.weight: copying a param with shape torch.Size([1, 2, 7, 7]) from " \
            "checkpoint, the shape in current model is torch.Size([1, 1, 7, 7])" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# BottleneckAttn vs botnet; Attention vs vit-attention
+
+
+def _botnet(scale_pos_embed=False):
+    """npattn's ``scale_pos_embed`` is an option of apply; timm's a constructor argument: one factory per value."""
+    def factory(dim, dim_out, feat_size, stride, num_heads, dim_head, qk_ratio, qkv_bias):
+        return timm_layers("bottleneck_attn").BottleneckAttn(
+            dim, dim_out, feat_size=feat_size, stride=stride, num_heads=num_heads, dim_head=dim_head,
+            qk_ratio=qk_ratio, qkv_bias=qkv_bias, scale_pos_embed=scale_pos_embed)
+    return factory
+
+
+def test_expected_botnet_refuses_an_empty_batch():
+    # timm: q.reshape(B * num_heads, dim_head_qk, -1) (bottleneck_attn.py line 173): -1 beside an empty axis
+    message = _raises(_botnet(), "botnet", scale_pos_embed=False)
+    assert "config {'num_heads': 1, 'dim': 1, 'dim_out': None, 'dim_head': None, 'qk_ratio': 1.0, " \
+           "'qkv_bias': False, 'stride': 1, 'feat_size': (1, 1)}, options {'scale_pos_embed': False}, " \
+           "input sizes {'batch': 0, 'height': 1, 'width': 1}" in message
+    assert "raised RuntimeError: cannot reshape tensor of 0 elements into shape [0, 8, -1]" in message
+
+
+@pytest.mark.parametrize("scale_pos_embed", [False, True])
+def test_botnet_agrees_on_nonempty_batches(scale_pos_embed):
+    _agrees(_botnet(scale_pos_embed), "botnet", batch=NONEMPTY, scale_pos_embed=scale_pos_embed)
+
+
+def _vit_attention(dim, num_heads, attn_head_dim, dim_out, qkv_bias, qk_norm, scale_norm, proj_bias):
+    """timm's VisionTransformer passes norm_layer = partial(nn.LayerNorm, eps=1e-6) to its blocks."""
+    return timm_layers("attention").Attention(
+        dim, num_heads, attn_head_dim=attn_head_dim, dim_out=dim_out, qkv_bias=qkv_bias, qk_norm=qk_norm,
+        scale_norm=scale_norm, proj_bias=proj_bias, norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6))
+
+
+#: the module is called with x alone: no mask, not causal; its norms are VisionTransformer's (eps 1e-6)
+VIT = {"attn_mask": None, "is_causal": False, "norm_eps": 1e-6}
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_vit_attention_agrees(fused):
+    """Both of timm's paths: F.scaled_dot_product_attention, and the explicit softmax (``fused_attn=False``)."""
+    def factory(**config):
+        module = _vit_attention(**config)
+        module.fused_attn = fused
+        return module
+    _agrees(factory, "vit-attention", **VIT)
