@@ -542,3 +542,11 @@ def test_vit_attention_agrees(fused):
         module.fused_attn = fused
         return module
     _agrees(factory, "vit-attention", **VIT)
+
+
+def test_loading_leaves_no_stub_behind():
+    """The bare packages and the torchvision stub are gone once a file is loaded; the loaded file stays usable."""
+    before = {key: sys.modules.get(key) for key in ("timm", "torchvision", "torchvision.ops.misc")}
+    cbam = timm_layers("cbam")
+    assert {key: sys.modules.get(key) for key in before} == before
+    assert isinstance(cbam.CbamModule(4), torch.nn.Module)
