@@ -433,31 +433,3 @@ def test_min_spatial_is_the_smallest_accepted_size(mech):
         empty = dev(np.zeros(tuple(x.shape[:2]) + size))
         with pytest.raises(ValueError, match=f"^({mech.name}|{mech.name.split('-')[0]}): x spatial size"):
             mech.apply(params, empty)
-
-
-# ---------------------------------------------------------------------------------------------
-# training on an empty batch (torch's semantics): empty output, zero gradients, running statistics unchanged
-# and num_batches_tracked + 1 (the module counts the call)
-
-_WITH_BN = [m for m in npattn.mechanisms("hybrid") if any(k.endswith("running_mean") for k in m.default_params())]
-
-
-@pytest.mark.parametrize("mech", _WITH_BN, ids=lambda m: m.name)
-def test_training_on_an_empty_batch(mech):
-    params = mech.default_params()
-    (x,) = mech.example_input(np.random.default_rng(0))
-    empty = dev(np.zeros((0,) + tuple(x.shape[1:])))
-    trainable = npattn.trainable(params)
-    with npattn.track_running_stats() as stats:
-        out, grads = ag.value_and_grad(lambda p: ag.sum(mech.apply({**params, **p}, empty, train=True)))(trainable)
-    assert float(host(out)) == 0.0
-    for key, g in grads.items():
-        assert np.array_equal(host(g), np.zeros(params[key].shape)), key
-    bn = [k[: -len(".running_mean")] for k in params if k.endswith(".running_mean")]
-    assert bn and {k.rsplit(".", 1)[0] for k in stats} == set(bn)
-    for prefix in bn:
-        for leaf in ("running_mean", "running_var"):
-            np.testing.assert_array_equal(host(stats[f"{prefix}.{leaf}"]), host(params[f"{prefix}.{leaf}"]))
-        count = f"{prefix}.num_batches_tracked"
-        assert int(host(stats[count])) == int(host(params[count])) + 1
-    assert mech.apply(params, empty, train=True).shape == (0,) + tuple(x.shape[1:])

@@ -389,3 +389,32 @@ def test_nan_input_reaches_the_output(mech):
     inputs[0] = ag.from_numpy(x)
     out = host(mech.apply(params, *inputs))
     assert np.isnan(out).any()
+
+
+# ---------------------------------------------------------------------------------------------
+# training on an empty batch (torch's semantics): empty output, zero gradients, running statistics unchanged
+# and num_batches_tracked + 1 (the module counts the call)
+
+_WITH_BN = [m for m in npattn.mechanisms() if any(k.endswith("running_mean") for k in m.default_params())]
+
+
+@pytest.mark.parametrize("mech", _WITH_BN, ids=lambda m: m.name)
+def test_training_on_an_empty_batch(mech):
+    params = mech.default_params()
+    inputs = mech.example_input(np.random.default_rng(0))
+    empty = [ag.from_numpy(np.zeros((0,) + tuple(x.shape[1:]))) for x in inputs]
+    trainable = npattn.trainable(params)
+    with npattn.track_running_stats() as stats:
+        out, grads = ag.value_and_grad(lambda p: ag.sum(mech.apply({**params, **p}, *empty, train=True)))(trainable)
+    assert float(host(out)) == 0.0
+    for key, g in grads.items():
+        assert np.array_equal(host(g), np.zeros(params[key].shape)), key
+    bn = [k[: -len(".running_mean")] for k in params if k.endswith(".running_mean")]
+    assert bn and {k.rsplit(".", 1)[0] for k in stats} == set(bn)
+    for prefix in bn:
+        for leaf in ("running_mean", "running_var"):
+            np.testing.assert_array_equal(host(stats[f"{prefix}.{leaf}"]), host(params[f"{prefix}.{leaf}"]))
+        count = f"{prefix}.num_batches_tracked"
+        assert int(host(stats[count])) == int(host(params[count])) + 1
+    full = mech.apply(params, *inputs).shape
+    assert mech.apply(params, *empty, train=True).shape == (0,) + tuple(full[1:])
