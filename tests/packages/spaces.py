@@ -5,7 +5,10 @@ keywords (what the package's constructor can express: ``qkv_bias=False`` for vit
 for LLaMA ...).  Entries of the channel family use their own declared space; the others get one here, so
 this tier does not depend on which spaces other families declare.
 """
+import importlib
 import importlib.util
+import sys
+import types
 
 import pytest
 
@@ -43,3 +46,35 @@ def package_file(package: str, relative: str, name: str):
     module = importlib.util.module_from_spec(file_spec)
     file_spec.loader.exec_module(module)
     return module
+
+
+def timm_layers(name: str):
+    """``timm.layers.<name>``, imported normally where timm imports, else loaded on its own: under bare namespace
+    packages ``timm`` and ``timm.layers`` (its relative imports resolve without the packages' ``__init__``, which
+    import torchvision), with a stub ``torchvision.ops.misc`` holding a placeholder ``FrozenBatchNorm2d`` (norm_act.py
+    imports it for batch-norm freezing helpers nothing here calls).  The stubs and bare packages are in
+    ``sys.modules`` only while the file loads (a real torchvision, where installed, is put back).  Skips the test
+    when timm is not installed."""
+    if importlib.util.find_spec("timm") is None:
+        pytest.skip("timm is not installed")
+    try:
+        return importlib.import_module(f"timm.layers.{name}")
+    except ImportError:
+        pass
+    root = importlib.util.find_spec("timm").submodule_search_locations[0]
+    stubbed = ("timm", "timm.layers", "torchvision", "torchvision.ops", "torchvision.ops.misc")
+    saved = {key: sys.modules.get(key) for key in stubbed}
+    try:
+        for key, path in (("timm", root), ("timm.layers", f"{root}/layers"),
+                          ("torchvision", None), ("torchvision.ops", None), ("torchvision.ops.misc", None)):
+            package = types.ModuleType(key)
+            package.__path__ = [path] if path else []
+            sys.modules[key] = package
+        sys.modules["torchvision.ops.misc"].FrozenBatchNorm2d = type("FrozenBatchNorm2d", (), {})  # unused here
+        return importlib.import_module(f"timm.layers.{name}")
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                sys.modules.pop(key, None)
+            else:
+                sys.modules[key] = value

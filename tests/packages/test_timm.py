@@ -25,7 +25,6 @@ import functools
 import importlib
 import importlib.util
 import sys
-import types
 
 import pytest
 
@@ -39,37 +38,12 @@ from torch.nn.utils import parametrize  # noqa: E402
 import npattn  # noqa: E402
 from npattn.interop.torch import check_module  # noqa: E402
 from npattn.space import Choice  # noqa: E402
-from tests.packages.spaces import NONEMPTY  # noqa: E402
+from tests.packages.spaces import NONEMPTY, timm_layers  # noqa: E402
 
 pytestmark = [pytest.mark.packages, pytest.mark.torch,
               pytest.mark.filterwarnings(r"ignore:gcnet. int\(C \* ratio\) = 1")]  # npattn's one-plane note
 
 EXAMPLES = 20
-
-
-def timm_layers(name: str):
-    """``timm.layers.<name>``, imported normally where timm imports, else loaded on its own (module docstring)."""
-    try:
-        return importlib.import_module(f"timm.layers.{name}")
-    except ImportError:
-        pass
-    root = importlib.util.find_spec("timm").submodule_search_locations[0]
-    stubbed = ("timm", "timm.layers", "torchvision", "torchvision.ops", "torchvision.ops.misc")
-    saved = {key: sys.modules.get(key) for key in stubbed}
-    try:
-        for key, path in (("timm", root), ("timm.layers", f"{root}/layers"),
-                          ("torchvision", None), ("torchvision.ops", None), ("torchvision.ops.misc", None)):
-            package = types.ModuleType(key)
-            package.__path__ = [path] if path else []
-            sys.modules[key] = package
-        sys.modules["torchvision.ops.misc"].FrozenBatchNorm2d = type("FrozenBatchNorm2d", (), {})  # unused here
-        return importlib.import_module(f"timm.layers.{name}")
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                sys.modules.pop(key, None)
-            else:
-                sys.modules[key] = value
 
 
 class _Reshape(torch.nn.Module):

@@ -8,8 +8,6 @@ asserts the documented verdict: agreement to 1e-12, or the documented deviation.
 """
 import importlib
 import importlib.util
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -19,6 +17,7 @@ torch = pytest.importorskip("torch")
 import npattn  # noqa: E402
 from npattn.interop.torch import from_torch_state_dict  # noqa: E402
 from tests.conftest import dev, host  # noqa: E402
+from tests.packages.spaces import timm_layers  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -28,30 +27,6 @@ AGREE = 1e-12
 def _fightingcv(module: str):
     pytest.importorskip("fightingcv_attention")
     return importlib.import_module(f"fightingcv_attention.attention.{module}")
-
-
-def _timm(module: str):
-    """timm.layers.<module>, also where ``import timm.layers`` fails for want of torchvision."""
-    try:
-        return importlib.import_module(f"timm.layers.{module}")
-    except ImportError:
-        spec = importlib.util.find_spec("timm")
-        if spec is None or not spec.submodule_search_locations:
-            pytest.skip("timm is not installed")
-        root = spec.submodule_search_locations[0]
-        saved = {name: sys.modules.get(name) for name in ("timm", "timm.layers")}
-        try:   # bare namespace packages: the file's relative imports resolve without timm/__init__.py
-            for name, path in (("timm", root), ("timm.layers", f"{root}/layers")):
-                package = types.ModuleType(name)
-                package.__path__ = [path]
-                sys.modules[name] = package
-            return importlib.import_module(f"timm.layers.{module}")
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    sys.modules.pop(name, None)
-                else:
-                    sys.modules[name] = value
 
 
 def _randomise(module, seed=0):
@@ -175,7 +150,7 @@ def test_fightingcv_shuffle_forward_matches_with_g8_default():
 
 @pytest.mark.parametrize("train", [False, True])
 def test_timm_coord_attn_matches_with_official_width_and_bias(train):
-    coord_attn = _timm("coord_attn")
+    coord_attn = timm_layers("coord_attn")
     module = _randomise(coord_attn.CoordAttn(16, rd_channels=8, bias=True))
     assert _max_diff("coord", module, _x((2, 16, 5, 7)), train=train, config={"reduction": 4, "min_mip": 8},
                      act="hardswish") < AGREE
@@ -186,7 +161,7 @@ def test_timm_coord_attn_matches_with_official_width_and_bias(train):
 
 @pytest.mark.parametrize("radix, groups", [(2, 2), (1, 2), (4, 1)])
 def test_timm_split_attn_matches_with_batch_norm(radix, groups):
-    split_attn = _timm("split_attn")
+    split_attn = timm_layers("split_attn")
     module = _randomise(split_attn.SplitAttn(16, 16, radix=radix, groups=groups, norm_layer=torch.nn.BatchNorm2d))
     structure = {"radix": radix, "cardinality": groups}
     for train in (False, True):
