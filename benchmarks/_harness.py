@@ -251,3 +251,86 @@ def write_text(path: str, text: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as handle:
         handle.write(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# verification: npattn's step and a torch twin on the same numbers
+
+
+def relative_error(result, reference) -> float:
+    """The worse of: max |a - ref| of the output over its max |ref|, and of every gradient over the largest
+    max |ref| of all gradients.  ``result``/``reference``: (output, [gradients]) of either library; a reference
+    gradient of None (a buffer: torch has no gradient for it) is skipped.
+
+    The gradients share one scale because some have an exact value of 0 (the biases of convs that feed a
+    training-mode BatchNorm, a key bias under softmax): any library returns rounding noise of the size of the
+    cancelled terms there."""
+    from npattn.testing import to_host
+
+    def host(t):
+        return (t.detach().numpy() if hasattr(t, "detach") else to_host(t)).astype(np.float64)
+
+    (out, grads), (out_ref, grads_ref) = result, reference
+    output_error = np.abs(host(out) - host(out_ref)).max() / np.abs(host(out_ref)).max()
+    pairs = [(host(a), host(b)) for a, b in zip(grads, grads_ref) if b is not None]
+    scale = max(np.abs(b).max() for _, b in pairs)
+    return float(max(output_error, max(np.abs(a - b).max() for a, b in pairs) / scale))
+
+
+def verify(runner) -> tuple[float, float]:
+    """(npattn's error, torch's error) of a runner with ``ours()``, ``theirs()``, ``reference()`` and a host
+    ``cotangent``: in float64 both against torch float64 (so torch's is 0); in float32 both against the float64
+    twin on the same numbers (:func:`relative_error`)."""
+    ours, theirs = runner.ours(), runner.theirs()
+    reference = theirs if runner.cotangent.dtype == np.float64 else runner.reference()
+    return relative_error(ours, reference), relative_error(theirs, reference)
+
+
+class TrainingTwin:
+    """A registry entry and its torch twin in training mode on the same weights and inputs: forward + backward
+    of each, and the twin in float64 as the reference.  A subclass's ``__init__`` sets ``torch``, ``ag``,
+    ``npattn``, ``mech``, ``options`` (apply keywords), ``params``, ``float_keys``, ``inputs`` (backend),
+    ``torch_inputs``, ``module`` (in train mode), ``cotangent`` (host) and ``state`` (the twin's state_dict
+    copy, restored before each torch call so its running statistics start where npattn's do)."""
+
+    def ours(self):
+        """Forward + backward; returns (output, gradients: inputs then float params)."""
+        ag, params = self.ag, self.params
+        rest = {k: v for k, v in params.items() if k not in self.float_keys}
+
+        def step(float_params, *xs):
+            return self.mech.apply({**rest, **float_params}, *xs, train=True, **self.options)
+
+        with self.npattn.track_running_stats():
+            out, pullback = ag.vjp(step, {k: params[k] for k in self.float_keys}, *self.inputs)
+            grads = pullback(ag.from_numpy(self.cotangent))
+        return out, list(grads[1:]) + [grads[0][k] for k in self.float_keys]
+
+    def theirs(self):
+        torch = self.torch
+        self.module.load_state_dict(self.state)  # running stats as before (a cheap copy)
+        self.module.zero_grad(set_to_none=True)
+        for x in self.torch_inputs:
+            x.grad = None
+        out = self.module(*self.torch_inputs)
+        out.backward(torch.from_numpy(self.cotangent))
+        named = dict(self.module.named_parameters())
+        grads = [x.grad for x in self.torch_inputs]
+        grads += [named[k].grad if k in named else None for k in self.float_keys]
+        return out, grads
+
+    def reference(self):
+        """The torch twin in float64 on exactly the same numbers (weights, inputs, cotangent upcast)."""
+        import copy
+
+        torch = self.torch
+        module = copy.deepcopy(self.module).double()
+        module.load_state_dict({k: v.double() if v.is_floating_point() else v for k, v in self.state.items()})
+        inputs = [x.detach().double().requires_grad_(True) for x in self.torch_inputs]
+        out = module(*inputs)
+        out.backward(torch.from_numpy(self.cotangent.astype(np.float64)))
+        named = dict(module.named_parameters())
+        return out, [x.grad for x in inputs] + [named[k].grad if k in named else None for k in self.float_keys]
+
+    def verify(self) -> tuple[float, float]:
+        return verify(self)

@@ -84,7 +84,7 @@ def build(case: str, dtype, quick: bool):
     raise ValueError(case)
 
 
-class Runner:
+class Runner(_harness.TrainingTwin):
     """One case in one dtype: the npattn step and the torch step on the same weights and inputs."""
 
     def __init__(self, case: str, dtype, quick: bool):
@@ -107,69 +107,6 @@ class Runner:
         self.cotangent = np.random.default_rng(1).standard_normal(
             tuple(self.module(*self.torch_inputs).shape)).astype(dtype)
         self.state = {k: v.clone() for k, v in self.module.state_dict().items()}
-
-    def ours(self):
-        """Forward + backward; returns (output, gradients: inputs then float params)."""
-        ag, params = self.ag, self.params
-        rest = {k: v for k, v in params.items() if k not in self.float_keys}
-
-        def step(float_params, *xs):
-            return self.mech.apply({**rest, **float_params}, *xs, train=True, **self.options)
-
-        with self.npattn.track_running_stats():
-            out, pullback = ag.vjp(step, {k: params[k] for k in self.float_keys}, *self.inputs)
-            grads = pullback(ag.from_numpy(self.cotangent))
-        return out, list(grads[1:]) + [grads[0][k] for k in self.float_keys]
-
-    def theirs(self):
-        torch = self.torch
-        self.module.load_state_dict(self.state)  # running stats as before (a cheap copy)
-        self.module.zero_grad(set_to_none=True)
-        for x in self.torch_inputs:
-            x.grad = None
-        out = self.module(*self.torch_inputs)
-        out.backward(torch.from_numpy(self.cotangent))
-        named = dict(self.module.named_parameters())
-        grads = [x.grad for x in self.torch_inputs]
-        grads += [named[k].grad if k in named else None for k in self.float_keys]
-        return out, grads
-
-    def reference(self):
-        """The torch twin in float64 on exactly the same numbers (weights, inputs, cotangent upcast)."""
-        import copy
-
-        torch = self.torch
-        module = copy.deepcopy(self.module).double()
-        module.load_state_dict({k: v.double() if v.is_floating_point() else v for k, v in self.state.items()})
-        inputs = [x.detach().double().requires_grad_(True) for x in self.torch_inputs]
-        out = module(*inputs)
-        out.backward(torch.from_numpy(self.cotangent.astype(np.float64)))
-        named = dict(module.named_parameters())
-        return out, [x.grad for x in inputs] + [named[k].grad if k in named else None for k in self.float_keys]
-
-    def verify(self) -> tuple[float, float]:
-        """(npattn's error, torch's error).  In float64 both against torch float64 (so torch's is 0); in float32
-        both against the float64 twin on the same numbers.  Error: max |a - ref| of the output over its
-        max |ref|, and of every gradient over the largest max |ref| of all gradients -- the worse of the two.
-
-        The gradients share one scale because the biases of convs that feed a training-mode BatchNorm have an
-        exact gradient of 0: any library returns rounding noise of the size of the cancelled terms there."""
-        ours, theirs = self.ours(), self.theirs()
-        reference = theirs if self.cotangent.dtype == np.float64 else self.reference()
-        return _error(ours, reference), _error(theirs, reference)
-
-
-def _error(result, reference) -> float:
-    from npattn.testing import to_host
-
-    def host(t):
-        return (t.detach().numpy() if hasattr(t, "detach") else to_host(t)).astype(np.float64)
-
-    (out, grads), (out_ref, grads_ref) = result, reference
-    output_error = np.abs(host(out) - host(out_ref)).max() / np.abs(host(out_ref)).max()
-    pairs = [(host(a), host(b)) for a, b in zip(grads, grads_ref) if b is not None]  # buffers: no torch grad
-    scale = max(np.abs(b).max() for _, b in pairs)
-    return float(max(output_error, max(np.abs(a - b).max() for a, b in pairs) / scale))
 
 
 def worker(args):
