@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from npattn import _safetensors, cli, golden
+from tests.npattn.test_golden import _error, _verdict
 
 
 def split(path):
@@ -34,19 +35,6 @@ def se_file(tmp_path):
     return golden.write("se", str(tmp_path), format="safetensors")
 
 
-def _verdict(path, capsys):
-    status = cli.main(["verify", str(path)])
-    out = capsys.readouterr().out
-    assert "Traceback" not in out and len(out.strip().splitlines()) == 1, out
-    return status, out.strip()
-
-
-def _error(path, capsys, *words):
-    status, line = _verdict(path, capsys)
-    assert status == 1 and line.startswith(f"ERROR {path}: "), line
-    for word in words:
-        assert word in line, line
-    return line
 
 
 # ---------------------------------------------------------------------------------------------
