@@ -30,6 +30,8 @@ BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 #: The project's documented setting: OpenBLAS's AVX2 kernel.
 HASWELL_ENV = {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "512"}
 MIB = 2.0 ** 20
+#: Set in a worker's environment for the "cpu1" configuration: one thread for everyone, process CPU time.
+CPU_TIME_FLAG = "NPATTN_BENCH_CPU_TIME"
 
 
 def without_blas_vars(env: dict) -> dict:
@@ -275,6 +277,27 @@ def relative_error(result, reference) -> float:
     pairs = [(host(a), host(b)) for a, b in zip(grads, grads_ref) if b is not None]
     scale = max(np.abs(b).max() for _, b in pairs)
     return float(max(output_error, max(np.abs(a - b).max() for a, b in pairs) / scale))
+
+
+def one_thread_if_cpu_time(torch) -> None:
+    """In a "cpu1" worker (:data:`CPU_TIME_FLAG` set; OpenBLAS's threads are set in the environment): torch and
+    npattn's own pool on one thread too."""
+    if os.environ.get(CPU_TIME_FLAG):
+        from autograd import _threads
+
+        torch.set_num_threads(1)
+        _threads.THREADS = 1
+
+
+def checked_errors(runner, case: str, dtype: str) -> tuple[float, float]:
+    """:func:`verify`'s errors, or SystemExit when npattn's exceeds 1e-9 in float64 (npattn = torch: the exactness
+    check) or 1e-2 in float32 (a sanity bound only: one ReLU input rounding to the other side of 0 moves a gradient
+    by about one cotangent entry)."""
+    error, torch_error = runner.verify()
+    limit = 1e-9 if dtype == "float64" else 1e-2
+    if error > limit:
+        raise SystemExit(f"{case} {dtype}: npattn's error {error:.2e} exceeds {limit:.2e} (torch: {torch_error:.2e})")
+    return error, torch_error
 
 
 def verify(runner) -> tuple[float, float]:

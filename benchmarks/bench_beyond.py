@@ -119,13 +119,7 @@ def worker(args):
     for dtype in args.dtypes.split(","):
         for case in cases:
             runner = Runner(case, np.dtype(dtype).type, args.quick)
-            error, torch_error = runner.verify()
-            # float64: npattn = torch (the exactness check, same shapes).  float32: a sanity bound only -- one
-            # ReLU input that rounds to the other side of 0 moves a gradient by about one cotangent entry.
-            limit = 1e-9 if dtype == "float64" else 1e-2
-            if error > limit:
-                raise SystemExit(f"{case} {dtype}: npattn's error {error:.2e} exceeds {limit:.2e} "
-                                 f"(torch: {torch_error:.2e})")
+            error, torch_error = _harness.checked_errors(runner, case, dtype)
             # no separate warm-up: verify() has just run both
             t_ours, t_theirs = _harness.interleaved([runner.ours, runner.theirs], samples, warmup=0)
             report["rows"].append({"case": case, "dtype": dtype, "what": runner.description,

@@ -38,7 +38,7 @@ CASES = ("coord", "simam", "sge", "triplet", "psa-p", "psa-s", "external", "cot"
          "shuffle-attention")
 #: target ratio of medians (PERFORMANCE.md): channel-only and parameter-free entries 1x, the rest 1.5x (f64) / 2x (f32)
 STRICT = ("coord", "simam", "sge", "gct", "srm")
-CPU_TIME_FLAG = "NPATTN_BENCH_CPU_TIME"
+CPU_TIME_FLAG = _harness.CPU_TIME_FLAG
 CLOCK = time.process_time if os.environ.get(CPU_TIME_FLAG) else time.perf_counter
 
 
@@ -127,11 +127,7 @@ class Runner(_harness.TrainingTwin):
 def worker(args):
     import torch
 
-    if os.environ.get(CPU_TIME_FLAG):   # cpu1: one thread everywhere (OpenBLAS's is set in the environment)
-        from autograd import _threads
-
-        torch.set_num_threads(1)
-        _threads.THREADS = 1
+    _harness.one_thread_if_cpu_time(torch)
     samples = args.samples or (3 if args.quick else 5)
     report = {"blas": _harness.blas_info(), "env": _harness.blas_env(), "load": os.getloadavg()[0],
               "torch": f"{torch.__version__}, {torch.get_num_threads()} threads",
@@ -140,11 +136,7 @@ def worker(args):
     for dtype in args.dtypes.split(","):
         for case in cases:
             runner = Runner(case, np.dtype(dtype).type, args.quick)
-            error, torch_error = runner.verify()
-            limit = 1e-9 if dtype == "float64" else 1e-2
-            if error > limit:
-                raise SystemExit(f"{case} {dtype}: npattn's error {error:.2e} exceeds {limit:.2e} "
-                                 f"(torch: {torch_error:.2e})")
+            error, torch_error = _harness.checked_errors(runner, case, dtype)
             t_ours, t_theirs = _harness.interleaved([runner.ours, runner.theirs], samples, warmup=1, clock=CLOCK)
             report["rows"].append({"case": case, "dtype": dtype, "what": runner.description,
                                    "error": error, "torch_error": torch_error,

@@ -46,7 +46,7 @@ GPU = bool(os.environ.get(GPU_FLAG))
 # The "cpu1" configuration: everything on one thread, timed in process CPU time.  Not PERFORMANCE.md's
 # method (which is wall time with all threads); a supplement that stays meaningful when other processes
 # load the machine, since CPU time does not count the time a busy scheduler keeps us waiting.
-CPU_TIME_FLAG = "NPATTN_BENCH_CPU_TIME"
+CPU_TIME_FLAG = _harness.CPU_TIME_FLAG
 CLOCK = time.process_time if os.environ.get(CPU_TIME_FLAG) else time.perf_counter
 
 # ---------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "sdpa.md")
-CPU_TIME_FLAG = "NPATTN_BENCH_CPU_TIME"
+CPU_TIME_FLAG = _harness.CPU_TIME_FLAG
 LIBRARIES = ("ours", "torch flash", "torch math")
 #: torch's math backend forms (and keeps for its backward) several (1, 8, L, L) arrays: beyond this, skipped.
 MATH_MAX_LENGTH = 4096

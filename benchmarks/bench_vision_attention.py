@@ -36,7 +36,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results", "vision_attention.md")
 CASES = ("nat", "dinat", "vit-attention", "attention-pool", "axial", "outlook", "mobilevit-v2", "botnet")
-CPU_TIME_FLAG = "NPATTN_BENCH_CPU_TIME"
+CPU_TIME_FLAG = _harness.CPU_TIME_FLAG
 CLOCK = time.process_time if os.environ.get(CPU_TIME_FLAG) else time.perf_counter
 
 
@@ -186,11 +186,7 @@ class Runner:
 def worker(args):
     import torch
 
-    if os.environ.get(CPU_TIME_FLAG):
-        from autograd import _threads
-
-        torch.set_num_threads(1)
-        _threads.THREADS = 1
+    _harness.one_thread_if_cpu_time(torch)
     samples = args.samples or (3 if args.quick else 7)
     report = {"blas": _harness.blas_info(), "env": _harness.blas_env(), "load_start": os.getloadavg()[0],
               "torch": f"{torch.__version__}, {torch.get_num_threads()} threads",
@@ -199,11 +195,7 @@ def worker(args):
     for dtype in args.dtypes.split(","):
         for case in cases:
             runner = Runner(case, np.dtype(dtype).type, args.quick)
-            error, torch_error = runner.verify()
-            limit = 1e-9 if dtype == "float64" else 1e-2
-            if error > limit:
-                raise SystemExit(f"{case} {dtype}: npattn's error {error:.2e} exceeds {limit:.2e} "
-                                 f"(torch: {torch_error:.2e})")
+            error, torch_error = _harness.checked_errors(runner, case, dtype)
             t_ours, t_theirs = _harness.interleaved([runner.ours, runner.theirs], samples, warmup=1, clock=CLOCK)
             report["rows"].append({"case": case, "dtype": dtype, "what": runner.description, "error": error,
                                    "torch_error": torch_error, "ours": t_ours, "torch": t_theirs})

@@ -39,7 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results", "windows_deformable.md")
 CASES = ("grid_sample", "grid_sample_reflection", "swin", "swin-v2", "msdeform")
-CPU_TIME_FLAG = "NPATTN_BENCH_CPU_TIME"
+CPU_TIME_FLAG = _harness.CPU_TIME_FLAG
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,18 +186,10 @@ class Runner:
 # workers
 
 
-def _one_thread_if_asked(torch):
-    if os.environ.get(CPU_TIME_FLAG):
-        from autograd import _threads
-
-        torch.set_num_threads(1)
-        _threads.THREADS = 1
-
-
 def worker(args):
     import torch
 
-    _one_thread_if_asked(torch)
+    _harness.one_thread_if_cpu_time(torch)
     clock = time.process_time if os.environ.get(CPU_TIME_FLAG) else time.perf_counter
     samples = args.samples or (3 if args.quick else 7)
     report = {"blas": _harness.blas_info(), "env": _harness.blas_env(), "load": os.getloadavg()[0],
@@ -205,11 +197,7 @@ def worker(args):
     for dtype in args.dtypes.split(","):
         for case in _cases(args):
             runner = Runner(case, np.dtype(dtype).type, args.quick)
-            error, torch_error = runner.verify()
-            limit = 1e-9 if dtype == "float64" else 1e-2
-            if error > limit:
-                raise SystemExit(f"{case} {dtype}: npattn's error {error:.2e} exceeds {limit:.2e} "
-                                 f"(torch: {torch_error:.2e})")
+            error, torch_error = _harness.checked_errors(runner, case, dtype)
             t_ours, t_theirs = _harness.interleaved([runner.ours, runner.theirs], samples, warmup=1, clock=clock)
             report["rows"].append({"case": case, "dtype": dtype, "what": runner.description, "error": error,
                                    "torch_error": torch_error, "ours": t_ours, "torch": t_theirs})
