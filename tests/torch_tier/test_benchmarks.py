@@ -52,3 +52,52 @@ def test_benchmark_script_runs_to_a_report(tmp_path, name):
     assert done.returncode == 0, f"{script} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     text = report.read_text()
     assert expected in text, f"{script}: no line with {expected!r} in its report:\n{text[:3000]}"
+
+
+def _harness():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import _harness
+    finally:
+        sys.path.pop(0)
+    return _harness
+
+
+class _Fixed:
+    """A runner whose npattn step returns ``ours`` and whose torch steps return ``reference`` (float64)."""
+
+    def __init__(self, ours, reference):
+        import numpy as np
+
+        self.cotangent = np.zeros(1)
+        self._ours, self._reference = ours, reference
+
+    def ours(self):
+        return self._ours
+
+    def theirs(self):
+        return self._reference
+
+    def reference(self):
+        return self._reference
+
+    def verify(self):
+        return _harness().verify(self)
+
+
+def test_the_shared_verification_refuses_a_wrong_gradient():
+    """The benchmarks' verify-before-timing step: a gradient off by 1e-6 of its scale (with a right output)
+    exceeds the float64 limit and stops the script; the right answer passes with error 0."""
+    import numpy as np
+
+    harness = _harness()
+    rng = np.random.default_rng(0)
+    out, grads = rng.standard_normal(5), [rng.standard_normal(4), rng.standard_normal(3)]
+    right = (out, grads)
+    wrong = (out, [grads[0], grads[1] + 1e-6 * np.abs(np.concatenate(grads)).max()])
+    assert harness.checked_errors(_Fixed(right, right), "case", "float64") == (0.0, 0.0)
+    assert harness.relative_error(wrong, right) > 1e-9
+    with pytest.raises(SystemExit, match="case float64: npattn's error"):
+        harness.checked_errors(_Fixed(wrong, right), "case", "float64")
+    # a buffer (no torch gradient) is skipped, not compared
+    assert harness.relative_error((out, grads + [np.ones(2)]), (out, grads + [None])) == 0.0
